@@ -1,0 +1,104 @@
+"""Show pull progress: rich bars on a terminal, plain lines in logs and CI."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Self, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from apparate.digest import Digest
+from apparate.progress import PullObserver
+from apparate.result import PullResult
+
+
+def short(digest: Digest) -> str:
+    return digest.hex[:12]
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+class LineObserver(PullObserver):
+    """One line per milestone, for output that is not a terminal."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def _say(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self._stream, flush=True)
+
+    def resolved(self, image: str, digest: Digest, platform: str) -> None:
+        self._say(f"{image}: resolved to {digest} ({platform})")
+
+    def layer_planned(self, digest: Digest, size: int, stored: bool) -> None:
+        state = "already stored" if stored else "fetching"
+        self._say(f"{short(digest)}: {state} ({human_size(size)})")
+
+    def layer_done(self, digest: Digest) -> None:
+        self._say(f"{short(digest)}: verified")
+
+
+class BarObserver(PullObserver):
+    """A bar per layer and one for the total, drawn by rich."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._tasks: dict[Digest, TaskID] = {}
+        self._total = self._progress.add_task("total", total=0)
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def resolved(self, image: str, digest: Digest, platform: str) -> None:
+        self._progress.console.print(f"{image}: {digest} ({platform})")
+
+    def layer_planned(self, digest: Digest, size: int, stored: bool) -> None:
+        if stored or digest in self._tasks:
+            return
+        self._tasks[digest] = self._progress.add_task(short(digest), total=size)
+        total = self._progress.tasks[self._total].total or 0
+        self._progress.update(self._total, total=total + size)
+
+    def layer_progress(self, digest: Digest, received: int) -> None:
+        self._progress.advance(self._tasks[digest], received)
+        self._progress.advance(self._total, received)
+
+
+def summary_line(result: PullResult) -> str:
+    """One sentence saying what the pull fetched and reused."""
+    return (
+        f"{result.reference}: {result.layers_fetched} of {len(result.layers)} layers "
+        f"fetched ({human_size(result.bytes_fetched)}), "
+        f"{human_size(result.bytes_reused)} already stored, "
+        f"{result.seconds:.1f} s; digest {result.digest}"
+    )

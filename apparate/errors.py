@@ -1,0 +1,125 @@
+"""Errors raised by apparate.
+
+Every error names its subject (an image, a registry or a file), what failed
+and what to do next. Third-party exceptions are translated where they enter
+the package, so callers catch only these::
+
+    ApparateError
+    ├── UsageError                 bad input from the user
+    │   └── InvalidReference
+    ├── AuthError
+    │   ├── AuthRequired           no credentials for a registry that asks
+    │   ├── AuthRejected           credentials or token refused
+    │   └── CredentialsUnavailable config.json or credential helper unusable
+    ├── NotFound                   manifest, tag or blob missing
+    ├── PlatformNotFound
+    ├── RegistryError              the registry could not serve the request
+    │   ├── RegistryUnreachable
+    │   ├── RateLimited
+    │   └── InvalidResponse        HTML for JSON, oversize manifest, bad status
+    ├── VerificationError          bytes that do not match their digest
+    │   ├── DigestMismatch
+    │   ├── DiffIDMismatch
+    │   └── TruncatedBody
+    └── StoreError                 the local store cannot be read or written
+
+The CLI maps each class to its own exit code through ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class ApparateError(Exception):
+    """Base of every error apparate raises on purpose."""
+
+    exit_code = 1
+    hint = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        if not self.hint:
+            return self.message
+        return f"{self.message}: {self.hint}"
+
+
+class UsageError(ApparateError):
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    hint = "write it as [HOST[:PORT]/]NAME[:TAG][@DIGEST], e.g. debian:bookworm"
+
+
+class AuthError(ApparateError):
+    exit_code = 3
+
+
+class AuthRequired(AuthError):
+    hint = "log in with 'docker login HOST' or pass --username and --password-stdin"
+
+
+class AuthRejected(AuthError):
+    hint = "check the username and password, or log in again with 'docker login HOST'"
+
+
+class CredentialsUnavailable(AuthError):
+    hint = (
+        "fix the Docker config file or credential helper, "
+        "or pass --username and --password-stdin"
+    )
+
+
+class NotFound(ApparateError):
+    exit_code = 4
+    hint = "check the name and tag, and that your credentials can read it"
+
+
+class PlatformNotFound(ApparateError):
+    exit_code = 5
+    hint = "pick one of the listed platforms with --platform OS/ARCH[/VARIANT]"
+
+
+class RegistryError(ApparateError):
+    exit_code = 6
+    hint = "check the registry address and try again"
+
+
+class RegistryUnreachable(RegistryError):
+    pass
+
+
+class RateLimited(RegistryError):
+    exit_code = 7
+    hint = "wait before pulling again, or log in to get a higher limit"
+
+
+class InvalidResponse(RegistryError):
+    exit_code = 8
+    hint = "check that the address points at an OCI registry"
+
+
+class VerificationError(ApparateError):
+    exit_code = 9
+    hint = "the source served wrong bytes; nothing was stored, try again later"
+
+
+class DigestMismatch(VerificationError):
+    pass
+
+
+class DiffIDMismatch(VerificationError):
+    hint = "the image config and its layers disagree; rebuild or re-push the image"
+
+
+class TruncatedBody(VerificationError):
+    hint = "the connection ended early; try again"
+
+
+class StoreError(ApparateError):
+    exit_code = 10
+    hint = "check the store directory's permissions and free space"

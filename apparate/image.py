@@ -1,0 +1,124 @@
+"""Resolve a reference at its registry to one verified manifest and config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from apparate.digest import Digest
+from apparate.errors import InvalidResponse
+from apparate.manifest import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_CONFIG_BYTES,
+    Descriptor,
+    Manifest,
+    media_type_of,
+    parse_diff_ids,
+    parse_index,
+    parse_json,
+    parse_manifest,
+)
+from apparate.platform import Platform
+from apparate.reference import Reference
+from apparate.registry.client import FetchedManifest, RegistryClient
+from apparate.resolve import select_manifest
+from apparate.store.layout import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image manifest for one platform, with the index it came from."""
+
+    reference: Reference
+    platform: str
+    index: FetchedManifest | None
+    manifest: FetchedManifest
+    parsed: Manifest
+    config: bytes
+    diff_ids: list[Digest]
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return Descriptor(
+            self.parsed.media_type, self.manifest.digest, len(self.manifest.body)
+        )
+
+
+def resolve_image(
+    client: RegistryClient, store: Store, reference: Reference, wanted: Platform
+) -> ResolvedImage:
+    """Fetch (or read from the store) the manifest and config of ``reference``."""
+    image = str(reference)
+    top = fetch_manifest(client, store, reference.lookup, reference.digest)
+    document = parse_json(top.body, f"manifest of {image}")
+    media_type = media_type_of(document, top.media_type)
+
+    index = None
+    platform = ""
+    if media_type in INDEX_TYPES:
+        index = top
+        entry = select_manifest(
+            parse_index(document, f"index of {image}"), wanted, image
+        )
+        platform = str(entry.platform)
+        log.info("%s: %s is manifest %s", image, platform, entry.digest)
+        top = fetch_manifest(client, store, str(entry.digest), entry.digest)
+        document = parse_json(top.body, f"manifest {entry.digest} of {image}")
+        media_type = media_type_of(document, top.media_type)
+    if media_type not in MANIFEST_TYPES:
+        raise InvalidResponse(
+            f"{image}: manifest media type {media_type!r} is not supported",
+            hint="apparate reads OCI and Docker schema 2 images; "
+            "re-push older images with a current docker or skopeo",
+        )
+
+    manifest = parse_manifest(document, f"manifest of {image}")
+    config = _fetch_config(client, store, manifest.config, image)
+    config_document = parse_json(config, f"config of {image}")
+    platform = platform or _config_platform(config_document)
+    diff_ids = parse_diff_ids(config_document, f"config of {image}")
+    if len(diff_ids) != len(manifest.layers):
+        raise InvalidResponse(
+            f"{image}: the manifest lists {len(manifest.layers)} layers "
+            f"but the config has {len(diff_ids)} diff_ids"
+        )
+    return ResolvedImage(reference, platform, index, top, manifest, config, diff_ids)
+
+
+def fetch_manifest(
+    client: RegistryClient, store: Store, lookup: str, expected: Digest | None
+) -> FetchedManifest:
+    """Read a manifest from the store when its digest is known, else GET it.
+
+    For a tag, HEAD asks the registry which digest it points to first, so
+    an unchanged image costs no GET (Docker Hub counts GETs against limits).
+    """
+    digest = expected or client.head_manifest(lookup)
+    if digest and store.has_blob(digest):
+        log.debug("manifest %s is in the store", digest)
+        return FetchedManifest(store.read_blob(digest), "", digest)
+    return client.get_manifest(lookup, expected)
+
+
+def _fetch_config(
+    client: RegistryClient, store: Store, config: Descriptor, image: str
+) -> bytes:
+    if store.has_blob(config.digest, config.size):
+        return store.read_blob(config.digest)
+    what = f"config {config.digest} of {image}"
+    return client.get_blob_bytes(config, MAX_CONFIG_BYTES, what)
+
+
+def _config_platform(config: dict[str, object]) -> str:
+    os_name = config.get("os")
+    architecture = config.get("architecture")
+    if not isinstance(os_name, str) or not isinstance(architecture, str):
+        return "unknown"
+    variant = config.get("variant")
+    platform = Platform.normalised(
+        os_name, architecture, variant if isinstance(variant, str) else ""
+    )
+    return str(platform)

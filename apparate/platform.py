@@ -1,0 +1,87 @@
+"""Platforms (``linux/arm64/v8``) and the rule for matching one to an image."""
+
+from __future__ import annotations
+
+import platform as host_platform
+import sys
+from dataclasses import dataclass
+
+_ARCH_ALIASES = {
+    "x86_64": ("amd64", ""),
+    "x86-64": ("amd64", ""),
+    "aarch64": ("arm64", ""),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", ""),
+    "i686": ("386", ""),
+}
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An OS, CPU architecture and optional variant, normalised as OCI names them."""
+
+    os: str
+    architecture: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """Parse ``OS/ARCH[/VARIANT]``, raising ValueError when malformed."""
+        parts = text.strip().lower().split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(
+                f"invalid platform {text!r}: expected OS/ARCH[/VARIANT], "
+                "e.g. linux/amd64 or linux/arm/v7"
+            )
+        variant = parts[2] if len(parts) == 3 else ""
+        return cls.normalised(parts[0], parts[1], variant)
+
+    @classmethod
+    def normalised(cls, os: str, architecture: str, variant: str = "") -> Platform:
+        """Build a platform, mapping kernel names such as aarch64 to OCI names."""
+        architecture, default_variant = _ARCH_ALIASES.get(
+            architecture, (architecture, "")
+        )
+        variant = variant or default_variant
+        if architecture == "arm64" and variant == "v8":
+            variant = ""
+        if architecture == "arm" and not variant:
+            variant = "v7"
+        return cls(os, architecture, variant)
+
+    @classmethod
+    def host(cls) -> Platform:
+        """The platform of this machine."""
+        os_name = "linux" if sys.platform.startswith("linux") else sys.platform
+        return cls.normalised(os_name, host_platform.machine().lower())
+
+    def __str__(self) -> str:
+        text = f"{self.os}/{self.architecture}"
+        return f"{text}/{self.variant}" if self.variant else text
+
+
+def compatible_variants(wanted: Platform) -> list[str]:
+    """Variants that can run on ``wanted``, best first.
+
+    An arm v7 machine also runs v6 and v5 images, so those are fallbacks.
+    """
+    if wanted.architecture != "arm" or not wanted.variant.startswith("v"):
+        return [wanted.variant]
+    try:
+        level = int(wanted.variant[1:])
+    except ValueError:
+        return [wanted.variant]
+    return [f"v{n}" for n in range(level, 4, -1)]
+
+
+def match_rank(wanted: Platform, offered: Platform) -> int | None:
+    """Rank how well an image platform fits: 0 is exact, None is unusable."""
+    if (wanted.os, wanted.architecture) != (offered.os, offered.architecture):
+        return None
+    variants = compatible_variants(wanted)
+    if offered.variant in variants:
+        return variants.index(offered.variant)
+    return None

@@ -1,0 +1,179 @@
+"""``apparate pull``: fetch an image's missing blobs, verify them, tag the image."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from apparate.digest import Digest
+from apparate.errors import ApparateError
+from apparate.image import ResolvedImage, resolve_image
+from apparate.layers import DiffIDVerifier
+from apparate.manifest import Descriptor
+from apparate.platform import Platform
+from apparate.progress import PullObserver
+from apparate.reference import Reference
+from apparate.registry.client import RegistryClient
+from apparate.registry.credentials import Credentials, CredentialStore
+from apparate.registry.transport import TransportSettings
+from apparate.result import LayerResult, PullResult
+from apparate.store.layout import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARALLEL_LAYERS = 4
+
+
+@dataclass
+class PullOptions:
+    """Settings of a pull that the CLI builds from flags and environment."""
+
+    store: Path | None = None
+    platform: Platform | None = None
+    insecure_registries: Iterable[str] = ()
+    credentials: dict[str, Credentials] = field(default_factory=dict)
+    parallel_layers: int = DEFAULT_PARALLEL_LAYERS
+    observer: PullObserver = field(default_factory=PullObserver)
+
+
+def default_store_path() -> Path:
+    """``APPARATE_STORE``, else the user's data directory."""
+    configured = os.environ.get("APPARATE_STORE")
+    if configured:
+        return Path(configured)
+    return platformdirs.user_data_path("apparate") / "store"
+
+
+def pull(reference: str | Reference, options: PullOptions | None = None) -> PullResult:
+    """Pull one image into the local store and return what it cost."""
+    options = options or PullOptions()
+    started = time.monotonic()
+    ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
+    store = Store(options.store or default_store_path())
+    settings = TransportSettings.from_environment(options.insecure_registries)
+    credentials = CredentialStore.from_environment(options.credentials)
+    wanted = options.platform or Platform.host()
+
+    with RegistryClient(ref, settings, credentials) as client:
+        image = resolve_image(client, store, ref, wanted)
+        options.observer.resolved(str(ref), image.manifest.digest, image.platform)
+        layers = _fetch_layers(client, store, image, options)
+
+    _store_metadata(store, image)
+    store.tag(str(ref), image.descriptor, image.index.digest if image.index else None)
+    fetched = sum(layer.size for layer in layers if layer.fetched)
+    return PullResult(
+        reference=str(ref),
+        digest=image.manifest.digest,
+        platform=image.platform,
+        store=str(store.root),
+        index_digest=image.index.digest if image.index else None,
+        layers=layers,
+        bytes_fetched=fetched,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _store_metadata(store: Store, image: ResolvedImage) -> None:
+    """Store config, manifest and index; their digests were checked on arrival."""
+    store.put_blob(image.config, image.parsed.config.digest)
+    store.put_blob(image.manifest.body, image.manifest.digest)
+    if image.index:
+        store.put_blob(image.index.body, image.index.digest)
+
+
+def _fetch_layers(
+    client: RegistryClient, store: Store, image: ResolvedImage, options: PullOptions
+) -> list[LayerResult]:
+    """Fetch the layers the store lacks, several at once; stop all on a failure."""
+    observer = options.observer
+    layers = image.parsed.layers
+    missing = [
+        (layer, diff_id)
+        for layer, diff_id in zip(layers, image.diff_ids, strict=True)
+        if not store.has_blob(layer.digest, layer.size)
+    ]
+    missing_digests = {layer.digest for layer, _ in missing}
+    for layer in layers:
+        observer.layer_planned(
+            layer.digest, layer.size, layer.digest not in missing_digests
+        )
+
+    cancelled = threading.Event()
+    fetcher = _LayerFetcher(client, store, str(image.reference), observer, cancelled)
+    unique = list(
+        {layer.digest: (layer, diff_id) for layer, diff_id in missing}.values()
+    )
+    if unique:
+        workers = max(1, min(options.parallel_layers, len(unique)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
+            futures = [pool.submit(fetcher.fetch, *item) for item in unique]
+            _wait_all(futures, cancelled)
+    return [
+        LayerResult(
+            layer.digest, layer.media_type, layer.size, layer.digest in missing_digests
+        )
+        for layer in layers
+    ]
+
+
+def _wait_all(futures: list, cancelled: threading.Event) -> None:
+    """Wait for every layer; on the first failure cancel the rest and raise it."""
+    first_error: BaseException | None = None
+    for future in futures:
+        try:
+            future.result()
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            cancelled.set()
+            if first_error is None or isinstance(first_error, _Cancelled):
+                first_error = error
+    if first_error is not None:
+        raise first_error
+
+
+class _Cancelled(ApparateError):
+    """Another layer failed, so this one stopped early."""
+
+
+class _LayerFetcher:
+    """Download one layer blob, verify digest and diff_id, then commit it."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        store: Store,
+        image: str,
+        observer: PullObserver,
+        cancelled: threading.Event,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._image = image
+        self._observer = observer
+        self._cancelled = cancelled
+
+    def fetch(self, layer: Descriptor, diff_id: Digest) -> None:
+        what = f"layer {layer.digest} of {self._image}"
+        diff_verifier = DiffIDVerifier(layer.media_type, diff_id, what)
+        with self._store.ingest(layer.digest) as writer:
+
+            def write(data: bytes) -> None:
+                if self._cancelled.is_set():
+                    raise _Cancelled(f"{what}: stopped because another layer failed")
+                writer.write(data)
+                diff_verifier.update(data)
+                self._observer.layer_progress(layer.digest, len(data))
+
+            self._client.fetch_blob(layer, write, what)
+            diff_verifier.verify()
+            writer.commit()
+        log.info("%s: stored, %d bytes", what, layer.size)
+        self._observer.layer_done(layer.digest)

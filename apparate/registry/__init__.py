@@ -1,0 +1,1 @@
+"""Talk to OCI registries: authentication, transport and the distribution API."""

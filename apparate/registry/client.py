@@ -1,0 +1,278 @@
+"""Read manifests and blobs of one repository over the OCI distribution API.
+
+Every body is checked against its digest before it is returned or its last
+byte is handed on. Blob downloads resume with ``Range`` after a dropped
+connection, including against servers that ignore ranges.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Self
+
+import httpx
+
+from apparate.digest import Digest, DigestVerifier, verify_bytes
+from apparate.errors import InvalidResponse, TruncatedBody
+from apparate.manifest import ACCEPTED_TYPES, MAX_MANIFEST_BYTES, Descriptor
+from apparate.reference import Reference
+from apparate.registry.auth import RegistryAuth
+from apparate.registry.credentials import CredentialStore
+from apparate.registry.errors import status_error, transport_error
+from apparate.registry.transport import TransportSettings
+
+log = logging.getLogger(__name__)
+
+MAX_STALLED_ATTEMPTS = 3
+MAX_ATTEMPTS = 20
+# Blob bodies are hashed as sent: with zstandard installed httpx would ask for
+# zstd and decode it, so the digest would be of other bytes.
+IDENTITY = {"Accept-Encoding": "identity"}
+_RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest or index body, verified against ``digest``."""
+
+    body: bytes
+    media_type: str
+    digest: Digest
+
+
+class RegistryClient:
+    """A connection to the repository of one reference; close it when done."""
+
+    def __init__(
+        self,
+        reference: Reference,
+        settings: TransportSettings,
+        credentials: CredentialStore,
+    ) -> None:
+        self.reference = reference
+        self.image = str(reference)
+        self.host = reference.api_host
+        self._settings = settings
+        scope = f"repository:{reference.repository}:pull"
+        auth = RegistryAuth(credentials, [scope], self.image)
+        self._http = settings.client(self.host, auth)
+        self._base_url: str | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def head_manifest(self, lookup: str) -> Digest | None:
+        """Return the digest a tag points to, or None when HEAD cannot tell.
+
+        Registries that reject HEAD or omit ``Docker-Content-Digest`` are
+        asked again with GET by the caller.
+        """
+        path = f"/v2/{self.reference.repository}/manifests/{lookup}"
+        headers = {"Accept": ", ".join(ACCEPTED_TYPES)}
+        what = f"manifest of {self.image}"
+        try:
+            with self._stream("HEAD", path, headers, what) as answer:
+                status = answer.status_code
+                header = answer.headers.get("Docker-Content-Digest", "")
+        except _RETRYABLE as error:
+            raise transport_error(error, self.host, what) from None
+        if status != 200:
+            log.debug("HEAD %s answered %s, falling back to GET", path, status)
+        return _parse_header_digest(header) if status == 200 else None
+
+    def get_manifest(self, lookup: str, expected: Digest | None) -> FetchedManifest:
+        """GET a manifest or index by tag or digest and verify it."""
+        path = f"/v2/{self.reference.repository}/manifests/{lookup}"
+        headers = {"Accept": ", ".join(ACCEPTED_TYPES), **IDENTITY}
+        what = f"manifest {lookup} of {self.image}"
+        try:
+            with self._stream("GET", path, headers, what) as answer:
+                if answer.status_code != 200:
+                    raise status_error(answer, what)
+                body = _read_bounded(answer, MAX_MANIFEST_BYTES, what)
+                content_type = answer.headers.get("Content-Type", "")
+                header = answer.headers.get("Docker-Content-Digest", "")
+        except _RETRYABLE as error:
+            raise transport_error(error, self.host, what) from None
+        media_type = content_type.split(";")[0].strip()
+
+        digest = expected or _parse_header_digest(header) or Digest.of(body)
+        verify_bytes(body, digest, what, self.host)
+        return FetchedManifest(body, media_type, digest)
+
+    def get_blob_bytes(self, descriptor: Descriptor, limit: int, what: str) -> bytes:
+        """Download a small blob (a config) into memory, verified."""
+        if descriptor.size > limit:
+            raise InvalidResponse(f"{what} is {descriptor.size} bytes, over {limit}")
+        parts: list[bytes] = []
+        self.fetch_blob(descriptor, parts.append, what)
+        return b"".join(parts)
+
+    def fetch_blob(
+        self,
+        descriptor: Descriptor,
+        write: Callable[[bytes], None],
+        what: str,
+    ) -> None:
+        """Stream a blob into ``write``, resuming after dropped connections.
+
+        Each byte reaches ``write`` once, in order, before the digest can be
+        checked: the caller keeps what it wrote provisional until this returns.
+        """
+        verifier = DigestVerifier(descriptor.digest, what, self.host, descriptor.size)
+        use_range = True
+        stalled = 0
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            before = verifier.bytes_read
+            try:
+                self._fetch_from(descriptor, verifier, write, what, use_range)
+                break
+            except _RangeRejected:
+                use_range = False
+            except _RETRYABLE as error:
+                stalled = 0 if verifier.bytes_read > before else stalled + 1
+                log.debug(
+                    "%s: attempt %d broke at byte %d: %s",
+                    what,
+                    attempt,
+                    verifier.bytes_read,
+                    error,
+                )
+                if stalled >= MAX_STALLED_ATTEMPTS or attempt == MAX_ATTEMPTS:
+                    raise TruncatedBody(
+                        f"{what} from {self.host}: the connection failed "
+                        f"{attempt} times, last at byte {verifier.bytes_read} of "
+                        f"{descriptor.size} ({error})"
+                    ) from None
+        verifier.verify()
+
+    def _fetch_from(
+        self,
+        descriptor: Descriptor,
+        verifier: DigestVerifier,
+        write: Callable[[bytes], None],
+        what: str,
+        use_range: bool,
+    ) -> None:
+        offset = verifier.bytes_read
+        if offset >= descriptor.size:
+            return
+        path = f"/v2/{self.reference.repository}/blobs/{descriptor.digest}"
+        headers = dict(IDENTITY)
+        if offset and use_range:
+            headers["Range"] = f"bytes={offset}-"
+
+        with self._stream("GET", path, headers, what) as answer:
+            skip = _bytes_to_skip(answer, offset, what)
+            for piece in answer.iter_raw():
+                if skip:
+                    dropped = min(skip, len(piece))
+                    piece, skip = piece[dropped:], skip - dropped
+                if not piece:
+                    continue
+                verifier.update(piece)
+                if verifier.bytes_read > descriptor.size:
+                    verifier.verify()
+                write(piece)
+
+    @contextmanager
+    def _stream(
+        self, method: str, path: str, headers: dict[str, str], what: str
+    ) -> Iterator[httpx.Response]:
+        """Send a request and yield the streamed answer, closed on exit.
+
+        The first request tries https and, where plain HTTP is allowed, falls
+        back to http as docker does. Read errors that a resume can mend are
+        raised as they are; every other httpx error is translated.
+        """
+        answer = self._send(method, path, headers, what)
+        try:
+            yield answer
+        except _RETRYABLE:
+            raise
+        except httpx.HTTPError as error:
+            raise transport_error(error, self.host, what) from None
+        finally:
+            answer.close()
+
+    def _send(
+        self, method: str, path: str, headers: dict[str, str], what: str
+    ) -> httpx.Response:
+        candidates = [self._base_url] if self._base_url else self._base_urls()
+        for position, base_url in enumerate(candidates):
+            request = self._http.build_request(method, base_url + path, headers=headers)
+            try:
+                answer = self._http.send(request, stream=True)
+            except _RETRYABLE:
+                raise
+            except httpx.HTTPError as error:
+                if position + 1 < len(candidates):
+                    log.debug("%s failed (%s), trying plain http", base_url, error)
+                    continue
+                raise transport_error(error, self.host, what) from None
+            self._base_url = base_url
+            return answer
+        raise AssertionError("no base URL to try")
+
+    def _base_urls(self) -> list[str]:
+        urls = [f"https://{self.host}"]
+        if self._settings.allows_plain_http(self.host):
+            urls.append(f"http://{self.host}")
+        return urls
+
+
+class _RangeRejected(Exception):
+    """The server answered 416 to a resume; the next try asks for the whole blob."""
+
+
+def _bytes_to_skip(answer: httpx.Response, offset: int, what: str) -> int:
+    """How many leading bytes of the body were already received.
+
+    Raises _RangeRejected after a 416 and ApparateError for other failures.
+    """
+    status = answer.status_code
+    if status == 200:
+        if offset:
+            log.debug("%s: server ignored Range, skipping %d bytes", what, offset)
+        return offset
+    if status == 206 and offset:
+        content_range = answer.headers.get("Content-Range", "")
+        if not content_range.startswith(f"bytes {offset}-"):
+            raise InvalidResponse(
+                f"{what}: asked for bytes from {offset}, got range {content_range!r}"
+            )
+        return 0
+    if status == 416 and offset:
+        # Distribution's 416 announces the whole blob's length but sends a
+        # short body: it is not read, and closing the response drops the
+        # connection instead of waiting for bytes that never come.
+        raise _RangeRejected()
+    raise status_error(answer, what)
+
+
+def _read_bounded(answer: httpx.Response, limit: int, what: str) -> bytes:
+    length = answer.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > limit:
+        raise InvalidResponse(f"{what} is {length} bytes, over the {limit}-byte limit")
+    body = bytearray()
+    for piece in answer.iter_raw():
+        body += piece
+        if len(body) > limit:
+            raise InvalidResponse(f"{what} is over the {limit}-byte limit")
+    return bytes(body)
+
+
+def _parse_header_digest(header: str) -> Digest | None:
+    try:
+        return Digest.parse(header) if header else None
+    except ValueError:
+        return None

@@ -1,0 +1,89 @@
+"""Turn registry HTTP answers and httpx exceptions into apparate errors."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from apparate.errors import (
+    ApparateError,
+    AuthRejected,
+    AuthRequired,
+    InvalidResponse,
+    NotFound,
+    RateLimited,
+    RegistryError,
+    RegistryUnreachable,
+)
+
+MAX_ERROR_BODY = 16 * 1024
+
+
+def read_error_detail(response: httpx.Response) -> str:
+    """Read the registry's own words from an error body, at most 16 KiB of it.
+
+    Distribution answers ``{"errors": [{"code": ..., "message": ...}]}``;
+    anything else is shown as its first line of text.
+    """
+    body = b""
+    for piece in response.iter_raw():
+        body += piece
+        if len(body) >= MAX_ERROR_BODY:
+            break
+    try:
+        errors = json.loads(body).get("errors") or []
+        parts = [
+            f"{item.get('code', '')}: {item.get('message', '')}".strip(": ")
+            for item in errors
+            if isinstance(item, dict)
+        ]
+        if parts:
+            return "; ".join(parts)
+    except (ValueError, AttributeError):
+        pass
+    text = body.decode("utf-8", "replace").strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def status_error(response: httpx.Response, what: str) -> ApparateError:
+    """Build the error for a non-success answer about ``what``."""
+    status = response.status_code
+    detail = read_error_detail(response)
+    said = f" ({detail})" if detail else ""
+    if status == 401:
+        if "authorization" in response.request.headers:
+            return AuthRejected(f"{what}: credentials were rejected (HTTP 401){said}")
+        return AuthRequired(f"{what}: the registry requires authentication{said}")
+    if status == 403:
+        return AuthRejected(f"{what}: access denied (HTTP 403){said}")
+    if status == 404:
+        return NotFound(f"{what} not found (HTTP 404){said}")
+    if status == 429:
+        retry_after = response.headers.get("Retry-After")
+        wait = f", retry after {retry_after} s" if retry_after else ""
+        return RateLimited(f"{what}: too many requests (HTTP 429{wait}){said}")
+    if status >= 500:
+        return RegistryError(f"{what}: registry error (HTTP {status}){said}")
+    return InvalidResponse(f"{what}: unexpected HTTP {status}{said}")
+
+
+def transport_error(error: httpx.HTTPError, host: str, what: str) -> ApparateError:
+    """Translate an httpx exception raised while talking to ``host``.
+
+    The host named is the one of the failed request when httpx knows it,
+    since a token realm or a redirect target may be elsewhere.
+    """
+    try:
+        host = error.request.url.netloc.decode() or host
+    except RuntimeError:
+        pass
+    if isinstance(error, httpx.TimeoutException):
+        return RegistryUnreachable(f"{what}: {host} timed out ({type(error).__name__})")
+    if isinstance(error, httpx.ConnectError):
+        return RegistryUnreachable(
+            f"{what}: cannot connect to {host} ({error})",
+            hint="check the address and the network; for a registry with a private "
+            "CA, put its certificate in /etc/docker/certs.d/HOST/ca.crt",
+        )
+    return RegistryUnreachable(f"{what}: connection to {host} failed ({error})")

@@ -1,0 +1,91 @@
+"""HTTP settings for one registry: TLS trust, plain HTTP rules, timeouts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from apparate.reference import is_loopback
+
+log = logging.getLogger(__name__)
+
+# Docker and podman read a registry's extra CA certificates from
+# <dir>/<host[:port]>/*.crt; apparate reads the same folders.
+DEFAULT_CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
+USER_AGENT = "apparate/0.1"
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """How to reach registries: trusted CAs, which hosts may use plain HTTP."""
+
+    insecure_registries: frozenset[str] = frozenset()
+    certs_dirs: tuple[str, ...] = DEFAULT_CERTS_DIRS
+    timeout: httpx.Timeout = field(
+        default_factory=lambda: httpx.Timeout(30.0, read=60.0)
+    )
+    max_connections: int = 16
+
+    @classmethod
+    def from_environment(
+        cls,
+        insecure_registries: Iterable[str] = (),
+        env: Mapping[str, str] = os.environ,
+    ) -> TransportSettings:
+        """Read ``APPARATE_CERTS_D`` and ``APPARATE_INSECURE_REGISTRIES``."""
+        insecure = set(insecure_registries)
+        insecure.update(
+            host
+            for host in env.get("APPARATE_INSECURE_REGISTRIES", "").split(",")
+            if host
+        )
+        certs_dirs = DEFAULT_CERTS_DIRS
+        if env.get("APPARATE_CERTS_D"):
+            certs_dirs = tuple(env["APPARATE_CERTS_D"].split(os.pathsep))
+        return cls(frozenset(insecure), certs_dirs)
+
+    def allows_plain_http(self, host: str) -> bool:
+        """Plain HTTP is allowed for loopback and hosts the user marked insecure."""
+        return is_loopback(host) or host in self.insecure_registries
+
+    def ssl_context(self, host: str) -> ssl.SSLContext:
+        """The system's trust store plus the CA files found for ``host``.
+
+        The same context serves a token realm on another host, so a realm
+        whose certificate is signed by the registry's CA is trusted too.
+        """
+        context = ssl.create_default_context()
+        for ca_file in self.ca_files(host):
+            log.debug("trusting CA file %s for %s", ca_file, host)
+            context.load_verify_locations(cafile=str(ca_file))
+        return context
+
+    def ca_files(self, host: str) -> list[Path]:
+        found: list[Path] = []
+        for certs_dir in self.certs_dirs:
+            host_dir = Path(certs_dir) / host
+            if host_dir.is_dir():
+                found.extend(sorted(host_dir.glob("*.crt")))
+        return found
+
+    def client(self, host: str, auth: httpx.Auth | None = None) -> httpx.Client:
+        """Build an HTTP/2-capable client for one registry host."""
+        limits = httpx.Limits(
+            max_connections=self.max_connections,
+            max_keepalive_connections=self.max_connections,
+        )
+        return httpx.Client(
+            http2=True,
+            verify=self.ssl_context(host),
+            timeout=self.timeout,
+            limits=limits,
+            auth=auth,
+            follow_redirects=True,
+            headers={"User-Agent": USER_AGENT},
+        )

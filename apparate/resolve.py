@@ -1,0 +1,45 @@
+"""Pick the manifest for one platform out of an index. Pure logic, no I/O."""
+
+from __future__ import annotations
+
+from apparate.errors import PlatformNotFound
+from apparate.manifest import MANIFEST_TYPES, Descriptor, Index
+from apparate.platform import Platform, match_rank
+
+ATTESTATION_TYPE_KEY = "vnd.docker.reference.type"
+
+
+def is_attestation(entry: Descriptor) -> bool:
+    """Whether an index entry is a build attestation rather than an image."""
+    if entry.annotations.get(ATTESTATION_TYPE_KEY) == "attestation-manifest":
+        return True
+    platform = entry.platform
+    return platform is not None and platform.os == "unknown"
+
+
+def runnable_entries(index: Index) -> list[Descriptor]:
+    """Index entries that are images with a platform, attestations left out."""
+    return [
+        entry
+        for entry in index.manifests
+        if entry.platform is not None
+        and not is_attestation(entry)
+        and (not entry.media_type or entry.media_type in MANIFEST_TYPES)
+    ]
+
+
+def select_manifest(index: Index, wanted: Platform, image: str) -> Descriptor:
+    """Return the entry that best runs on ``wanted``; the first wins among equals."""
+    best: tuple[int, int, Descriptor] | None = None
+    entries = runnable_entries(index)
+    for position, entry in enumerate(entries):
+        assert entry.platform is not None
+        rank = match_rank(wanted, entry.platform)
+        if rank is not None and (best is None or (rank, position) < best[:2]):
+            best = (rank, position, entry)
+    if best is None:
+        offered = ", ".join(sorted({str(e.platform) for e in entries})) or "none"
+        raise PlatformNotFound(
+            f"{image} has no image for {wanted}; it offers: {offered}"
+        )
+    return best[2]

@@ -1,0 +1,213 @@
+"""The local store: an OCI image layout that skopeo and podman can read.
+
+Blobs are written under ``ingest/`` and renamed into ``blobs/`` only after
+the caller verified them, and ``index.json`` is replaced atomically under a
+lock, so a killed pull leaves no half-written blob and no dangling tag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apparate.digest import Digest
+from apparate.errors import StoreError
+from apparate.manifest import OCI_INDEX, Descriptor
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+SOURCE_INDEX = "dev.apparate.source-index"
+LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One tagged entry of ``index.json``."""
+
+    reference: str
+    descriptor: Descriptor
+    source_index: Digest | None
+
+
+class BlobWriter:
+    """A blob being written; it becomes visible only through ``commit``."""
+
+    def __init__(self, store: Store, digest: Digest) -> None:
+        self._store = store
+        self.digest = digest
+        handle, name = tempfile.mkstemp(
+            prefix=f"{digest.hex[:16]}-", dir=store.ingest_dir
+        )
+        self._file = os.fdopen(handle, "wb")
+        self._path = Path(name)
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.size += len(data)
+
+    def commit(self) -> None:
+        """Move the verified blob into ``blobs/``; only call after verifying."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._path, self._store.blob_path(self.digest))
+
+    def discard(self) -> None:
+        self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class Store:
+    """An OCI image layout directory plus apparate's working folders."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.ingest_dir = self.root / "ingest"
+        try:
+            self._create()
+        except OSError as error:
+            raise StoreError(
+                f"cannot create the store at {self.root}: {error}"
+            ) from None
+
+    def _create(self) -> None:
+        (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        self.ingest_dir.mkdir(exist_ok=True)
+        layout_file = self.root / "oci-layout"
+        if not layout_file.exists():
+            _write_atomically(layout_file, json.dumps(LAYOUT_VERSION).encode())
+        if not (self.root / "index.json").exists():
+            with self._locked():
+                if not (self.root / "index.json").exists():
+                    self._write_index([])
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / digest.algorithm / digest.hex
+
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        try:
+            stat = self.blob_path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or stat.st_size == size
+
+    def read_blob(self, digest: Digest) -> bytes:
+        try:
+            return self.blob_path(digest).read_bytes()
+        except OSError as error:
+            raise StoreError(
+                f"cannot read blob {digest} from the store: {error}"
+            ) from None
+
+    @contextlib.contextmanager
+    def ingest(self, digest: Digest) -> Iterator[BlobWriter]:
+        """Yield a writer for a blob; it is dropped unless the caller commits."""
+        self.blob_path(digest).parent.mkdir(parents=True, exist_ok=True)
+        writer = BlobWriter(self, digest)
+        committed = False
+        try:
+            yield writer
+            committed = self.has_blob(digest)
+        finally:
+            if not committed:
+                writer.discard()
+
+    def put_blob(self, data: bytes, digest: Digest) -> None:
+        """Store a small blob whose digest the caller has already verified."""
+        if self.has_blob(digest, len(data)):
+            return
+        with self.ingest(digest) as writer:
+            writer.write(data)
+            writer.commit()
+
+    def tag(
+        self,
+        reference: str,
+        descriptor: Descriptor,
+        source_index: Digest | None = None,
+    ) -> None:
+        """Point ``reference`` at a manifest whose blobs are all stored."""
+        annotations = {REF_NAME: reference, CONTAINERD_NAME: reference}
+        if source_index:
+            annotations[SOURCE_INDEX] = str(source_index)
+        entry = {
+            "mediaType": descriptor.media_type,
+            "digest": str(descriptor.digest),
+            "size": descriptor.size,
+            "annotations": annotations,
+        }
+        with self._locked():
+            entries = [
+                item
+                for item in self._read_index()
+                if item.get("annotations", {}).get(REF_NAME) != reference
+            ]
+            self._write_index([*entries, entry])
+
+    def images(self) -> list[StoredImage]:
+        """Every tagged image, in the order it was tagged."""
+        return [_stored_image(item) for item in self._read_index() if _is_tagged(item)]
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        path = self.root / "index.json"
+        try:
+            document = json.loads(path.read_bytes())
+        except (OSError, ValueError) as error:
+            raise StoreError(f"cannot read {path}: {error}") from None
+        manifests = document.get("manifests")
+        if not isinstance(manifests, list):
+            raise StoreError(f"{path} has no manifests list")
+        return manifests
+
+    def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+        body = json.dumps(document, indent=2).encode()
+        _write_atomically(self.root / "index.json", body)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def _is_tagged(item: dict[str, Any]) -> bool:
+    return bool(item.get("annotations", {}).get(REF_NAME))
+
+
+def _stored_image(item: dict[str, Any]) -> StoredImage:
+    annotations = item.get("annotations", {})
+    source = annotations.get(SOURCE_INDEX)
+    descriptor = Descriptor(
+        media_type=item.get("mediaType", ""),
+        digest=Digest.parse(item["digest"]),
+        size=int(item.get("size", 0)),
+        annotations=dict(annotations),
+    )
+    return StoredImage(
+        annotations[REF_NAME], descriptor, Digest.parse(source) if source else None
+    )

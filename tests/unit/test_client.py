@@ -1,0 +1,410 @@
+"""The registry client against misbehaving servers, played by respx."""
+
+import hashlib
+import json
+
+import httpx
+import pytest
+import respx
+import zstandard
+
+from apparate.digest import Digest
+from apparate.errors import (
+    DigestMismatch,
+    InvalidResponse,
+    NotFound,
+    RateLimited,
+    RegistryError,
+    RegistryUnreachable,
+    TruncatedBody,
+)
+from apparate.manifest import OCI_MANIFEST, Descriptor
+from apparate.reference import Reference
+from apparate.registry.client import RegistryClient
+from apparate.registry.credentials import CredentialStore
+from apparate.registry.transport import TransportSettings
+
+HOST = "registry.example"
+BLOB = bytes(range(256)) * 2000
+BLOB_DIGEST = Digest("sha256", hashlib.sha256(BLOB).hexdigest())
+BLOB_PATH = f"https://{HOST}/v2/team/app/blobs/{BLOB_DIGEST}"
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "x", "digest": str(BLOB_DIGEST), "size": 1},
+        "layers": [],
+    }
+).encode()
+MANIFEST_DIGEST = Digest.of(MANIFEST)
+MANIFEST_URL = f"https://{HOST}/v2/team/app/manifests/v1"
+
+
+class BrokenStream(httpx.SyncByteStream):
+    """A body that sends ``data`` and then drops the connection."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self):
+        yield self.data
+        raise httpx.ReadError("connection reset by peer")
+
+
+class UnreadableStream(httpx.SyncByteStream):
+    """A body that must not be read (as distribution's 416 body)."""
+
+    def __iter__(self):
+        raise AssertionError("the client read a body it should have dropped")
+        yield b""
+
+
+@pytest.fixture
+def client(tmp_path):
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    settings = TransportSettings(certs_dirs=())
+    with RegistryClient(
+        Reference.parse(f"{HOST}/team/app:v1"), settings, credentials
+    ) as c:
+        yield c
+
+
+def blob_descriptor(size: int = len(BLOB)) -> Descriptor:
+    return Descriptor("application/octet-stream", BLOB_DIGEST, size)
+
+
+def fetch(client: RegistryClient, descriptor: Descriptor | None = None) -> bytes:
+    received: list[bytes] = []
+    client.fetch_blob(descriptor or blob_descriptor(), received.append, "blob x")
+    return b"".join(received)
+
+
+def range_start(request: httpx.Request) -> int:
+    header = request.headers.get("Range", "bytes=0-")
+    return int(header.removeprefix("bytes=").split("-")[0])
+
+
+def partial(request: httpx.Request) -> httpx.Response:
+    start = range_start(request)
+    headers = {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"}
+    return httpx.Response(206, headers=headers, content=BLOB[start:])
+
+
+# Each row: what the server sends for successive blob requests, and the Range
+# header values the client must have sent.
+RESUME_CASES = {
+    "resumes with range after a drop": (
+        [httpx.Response(200, stream=BrokenStream(BLOB[:1000])), partial],
+        [None, "bytes=1000-"],
+    ),
+    "resumes twice": (
+        [
+            httpx.Response(200, stream=BrokenStream(BLOB[:1000])),
+            lambda request: httpx.Response(
+                206,
+                headers={"Content-Range": f"bytes 1000-{len(BLOB) - 1}/{len(BLOB)}"},
+                stream=BrokenStream(BLOB[1000:5000]),
+            ),
+            partial,
+        ],
+        [None, "bytes=1000-", "bytes=5000-"],
+    ),
+    "server ignores range and sends everything": (
+        [
+            httpx.Response(200, stream=BrokenStream(BLOB[:1000])),
+            httpx.Response(200, content=BLOB),
+        ],
+        [None, "bytes=1000-"],
+    ),
+    "server answers 416 to an open range": (
+        [
+            httpx.Response(200, stream=BrokenStream(BLOB[:1000])),
+            httpx.Response(
+                416,
+                headers={"Content-Length": str(len(BLOB))},
+                stream=UnreadableStream(),
+            ),
+            httpx.Response(200, content=BLOB),
+        ],
+        [None, "bytes=1000-", None],
+    ),
+}
+
+
+@pytest.mark.parametrize("answers, ranges", RESUME_CASES.values(), ids=RESUME_CASES)
+@respx.mock
+def test_fetch_blob_resumes(client, answers, ranges):
+    route = respx.get(BLOB_PATH).mock(side_effect=answers)
+
+    assert fetch(client) == BLOB
+
+    sent = [call.request.headers.get("Range") for call in route.calls]
+    assert sent == ranges
+
+
+@respx.mock
+def test_fetch_blob_reads_raw_bytes(client):
+    # A server may label a compressed blob with Content-Encoding; the digest
+    # is of the bytes as sent, so they must not be decoded.
+    raw = zstandard.ZstdCompressor().compress(BLOB)
+    descriptor = Descriptor("application/octet-stream", Digest.of(raw), len(raw))
+    path = f"https://{HOST}/v2/team/app/blobs/{descriptor.digest}"
+    route = respx.get(path).mock(
+        return_value=httpx.Response(
+            200, stream=httpx.ByteStream(raw), headers={"Content-Encoding": "zstd"}
+        )
+    )
+
+    assert fetch(client, descriptor) == raw
+
+    assert route.calls[0].request.headers["Accept-Encoding"] == "identity"
+
+
+FAILING_BLOB_CASES = {
+    "corrupt body": (httpx.Response(200, content=b"x" * len(BLOB)), DigestMismatch),
+    "longer body": (httpx.Response(200, content=BLOB + b"x"), DigestMismatch),
+    "short body": (httpx.Response(200, content=BLOB[:-1]), TruncatedBody),
+    "not found": (
+        httpx.Response(
+            404, json={"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}
+        ),
+        NotFound,
+    ),
+    "server error": (httpx.Response(503, text="maintenance"), RegistryError),
+    "rate limited": (httpx.Response(429, text="slow down"), RateLimited),
+    "keeps dropping": (httpx.ReadError("reset"), TruncatedBody),
+}
+
+
+@pytest.mark.parametrize(
+    "answer, error", FAILING_BLOB_CASES.values(), ids=FAILING_BLOB_CASES
+)
+@respx.mock
+def test_fetch_blob_fails(client, answer, error):
+    respx.get(BLOB_PATH).mock(side_effect=lambda request: _raise_or_return(answer))
+
+    with pytest.raises(error) as caught:
+        fetch(client)
+
+    assert "blob x" in str(caught.value)
+
+
+def _raise_or_return(answer):
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+@respx.mock
+def test_fetch_blob_stops_retrying_without_progress(client):
+    route = respx.get(BLOB_PATH).mock(side_effect=httpx.ReadError("reset"))
+
+    with pytest.raises(TruncatedBody, match="failed 3 times"):
+        fetch(client)
+
+    assert route.call_count == 3
+
+
+@respx.mock
+def test_rate_limit_reports_retry_after_once(client):
+    body = {"errors": [{"code": "TOOMANYREQUESTS", "message": "pull rate limit"}]}
+    route = respx.get(MANIFEST_URL).mock(
+        return_value=httpx.Response(429, json=body, headers={"Retry-After": "120"})
+    )
+
+    with pytest.raises(RateLimited) as caught:
+        client.get_manifest("v1", None)
+
+    assert "retry after 120 s" in str(caught.value)
+    assert "pull rate limit" in str(caught.value)
+    assert route.call_count == 1
+
+
+def manifest_answer(body: bytes = MANIFEST, **headers: str) -> httpx.Response:
+    return httpx.Response(
+        200, content=body, headers={"Content-Type": OCI_MANIFEST, **headers}
+    )
+
+
+@respx.mock
+def test_get_manifest_verifies_header_digest(client):
+    respx.get(MANIFEST_URL).mock(
+        return_value=manifest_answer(**{"Docker-Content-Digest": str(BLOB_DIGEST)})
+    )
+
+    with pytest.raises(DigestMismatch, match="manifest v1"):
+        client.get_manifest("v1", None)
+
+
+@respx.mock
+def test_get_manifest_verifies_requested_digest(client):
+    url = f"https://{HOST}/v2/team/app/manifests/{BLOB_DIGEST}"
+    respx.get(url).mock(return_value=manifest_answer())
+
+    with pytest.raises(DigestMismatch):
+        client.get_manifest(str(BLOB_DIGEST), BLOB_DIGEST)
+
+
+@respx.mock
+def test_get_manifest_returns_body_and_type(client):
+    route = respx.get(MANIFEST_URL).mock(return_value=manifest_answer())
+
+    fetched = client.get_manifest("v1", None)
+
+    assert fetched.body == MANIFEST
+    assert fetched.digest == MANIFEST_DIGEST
+    assert fetched.media_type == OCI_MANIFEST
+    accept = route.calls[0].request.headers["Accept"]
+    for media_type in (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ):
+        assert media_type in accept
+
+
+LIMIT = 4 * 1024 * 1024
+
+
+def big_manifest(size: int) -> bytes:
+    padding = size - len(b'{"x":""}')
+    return b'{"x":"' + b"a" * padding + b'"}'
+
+
+@respx.mock
+def test_get_manifest_accepts_four_mebibytes(client):
+    body = big_manifest(LIMIT)
+    respx.get(MANIFEST_URL).mock(return_value=manifest_answer(body))
+
+    assert len(client.get_manifest("v1", None).body) == LIMIT
+
+
+@respx.mock
+def test_get_manifest_rejects_large_length_unread(client):
+    respx.get(MANIFEST_URL).mock(
+        return_value=httpx.Response(
+            200,
+            headers={"Content-Length": str(LIMIT + 1)},
+            stream=UnreadableStream(),
+        )
+    )
+
+    with pytest.raises(InvalidResponse, match="over the 4194304-byte limit"):
+        client.get_manifest("v1", None)
+
+
+@respx.mock
+def test_get_manifest_rejects_large_chunked_body(client):
+    def chunks():
+        for _ in range(5):
+            yield b"a" * (1024 * 1024)
+
+    respx.get(MANIFEST_URL).mock(return_value=httpx.Response(200, content=chunks()))
+
+    with pytest.raises(InvalidResponse, match="over the 4194304-byte limit"):
+        client.get_manifest("v1", None)
+
+
+HEAD_CASES = {
+    "digest header": (
+        httpx.Response(200, headers={"Docker-Content-Digest": str(MANIFEST_DIGEST)}),
+        MANIFEST_DIGEST,
+    ),
+    "no digest header": (httpx.Response(200), None),
+    "method not allowed": (httpx.Response(405), None),
+    "malformed digest header": (
+        httpx.Response(200, headers={"Docker-Content-Digest": "sha256:zz"}),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("answer, expected", HEAD_CASES.values(), ids=HEAD_CASES)
+@respx.mock
+def test_head_manifest(client, answer, expected):
+    respx.head(MANIFEST_URL).mock(return_value=answer)
+
+    assert client.head_manifest("v1") == expected
+
+
+@respx.mock
+def test_not_found_carries_registry_message(client):
+    body = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+    respx.get(MANIFEST_URL).mock(return_value=httpx.Response(404, json=body))
+
+    with pytest.raises(NotFound) as caught:
+        client.get_manifest("v1", None)
+
+    assert "registry.example/team/app:v1" in str(caught.value)
+    assert "MANIFEST_UNKNOWN: manifest unknown" in str(caught.value)
+
+
+@respx.mock
+def test_redirect_to_other_origin_drops_authorization(client):
+    storage = "https://storage.example/blob?sig=1"
+    respx.get(BLOB_PATH).mock(
+        return_value=httpx.Response(307, headers={"Location": storage})
+    )
+    target = respx.get(storage).mock(return_value=httpx.Response(200, content=BLOB))
+    client._http.headers["Authorization"] = "Bearer secret"
+
+    assert fetch(client) == BLOB
+
+    assert "Authorization" not in target.calls[0].request.headers
+    assert target.calls[0].request.headers["Accept-Encoding"] == "identity"
+
+
+@respx.mock
+def test_redirect_on_same_origin_keeps_authorization(client):
+    same = f"https://{HOST}/storage/blob"
+    respx.get(BLOB_PATH).mock(
+        return_value=httpx.Response(307, headers={"Location": same})
+    )
+    target = respx.get(same).mock(return_value=httpx.Response(200, content=BLOB))
+    client._http.headers["Authorization"] = "Bearer secret"
+
+    assert fetch(client) == BLOB
+
+    assert target.calls[0].request.headers["Authorization"] == "Bearer secret"
+
+
+def loopback_client(tmp_path, host: str, insecure: frozenset = frozenset()):
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    settings = TransportSettings(insecure_registries=insecure, certs_dirs=())
+    return RegistryClient(Reference.parse(f"{host}/app:v1"), settings, credentials)
+
+
+@respx.mock
+def test_plain_http_fallback_for_loopback(tmp_path):
+    respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        side_effect=httpx.ConnectError("wrong version number")
+    )
+    plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=manifest_answer()
+    )
+
+    with loopback_client(tmp_path, "127.0.0.1:5000") as client:
+        assert client.get_manifest("v1", None).body == MANIFEST
+
+    assert plain.call_count == 1
+
+
+@respx.mock
+def test_plain_http_only_when_allowed(tmp_path):
+    respx.get("https://insecure.example:5000/v2/app/manifests/v1").mock(
+        side_effect=httpx.ConnectError("wrong version number")
+    )
+    plain = respx.get("http://insecure.example:5000/v2/app/manifests/v1").mock(
+        return_value=manifest_answer()
+    )
+
+    with loopback_client(tmp_path, "insecure.example:5000") as client:
+        with pytest.raises(RegistryUnreachable, match="cannot connect"):
+            client.get_manifest("v1", None)
+    with loopback_client(
+        tmp_path, "insecure.example:5000", frozenset({"insecure.example:5000"})
+    ) as c:
+        assert c.get_manifest("v1", None).body == MANIFEST
+
+    assert plain.call_count == 1

@@ -1,0 +1,95 @@
+import json
+import multiprocessing
+
+import pytest
+
+from apparate.digest import Digest
+from apparate.manifest import OCI_MANIFEST, Descriptor
+from apparate.store.layout import REF_NAME, Store
+
+
+def descriptor_of(data: bytes) -> Descriptor:
+    return Descriptor(OCI_MANIFEST, Digest.of(data), len(data))
+
+
+def test_store_creates_oci_layout(tmp_path):
+    Store(tmp_path / "store")
+
+    layout = json.loads((tmp_path / "store" / "oci-layout").read_text())
+    index = json.loads((tmp_path / "store" / "index.json").read_text())
+    assert layout == {"imageLayoutVersion": "1.0.0"}
+    assert index["schemaVersion"] == 2
+    assert index["manifests"] == []
+
+
+def test_ingest_without_commit_leaves_nothing(tmp_path):
+    store = Store(tmp_path)
+    digest = Digest.of(b"blob")
+
+    with pytest.raises(RuntimeError), store.ingest(digest) as writer:
+        writer.write(b"bl")
+        raise RuntimeError("download failed")
+
+    assert not store.has_blob(digest)
+    assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_ingest_commit_publishes_blob(tmp_path):
+    store = Store(tmp_path)
+    digest = Digest.of(b"blob")
+
+    with store.ingest(digest) as writer:
+        writer.write(b"blob")
+        writer.commit()
+
+    assert store.read_blob(digest) == b"blob"
+    assert store.has_blob(digest, 4)
+    assert not store.has_blob(digest, 5)
+    assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_tag_replaces_same_reference(tmp_path):
+    store = Store(tmp_path)
+    first, second = descriptor_of(b"one"), descriptor_of(b"two")
+
+    store.tag("example.com/app:v1", first)
+    store.tag("example.com/app:v2", first)
+    store.tag("example.com/app:v1", second)
+
+    images = {image.reference: image.descriptor.digest for image in store.images()}
+    assert images == {
+        "example.com/app:v1": second.digest,
+        "example.com/app:v2": first.digest,
+    }
+
+
+def test_tag_records_source_index(tmp_path):
+    store = Store(tmp_path)
+    index_digest = Digest.of(b"index")
+
+    store.tag("example.com/app:v1", descriptor_of(b"one"), index_digest)
+
+    (image,) = store.images()
+    assert image.source_index == index_digest
+    assert image.descriptor.annotations[REF_NAME] == "example.com/app:v1"
+
+
+def _tag_many(root: str, worker: int) -> None:
+    store = Store(root)
+    for number in range(20):
+        store.tag(f"example.com/app:w{worker}-{number}", descriptor_of(b"x"))
+
+
+def test_concurrent_taggers_lose_no_tag(tmp_path):
+    Store(tmp_path)
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=_tag_many, args=(str(tmp_path), n)) for n in range(4)
+    ]
+
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert len(Store(tmp_path).images()) == 80
