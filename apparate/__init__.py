@@ -7,6 +7,7 @@ The Python API the CLI wraps::
     print(result.bytes_fetched, result.digest)
 """
 
+from apparate.catalog import ImageSummary, list_images
 from apparate.errors import ApparateError
 from apparate.pull import PullOptions, pull
 from apparate.reference import Reference
@@ -14,9 +15,11 @@ from apparate.result import LayerResult, PullResult
 
 __all__ = [
     "ApparateError",
+    "ImageSummary",
     "LayerResult",
     "PullOptions",
     "PullResult",
     "Reference",
+    "list_images",
     "pull",
 ]

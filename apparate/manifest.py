@@ -36,6 +36,22 @@ PLAIN_LAYERS = {
     "application/vnd.docker.image.rootfs.diff.tar",
 }
 
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+# The OCI media type for each Docker one, as ``skopeo copy`` converts them.
+DOCKER_TO_OCI = {
+    DOCKER_MANIFEST: OCI_MANIFEST,
+    DOCKER_CONFIG: OCI_CONFIG,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip":
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd":
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar":
+        "application/vnd.oci.image.layer.v1.tar",
+}  # fmt: skip
+
 # Manifests over this size are rejected before they are buffered; registries
 # commonly cap pushes at 4 MiB, so everything real fits.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -143,3 +159,17 @@ def _descriptor(item: dict[str, Any]) -> Descriptor:
         platform=platform,
         annotations=dict(item.get("annotations") or {}),
     )
+
+
+def as_oci_manifest(document: dict[str, Any]) -> bytes:
+    """Rewrite a Docker schema 2 manifest with OCI media types.
+
+    Config and layer blobs stay byte for byte the same; only the manifest,
+    and so its digest, changes. Tools that read OCI layouts (skopeo 1.9
+    among them) list only entries of OCI media types.
+    """
+    converted = json.loads(json.dumps(document))
+    converted["mediaType"] = OCI_MANIFEST
+    for item in [converted["config"], *converted["layers"]]:
+        item["mediaType"] = DOCKER_TO_OCI.get(item["mediaType"], item["mediaType"])
+    return json.dumps(converted, separators=(",", ":")).encode()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -11,13 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
-
 from apparate.digest import Digest
 from apparate.errors import ApparateError
 from apparate.image import ResolvedImage, resolve_image
 from apparate.layers import DiffIDVerifier
-from apparate.manifest import Descriptor
+from apparate.manifest import (
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    Descriptor,
+    as_oci_manifest,
+    parse_json,
+)
 from apparate.platform import Platform
 from apparate.progress import PullObserver
 from apparate.reference import Reference
@@ -25,7 +28,7 @@ from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
-from apparate.store.layout import Store
+from apparate.store.layout import Store, default_store_path
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +47,6 @@ class PullOptions:
     observer: PullObserver = field(default_factory=PullObserver)
 
 
-def default_store_path() -> Path:
-    """``APPARATE_STORE``, else the user's data directory."""
-    configured = os.environ.get("APPARATE_STORE")
-    if configured:
-        return Path(configured)
-    return platformdirs.user_data_path("apparate") / "store"
-
-
 def pull(reference: str | Reference, options: PullOptions | None = None) -> PullResult:
     """Pull one image into the local store and return what it cost."""
     options = options or PullOptions()
@@ -67,8 +62,9 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
         layers = _fetch_layers(client, store, image, options)
 
-    _store_metadata(store, image)
-    store.tag(str(ref), image.descriptor, image.index.digest if image.index else None)
+    tagged = _store_metadata(store, image)
+    index_digest = image.index.digest if image.index else None
+    store.tag(str(ref), tagged, image.manifest.digest, index_digest)
     fetched = sum(layer.size for layer in layers if layer.fetched)
     return PullResult(
         reference=str(ref),
@@ -82,12 +78,23 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     )
 
 
-def _store_metadata(store: Store, image: ResolvedImage) -> None:
-    """Store config, manifest and index; their digests were checked on arrival."""
+def _store_metadata(store: Store, image: ResolvedImage) -> Descriptor:
+    """Store config, manifest and index; return the manifest to tag.
+
+    Their digests were checked on arrival. A Docker schema 2 manifest is kept
+    as the registry sent it and tagged through an OCI copy, as OCI layouts
+    list only OCI media types.
+    """
     store.put_blob(image.config, image.parsed.config.digest)
     store.put_blob(image.manifest.body, image.manifest.digest)
     if image.index:
         store.put_blob(image.index.body, image.index.digest)
+    if image.parsed.media_type != DOCKER_MANIFEST:
+        return image.descriptor
+    body = as_oci_manifest(parse_json(image.manifest.body, "manifest"))
+    converted = Descriptor(OCI_MANIFEST, Digest.of(body), len(body))
+    store.put_blob(body, converted.digest)
+    return converted
 
 
 def _fetch_layers(

@@ -14,14 +14,14 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from apparate.catalog import list_images
 from apparate.cli.render import BarObserver, LineObserver, human_size, summary_line
 from apparate.errors import ApparateError, UsageError
 from apparate.platform import Platform
 from apparate.progress import PullObserver
-from apparate.pull import PullOptions, default_store_path, pull
+from apparate.pull import PullOptions, pull
 from apparate.reference import Reference
 from apparate.registry.credentials import Credentials
-from apparate.store.layout import Store
 
 app = typer.Typer(
     help="Pull container images fetching only what this machine lacks.",
@@ -123,22 +123,21 @@ def images_command(
 ) -> None:
     """List the images in the local store."""
     with _errors_reported():
-        images = Store(store or default_store_path()).images()
+        images = list_images(store)
         if as_json:
             rows = [
-                {"reference": image.reference, "digest": str(image.descriptor.digest)}
-                for image in images
+                {"reference": i.reference, "digest": str(i.digest), "size": i.size}
+                for i in images
             ]
             print(json.dumps(rows, indent=2))
             return
-        table = Table("REFERENCE", "DIGEST", "MANIFEST SIZE", box=None)
+        table = Table("REFERENCE", "DIGEST", "SIZE", box=None, pad_edge=False)
         for image in images:
             table.add_row(
-                image.reference,
-                str(image.descriptor.digest),
-                human_size(image.descriptor.size),
+                image.reference, str(image.digest)[:19], human_size(image.size)
             )
-        Console().print(table)
+        # Wide enough that references are never cut when stdout is a pipe.
+        Console(width=None if sys.stdout.isatty() else 250).print(table)
 
 
 def _parse_platform(text: str | None) -> Platform | None:

@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 from apparate.digest import Digest
 from apparate.errors import StoreError
 from apparate.manifest import OCI_INDEX, Descriptor
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
+# The registry's own manifest and index digests, kept for importers that must
+# show the image under its registry digest when the tagged manifest differs.
+SOURCE_MANIFEST = "dev.apparate.source-manifest"
 SOURCE_INDEX = "dev.apparate.source-index"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 
@@ -33,6 +38,7 @@ class StoredImage:
 
     reference: str
     descriptor: Descriptor
+    source_manifest: Digest
     source_index: Digest | None
 
 
@@ -46,6 +52,9 @@ class BlobWriter:
             prefix=f"{digest.hex[:16]}-", dir=store.ingest_dir
         )
         self._file = os.fdopen(handle, "wb")
+        # The lock tells other processes this file is in use; a file nobody
+        # holds is left over from a killed pull and is swept away.
+        fcntl.flock(self._file, fcntl.LOCK_EX)
         self._path = Path(name)
         self.size = 0
 
@@ -88,6 +97,14 @@ class Store:
             with self._locked():
                 if not (self.root / "index.json").exists():
                     self._write_index([])
+        self._sweep_ingest()
+
+    def _sweep_ingest(self) -> None:
+        """Delete partial blobs that no running process holds."""
+        for path in self.ingest_dir.iterdir():
+            with contextlib.suppress(OSError), open(path, "rb") as partial:
+                fcntl.flock(partial, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink()
 
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
@@ -132,10 +149,17 @@ class Store:
         self,
         reference: str,
         descriptor: Descriptor,
+        source_manifest: Digest | None = None,
         source_index: Digest | None = None,
     ) -> None:
-        """Point ``reference`` at a manifest whose blobs are all stored."""
+        """Point ``reference`` at a manifest whose blobs are all stored.
+
+        ``source_manifest`` is the registry's manifest digest when the tagged
+        manifest is a converted copy of it.
+        """
         annotations = {REF_NAME: reference, CONTAINERD_NAME: reference}
+        if source_manifest and source_manifest != descriptor.digest:
+            annotations[SOURCE_MANIFEST] = str(source_manifest)
         if source_index:
             annotations[SOURCE_INDEX] = str(source_index)
         entry = {
@@ -182,6 +206,14 @@ class Store:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def default_store_path() -> Path:
+    """``APPARATE_STORE``, else the user's data directory."""
+    configured = os.environ.get("APPARATE_STORE")
+    if configured:
+        return Path(configured)
+    return platformdirs.user_data_path("apparate") / "store"
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     handle, name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
@@ -201,13 +233,17 @@ def _is_tagged(item: dict[str, Any]) -> bool:
 
 def _stored_image(item: dict[str, Any]) -> StoredImage:
     annotations = item.get("annotations", {})
-    source = annotations.get(SOURCE_INDEX)
     descriptor = Descriptor(
         media_type=item.get("mediaType", ""),
         digest=Digest.parse(item["digest"]),
         size=int(item.get("size", 0)),
         annotations=dict(annotations),
     )
+    manifest = annotations.get(SOURCE_MANIFEST)
+    index = annotations.get(SOURCE_INDEX)
     return StoredImage(
-        annotations[REF_NAME], descriptor, Digest.parse(source) if source else None
+        reference=annotations[REF_NAME],
+        descriptor=descriptor,
+        source_manifest=Digest.parse(manifest) if manifest else descriptor.digest,
+        source_index=Digest.parse(index) if index else None,
     )

@@ -67,7 +67,7 @@ def test_tag_records_source_index(tmp_path):
     store = Store(tmp_path)
     index_digest = Digest.of(b"index")
 
-    store.tag("example.com/app:v1", descriptor_of(b"one"), index_digest)
+    store.tag("example.com/app:v1", descriptor_of(b"one"), source_index=index_digest)
 
     (image,) = store.images()
     assert image.source_index == index_digest
@@ -93,3 +93,16 @@ def test_concurrent_taggers_lose_no_tag(tmp_path):
         worker.join()
 
     assert len(Store(tmp_path).images()) == 80
+
+
+def test_store_sweeps_abandoned_ingest_files(tmp_path):
+    store = Store(tmp_path)
+    abandoned = store.ingest_dir / "0123-abandoned"
+    abandoned.write_bytes(b"partial")
+
+    with store.ingest(Digest.of(b"blob")) as writer:
+        writer.write(b"bl")
+        Store(tmp_path)
+
+        assert not abandoned.exists()
+        assert len(list(store.ingest_dir.iterdir())) == 1

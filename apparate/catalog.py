@@ -1,0 +1,46 @@
+"""What the local store holds, summarised for ``apparate images``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from apparate.digest import Digest
+from apparate.errors import ApparateError, StoreError
+from apparate.manifest import parse_json, parse_manifest
+from apparate.store.layout import Store, default_store_path
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One tagged image: its manifest digest and the bytes of its blobs."""
+
+    reference: str
+    digest: Digest
+    size: int
+
+
+def list_images(store_path: Path | None = None) -> list[ImageSummary]:
+    """List the images of a store (default: the user's store)."""
+    store = Store(store_path or default_store_path())
+    return [
+        ImageSummary(
+            image.reference,
+            image.source_manifest,
+            _image_size(store, image.descriptor.digest),
+        )
+        for image in store.images()
+    ]
+
+
+def _image_size(store: Store, digest: Digest) -> int:
+    """Manifest, config and layers, as stored (compressed)."""
+    what = f"manifest {digest} in the store"
+    body = store.read_blob(digest)
+    try:
+        manifest = parse_manifest(parse_json(body, what), what)
+    except ApparateError as error:
+        raise StoreError(f"{what} is unreadable: {error}") from None
+    return (
+        len(body) + manifest.config.size + sum(layer.size for layer in manifest.layers)
+    )
