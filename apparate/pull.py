@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,14 @@ def _wait_all(futures: list, cancelled: threading.Event) -> None:
         raise first_error
 
 
+@contextlib.contextmanager
+def _closing(verifier: DiffIDVerifier) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        verifier.close()
+
+
 class _Cancelled(ApparateError):
     """Another layer failed, so this one stopped early."""
 
@@ -170,7 +179,7 @@ class _LayerFetcher:
     def fetch(self, layer: Descriptor, diff_id: Digest) -> None:
         what = f"layer {layer.digest} of {self._image}"
         diff_verifier = DiffIDVerifier(layer.media_type, diff_id, what)
-        with self._store.ingest(layer.digest) as writer:
+        with self._store.ingest(layer.digest) as writer, _closing(diff_verifier):
 
             def write(data: bytes) -> None:
                 if self._cancelled.is_set():

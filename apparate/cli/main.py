@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.table import Table
 
 from apparate.catalog import list_images
-from apparate.cli.render import BarObserver, LineObserver, human_size, summary_line
+from apparate.cli.text import LineObserver, human_size, summary_line
 from apparate.errors import ApparateError, UsageError
 from apparate.platform import Platform
 from apparate.progress import PullObserver
@@ -52,11 +49,20 @@ def main(
 ) -> None:
     state["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    handler = RichHandler(console=Console(stderr=True), show_path=False)
-    logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LowercaseLevelFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.INFO if debug else logging.WARNING)
     logging.getLogger("hpack").setLevel(logging.WARNING)
+
+
+class _LowercaseLevelFormatter(logging.Formatter):
+    """Format records as ``warning: ...``, in the style of the error line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
 
 
 @app.command("pull")
@@ -131,6 +137,9 @@ def images_command(
             ]
             print(json.dumps(rows, indent=2))
             return
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table("REFERENCE", "DIGEST", "SIZE", box=None, pad_edge=False)
         for image in images:
             table.add_row(
@@ -172,7 +181,9 @@ def _observer(quiet: bool):  # type: ignore[no-untyped-def]
     if quiet:
         yield PullObserver()
     elif sys.stdout.isatty():
-        with BarObserver(Console()) as bars:
+        from apparate.cli.bars import BarObserver  # rich costs start-up time
+
+        with BarObserver() as bars:
             yield bars
     else:
         yield LineObserver()

@@ -80,8 +80,10 @@ class TransportSettings:
             max_connections=self.max_connections,
             max_keepalive_connections=self.max_connections,
         )
+        # HTTP/2 needs TLS with ALPN; the h2 package is only imported where
+        # it can be used, since hosts allowed plain HTTP are usually local.
         return httpx.Client(
-            http2=True,
+            http2=not self.allows_plain_http(host),
             verify=self.ssl_context(host),
             timeout=self.timeout,
             limits=limits,

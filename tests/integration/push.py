@@ -58,8 +58,10 @@ class Pusher:
         with httpx.Client(base_url=base) as client:
             started = client.post(f"/v2/{repository}/blobs/uploads/")
             started.raise_for_status()
-            location = started.headers["Location"]
-            done = client.put(location, params={"digest": sha256(data)}, content=data)
+            # The upload URL carries state in its query; the digest joins it.
+            location = httpx.URL(started.headers["Location"])
+            target = location.copy_merge_params({"digest": sha256(data)})
+            done = client.put(target, content=data)
             done.raise_for_status()
         return {"digest": sha256(data), "size": len(data)}
 

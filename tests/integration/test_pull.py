@@ -275,17 +275,25 @@ FAILURES = {
     "unknown tag": (["pull", "{host}/samples/base:nope"], 4, ["not found"]),
     "unknown repository": (["pull", "{host}/samples/none:v1"], 4, ["not found"]),
     "unknown digest": (
-        ["pull", "{host}/samples/base@sha256:" + "0" * 64], 4, ["not found"]
+        ["pull", "{host}/samples/base@sha256:" + "0" * 64],
+        4,
+        ["not found"],
     ),
     "unknown platform": (
         ["pull", "--platform", "linux/riscv64", "{host}/samples/multi:v1"],
         5,
         ["linux/amd64", "linux/arm64"],
     ),
-    "invalid platform": (["pull", "--platform", "linux", "{host}/samples/base:v1"],
-                         2, ["OS/ARCH"]),
-    "nothing listening": (["pull", "127.0.0.1:9/samples/base:v1"], 6,
-                          ["cannot connect"]),
+    "invalid platform": (
+        ["pull", "--platform", "linux", "{host}/samples/base:v1"],
+        2,
+        ["OS/ARCH"],
+    ),
+    "nothing listening": (
+        ["pull", "127.0.0.1:9/samples/base:v1"],
+        6,
+        ["cannot connect"],
+    ),
 }
 
 

@@ -6,7 +6,7 @@ import zstandard
 
 from apparate.digest import Digest
 from apparate.errors import DiffIDMismatch, VerificationError
-from apparate.layers import DiffIDVerifier, decompressor_for
+from apparate.layers import OUTPUT_PIECE, DiffIDVerifier, decompressor_for
 
 TAR = bytes(range(256)) * 4000
 DIFF_ID = Digest("sha256", hashlib.sha256(TAR).hexdigest())
@@ -97,14 +97,41 @@ def test_diff_id_verifier_rejects_corrupt(media_type, blob):
 
 def test_decompressor_rejects_unknown_media_type():
     with pytest.raises(VerificationError, match="not supported"):
-        decompressor_for("application/vnd.example.layer+lz4")
+        decompressor_for("application/vnd.example.layer+lz4", print)
 
 
 def test_zstd_reads_every_frame():
     blob = zstd_frames(TAR, 4)
     # python-zstandard's one-shot decompress stops after the first frame.
     assert len(zstandard.ZstdDecompressor().decompress(blob)) < len(TAR)
+    output: list[bytes] = []
 
-    decompressor = decompressor_for(ZSTD)
+    decompressor = decompressor_for(ZSTD, output.append)
+    decompressor.write(blob)
+    decompressor.finish()
 
-    assert decompressor.decompress(blob) + decompressor.finish() == TAR
+    assert b"".join(output) == TAR
+
+
+@pytest.mark.parametrize("media_type", [GZIP, ZSTD])
+def test_decompressor_output_pieces_are_bounded(media_type):
+    zeros = bytes(64 << 20)
+    blob = gzip.compress(zeros) if media_type == GZIP else zstd_frames(zeros, 1)
+    sizes: list[int] = []
+
+    decompressor = decompressor_for(media_type, lambda piece: sizes.append(len(piece)))
+    decompressor.write(blob)
+    decompressor.finish()
+
+    assert sum(sizes) == len(zeros)
+    assert max(sizes) <= OUTPUT_PIECE
+
+
+def test_diff_id_verifier_close_stops_thread():
+    verifier = DiffIDVerifier(GZIP, DIFF_ID, "layer x")
+    verifier.update(gzip.compress(TAR)[:5000])
+
+    verifier.close()
+
+    with pytest.raises(VerificationError):
+        verifier.update(b"more")

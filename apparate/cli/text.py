@@ -1,21 +1,10 @@
-"""Show pull progress: rich bars on a terminal, plain lines in logs and CI."""
+"""Plain-text pull output: one line per milestone, and the summary line."""
 
 from __future__ import annotations
 
 import sys
 import threading
-from typing import Self, TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TextIO
 
 from apparate.digest import Digest
 from apparate.progress import PullObserver
@@ -54,44 +43,6 @@ class LineObserver(PullObserver):
 
     def layer_done(self, digest: Digest) -> None:
         self._say(f"{short(digest)}: verified")
-
-
-class BarObserver(PullObserver):
-    """A bar per layer and one for the total, drawn by rich."""
-
-    def __init__(self, console: Console) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self._tasks: dict[Digest, TaskID] = {}
-        self._total = self._progress.add_task("total", total=0)
-
-    def __enter__(self) -> Self:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._progress.stop()
-
-    def resolved(self, image: str, digest: Digest, platform: str) -> None:
-        self._progress.console.print(f"{image}: {digest} ({platform})")
-
-    def layer_planned(self, digest: Digest, size: int, stored: bool) -> None:
-        if stored or digest in self._tasks:
-            return
-        self._tasks[digest] = self._progress.add_task(short(digest), total=size)
-        total = self._progress.tasks[self._total].total or 0
-        self._progress.update(self._total, total=total + size)
-
-    def layer_progress(self, digest: Digest, received: int) -> None:
-        self._progress.advance(self._tasks[digest], received)
-        self._progress.advance(self._total, received)
 
 
 def summary_line(result: PullResult) -> str:

@@ -1,0 +1,199 @@
+"""Pulls that must fail cleanly, or recover, against the real registry."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import apparate
+from apparate.errors import DiffIDMismatch, DigestMismatch, InvalidResponse
+from apparate.pull import PullOptions
+from apparate.registry.client import RegistryClient
+from apparate.registry.credentials import CredentialStore, Credentials
+from apparate.registry.transport import TransportSettings
+from apparate.reference import Reference
+from tests.integration.push import Pusher, gzip_members, sha256, tar_of
+from tests.testbed.registry import RegistryHandle, blob_path, start_registry
+
+pytestmark = pytest.mark.integration
+
+APPARATE = str(Path(sys.executable).with_name("apparate"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "home" / ".docker"))
+    monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
+    monkeypatch.delenv("APPARATE_STORE", raising=False)
+
+
+@pytest.fixture
+def private_registry(tmp_path: Path, sample_images) -> Iterator[RegistryHandle]:
+    """A plain registry holding the samples, whose storage a test may damage."""
+    handle = start_registry("plain", tmp_path / "registry", samples=sample_images)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def assert_store_clean(store: Path) -> None:
+    """No tag, no partial blob, and every stored blob matches its name."""
+    assert apparate.list_images(store) == []
+    assert list((store / "ingest").iterdir()) == []
+    for blob in (store / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+def layer_digests(store_or_registry: RegistryHandle, tag: str) -> list[str]:
+    manifest = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false",
+         f"docker://{store_or_registry.host}/samples/base:{tag}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [layer["digest"] for layer in json.loads(manifest)["layers"]]
+
+
+def test_corrupt_blob_fails_and_stores_nothing(private_registry, tmp_path):
+    store = tmp_path / "store"
+    first_layer = layer_digests(private_registry, "v1")[0]
+    data = blob_path(private_registry.storage_dir, first_layer)
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    data.write_bytes(bytes(damaged))
+
+    with pytest.raises(DigestMismatch) as caught:
+        apparate.pull(
+            f"{private_registry.host}/samples/base:v1", PullOptions(store=store)
+        )
+
+    message = str(caught.value)
+    assert first_layer in message
+    assert private_registry.host in message
+    assert_store_clean(store)
+
+
+def test_wrong_diff_id_fails_before_tagging(fresh_registry, tmp_path):
+    store = tmp_path / "store"
+    tar = tar_of({"etc/hello": b"hello\n"})
+    pusher = Pusher(fresh_registry.host)
+    pusher.image("lying/app", "v1", [(tar, gzip_members(tar, 1))], [sha256(b"other")])
+
+    with pytest.raises(DiffIDMismatch):
+        apparate.pull(f"{fresh_registry.host}/lying/app:v1", PullOptions(store=store))
+
+    assert_store_clean(store)
+
+
+def test_gzip_members_layer_pulls(fresh_registry, tmp_path):
+    store = tmp_path / "store"
+    files = {f"data/file{n}": os.urandom(50_000) for n in range(20)}
+    tar = tar_of(files)
+    pusher = Pusher(fresh_registry.host)
+    digest = pusher.image("members/app", "v1", [(tar, gzip_members(tar, 7))])
+    reference = f"{fresh_registry.host}/members/app:v1"
+
+    result = apparate.pull(reference, PullOptions(store=store))
+
+    assert str(result.digest) == digest
+    subprocess.run(["skopeo", "inspect", f"oci:{store}:{reference}"], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every manifest request with an HTML page, like a captive portal."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = b"<html><body>Please log in</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET  # noqa: N815
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def test_html_instead_of_manifest(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MisbehavingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(InvalidResponse) as caught:
+            apparate.pull(f"{host}/team/app:v1", PullOptions(store=tmp_path / "s"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert "not JSON" in str(caught.value)
+    assert "<html>" in str(caught.value)
+    assert_store_clean(tmp_path / "s")
+
+
+def test_expired_token_is_renewed_mid_pull(registry_token, token_server, tmp_path):
+    # The registry rejects a token once its exp is a minute gone; the client
+    # believes expires_in, so its second request meets invalid_token.
+    os.environ["APPARATE_CERTS_D"] = str(registry_token.certs_dir)
+    token_server.lifetime = -120
+    token_server.expires_in = 3600
+    credentials = CredentialStore.from_environment(
+        {registry_token.host: Credentials(registry_token.username,
+                                          registry_token.password)}
+    )  # fmt: skip
+    reference = Reference.parse(f"{registry_token.host}/samples/base:v1")
+    settings = TransportSettings.from_environment()
+
+    with RegistryClient(reference, settings, credentials) as client:
+        with pytest.raises(apparate.ApparateError):
+            client.get_manifest("v1", None)
+        token_server.lifetime = 3600
+        fetched = client.get_manifest("v1", None)
+
+    assert fetched.digest
+    assert len(token_server.requests) >= 2
+
+
+def test_killed_pull_leaves_consistent_store(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v2"
+    env = {**os.environ, "APPARATE_STORE": str(store)}
+
+    for delay in (0.05, 0.2, 0.4):
+        process = subprocess.Popen(
+            [APPARATE, "pull", "-q", reference],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if (store / "index.json").exists():
+            images = apparate.list_images(store)
+            assert [image.reference for image in images] in ([], [reference])
+            for blob in (store / "blobs" / "sha256").iterdir():
+                assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+    result = apparate.pull(reference, PullOptions(store=store))
+
+    assert [image.reference for image in apparate.list_images(store)] == [reference]
+    assert list((store / "ingest").iterdir()) == []
+    assert result.bytes_fetched <= sum(layer.size for layer in result.layers)
