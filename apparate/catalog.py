@@ -1,4 +1,4 @@
-"""What the local store holds, summarised for ``apparate images``."""
+"""Summaries of the images in the local store, for ``apparate images``."""
 
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
 
 def _image_size(store: Store, digest: Digest) -> int:
     """Manifest, config and layers, as stored (compressed)."""
-    what = f"manifest {digest} in the store"
+    subject = f"manifest {digest} in the store"
     body = store.read_blob(digest)
     try:
-        manifest = parse_manifest(parse_json(body, what), what)
+        manifest = parse_manifest(parse_json(body, subject), subject)
     except ApparateError as error:
-        raise StoreError(f"{what} is unreadable: {error}") from None
+        raise StoreError(f"{subject} is unreadable: {error}") from None
     return (
         len(body) + manifest.config.size + sum(layer.size for layer in manifest.layers)
     )

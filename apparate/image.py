@@ -108,8 +108,8 @@ def _fetch_config(
 ) -> bytes:
     if store.has_blob(config.digest, config.size):
         return store.read_blob(config.digest)
-    what = f"config {config.digest} of {image}"
-    return client.get_blob_bytes(config, MAX_CONFIG_BYTES, what)
+    subject = f"config {config.digest} of {image}"
+    return client.get_blob_bytes(config, MAX_CONFIG_BYTES, subject)
 
 
 def _config_platform(config: dict[str, object]) -> str:

@@ -1,6 +1,6 @@
 """Decompress layer blobs as they stream and check the tar against its diff_id.
 
-Decompression runs on its own thread, so it overlaps the download; output is
+Decompression runs on its own thread, so it overlaps the download. Output is
 handed on in pieces of at most ``OUTPUT_PIECE`` bytes, so memory stays flat
 whatever the compression ratio.
 """

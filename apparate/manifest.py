@@ -86,20 +86,22 @@ class Index:
     manifests: list[Descriptor]
 
 
-def parse_json(body: bytes, what: str) -> dict[str, Any]:
-    """Decode a JSON object, raising InvalidResponse that says what was expected."""
+def parse_json(body: bytes, subject: str) -> dict[str, Any]:
+    """Decode a JSON object, raising InvalidResponse that names ``subject``."""
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         preview = body[:60].decode("utf-8", "replace").strip()
-        raise InvalidResponse(f"{what} is not JSON (starts with {preview!r})") from None
+        raise InvalidResponse(
+            f"{subject} is not JSON (starts with {preview!r})"
+        ) from None
     if not isinstance(document, dict):
-        raise InvalidResponse(f"{what} is not a JSON object")
+        raise InvalidResponse(f"{subject} is not a JSON object")
     return document
 
 
 def media_type_of(document: dict[str, Any], header_type: str) -> str:
-    """The document's own media type, falling back to the Content-Type header."""
+    """Return the document's own media type, else the Content-Type header's."""
     declared = document.get("mediaType")
     if isinstance(declared, str) and declared:
         return declared
@@ -110,7 +112,7 @@ def media_type_of(document: dict[str, Any], header_type: str) -> str:
     return header_type
 
 
-def parse_manifest(document: dict[str, Any], what: str) -> Manifest:
+def parse_manifest(document: dict[str, Any], subject: str) -> Manifest:
     """Read the config and layers of a manifest document."""
     try:
         config = _descriptor(document["config"])
@@ -118,26 +120,30 @@ def parse_manifest(document: dict[str, Any], what: str) -> Manifest:
         media_type = media_type_of(document, OCI_MANIFEST)
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidResponse(
-            f"{what} is not a valid image manifest: {error}"
+            f"{subject} is not a valid image manifest: {error}"
         ) from None
     return Manifest(media_type, config, layers)
 
 
-def parse_index(document: dict[str, Any], what: str) -> Index:
+def parse_index(document: dict[str, Any], subject: str) -> Index:
     """Read the entries of an index or manifest list."""
     try:
         entries = [_descriptor(item) for item in document["manifests"]]
     except (KeyError, TypeError, ValueError) as error:
-        raise InvalidResponse(f"{what} is not a valid image index: {error}") from None
+        raise InvalidResponse(
+            f"{subject} is not a valid image index: {error}"
+        ) from None
     return Index(media_type_of(document, OCI_INDEX), entries)
 
 
-def parse_diff_ids(document: dict[str, Any], what: str) -> list[Digest]:
+def parse_diff_ids(document: dict[str, Any], subject: str) -> list[Digest]:
     """Read ``rootfs.diff_ids`` from an image config."""
     try:
         return [Digest.parse(text) for text in document["rootfs"]["diff_ids"]]
     except (KeyError, TypeError, ValueError) as error:
-        raise InvalidResponse(f"{what} has no valid rootfs.diff_ids: {error}") from None
+        raise InvalidResponse(
+            f"{subject} has no valid rootfs.diff_ids: {error}"
+        ) from None
 
 
 def _descriptor(item: dict[str, Any]) -> Descriptor:

@@ -177,19 +177,19 @@ class _LayerFetcher:
         self._cancelled = cancelled
 
     def fetch(self, layer: Descriptor, diff_id: Digest) -> None:
-        what = f"layer {layer.digest} of {self._image}"
-        diff_verifier = DiffIDVerifier(layer.media_type, diff_id, what)
+        subject = f"layer {layer.digest} of {self._image}"
+        diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject)
         with self._store.ingest(layer.digest) as writer, _closing(diff_verifier):
 
             def write(data: bytes) -> None:
                 if self._cancelled.is_set():
-                    raise _Cancelled(f"{what}: stopped because another layer failed")
+                    raise _Cancelled(f"{subject}: stopped because another layer failed")
                 writer.write(data)
                 diff_verifier.update(data)
                 self._observer.layer_progress(layer.digest, len(data))
 
-            self._client.fetch_blob(layer, write, what)
+            self._client.fetch_blob(layer, write, subject)
             diff_verifier.verify()
             writer.commit()
-        log.info("%s: stored, %d bytes", what, layer.size)
+        log.info("%s: stored, %d bytes", subject, layer.size)
         self._observer.layer_done(layer.digest)

@@ -48,7 +48,11 @@ def main(
     ] = False,
 ) -> None:
     state["debug"] = debug
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    level = logging.WARNING
+    if verbose:
+        level = logging.INFO
+    if debug:
+        level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LowercaseLevelFormatter("%(levelname)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])

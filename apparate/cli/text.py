@@ -46,7 +46,7 @@ class LineObserver(PullObserver):
 
 
 def summary_line(result: PullResult) -> str:
-    """One sentence saying what the pull fetched and reused."""
+    """Format one sentence stating what the pull fetched and reused."""
     return (
         f"{result.reference}: {result.layers_fetched} of {len(result.layers)} layers "
         f"fetched ({human_size(result.bytes_fetched)}), "

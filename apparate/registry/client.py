@@ -78,13 +78,13 @@ class RegistryClient:
         """
         path = f"/v2/{self.reference.repository}/manifests/{lookup}"
         headers = {"Accept": ", ".join(ACCEPTED_TYPES)}
-        what = f"manifest of {self.image}"
+        subject = f"manifest of {self.image}"
         try:
-            with self._stream("HEAD", path, headers, what) as answer:
-                status = answer.status_code
-                header = answer.headers.get("Docker-Content-Digest", "")
+            with self._stream("HEAD", path, headers, subject) as response:
+                status = response.status_code
+                header = response.headers.get("Docker-Content-Digest", "")
         except _RETRYABLE as error:
-            raise transport_error(error, self.host, what) from None
+            raise transport_error(error, self.host, subject) from None
         if status != 200:
             log.debug("HEAD %s answered %s, falling back to GET", path, status)
         return _parse_header_digest(header) if status == 200 else None
@@ -93,48 +93,50 @@ class RegistryClient:
         """GET a manifest or index by tag or digest and verify it."""
         path = f"/v2/{self.reference.repository}/manifests/{lookup}"
         headers = {"Accept": ", ".join(ACCEPTED_TYPES), **IDENTITY}
-        what = f"manifest {lookup} of {self.image}"
+        subject = f"manifest {lookup} of {self.image}"
         try:
-            with self._stream("GET", path, headers, what) as answer:
-                if answer.status_code != 200:
-                    raise status_error(answer, what)
-                body = _read_bounded(answer, MAX_MANIFEST_BYTES, what)
-                content_type = answer.headers.get("Content-Type", "")
-                header = answer.headers.get("Docker-Content-Digest", "")
+            with self._stream("GET", path, headers, subject) as response:
+                if response.status_code != 200:
+                    raise status_error(response, subject)
+                body = _read_bounded(response, MAX_MANIFEST_BYTES, subject)
+                content_type = response.headers.get("Content-Type", "")
+                header = response.headers.get("Docker-Content-Digest", "")
         except _RETRYABLE as error:
-            raise transport_error(error, self.host, what) from None
+            raise transport_error(error, self.host, subject) from None
         media_type = content_type.split(";")[0].strip()
 
         digest = expected or _parse_header_digest(header) or Digest.of(body)
-        verify_bytes(body, digest, what, self.host)
+        verify_bytes(body, digest, subject, self.host)
         return FetchedManifest(body, media_type, digest)
 
-    def get_blob_bytes(self, descriptor: Descriptor, limit: int, what: str) -> bytes:
+    def get_blob_bytes(self, descriptor: Descriptor, limit: int, subject: str) -> bytes:
         """Download a small blob (a config) into memory, verified."""
         if descriptor.size > limit:
-            raise InvalidResponse(f"{what} is {descriptor.size} bytes, over {limit}")
+            raise InvalidResponse(f"{subject} is {descriptor.size} bytes, over {limit}")
         parts: list[bytes] = []
-        self.fetch_blob(descriptor, parts.append, what)
+        self.fetch_blob(descriptor, parts.append, subject)
         return b"".join(parts)
 
     def fetch_blob(
         self,
         descriptor: Descriptor,
         write: Callable[[bytes], None],
-        what: str,
+        subject: str,
     ) -> None:
         """Stream a blob into ``write``, resuming after dropped connections.
 
         Each byte reaches ``write`` once, in order, before the digest can be
-        checked: the caller keeps what it wrote provisional until this returns.
+        checked: the caller keeps subject it wrote provisional until this returns.
         """
-        verifier = DigestVerifier(descriptor.digest, what, self.host, descriptor.size)
+        verifier = DigestVerifier(
+            descriptor.digest, subject, self.host, descriptor.size
+        )
         use_range = True
         stalled = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             before = verifier.bytes_read
             try:
-                self._fetch_from(descriptor, verifier, write, what, use_range)
+                self._fetch_from(descriptor, verifier, write, subject, use_range)
                 break
             except _RangeRejected:
                 use_range = False
@@ -142,14 +144,14 @@ class RegistryClient:
                 stalled = 0 if verifier.bytes_read > before else stalled + 1
                 log.debug(
                     "%s: attempt %d broke at byte %d: %s",
-                    what,
+                    subject,
                     attempt,
                     verifier.bytes_read,
                     error,
                 )
                 if stalled >= MAX_STALLED_ATTEMPTS or attempt == MAX_ATTEMPTS:
                     raise TruncatedBody(
-                        f"{what} from {self.host}: the connection failed "
+                        f"{subject} from {self.host}: the connection failed "
                         f"{attempt} times, last at byte {verifier.bytes_read} of "
                         f"{descriptor.size} ({error})"
                     ) from None
@@ -160,7 +162,7 @@ class RegistryClient:
         descriptor: Descriptor,
         verifier: DigestVerifier,
         write: Callable[[bytes], None],
-        what: str,
+        subject: str,
         use_range: bool,
     ) -> None:
         offset = verifier.bytes_read
@@ -171,9 +173,9 @@ class RegistryClient:
         if offset and use_range:
             headers["Range"] = f"bytes={offset}-"
 
-        with self._stream("GET", path, headers, what) as answer:
-            skip = _bytes_to_skip(answer, offset, what)
-            for piece in answer.iter_raw():
+        with self._stream("GET", path, headers, subject) as response:
+            skip = _bytes_to_skip(response, offset, subject)
+            for piece in response.iter_raw():
                 if skip:
                     dropped = min(skip, len(piece))
                     piece, skip = piece[dropped:], skip - dropped
@@ -186,41 +188,41 @@ class RegistryClient:
 
     @contextmanager
     def _stream(
-        self, method: str, path: str, headers: dict[str, str], what: str
+        self, method: str, path: str, headers: dict[str, str], subject: str
     ) -> Iterator[httpx.Response]:
-        """Send a request and yield the streamed answer, closed on exit.
+        """Send a request and yield the streamed response, closed on exit.
 
         The first request tries https and, where plain HTTP is allowed, falls
         back to http as docker does. Read errors that a resume can mend are
         raised as they are; every other httpx error is translated.
         """
-        answer = self._send(method, path, headers, what)
+        response = self._send(method, path, headers, subject)
         try:
-            yield answer
+            yield response
         except _RETRYABLE:
             raise
         except httpx.HTTPError as error:
-            raise transport_error(error, self.host, what) from None
+            raise transport_error(error, self.host, subject) from None
         finally:
-            answer.close()
+            response.close()
 
     def _send(
-        self, method: str, path: str, headers: dict[str, str], what: str
+        self, method: str, path: str, headers: dict[str, str], subject: str
     ) -> httpx.Response:
         candidates = [self._base_url] if self._base_url else self._base_urls()
         for position, base_url in enumerate(candidates):
             request = self._http.build_request(method, base_url + path, headers=headers)
             try:
-                answer = self._http.send(request, stream=True)
+                response = self._http.send(request, stream=True)
             except _RETRYABLE:
                 raise
             except httpx.HTTPError as error:
                 if position + 1 < len(candidates):
                     log.debug("%s failed (%s), trying plain http", base_url, error)
                     continue
-                raise transport_error(error, self.host, what) from None
+                raise transport_error(error, self.host, subject) from None
             self._base_url = base_url
-            return answer
+            return response
         raise AssertionError("no base URL to try")
 
     def _base_urls(self) -> list[str]:
@@ -234,21 +236,21 @@ class _RangeRejected(Exception):
     """The server answered 416 to a resume; the next try asks for the whole blob."""
 
 
-def _bytes_to_skip(answer: httpx.Response, offset: int, what: str) -> int:
+def _bytes_to_skip(response: httpx.Response, offset: int, subject: str) -> int:
     """How many leading bytes of the body were already received.
 
     Raises _RangeRejected after a 416 and ApparateError for other failures.
     """
-    status = answer.status_code
+    status = response.status_code
     if status == 200:
         if offset:
-            log.debug("%s: server ignored Range, skipping %d bytes", what, offset)
+            log.debug("%s: server ignored Range, skipping %d bytes", subject, offset)
         return offset
     if status == 206 and offset:
-        content_range = answer.headers.get("Content-Range", "")
+        content_range = response.headers.get("Content-Range", "")
         if not content_range.startswith(f"bytes {offset}-"):
             raise InvalidResponse(
-                f"{what}: asked for bytes from {offset}, got range {content_range!r}"
+                f"{subject}: asked for bytes from {offset}, got range {content_range!r}"
             )
         return 0
     if status == 416 and offset:
@@ -256,18 +258,20 @@ def _bytes_to_skip(answer: httpx.Response, offset: int, what: str) -> int:
         # short body: it is not read, and closing the response drops the
         # connection instead of waiting for bytes that never come.
         raise _RangeRejected()
-    raise status_error(answer, what)
+    raise status_error(response, subject)
 
 
-def _read_bounded(answer: httpx.Response, limit: int, what: str) -> bytes:
-    length = answer.headers.get("Content-Length")
+def _read_bounded(response: httpx.Response, limit: int, subject: str) -> bytes:
+    length = response.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > limit:
-        raise InvalidResponse(f"{what} is {length} bytes, over the {limit}-byte limit")
+        raise InvalidResponse(
+            f"{subject} is {length} bytes, over the {limit}-byte limit"
+        )
     body = bytearray()
-    for piece in answer.iter_raw():
+    for piece in response.iter_raw():
         body += piece
         if len(body) > limit:
-            raise InvalidResponse(f"{what} is over the {limit}-byte limit")
+            raise InvalidResponse(f"{subject} is over the {limit}-byte limit")
     return bytes(body)
 
 

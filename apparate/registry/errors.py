@@ -1,4 +1,4 @@
-"""Turn registry HTTP answers and httpx exceptions into apparate errors."""
+"""Turn registry HTTP error responses and httpx exceptions into apparate errors."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ MAX_ERROR_BODY = 16 * 1024
 def read_error_detail(response: httpx.Response) -> str:
     """Read the registry's own words from an error body, at most 16 KiB of it.
 
-    Distribution answers ``{"errors": [{"code": ..., "message": ...}]}``;
+    Distribution sends ``{"errors": [{"code": ..., "message": ...}]}``;
     anything else is shown as its first line of text.
     """
     body = b""
@@ -46,32 +46,34 @@ def read_error_detail(response: httpx.Response) -> str:
     return text[0][:200] if text else ""
 
 
-def status_error(response: httpx.Response, what: str) -> ApparateError:
-    """Build the error for a non-success answer about ``what``."""
+def status_error(response: httpx.Response, subject: str) -> ApparateError:
+    """Build the error for a non-success response about ``subject``."""
     status = response.status_code
     detail = read_error_detail(response)
-    said = f" ({detail})" if detail else ""
+    suffix = f" ({detail})" if detail else ""
     if status == 401:
         if "authorization" in response.request.headers:
-            return AuthRejected(f"{what}: credentials were rejected (HTTP 401){said}")
-        return AuthRequired(f"{what}: the registry requires authentication{said}")
+            return AuthRejected(
+                f"{subject}: credentials were rejected (HTTP 401){suffix}"
+            )
+        return AuthRequired(f"{subject}: the registry requires authentication{suffix}")
     if status == 403:
-        return AuthRejected(f"{what}: access denied (HTTP 403){said}")
+        return AuthRejected(f"{subject}: access denied (HTTP 403){suffix}")
     if status == 404:
-        return NotFound(f"{what} not found (HTTP 404){said}")
+        return NotFound(f"{subject} not found (HTTP 404){suffix}")
     if status == 429:
         retry_after = response.headers.get("Retry-After")
         wait = f", retry after {retry_after} s" if retry_after else ""
-        return RateLimited(f"{what}: too many requests (HTTP 429{wait}){said}")
+        return RateLimited(f"{subject}: too many requests (HTTP 429{wait}){suffix}")
     if status >= 500:
-        return RegistryError(f"{what}: registry error (HTTP {status}){said}")
-    return InvalidResponse(f"{what}: unexpected HTTP {status}{said}")
+        return RegistryError(f"{subject}: registry error (HTTP {status}){suffix}")
+    return InvalidResponse(f"{subject}: unexpected HTTP {status}{suffix}")
 
 
-def transport_error(error: httpx.HTTPError, host: str, what: str) -> ApparateError:
+def transport_error(error: httpx.HTTPError, host: str, subject: str) -> ApparateError:
     """Translate an httpx exception raised while talking to ``host``.
 
-    The host named is the one of the failed request when httpx knows it,
+    The message names the host of the failed request when httpx records it,
     since a token realm or a redirect target may be elsewhere.
     """
     try:
@@ -79,11 +81,13 @@ def transport_error(error: httpx.HTTPError, host: str, what: str) -> ApparateErr
     except RuntimeError:
         pass
     if isinstance(error, httpx.TimeoutException):
-        return RegistryUnreachable(f"{what}: {host} timed out ({type(error).__name__})")
+        return RegistryUnreachable(
+            f"{subject}: {host} timed out ({type(error).__name__})"
+        )
     if isinstance(error, httpx.ConnectError):
         return RegistryUnreachable(
-            f"{what}: cannot connect to {host} ({error})",
+            f"{subject}: cannot connect to {host} ({error})",
             hint="check the address and the network; for a registry with a private "
             "CA, put its certificate in /etc/docker/certs.d/HOST/ca.crt",
         )
-    return RegistryUnreachable(f"{what}: connection to {host} failed ({error})")
+    return RegistryUnreachable(f"{subject}: connection to {host} failed ({error})")

@@ -55,7 +55,7 @@ class TransportSettings:
         return is_loopback(host) or host in self.insecure_registries
 
     def ssl_context(self, host: str) -> ssl.SSLContext:
-        """The system's trust store plus the CA files found for ``host``.
+        """Build a TLS context: the system's trust store plus the CA files of ``host``.
 
         The same context serves a token realm on another host, so a realm
         whose certificate is signed by the registry's CA is trusted too.

@@ -52,8 +52,8 @@ class BlobWriter:
             prefix=f"{digest.hex[:16]}-", dir=store.ingest_dir
         )
         self._file = os.fdopen(handle, "wb")
-        # The lock tells other processes this file is in use; a file nobody
-        # holds is left over from a killed pull and is swept away.
+        # The lock marks this file as in use. A file that no process has
+        # locked is left over from a killed pull, and the next sweep deletes it.
         fcntl.flock(self._file, fcntl.LOCK_EX)
         self._path = Path(name)
         self.size = 0
@@ -177,7 +177,7 @@ class Store:
             self._write_index([*entries, entry])
 
     def images(self) -> list[StoredImage]:
-        """Every tagged image, in the order it was tagged."""
+        """List every tagged image, in the order it was tagged."""
         return [_stored_image(item) for item in self._read_index() if _is_tagged(item)]
 
     def _read_index(self) -> list[dict[str, Any]]:

@@ -19,10 +19,10 @@ import pytest
 import apparate
 from apparate.errors import DiffIDMismatch, DigestMismatch, InvalidResponse
 from apparate.pull import PullOptions
-from apparate.registry.client import RegistryClient
-from apparate.registry.credentials import CredentialStore, Credentials
-from apparate.registry.transport import TransportSettings
 from apparate.reference import Reference
+from apparate.registry.client import RegistryClient
+from apparate.registry.credentials import Credentials, CredentialStore
+from apparate.registry.transport import TransportSettings
 from tests.integration.push import Pusher, gzip_members, sha256, tar_of
 from tests.testbed.registry import RegistryHandle, blob_path, start_registry
 
@@ -113,11 +113,11 @@ def test_gzip_members_layer_pulls(fresh_registry, tmp_path):
 
 
 class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
-    """Answers every manifest request with an HTML page, like a captive portal."""
+    """A server that sends an HTML page for every request, like a captive portal."""
 
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         body = b"<html><body>Please log in</body></html>"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -125,9 +125,9 @@ class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

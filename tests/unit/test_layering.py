@@ -1,0 +1,29 @@
+"""The library stays free of CLI dependencies, so API users do not pay for them."""
+
+import subprocess
+import sys
+
+
+def test_core_does_not_import_cli_packages():
+    code = (
+        "import sys, apparate, apparate.pull, apparate.catalog;"
+        "print(' '.join(m for m in ('typer', 'rich', 'click') if m in sys.modules))"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+
+    assert done.stdout.strip() == ""
+
+
+def test_plain_output_does_not_import_rich():
+    code = (
+        "import sys, apparate.cli.main, apparate.cli.text;print('rich' in sys.modules)"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+
+    assert done.stdout.strip() == "False"
