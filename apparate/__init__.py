@@ -7,6 +7,8 @@ The Python API the CLI wraps::
     print(result.bytes_fetched, result.digest)
 """
 
+__version__ = "0.1.0"
+
 from apparate.catalog import ImageSummary, list_images
 from apparate.errors import ApparateError
 from apparate.pull import PullOptions, pull
@@ -20,6 +22,7 @@ __all__ = [
     "PullOptions",
     "PullResult",
     "Reference",
+    "__version__",
     "list_images",
     "pull",
 ]

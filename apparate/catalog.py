@@ -22,7 +22,9 @@ class ImageSummary:
 
 def list_images(store_path: Path | None = None) -> list[ImageSummary]:
     """List the images of a store (default: the user's store)."""
-    store = Store(store_path or default_store_path())
+    if store_path is None and not default_store_path().exists():
+        return []
+    store = Store(store_path or default_store_path(), create=False)
     return [
         ImageSummary(
             image.reference,

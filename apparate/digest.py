@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from apparate.errors import DigestMismatch, TruncatedBody
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
-_DIGEST = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
+_DIGEST = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)", re.ASCII)
 
 
 @dataclass(frozen=True, order=True)
@@ -22,14 +22,16 @@ class Digest:
     @classmethod
     def parse(cls, text: str) -> Digest:
         """Parse ``ALGORITHM:HEX``, raising ValueError for anything else."""
-        match = _DIGEST.match(text)
+        match = _DIGEST.fullmatch(text)
         if not match:
             raise ValueError(f"invalid digest {text!r}")
         algorithm, hex_part = match.groups()
         expected_length = _HEX_LENGTH.get(algorithm)
         if expected_length is None:
             raise ValueError(f"unsupported digest algorithm {algorithm!r} in {text!r}")
-        if len(hex_part) != expected_length or not re.fullmatch(r"[0-9a-f]+", hex_part):
+        if len(hex_part) != expected_length or not re.fullmatch(
+            r"[0-9a-f]+", hex_part, re.ASCII
+        ):
             raise ValueError(
                 f"invalid {algorithm} digest {text!r}: "
                 f"expected {expected_length} lowercase hex digits"

@@ -14,9 +14,11 @@ the package, so callers catch only these::
     ├── NotFound                   manifest, tag or blob missing
     ├── PlatformNotFound
     ├── RegistryError              the registry could not serve the request
-    │   ├── RegistryUnreachable
+    │   ├── RegistryUnreachable    connection failed or timed out
+    │   ├── ServerError            HTTP 5xx
     │   ├── RateLimited
     │   └── InvalidResponse        HTML for JSON, oversize manifest, bad status
+    │       └── InsecureRedirect   a redirect to plain HTTP
     ├── VerificationError          bytes that do not match their digest
     │   ├── DigestMismatch
     │   ├── DiffIDMismatch
@@ -93,6 +95,11 @@ class RegistryUnreachable(RegistryError):
     pass
 
 
+class ServerError(RegistryError):
+    exit_code = 11
+    hint = "the registry failed; try again later"
+
+
 class RateLimited(RegistryError):
     exit_code = 7
     hint = "wait before pulling again, or log in to get a higher limit"
@@ -101,6 +108,10 @@ class RateLimited(RegistryError):
 class InvalidResponse(RegistryError):
     exit_code = 8
     hint = "check that the address points at an OCI registry"
+
+
+class InsecureRedirect(InvalidResponse):
+    pass
 
 
 class VerificationError(ApparateError):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from apparate.digest import Digest
-from apparate.errors import InvalidResponse
+from apparate.digest import Digest, verify_bytes
+from apparate.errors import InvalidResponse, PlatformNotFound
 from apparate.manifest import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -19,7 +19,7 @@ from apparate.manifest import (
     parse_json,
     parse_manifest,
 )
-from apparate.platform import Platform
+from apparate.platform import Platform, match_rank
 from apparate.reference import Reference
 from apparate.registry.client import FetchedManifest, RegistryClient
 from apparate.resolve import select_manifest
@@ -48,9 +48,17 @@ class ResolvedImage:
 
 
 def resolve_image(
-    client: RegistryClient, store: Store, reference: Reference, wanted: Platform
+    client: RegistryClient,
+    store: Store,
+    reference: Reference,
+    wanted: Platform,
+    explicit_platform: bool = False,
 ) -> ResolvedImage:
-    """Fetch (or read from the store) the manifest and config of ``reference``."""
+    """Fetch (or read from the store) the manifest and config of ``reference``.
+
+    An image whose config names another platform than ``wanted`` is an error
+    when the user asked for that platform, else only a warning, as in docker.
+    """
     image = str(reference)
     top = fetch_manifest(client, store, reference.lookup, reference.digest)
     document = parse_json(top.body, f"manifest of {image}")
@@ -63,7 +71,7 @@ def resolve_image(
         entry = select_manifest(
             parse_index(document, f"index of {image}"), wanted, image
         )
-        platform = str(entry.platform)
+        platform = str(entry.platform) if entry.platform else ""
         log.info("%s: %s is manifest %s", image, platform, entry.digest)
         top = fetch_manifest(client, store, str(entry.digest), entry.digest)
         document = parse_json(top.body, f"manifest {entry.digest} of {image}")
@@ -78,7 +86,9 @@ def resolve_image(
     manifest = parse_manifest(document, f"manifest of {image}")
     config = _fetch_config(client, store, manifest.config, image)
     config_document = parse_json(config, f"config of {image}")
-    platform = platform or _config_platform(config_document)
+    if not platform:
+        platform = _config_platform(config_document)
+        _check_platform(image, platform, wanted, explicit_platform)
     diff_ids = parse_diff_ids(config_document, f"config of {image}")
     if len(diff_ids) != len(manifest.layers):
         raise InvalidResponse(
@@ -99,7 +109,9 @@ def fetch_manifest(
     digest = expected or client.head_manifest(lookup)
     if digest and store.has_blob(digest):
         log.debug("manifest %s is in the store", digest)
-        return FetchedManifest(store.read_blob(digest), "", digest)
+        body = store.read_blob(digest)
+        verify_bytes(body, digest, f"manifest {digest}", f"the store {store.root}")
+        return FetchedManifest(body, "", digest)
     return client.get_manifest(lookup, expected)
 
 
@@ -107,9 +119,28 @@ def _fetch_config(
     client: RegistryClient, store: Store, config: Descriptor, image: str
 ) -> bytes:
     if store.has_blob(config.digest, config.size):
-        return store.read_blob(config.digest)
+        body = store.read_blob(config.digest)
+        subject = f"config {config.digest}"
+        verify_bytes(body, config.digest, subject, f"the store {store.root}")
+        return body
     subject = f"config {config.digest} of {image}"
     return client.get_blob_bytes(config, MAX_CONFIG_BYTES, subject)
+
+
+def _check_platform(
+    image: str, platform: str, wanted: Platform, explicit: bool
+) -> None:
+    try:
+        offered = Platform.parse(platform)
+    except ValueError:
+        offered = None
+    if offered and match_rank(wanted, offered) is not None:
+        return
+    if explicit:
+        raise PlatformNotFound(f"{image} is an image for {platform}, not {wanted}")
+    log.warning(
+        "%s is an image for %s, not for this machine (%s)", image, platform, wanted
+    )
 
 
 def _config_platform(config: dict[str, object]) -> str:

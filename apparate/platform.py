@@ -66,15 +66,20 @@ class Platform:
 def compatible_variants(wanted: Platform) -> list[str]:
     """Variants that can run on ``wanted``, best first.
 
-    An arm v7 machine also runs v6 and v5 images, so those are fallbacks.
+    An arm v7 machine also runs v6 and v5 images. An amd64 v3 machine runs
+    v2 images and plain amd64 ones (which mean v1), as containerd matches.
     """
-    if wanted.architecture != "arm" or not wanted.variant.startswith("v"):
+    lowest = {"arm": 5, "amd64": 1}.get(wanted.architecture)
+    if lowest is None or not wanted.variant.startswith("v"):
         return [wanted.variant]
     try:
         level = int(wanted.variant[1:])
     except ValueError:
         return [wanted.variant]
-    return [f"v{n}" for n in range(level, 4, -1)]
+    variants = [f"v{n}" for n in range(level, lowest - 1, -1)]
+    if wanted.architecture == "amd64":
+        variants = [v for v in variants if v != "v1"] + [""]
+    return variants
 
 
 def match_rank(wanted: Platform, offered: Platform) -> int | None:

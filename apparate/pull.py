@@ -7,12 +7,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apparate.digest import Digest
-from apparate.errors import ApparateError
+from apparate.errors import ApparateError, DiffIDMismatch
 from apparate.image import ResolvedImage, resolve_image
 from apparate.layers import DiffIDVerifier
 from apparate.manifest import (
@@ -29,7 +29,7 @@ from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
-from apparate.store.layout import Store, default_store_path
+from apparate.store.layout import BlobWriter, Store, default_store_path
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     wanted = options.platform or Platform.host()
 
     with RegistryClient(ref, settings, credentials) as client:
-        image = resolve_image(client, store, ref, wanted)
+        image = resolve_image(client, store, ref, wanted, options.platform is not None)
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
         layers = _fetch_layers(client, store, image, options)
 
@@ -115,6 +115,7 @@ def _fetch_layers(
             layer.digest, layer.size, layer.digest not in missing_digests
         )
 
+    _check_repeated_layers(layers, image.diff_ids, str(image.reference))
     cancelled = threading.Event()
     fetcher = _LayerFetcher(client, store, str(image.reference), observer, cancelled)
     unique = list(
@@ -133,18 +134,39 @@ def _fetch_layers(
     ]
 
 
-def _wait_all(futures: list, cancelled: threading.Event) -> None:
-    """Wait for every layer; on the first failure cancel the rest and raise it."""
-    first_error: BaseException | None = None
-    for future in futures:
-        try:
-            future.result()
-        except BaseException as error:  # noqa: BLE001 - re-raised below
-            cancelled.set()
-            if first_error is None or isinstance(first_error, _Cancelled):
-                first_error = error
-    if first_error is not None:
-        raise first_error
+def _check_repeated_layers(
+    layers: list[Descriptor], diff_ids: list[Digest], image: str
+) -> None:
+    """Reject a config that gives one layer blob two different diff_ids."""
+    seen: dict[Digest, Digest] = {}
+    for layer, diff_id in zip(layers, diff_ids, strict=True):
+        if seen.setdefault(layer.digest, diff_id) != diff_id:
+            raise DiffIDMismatch(
+                f"{image}: layer {layer.digest} appears twice with the diff_ids "
+                f"{seen[layer.digest]} and {diff_id}"
+            )
+
+
+def _wait_all(futures: list[Future[None]], cancelled: threading.Event) -> None:
+    """Wait for every layer; on the first failure stop the rest and raise it.
+
+    Layers that failed only because they were told to stop are not the cause,
+    so another layer's error is preferred to theirs.
+    """
+    done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    if any(future.exception() for future in done):
+        cancelled.set()
+        for future in pending:
+            future.cancel()
+    wait(futures)
+    errors = [
+        future.exception()
+        for future in futures
+        if not future.cancelled() and future.exception()
+    ]
+    errors.sort(key=lambda error: isinstance(error, _Cancelled))
+    if errors:
+        raise errors[0]
 
 
 @contextlib.contextmanager
@@ -178,18 +200,31 @@ class _LayerFetcher:
 
     def fetch(self, layer: Descriptor, diff_id: Digest) -> None:
         subject = f"layer {layer.digest} of {self._image}"
-        diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject)
-        with self._store.ingest(layer.digest) as writer, _closing(diff_verifier):
-
-            def write(data: bytes) -> None:
-                if self._cancelled.is_set():
-                    raise _Cancelled(f"{subject}: stopped because another layer failed")
-                writer.write(data)
-                diff_verifier.update(data)
-                self._observer.layer_progress(layer.digest, len(data))
-
-            self._client.fetch_blob(layer, write, subject)
-            diff_verifier.verify()
-            writer.commit()
+        stopped = _Cancelled(f"{subject}: stopped because another layer failed")
+        if self._cancelled.is_set():
+            raise stopped
+        with self._store.ingest(layer.digest) as writer:
+            diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject)
+            with _closing(diff_verifier):
+                self._download(layer, subject, writer, diff_verifier, stopped)
+                diff_verifier.verify()
+                writer.commit()
         log.info("%s: stored, %d bytes", subject, layer.size)
         self._observer.layer_done(layer.digest)
+
+    def _download(
+        self,
+        layer: Descriptor,
+        subject: str,
+        writer: BlobWriter,
+        diff_verifier: DiffIDVerifier,
+        stopped: _Cancelled,
+    ) -> None:
+        def write(data: bytes) -> None:
+            if self._cancelled.is_set():
+                raise stopped
+            writer.write(data)
+            diff_verifier.update(data)
+            self._observer.layer_progress(layer.digest, len(data))
+
+        self._client.fetch_blob(layer, write, subject)

@@ -21,10 +21,12 @@ DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 255
 
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST_NAME = re.compile(rf"^{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*$")
-_PORT = re.compile(r"^[0-9]{1,5}$")
-_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+# Patterns are used with fullmatch and re.ASCII: `$` would accept a trailing
+# newline and `\w` non-ASCII letters, which docker's grammar rejects.
+_HOST_NAME = re.compile(rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*", re.ASCII)
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
+_TAG = re.compile(r"\w[\w.-]{0,127}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ class Reference:
 
 def _parse(text: str) -> Reference:
     if not text or text != text.strip():
-        raise InvalidReference(f"invalid reference {text!r}: it is empty or has spaces")
+        raise InvalidReference(
+            f"invalid reference {text!r}: it is empty or starts or ends with whitespace"
+        )
 
     remainder, digest = _split_digest(text)
     remainder, tag = _split_tag(text, remainder)
@@ -114,7 +118,7 @@ def _split_tag(text: str, remainder: str) -> tuple[str, str | None]:
     if colon <= last_slash:
         return remainder, None
     tag = remainder[colon + 1 :]
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise InvalidReference(
             f"invalid reference {text!r}: invalid tag {tag!r} (letters, digits, "
             "'_', '.' and '-', at most 128, not starting with '.' or '-')"
@@ -144,6 +148,8 @@ def _check_host(text: str, host: str) -> None:
             raise InvalidReference(f"invalid reference {text!r}: bad host {host!r}")
         port = after[1:] if after else None
         try:
+            if "%" in name:
+                raise ValueError("zone indexes are not allowed")
             ipaddress.IPv6Address(name)
         except ValueError:
             raise InvalidReference(
@@ -152,9 +158,9 @@ def _check_host(text: str, host: str) -> None:
     else:
         name, _, port_text = host.partition(":")
         port = port_text if ":" in host else None
-        if not _HOST_NAME.match(name):
+        if not _HOST_NAME.fullmatch(name):
             raise InvalidReference(f"invalid reference {text!r}: bad host {host!r}")
-    if port is not None and not (_PORT.match(port) and 0 < int(port) < 65536):
+    if port is not None and not (_PORT.fullmatch(port) and 0 < int(port) < 65536):
         raise InvalidReference(f"invalid reference {text!r}: bad port in {host!r}")
 
 
@@ -162,9 +168,9 @@ def _check_path(text: str, path: str) -> None:
     if not path:
         raise InvalidReference(f"invalid reference {text!r}: the name is missing")
     for component in path.split("/"):
-        if _PATH_COMPONENT.match(component):
+        if _PATH_COMPONENT.fullmatch(component):
             continue
-        if _PATH_COMPONENT.match(component.lower()):
+        if _PATH_COMPONENT.fullmatch(component.lower()):
             raise InvalidReference(
                 f"invalid reference {text!r}: repository names must be lowercase"
             )

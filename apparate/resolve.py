@@ -17,29 +17,32 @@ def is_attestation(entry: Descriptor) -> bool:
     return platform is not None and platform.os == "unknown"
 
 
-def runnable_entries(index: Index) -> list[Descriptor]:
-    """Index entries that are images with a platform, attestations left out."""
+def image_entries(index: Index) -> list[Descriptor]:
+    """Index entries that are images, attestations left out."""
     return [
         entry
         for entry in index.manifests
-        if entry.platform is not None
-        and not is_attestation(entry)
+        if not is_attestation(entry)
         and (not entry.media_type or entry.media_type in MANIFEST_TYPES)
     ]
 
 
 def select_manifest(index: Index, wanted: Platform, image: str) -> Descriptor:
-    """Return the entry that best runs on ``wanted``; the first wins among equals."""
+    """Return the entry that best runs on ``wanted``; the first wins among equals.
+
+    An entry without a platform is taken only when no entry names a match,
+    as containerd does; its config tells the caller what it really is.
+    """
     best: tuple[int, int, Descriptor] | None = None
-    entries = runnable_entries(index)
+    entries = image_entries(index)
     for position, entry in enumerate(entries):
-        assert entry.platform is not None
-        rank = match_rank(wanted, entry.platform)
+        rank = match_rank(wanted, entry.platform) if entry.platform else None
         if rank is not None and (best is None or (rank, position) < best[:2]):
             best = (rank, position, entry)
-    if best is None:
-        offered = ", ".join(sorted({str(e.platform) for e in entries})) or "none"
-        raise PlatformNotFound(
-            f"{image} has no image for {wanted}; it offers: {offered}"
-        )
-    return best[2]
+    if best is not None:
+        return best[2]
+    unlabelled = [entry for entry in entries if entry.platform is None]
+    if unlabelled:
+        return unlabelled[0]
+    offered = ", ".join(sorted({str(e.platform) for e in entries})) or "none"
+    raise PlatformNotFound(f"{image} has no image for {wanted}; it offers: {offered}")

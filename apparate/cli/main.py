@@ -5,14 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.exceptions import TyperException
 
+from apparate import __version__
 from apparate.catalog import list_images
-from apparate.cli.text import LineObserver, human_size, summary_line
+from apparate.cli.text import LineObserver, format_table, human_size, summary_line
 from apparate.errors import ApparateError, UsageError
 from apparate.platform import Platform
 from apparate.progress import PullObserver
@@ -21,52 +26,52 @@ from apparate.reference import Reference
 from apparate.registry.credentials import Credentials
 
 app = typer.Typer(
-    help="Pull container images fetching only what this machine lacks.",
+    help="Pull container images, fetching only what this machine lacks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-state = {"debug": False}
+state = {"debug": False, "verbose": False}
+
 
 StoreOption = Annotated[
     Path | None,
     typer.Option(
         "--store",
-        help="Local store directory (default: APPARATE_STORE "
-        "or the user data directory).",
+        help="Local store directory (default: APPARATE_STORE, "
+        "else the user data directory).",
     ),
 ]
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Log each request and show tracebacks.")
+]
+VerboseOption = Annotated[bool, typer.Option("-v", "--verbose", help="Log each layer.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"apparate {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def main(
-    debug: Annotated[
-        bool, typer.Option(help="Log each request and show tracebacks.")
-    ] = False,
-    verbose: Annotated[
-        bool, typer.Option("-v", "--verbose", help="Log each layer.")
+    debug: DebugOption = False,
+    verbose: VerboseOption = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version.",
+        ),
     ] = False,
 ) -> None:
-    state["debug"] = debug
-    level = logging.WARNING
-    if verbose:
-        level = logging.INFO
-    if debug:
-        level = logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LowercaseLevelFormatter("%(levelname)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
-    logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.INFO if debug else logging.WARNING)
-    logging.getLogger("hpack").setLevel(logging.WARNING)
-
-
-class _LowercaseLevelFormatter(logging.Formatter):
-    """Format records as ``warning: ...``, in the style of the error line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.levelname = record.levelname.lower()
-        return super().format(record)
+    _configure_logging(debug, verbose)
 
 
 @app.command("pull")
@@ -77,7 +82,7 @@ def pull_command(
     platform: Annotated[
         str | None,
         typer.Option(
-            help="OS/ARCH[/VARIANT] to pull from a multi-platform image "
+            help="Platform OS/ARCH or OS/ARCH/VARIANT to pull, e.g. linux/arm64 "
             "(default: this machine)."
         ),
     ] = None,
@@ -85,9 +90,7 @@ def pull_command(
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", help="Print only the digest.")
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary.")
-    ] = False,
+    as_json: JsonOption = False,
     username: Annotated[
         str | None,
         typer.Option("-u", "--username", help="User name for the image's registry."),
@@ -103,9 +106,12 @@ def pull_command(
             help="Registry host allowed over plain HTTP "
             "(repeatable; loopback hosts always are).",
         ),
-    ] = [],  # noqa: B006
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    debug: DebugOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Pull an image into the local store."""
+    _configure_logging(debug, verbose)
     with _errors_reported():
         ref = Reference.parse(reference)
         options = PullOptions(
@@ -114,43 +120,73 @@ def pull_command(
             insecure_registries=insecure,
             credentials=_explicit_credentials(ref, username, password_stdin),
         )
-        quiet_output = quiet or as_json
-        with _observer(quiet_output) as observer:
+        with _observer(quiet or as_json) as observer:
             options.observer = observer
             result = pull(ref, options)
-        if as_json:
-            print(json.dumps(result.to_dict(), indent=2))
-        elif quiet:
-            print(result.digest)
-        else:
-            print(summary_line(result))
+
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif quiet:
+        print(result.digest)
+    else:
+        print(summary_line(result))
 
 
 @app.command("images")
 def images_command(
     store: StoreOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """List the images in the local store."""
+    _configure_logging(debug, False)
     with _errors_reported():
         images = list_images(store)
-        if as_json:
-            rows = [
-                {"reference": i.reference, "digest": str(i.digest), "size": i.size}
-                for i in images
-            ]
-            print(json.dumps(rows, indent=2))
-            return
-        from rich.console import Console
-        from rich.table import Table
 
-        table = Table("REFERENCE", "DIGEST", "SIZE", box=None, pad_edge=False)
-        for image in images:
-            table.add_row(
-                image.reference, str(image.digest)[:19], human_size(image.size)
-            )
-        # Wide enough that references are never cut when stdout is a pipe.
-        Console(width=None if sys.stdout.isatty() else 250).print(table)
+    if as_json:
+        rows = [
+            {"reference": i.reference, "digest": str(i.digest), "size": i.size}
+            for i in images
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    table = [
+        [image.reference, str(image.digest)[:19], human_size(image.size)]
+        for image in images
+    ]
+    print(format_table(["REFERENCE", "DIGEST", "SIZE"], table))
+
+
+def _configure_logging(debug: bool, verbose: bool) -> None:
+    """Send log records to stderr; options given before or after a command add up."""
+    state["debug"] = state["debug"] or debug
+    state["verbose"] = state["verbose"] or verbose
+    level = logging.WARNING
+    if state["verbose"]:
+        level = logging.INFO
+    if state["debug"]:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    httpx_level = logging.INFO if state["debug"] else logging.WARNING
+    logging.getLogger("httpx").setLevel(httpx_level)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("hpack").setLevel(logging.WARNING)
+
+
+class _LogFormatter(logging.Formatter):
+    """Format records as ``warning: ...``, with URL queries hidden.
+
+    Redirect targets of object stores carry signed credentials in their
+    query string, so no query reaches the log.
+    """
+
+    _QUERY = re.compile(r"(https?://[^\s?\"']+)\?[^\s\"']*")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return self._QUERY.sub(r"\1?…", super().format(record))
 
 
 def _parse_platform(text: str | None) -> Platform | None:
@@ -171,8 +207,8 @@ def _explicit_credentials(
         return {}
     if not password_stdin:
         raise UsageError(
-            "--username needs --password-stdin (passwords are not "
-            "taken on the command line)"
+            "--username needs --password-stdin: passwords are not "
+            "taken on the command line, where other users can see them"
         )
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
@@ -181,7 +217,7 @@ def _explicit_credentials(
 
 
 @contextlib.contextmanager
-def _observer(quiet: bool):  # type: ignore[no-untyped-def]
+def _observer(quiet: bool) -> Iterator[PullObserver]:
     if quiet:
         yield PullObserver()
     elif sys.stdout.isatty():
@@ -194,13 +230,13 @@ def _observer(quiet: bool):  # type: ignore[no-untyped-def]
 
 
 @contextlib.contextmanager
-def _errors_reported():  # type: ignore[no-untyped-def]
+def _errors_reported() -> Iterator[None]:
     """Print an apparate error as one ``error:`` line and exit with its code."""
     try:
         yield
     except ApparateError as error:
         if state["debug"]:
-            logging.getLogger("apparate").exception("failed")
+            logging.getLogger("apparate").debug("traceback:", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
@@ -209,7 +245,23 @@ def _errors_reported():  # type: ignore[no-untyped-def]
 
 
 def run() -> None:
-    app()
+    """Run the command line; usage errors become one ``error:`` line, exit 2."""
+    # Die quietly when a reader such as `head` closes the pipe, as Unix tools do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as error:
+        # typer's copy of click raises these for unknown options, missing
+        # arguments and the like.
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context else "apparate"
+        message = getattr(error, "format_message", error.__str__)().rstrip(".")
+        print(f"error: {message}: see '{command} --help'", file=sys.stderr)
+        code = getattr(error, "exit_code", UsageError.exit_code)
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -53,3 +53,13 @@ def summary_line(result: PullResult) -> str:
         f"{human_size(result.bytes_reused)} already stored, "
         f"{result.seconds:.1f} s; digest {result.digest}"
     )
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Align columns with two spaces between them, as ``docker images`` does."""
+    widths = [max(len(row[n]) for row in [header, *rows]) for n in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
+    return "\n".join(line.rstrip() for line in lines)

@@ -8,6 +8,7 @@ connection, including against servers that ignore ranges.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Self
 import httpx
 
 from apparate.digest import Digest, DigestVerifier, verify_bytes
-from apparate.errors import InvalidResponse, TruncatedBody
+from apparate.errors import InvalidResponse, RegistryUnreachable, TruncatedBody
 from apparate.manifest import ACCEPTED_TYPES, MAX_MANIFEST_BYTES, Descriptor
 from apparate.reference import Reference
 from apparate.registry.auth import RegistryAuth
@@ -26,8 +27,11 @@ from apparate.registry.transport import TransportSettings
 
 log = logging.getLogger(__name__)
 
-MAX_STALLED_ATTEMPTS = 3
+MAX_STALLED_ATTEMPTS = 5
 MAX_ATTEMPTS = 20
+# Seconds before the first retry without progress; it doubles each time, so
+# five attempts in a row span about 7.5 s of outage.
+RETRY_PAUSE = 0.5
 # Blob bodies are hashed as sent: with zstandard installed httpx would ask for
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -51,8 +55,10 @@ class RegistryClient:
         reference: Reference,
         settings: TransportSettings,
         credentials: CredentialStore,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.reference = reference
+        self._sleep = sleep
         self.image = str(reference)
         self.host = reference.api_host
         self._settings = settings
@@ -126,7 +132,9 @@ class RegistryClient:
         """Stream a blob into ``write``, resuming after dropped connections.
 
         Each byte reaches ``write`` once, in order, before the digest can be
-        checked: the caller keeps subject it wrote provisional until this returns.
+        checked, so the caller keeps what it wrote provisional until this
+        returns. A transfer that stops making progress is retried with
+        growing pauses, ``MAX_STALLED_ATTEMPTS`` times in a row at most.
         """
         verifier = DigestVerifier(
             descriptor.digest, subject, self.host, descriptor.size
@@ -137,24 +145,34 @@ class RegistryClient:
             before = verifier.bytes_read
             try:
                 self._fetch_from(descriptor, verifier, write, subject, use_range)
-                break
+                if verifier.bytes_read >= descriptor.size:
+                    break
+                failure = "the body ended early"
             except _RangeRejected:
                 use_range = False
+                continue
             except _RETRYABLE as error:
-                stalled = 0 if verifier.bytes_read > before else stalled + 1
-                log.debug(
-                    "%s: attempt %d broke at byte %d: %s",
-                    subject,
-                    attempt,
-                    verifier.bytes_read,
-                    error,
+                failure = str(error) or type(error).__name__
+            except RegistryUnreachable as error:
+                # A registry that cannot be reached before any byte arrived is
+                # down, not a dropped transfer; there is nothing to resume.
+                if attempt == 1 and not verifier.bytes_read:
+                    raise
+                failure = error.message
+
+            stalled = 0 if verifier.bytes_read > before else stalled + 1
+            log.debug(
+                "%s: attempt %d stopped at byte %d: %s",
+                subject, attempt, verifier.bytes_read, failure,
+            )  # fmt: skip
+            if stalled >= MAX_STALLED_ATTEMPTS or attempt == MAX_ATTEMPTS:
+                raise TruncatedBody(
+                    f"{subject} from {self.host}: the transfer failed {attempt} "
+                    f"times, last at byte {verifier.bytes_read} of "
+                    f"{descriptor.size} ({failure})"
                 )
-                if stalled >= MAX_STALLED_ATTEMPTS or attempt == MAX_ATTEMPTS:
-                    raise TruncatedBody(
-                        f"{subject} from {self.host}: the connection failed "
-                        f"{attempt} times, last at byte {verifier.bytes_read} of "
-                        f"{descriptor.size} ({error})"
-                    ) from None
+            if stalled:
+                self._sleep(RETRY_PAUSE * 2 ** (stalled - 1))
         verifier.verify()
 
     def _fetch_from(

@@ -167,10 +167,12 @@ def _find(entries: Mapping[str, Any], server: str) -> Any:
 
 def _read_config(path: Path | None) -> _DockerConfig:
     """Read the credential settings of a Docker config file, if it exists."""
-    if path is None or not path.exists():
+    if path is None:
         return _DockerConfig(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return _DockerConfig(path)
     except (OSError, UnicodeDecodeError) as error:
         raise CredentialsUnavailable(f"cannot read Docker config {path}: {error}")
     if not text.strip():

@@ -13,8 +13,8 @@ from apparate.errors import (
     InvalidResponse,
     NotFound,
     RateLimited,
-    RegistryError,
     RegistryUnreachable,
+    ServerError,
 )
 
 MAX_ERROR_BODY = 16 * 1024
@@ -62,11 +62,14 @@ def status_error(response: httpx.Response, subject: str) -> ApparateError:
     if status == 404:
         return NotFound(f"{subject} not found (HTTP 404){suffix}")
     if status == 429:
-        retry_after = response.headers.get("Retry-After")
-        wait = f", retry after {retry_after} s" if retry_after else ""
+        retry_after = response.headers.get("Retry-After", "").strip()
+        wait = ""
+        if retry_after:
+            unit = " s" if retry_after.isdigit() else ""
+            wait = f", retry after {retry_after}{unit}"
         return RateLimited(f"{subject}: too many requests (HTTP 429{wait}){suffix}")
     if status >= 500:
-        return RegistryError(f"{subject}: registry error (HTTP {status}){suffix}")
+        return ServerError(f"{subject}: registry error (HTTP {status}){suffix}")
     return InvalidResponse(f"{subject}: unexpected HTTP {status}{suffix}")
 
 
@@ -84,10 +87,16 @@ def transport_error(error: httpx.HTTPError, host: str, subject: str) -> Apparate
         return RegistryUnreachable(
             f"{subject}: {host} timed out ({type(error).__name__})"
         )
+    if isinstance(error, httpx.ConnectError) and "SSL" in str(error):
+        return RegistryUnreachable(
+            f"{subject}: TLS with {host} failed ({error})",
+            hint="for a registry with a private CA, put its certificate in "
+            f"/etc/docker/certs.d/{host}/ca.crt; for a plain-HTTP registry "
+            f"pass --insecure-registry {host}",
+        )
     if isinstance(error, httpx.ConnectError):
         return RegistryUnreachable(
             f"{subject}: cannot connect to {host} ({error})",
-            hint="check the address and the network; for a registry with a private "
-            "CA, put its certificate in /etc/docker/certs.d/HOST/ca.crt",
+            hint="check the registry address and the network",
         )
     return RegistryUnreachable(f"{subject}: connection to {host} failed ({error})")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from apparate.errors import InsecureRedirect, UsageError
 from apparate.reference import is_loopback
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,27 @@ class TransportSettings:
         context = ssl.create_default_context()
         for ca_file in self.ca_files(host):
             log.debug("trusting CA file %s for %s", ca_file, host)
-            context.load_verify_locations(cafile=str(ca_file))
+            try:
+                context.load_verify_locations(cafile=str(ca_file))
+            except (ssl.SSLError, OSError) as error:
+                raise UsageError(
+                    f"cannot load the CA certificate {ca_file} for {host}: {error}",
+                    hint="replace it with a PEM certificate or remove it",
+                ) from None
         return context
+
+    def _check_scheme(self, request: httpx.Request) -> None:
+        """Reject plain HTTP to a host not allowed it, redirect targets included.
+
+        httpx runs request hooks on every redirect hop, so a registry cannot
+        send layer bytes over an unencrypted link by redirecting.
+        """
+        host = request.url.netloc.decode()
+        if request.url.scheme == "http" and not self.allows_plain_http(host):
+            raise InsecureRedirect(
+                f"refusing plain HTTP to {host} ({request.url.copy_with(query=None)})",
+                hint=f"pass --insecure-registry {host} if that host is trusted",
+            )
 
     def ca_files(self, host: str) -> list[Path]:
         found: list[Path] = []
@@ -83,6 +103,7 @@ class TransportSettings:
         # HTTP/2 needs TLS with ALPN; the h2 package is only imported where
         # it can be used, since hosts allowed plain HTTP are usually local.
         return httpx.Client(
+            event_hooks={"request": [self._check_scheme]},
             http2=not self.allows_plain_http(host),
             verify=self.ssl_context(host),
             timeout=self.timeout,

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import platformdirs
 
@@ -48,38 +48,80 @@ class BlobWriter:
     def __init__(self, store: Store, digest: Digest) -> None:
         self._store = store
         self.digest = digest
-        handle, name = tempfile.mkstemp(
-            prefix=f"{digest.hex[:16]}-", dir=store.ingest_dir
-        )
-        self._file = os.fdopen(handle, "wb")
-        # The lock marks this file as in use. A file that no process has
-        # locked is left over from a killed pull, and the next sweep deletes it.
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-        self._path = Path(name)
         self.size = 0
+        with _store_errors(f"cannot create a file in {store.ingest_dir}"):
+            self._file, self._path = _locked_temporary_file(store.ingest_dir, digest)
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        with _store_errors(f"cannot write blob {self.digest} to {self._path}"):
+            self._file.write(data)
         self.size += len(data)
 
     def commit(self) -> None:
-        """Move the verified blob into ``blobs/``; only call after verifying."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._path, self._store.blob_path(self.digest))
+        """Move the verified blob into ``blobs/``; only call after verifying.
+
+        The rename happens while the file is still locked, so a sweep by
+        another process cannot take it for an abandoned one.
+        """
+        with _store_errors(f"cannot store blob {self.digest}"):
+            self._file.flush()
+            os.fchmod(self._file.fileno(), 0o666 & ~_UMASK)
+            os.fsync(self._file.fileno())
+            os.replace(self._path, self._store.blob_path(self.digest))
+            self._file.close()
 
     def discard(self) -> None:
         self._file.close()
         self._path.unlink(missing_ok=True)
 
 
+def _locked_temporary_file(directory: Path, digest: Digest) -> tuple[BinaryIO, Path]:
+    """Create and lock a new file in ``directory``.
+
+    The lock marks the file as in use: a file that no process has locked is
+    left over from a killed pull, and the next sweep deletes it. A sweep may
+    delete the file between its creation and the lock, so the locked file
+    is checked to still be the one at its path.
+    """
+    while True:
+        handle, name = tempfile.mkstemp(prefix=f"{digest.hex[:16]}-", dir=directory)
+        file = os.fdopen(handle, "wb")
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            if os.stat(name).st_ino == os.fstat(handle).st_ino:
+                return file, Path(name)
+        except FileNotFoundError:
+            pass
+        file.close()
+
+
+@contextlib.contextmanager
+def _store_errors(action: str) -> Iterator[None]:
+    """Raise StoreError for operating-system errors, such as a full disk."""
+    try:
+        yield
+    except OSError as error:
+        raise StoreError(f"{action}: {error.strerror or error}") from None
+
+
 class Store:
     """An OCI image layout directory plus apparate's working folders."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """Open the store at ``root``, creating it unless ``create`` is false.
+
+        Without ``create`` the store is only read: a missing store raises
+        StoreError and nothing is written, not even the sweep of ``ingest/``.
+        """
         self.root = Path(root)
         self.ingest_dir = self.root / "ingest"
+        if not create:
+            if not (self.root / "index.json").is_file():
+                raise StoreError(
+                    f"no store at {self.root}",
+                    hint="check --store or APPARATE_STORE, or pull an image first",
+                )
+            return
         try:
             self._create()
         except OSError as error:
@@ -127,7 +169,8 @@ class Store:
     @contextlib.contextmanager
     def ingest(self, digest: Digest) -> Iterator[BlobWriter]:
         """Yield a writer for a blob; it is dropped unless the caller commits."""
-        self.blob_path(digest).parent.mkdir(parents=True, exist_ok=True)
+        with _store_errors(f"cannot create {self.blob_path(digest).parent}"):
+            self.blob_path(digest).parent.mkdir(parents=True, exist_ok=True)
         writer = BlobWriter(self, digest)
         committed = False
         try:
@@ -168,7 +211,7 @@ class Store:
             "size": descriptor.size,
             "annotations": annotations,
         }
-        with self._locked():
+        with _store_errors(f"cannot tag {reference}"), self._locked():
             entries = [
                 item
                 for item in self._read_index()
@@ -214,10 +257,25 @@ def default_store_path() -> Path:
     return platformdirs.user_data_path("apparate") / "store"
 
 
+def _read_umask() -> int:
+    """Return the process's file mode creation mask (reading means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import, because setting the mask is not safe while layer
+# threads create files.
+_UMASK = _read_umask()
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     handle, name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as temp:
+            # mkstemp creates files only the owner can read; a layout is
+            # shared with other tools, so the usual umask applies instead.
+            os.fchmod(temp.fileno(), 0o666 & ~_UMASK)
             temp.write(data)
             temp.flush()
             os.fsync(temp.fileno())

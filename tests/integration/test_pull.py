@@ -284,6 +284,11 @@ FAILURES = {
         5,
         ["linux/amd64", "linux/arm64"],
     ),
+    "platform of a single-platform image": (
+        ["pull", "--platform", "linux/arm64", "{host}/samples/base:v1"],
+        5,
+        ["linux/amd64, not linux/arm64"],
+    ),
     "invalid platform": (
         ["pull", "--platform", "linux", "{host}/samples/base:v1"],
         2,

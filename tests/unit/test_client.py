@@ -11,11 +11,12 @@ import zstandard
 from apparate.digest import Digest
 from apparate.errors import (
     DigestMismatch,
+    InsecureRedirect,
     InvalidResponse,
     NotFound,
     RateLimited,
-    RegistryError,
     RegistryUnreachable,
+    ServerError,
     TruncatedBody,
 )
 from apparate.manifest import OCI_MANIFEST, Descriptor
@@ -59,13 +60,16 @@ class UnreadableStream(httpx.SyncByteStream):
         yield b""
 
 
+PAUSES: list[float] = []
+
+
 @pytest.fixture
 def client(tmp_path):
+    PAUSES.clear()
     credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
     settings = TransportSettings(certs_dirs=())
-    with RegistryClient(
-        Reference.parse(f"{HOST}/team/app:v1"), settings, credentials
-    ) as c:
+    reference = Reference.parse(f"{HOST}/team/app:v1")
+    with RegistryClient(reference, settings, credentials, sleep=PAUSES.append) as c:
         yield c
 
 
@@ -115,6 +119,26 @@ RESUME_CASES = {
             httpx.Response(200, content=BLOB),
         ],
         [None, "bytes=1000-"],
+    ),
+    "reconnect fails once after a drop": (
+        [
+            httpx.Response(200, stream=BrokenStream(BLOB[:1000])),
+            httpx.ConnectError("connection refused"),
+            partial,
+        ],
+        [None, "bytes=1000-", "bytes=1000-"],
+    ),
+    "short 206 body is resumed": (
+        [
+            httpx.Response(200, stream=BrokenStream(BLOB[:1000])),
+            httpx.Response(
+                206,
+                headers={"Content-Range": f"bytes 1000-{len(BLOB) - 1}/{len(BLOB)}"},
+                content=BLOB[1000:3000],
+            ),
+            partial,
+        ],
+        [None, "bytes=1000-", "bytes=3000-"],
     ),
     "server answers 416 to an open range": (
         [
@@ -170,7 +194,7 @@ FAILING_BLOB_CASES = {
         ),
         NotFound,
     ),
-    "server error": (httpx.Response(503, text="maintenance"), RegistryError),
+    "server error": (httpx.Response(503, text="maintenance"), ServerError),
     "rate limited": (httpx.Response(429, text="slow down"), RateLimited),
     "keeps dropping": (httpx.ReadError("reset"), TruncatedBody),
 }
@@ -196,13 +220,24 @@ def _raise_or_return(answer):
 
 
 @respx.mock
+def test_fetch_blob_unreachable_at_start_fails_at_once(client):
+    route = respx.get(BLOB_PATH).mock(side_effect=httpx.ConnectError("refused"))
+
+    with pytest.raises(RegistryUnreachable, match="cannot connect"):
+        fetch(client)
+
+    assert route.call_count == 1
+
+
+@respx.mock
 def test_fetch_blob_stops_retrying_without_progress(client):
     route = respx.get(BLOB_PATH).mock(side_effect=httpx.ReadError("reset"))
 
-    with pytest.raises(TruncatedBody, match="failed 3 times"):
+    with pytest.raises(TruncatedBody, match="failed 5 times"):
         fetch(client)
 
-    assert route.call_count == 3
+    assert route.call_count == 5
+    assert PAUSES == [0.5, 1.0, 2.0, 4.0]
 
 
 @respx.mock
@@ -353,6 +388,41 @@ def test_redirect_to_other_origin_drops_authorization(client):
 
     assert "Authorization" not in target.calls[0].request.headers
     assert target.calls[0].request.headers["Accept-Encoding"] == "identity"
+
+
+@respx.mock
+def test_redirect_to_plain_http_is_refused(client):
+    storage = "http://storage.example/blob?sig=secret"
+    respx.get(BLOB_PATH).mock(
+        return_value=httpx.Response(307, headers={"Location": storage})
+    )
+    target = respx.get(storage).mock(return_value=httpx.Response(200, content=BLOB))
+
+    with pytest.raises(InsecureRedirect) as caught:
+        fetch(client)
+
+    assert "storage.example" in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert target.call_count == 0
+
+
+@pytest.mark.parametrize(
+    "retry_after, expected",
+    [
+        ("120", "retry after 120 s"),
+        ("Fri, 31 Dec 2027 23:59:59 GMT", "retry after Fri, 31 Dec 2027 23:59:59 GMT)"),
+    ],
+)
+@respx.mock
+def test_rate_limit_retry_after_forms(client, retry_after, expected):
+    respx.get(MANIFEST_URL).mock(
+        return_value=httpx.Response(429, headers={"Retry-After": retry_after})
+    )
+
+    with pytest.raises(
+        RateLimited, match=expected.replace("(", r"\(").replace(")", r"\)")
+    ):
+        client.get_manifest("v1", None)
 
 
 @respx.mock

@@ -111,3 +111,28 @@ def test_select_manifest_skips_attestations():
 
     with pytest.raises(PlatformNotFound, match="offers: none"):
         select_manifest(index, Platform.parse("linux/amd64"), "img")
+
+
+@pytest.mark.parametrize(
+    "wanted, offered, rank",
+    [
+        ("linux/amd64/v3", "linux/amd64/v3", 0),
+        ("linux/amd64/v3", "linux/amd64/v2", 1),
+        ("linux/amd64/v3", "linux/amd64", 2),
+        ("linux/amd64/v2", "linux/amd64/v3", None),
+        ("linux/amd64", "linux/amd64/v2", None),
+    ],
+)
+def test_match_rank_amd64_levels(wanted, offered, rank):
+    assert match_rank(Platform.parse(wanted), Platform.parse(offered)) == rank
+
+
+def test_select_manifest_takes_unlabelled_entry_last():
+    index = Index(INDEX.media_type, [entry(None, 9), entry("linux/arm64", 4)])
+
+    assert select_manifest(index, Platform.parse("linux/arm64"), "img").digest == (
+        Digest("sha256", f"{4:064x}")
+    )
+    assert select_manifest(index, Platform.parse("linux/amd64"), "img").digest == (
+        Digest("sha256", f"{9:064x}")
+    )

@@ -168,7 +168,7 @@ def test_reference_lookup_prefers_digest():
 
 INVALID = [
     ("", "empty"),
-    (" alpine", "spaces"),
+    (" alpine", "whitespace"),
     ("Alpine", "lowercase"),
     ("example.com/App", "lowercase"),
     ("alpine:", "invalid tag"),
@@ -187,6 +187,13 @@ INVALID = [
     ("[::1/app", "bad host"),
     ("[zz::1]:5000/app", "not an IPv6 address"),
     ("example.com/" + "a" * 250, "longer than 255"),
+    ("a.com\n/foo:tag", "bad host"),
+    ("foo\n/bar:tag", "invalid name component"),
+    ("alpine:t\u00e5g", "invalid tag"),
+    ("alpine:tag\n", "whitespace"),
+    ("[fe80::1%25eth0]/a", "not an IPv6 address"),
+    ("alpine@sha256:" + "a" * 64 + "\n", "whitespace"),
+    ("alpine@sha256:" + "a" * 63 + "\n0", "invalid digest"),
 ]
 
 
