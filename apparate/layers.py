@@ -1,14 +1,12 @@
 """Decompress layer blobs as they stream and check the tar against its diff_id.
 
-Decompression runs on its own thread, so it overlaps the download. Output is
-handed on in pieces of at most ``OUTPUT_PIECE`` bytes, so memory stays flat
-whatever the compression ratio.
+Decompression and hashing run on threads of their own, so they overlap the
+download. Output is handed on in pieces of at most ``OUTPUT_PIECE`` bytes, so
+memory stays flat whatever the compression ratio.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 import zlib
 from collections.abc import Callable
 from typing import Protocol
@@ -18,6 +16,7 @@ import zstandard
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import DiffIDMismatch, DigestMismatch, VerificationError
 from apparate.manifest import GZIP_LAYERS, PLAIN_LAYERS, ZSTD_LAYERS
+from apparate.pipeline import Stage
 
 try:
     # ISA-L inflates about twice as fast as zlib (measured on the sample
@@ -28,7 +27,6 @@ except ImportError:  # pragma: no cover - depends on the platform's wheels
 
 OUTPUT_PIECE = 1 << 20
 INPUT_BATCH = 1 << 20
-QUEUE_DEPTH = 8
 _DECODE_ERRORS = (ValueError, zlib.error, inflate_module.error, zstandard.ZstdError)
 
 Sink = Callable[[bytes], None]
@@ -128,82 +126,66 @@ def decompressor_for(media_type: str, sink: Sink) -> Decompressor:
 class DiffIDVerifier:
     """Feed compressed layer bytes; check the uncompressed tar's sha256 at the end.
 
-    Work happens on a background thread: ``update`` only queues (blocking
-    when the thread is ``QUEUE_DEPTH`` batches behind), and ``verify`` waits
-    for the thread and raises what it found. ``uncompressed_size`` counts the
-    tar's bytes, which the docker importer needs to stream archives.
+    Decompression and hashing each run on a thread of their own: ``update``
+    only queues, and ``verify`` waits for both and raises what they found.
+    ``uncompressed_size`` counts the tar's bytes, which the docker importer
+    needs to stream archives.
     """
 
     def __init__(self, media_type: str, diff_id: Digest, subject: str) -> None:
         self._verifier = DigestVerifier(diff_id, f"uncompressed {subject}", "layer")
-        self._decompressor = decompressor_for(media_type, self._verifier.update)
         self._subject = subject
         self._batch = bytearray()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_DEPTH)
-        self._error: VerificationError | None = None
-        self._verified = False
-        self._thread = threading.Thread(target=self._run, name="diff-id", daemon=True)
-        self._thread.start()
+        self._closed = False
+        self._hasher = Stage("diff-id-hash", self._verifier.update, _nothing)
+        self._decompressor = decompressor_for(media_type, self._hasher.put)
+        self._inflater = Stage(
+            "diff-id-inflate", self._decompressor.write, self._end_of_stream
+        )
 
     @property
     def uncompressed_size(self) -> int:
         return self._verifier.bytes_read
 
     def update(self, data: bytes) -> None:
-        if self._error:
-            raise self._error
+        if self._closed:
+            raise VerificationError(f"{self._subject}: the check was stopped")
         self._batch += data
         if len(self._batch) >= INPUT_BATCH:
-            self._queue.put(bytes(self._batch))
-            self._batch.clear()
+            self._send_batch()
 
     def verify(self) -> None:
         """Wait for the tar's digest and raise unless it equals the diff_id."""
-        self._queue.put(bytes(self._batch))
-        self._batch.clear()
-        self._queue.put(None)
-        self._thread.join()
-        if self._error:
-            raise self._error
-        if not self._verified:
-            raise VerificationError(f"{self._subject}: the diff_id check did not run")
-
-    def close(self) -> None:
-        """Stop the thread without verifying, as after a failed download."""
-        if self._thread.is_alive():
-            self._error = self._error or VerificationError(f"{self._subject}: stopped")
-            self._drain()
-            self._queue.put(None)
-            self._thread.join()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
-
-    def _run(self) -> None:
-        ended = False
         try:
-            while (data := self._queue.get()) is not None:
-                if self._error is None:
-                    self._decompressor.write(data)
-            ended = True
-            if self._error is None:
-                self._decompressor.finish()
-                self._verifier.verify()
-                self._verified = True
+            self._send_batch()
+            self._inflater.end()
+            self._verifier.verify()
+        except DigestMismatch as error:
+            raise DiffIDMismatch(error.message) from None
         except _DECODE_ERRORS as error:
             message = f"{self._subject} cannot be decompressed: {error}"
-            self._fail(VerificationError(message), ended)
-        except DigestMismatch as error:
-            self._fail(DiffIDMismatch(error.message), ended)
-        except Exception as error:  # noqa: BLE001 - reported by verify()
-            self._fail(VerificationError(f"{self._subject}: {error!r}"), ended)
+            raise VerificationError(message) from None
+        finally:
+            self.close()
 
-    def _fail(self, error: VerificationError, ended: bool) -> None:
-        self._error = error
-        # Keep taking batches so a producer blocked on a full queue wakes up.
-        while not ended:
-            ended = self._queue.get() is None
+    def close(self) -> None:
+        """Stop both threads; after a failed download nothing is verified."""
+        self._closed = True
+        self._inflater.abort()
+        self._hasher.abort()
+
+    def _send_batch(self) -> None:
+        try:
+            self._inflater.put(bytes(self._batch))
+        except _DECODE_ERRORS as error:
+            message = f"{self._subject} cannot be decompressed: {error}"
+            raise VerificationError(message) from None
+        self._batch.clear()
+
+    def _end_of_stream(self) -> None:
+        self._decompressor.finish()
+        self._hasher.end()
+
+
+def _nothing() -> None:
+    pass
