@@ -8,6 +8,7 @@ median of each is printed with the ratio. Run it through ``scripts/bench``.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from apparate.store.layout import REF_NAME
 from tests.testbed.registry import start_registry
 
 IMAGES = (
@@ -48,12 +50,40 @@ def time_once(command: list[str]) -> float:
 
 def time_tool(
     build: Callable[[str, Path], list[str]], reference: str, scratch: Path
-) -> float:
+) -> tuple[float, float]:
+    """Time one pull, then the shell's diff_id check of what it stored."""
     destination = scratch / "dest"
     shutil.rmtree(destination, ignore_errors=True)
     seconds = time_once(build(reference, destination))
+    check_seconds = time_diff_id_check(destination, reference)
     shutil.rmtree(destination)
-    return seconds
+    return seconds, check_seconds
+
+
+def time_diff_id_check(layout: Path, reference: str) -> float:
+    """Time decompressing and hashing each layer with gzip or zstd and sha256sum.
+
+    This is the check apparate makes during its pull and skopeo does not, so
+    skopeo's time plus this one compares equal work.
+    """
+    index = json.loads((layout / "index.json").read_text())
+    entry = next(
+        item
+        for item in index["manifests"]
+        if item.get("annotations", {}).get(REF_NAME) == reference
+    )
+    manifest = json.loads(blob(layout, entry["digest"]).read_text())
+    started = time.perf_counter()
+    for layer in manifest["layers"]:
+        tool = "zstd -dc" if "zstd" in layer["mediaType"] else "gzip -dc"
+        command = f"{tool} < {blob(layout, layer['digest'])} | sha256sum"
+        subprocess.run(command, shell=True, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def blob(layout: Path, digest: str) -> Path:
+    algorithm, _, hex_digest = digest.partition(":")
+    return layout / "blobs" / algorithm / hex_digest
 
 
 def stored_bytes(reference: str, scratch: Path) -> int:
@@ -90,34 +120,35 @@ def main(argv: list[str] | None = None) -> int:
 def run_all(host: str, scratch: Path, rounds: int) -> None:
     print(
         f"registry {host} (loopback), {rounds} rounds, median seconds of a pull "
-        "into an empty OCI layout"
+        "into an empty OCI layout;\n'+check' adds gzip/zstd -dc | sha256sum of "
+        "each stored layer, the diff_id check apparate makes while pulling"
     )
     header = (
-        f"{'image':<24} {'MB':>7} {'apparate s':>11} {'skopeo s':>9} "
-        f"{'skopeo/apparate':>16}"
+        f"{'image':<24} {'MB':>6} {'apparate':>9} {'skopeo':>7} "
+        f"{'skopeo+check':>13} {'skopeo/apparate':>16} {'(+check)/apparate':>18}"
     )
     print(header)
-    totals = [0.0, 0.0]
+    totals = [0.0, 0.0, 0.0]
     for image in IMAGES:
         reference = f"{host}/{image}"
         size = stored_bytes(reference, scratch)
-        apparate_times, skopeo_times = [], []
+        ours, theirs, checked = [], [], []
         for _ in range(rounds):
-            apparate_times.append(time_tool(apparate_pull, reference, scratch))
-            skopeo_times.append(time_tool(skopeo_copy, reference, scratch))
-        ours, theirs = (
-            statistics.median(apparate_times),
-            statistics.median(skopeo_times),
-        )
-        totals[0] += ours
-        totals[1] += theirs
-        print(
-            f"{image:<24} {size / 1e6:>7.1f} {ours:>11.3f} {theirs:>9.3f} "
-            f"{theirs / ours:>16.2f}"
-        )
+            ours.append(time_tool(apparate_pull, reference, scratch)[0])
+            skopeo_seconds, check_seconds = time_tool(skopeo_copy, reference, scratch)
+            theirs.append(skopeo_seconds)
+            checked.append(skopeo_seconds + check_seconds)
+        row = [statistics.median(values) for values in (ours, theirs, checked)]
+        totals = [total + value for total, value in zip(totals, row, strict=True)]
+        print_row(image, f"{size / 1e6:.1f}", row)
+    print_row("all images", "", totals)
+
+
+def print_row(name: str, size: str, seconds: list[float]) -> None:
+    ours, theirs, checked = seconds
     print(
-        f"{'all images':<24} {'':>7} {totals[0]:>11.3f} {totals[1]:>9.3f} "
-        f"{totals[1] / totals[0]:>16.2f}"
+        f"{name:<24} {size:>6} {ours:>9.3f} {theirs:>7.3f} {checked:>13.3f} "
+        f"{theirs / ours:>16.2f} {checked / ours:>18.2f}"
     )
 
 
