@@ -22,7 +22,11 @@ the package, so callers catch only these::
     ├── VerificationError          bytes that do not match their digest
     │   ├── DigestMismatch
     │   ├── DiffIDMismatch
-    │   └── TruncatedBody
+    │   ├── TruncatedBody
+    │   └── ChunkedLayerError      a chunked layer that cannot be used
+    │       ├── ChunkTableCorrupt  footer or table damaged or inconsistent
+    │       ├── UnsupportedChunkFormat
+    │       └── ChunkCorrupt       a frame that does not give its chunk
     └── StoreError                 the local store cannot be read or written
 
 The CLI maps each class to its own exit code through ``exit_code``.
@@ -129,6 +133,22 @@ class DiffIDMismatch(VerificationError):
 
 class TruncatedBody(VerificationError):
     hint = "the connection ended early; try again"
+
+
+class ChunkedLayerError(VerificationError):
+    hint = "the layer is pulled whole instead where possible"
+
+
+class ChunkTableCorrupt(ChunkedLayerError):
+    pass
+
+
+class UnsupportedChunkFormat(ChunkedLayerError):
+    hint = "upgrade apparate, or pull the layer whole"
+
+
+class ChunkCorrupt(ChunkedLayerError):
+    pass
 
 
 class StoreError(ApparateError):

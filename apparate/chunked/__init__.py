@@ -1,0 +1,1 @@
+"""The chunked layer format: writer, reader and the byte layout they share."""

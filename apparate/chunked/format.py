@@ -1,0 +1,220 @@
+"""Byte layout of the chunked layer's table and footer. Pure: bytes in and out.
+
+A chunked layer is a zstd stream: one frame per chunk, then a skippable
+frame holding the chunk table, then a fixed-size skippable footer frame that
+locates the table. docs/format.md describes every field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from apparate.digest import Digest
+from apparate.errors import ChunkTableCorrupt, UnsupportedChunkFormat
+
+FORMAT_VERSION = 1
+TABLE_MAGIC = 0x184D2A5A
+FOOTER_MAGIC = 0x184D2A5B
+TABLE_SIGNATURE = b"APTB"
+FOOTER_SIGNATURE = b"APFT"
+SKIPPABLE_HEADER = struct.Struct("<II")
+TABLE_HEADER = struct.Struct("<4sHHIII")
+ENTRY = struct.Struct("<16sIIQ")
+FOOTER_PAYLOAD = struct.Struct("<4sHHQQ32s")
+FOOTER_SIZE = SKIPPABLE_HEADER.size + FOOTER_PAYLOAD.size
+IDENTITY_BYTES = 16
+
+# Layer descriptor annotations that let a client fetch the table with one
+# range request; the table digest is covered by the manifest's digest.
+ANNOTATION_VERSION = "dev.apparate.chunked.version"
+ANNOTATION_TABLE_OFFSET = "dev.apparate.chunked.table-offset"
+ANNOTATION_TABLE_LENGTH = "dev.apparate.chunked.table-length"
+ANNOTATION_TABLE_DIGEST = "dev.apparate.chunked.table-digest"
+
+
+def chunk_identity(data: bytes) -> bytes:
+    """The first 16 bytes of the chunk's sha256: how chunks are recognised."""
+    return hashlib.sha256(data).digest()[:IDENTITY_BYTES]
+
+
+@dataclass(frozen=True)
+class ChunkEntry:
+    """One chunk: its identity, sizes, frame hash, and the frame's offset."""
+
+    identity: bytes
+    length: int
+    frame_length: int
+    frame_xxh3: int
+    frame_offset: int
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    """The decoded table: chunk entries plus the records needed to rebuild them."""
+
+    version: int
+    encoder: dict[str, Any]
+    chunking: dict[str, Any]
+    entries: list[ChunkEntry]
+
+    @property
+    def frames_length(self) -> int:
+        """Bytes of data frames, which is where the table frame starts."""
+        return sum(entry.frame_length for entry in self.entries)
+
+    @property
+    def uncompressed_length(self) -> int:
+        return sum(entry.length for entry in self.entries)
+
+
+@dataclass(frozen=True)
+class Footer:
+    """Where the table frame is and the sha256 of its bytes."""
+
+    table_offset: int
+    table_length: int
+    table_digest: Digest
+
+
+def skippable_frame(magic: int, payload: bytes) -> bytes:
+    return SKIPPABLE_HEADER.pack(magic, len(payload)) + payload
+
+
+def encode_table(table: ChunkTable) -> bytes:
+    """Encode the table as a complete skippable frame."""
+    encoder = _canonical_json(table.encoder)
+    chunking = _canonical_json(table.chunking)
+    header = TABLE_HEADER.pack(
+        TABLE_SIGNATURE,
+        table.version,
+        0,
+        len(table.entries),
+        len(encoder),
+        len(chunking),
+    )
+    entries = b"".join(
+        ENTRY.pack(e.identity, e.length, e.frame_length, e.frame_xxh3)
+        for e in table.entries
+    )
+    return skippable_frame(TABLE_MAGIC, header + encoder + chunking + entries)
+
+
+def encode_footer(footer: Footer) -> bytes:
+    payload = FOOTER_PAYLOAD.pack(
+        FOOTER_SIGNATURE,
+        FORMAT_VERSION,
+        0,
+        footer.table_offset,
+        footer.table_length,
+        bytes.fromhex(footer.table_digest.hex),
+    )
+    return skippable_frame(FOOTER_MAGIC, payload)
+
+
+def decode_footer(data: bytes, blob_size: int, subject: str) -> Footer:
+    """Decode the last ``FOOTER_SIZE`` bytes of a blob, checking every field."""
+    if len(data) != FOOTER_SIZE:
+        raise ChunkTableCorrupt(f"{subject}: the footer is {len(data)} bytes")
+    magic, size = SKIPPABLE_HEADER.unpack_from(data)
+    fields = FOOTER_PAYLOAD.unpack_from(data, SKIPPABLE_HEADER.size)
+    signature, version, _, table_offset, table_length, digest = fields
+    if (
+        magic != FOOTER_MAGIC
+        or size != FOOTER_PAYLOAD.size
+        or signature != FOOTER_SIGNATURE
+    ):
+        raise ChunkTableCorrupt(f"{subject}: no chunked-layer footer at the end")
+    _check_version(version, subject)
+    if table_offset + table_length > blob_size - FOOTER_SIZE:
+        raise ChunkTableCorrupt(
+            f"{subject}: the footer points at bytes {table_offset}+{table_length}, "
+            f"outside the {blob_size}-byte blob"
+        )
+    return Footer(table_offset, table_length, Digest("sha256", digest.hex()))
+
+
+def decode_table(frame: bytes, expected: Digest, subject: str) -> ChunkTable:
+    """Verify the table frame against its digest, then decode it."""
+    actual = Digest.of(frame)
+    if actual != expected:
+        raise ChunkTableCorrupt(
+            f"{subject}: the chunk table's sha256 is {actual}, expected {expected}"
+        )
+    try:
+        return _decode_verified_table(frame, subject)
+    except (struct.error, UnicodeDecodeError, ValueError) as error:
+        raise ChunkTableCorrupt(f"{subject}: the chunk table is malformed: {error}")
+
+
+def _decode_verified_table(frame: bytes, subject: str) -> ChunkTable:
+    magic, size = SKIPPABLE_HEADER.unpack_from(frame)
+    if magic != TABLE_MAGIC or size != len(frame) - SKIPPABLE_HEADER.size:
+        raise ValueError("not a table frame")
+    position = SKIPPABLE_HEADER.size
+    fields = TABLE_HEADER.unpack_from(frame, position)
+    signature, version, _, count, encoder_length, chunking_length = fields
+    if signature != TABLE_SIGNATURE:
+        raise ValueError("wrong signature")
+    _check_version(version, subject)
+    position += TABLE_HEADER.size
+    encoder = json.loads(frame[position : position + encoder_length])
+    position += encoder_length
+    chunking = json.loads(frame[position : position + chunking_length])
+    position += chunking_length
+    if len(frame) - position != count * ENTRY.size:
+        raise ValueError(f"{count} entries do not fill the table")
+    return ChunkTable(version, encoder, chunking, _entries(frame, position, count))
+
+
+def _entries(frame: bytes, position: int, count: int) -> list[ChunkEntry]:
+    entries = []
+    offset = 0
+    for identity, length, frame_length, xxh3 in ENTRY.iter_unpack(
+        frame[position : position + count * ENTRY.size]
+    ):
+        entries.append(ChunkEntry(identity, length, frame_length, xxh3, offset))
+        offset += frame_length
+    return entries
+
+
+def _check_version(version: int, subject: str) -> None:
+    if version != FORMAT_VERSION:
+        raise UnsupportedChunkFormat(
+            f"{subject}: chunked-layer format version {version} is not supported "
+            f"(this apparate reads version {FORMAT_VERSION})"
+        )
+
+
+def _canonical_json(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
+def table_annotations(footer: Footer) -> dict[str, str]:
+    """Annotations for the layer descriptor of a chunked layer."""
+    return {
+        ANNOTATION_VERSION: str(FORMAT_VERSION),
+        ANNOTATION_TABLE_OFFSET: str(footer.table_offset),
+        ANNOTATION_TABLE_LENGTH: str(footer.table_length),
+        ANNOTATION_TABLE_DIGEST: str(footer.table_digest),
+    }
+
+
+def footer_from_annotations(annotations: dict[str, str]) -> Footer | None:
+    """Read the table location from layer annotations; None for other layers."""
+    if ANNOTATION_VERSION not in annotations:
+        return None
+    try:
+        version = int(annotations[ANNOTATION_VERSION])
+        footer = Footer(
+            int(annotations[ANNOTATION_TABLE_OFFSET]),
+            int(annotations[ANNOTATION_TABLE_LENGTH]),
+            Digest.parse(annotations[ANNOTATION_TABLE_DIGEST]),
+        )
+    except (KeyError, ValueError) as error:
+        raise ChunkTableCorrupt(f"invalid chunked-layer annotations: {error}") from None
+    _check_version(version, "layer annotations")
+    return footer

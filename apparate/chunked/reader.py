@@ -1,0 +1,103 @@
+"""Read chunked layers: locate and verify the table, then frames one by one.
+
+Every frame is checked against the table before its chunk is used: first
+the xxh3 of the compressed bytes, then the identity of what it decompresses
+to. The table itself is trusted only after its sha256 matched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+import xxhash
+import zstandard
+
+from apparate.chunked.format import (
+    FOOTER_SIZE,
+    ChunkEntry,
+    ChunkTable,
+    Footer,
+    chunk_identity,
+    decode_footer,
+    decode_table,
+)
+from apparate.errors import ChunkCorrupt, ChunkTableCorrupt
+
+ReadRange = Callable[[int, int], bytes]
+
+
+def read_footer(read_range: ReadRange, blob_size: int, subject: str) -> Footer:
+    """Read and check the footer, the last ``FOOTER_SIZE`` bytes of the blob."""
+    if blob_size < FOOTER_SIZE:
+        raise ChunkTableCorrupt(f"{subject}: {blob_size} bytes is too short")
+    tail = read_range(blob_size - FOOTER_SIZE, FOOTER_SIZE)
+    return decode_footer(tail, blob_size, subject)
+
+
+def read_table(read_range: ReadRange, footer: Footer, subject: str) -> ChunkTable:
+    """Fetch the table the footer (or the layer's annotations) points at."""
+    frame = read_range(footer.table_offset, footer.table_length)
+    table = decode_table(frame, footer.table_digest, subject)
+    if table.frames_length != footer.table_offset:
+        raise ChunkTableCorrupt(
+            f"{subject}: the table's frames take {table.frames_length} bytes, "
+            f"but the table starts at byte {footer.table_offset}"
+        )
+    return table
+
+
+def decompress_frame(entry: ChunkEntry, frame: bytes, subject: str) -> bytes:
+    """Return the chunk inside ``frame``, after checking it against ``entry``."""
+    if len(frame) != entry.frame_length or (
+        xxhash.xxh3_64_intdigest(frame) != entry.frame_xxh3
+    ):
+        raise ChunkCorrupt(
+            f"{subject}: the frame at byte {entry.frame_offset} does not match "
+            "the table's frame hash"
+        )
+    chunk = _single_frame(frame, entry, subject)
+    if len(chunk) != entry.length or chunk_identity(chunk) != entry.identity:
+        raise ChunkCorrupt(
+            f"{subject}: the chunk at byte {entry.frame_offset} is not the one "
+            "the table names"
+        )
+    return chunk
+
+
+def _single_frame(frame: bytes, entry: ChunkEntry, subject: str) -> bytes:
+    """Decompress exactly one frame, rejecting trailing bytes."""
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        chunk = decompressor.decompress(frame)
+    except zstandard.ZstdError as error:
+        raise ChunkCorrupt(
+            f"{subject}: the frame at byte {entry.frame_offset} is corrupt: {error}"
+        ) from None
+    if not decompressor.eof or decompressor.unused_data:
+        raise ChunkCorrupt(
+            f"{subject}: the frame at byte {entry.frame_offset} is not one whole frame"
+        )
+    return chunk
+
+
+def iter_chunks(blob: BinaryIO, table: ChunkTable, subject: str) -> Iterator[bytes]:
+    """Yield each verified chunk of a chunked blob read from its start."""
+    for entry in table.entries:
+        frame = blob.read(entry.frame_length)
+        yield decompress_frame(entry, frame, subject)
+
+
+def file_range_reader(blob: BinaryIO) -> ReadRange:
+    """A ``ReadRange`` over a seekable file."""
+
+    def read_range(offset: int, length: int) -> bytes:
+        blob.seek(offset)
+        data = blob.read(length)
+        if len(data) != length:
+            raise ChunkTableCorrupt(
+                f"wanted {length} bytes at {offset}, the blob has {len(data)}"
+            )
+        return data
+
+    return read_range
