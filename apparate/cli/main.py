@@ -18,7 +18,9 @@ from typer.exceptions import TyperException
 
 from apparate import __version__
 from apparate.catalog import list_images
+from apparate.chunked.writer import DEFAULT_LEVEL
 from apparate.cli.text import LineObserver, format_table, human_size, summary_line
+from apparate.convert import ConvertOptions, convert
 from apparate.errors import ApparateError, UsageError
 from apparate.platform import Platform
 from apparate.progress import PullObserver
@@ -131,6 +133,67 @@ def pull_command(
         print(result.digest)
     else:
         print(summary_line(result))
+
+
+@app.command("convert")
+def convert_command(
+    source: Annotated[str, typer.Argument(help="Image to convert.")],
+    destination: Annotated[str, typer.Argument(help="Where to push the result.")],
+    compress_level: Annotated[
+        int, typer.Option("--compress-level", help="zstd level for new frames.")
+    ] = DEFAULT_LEVEL,
+    reuse_from: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reuse-from",
+            help="Converted image whose frames unchanged chunks reuse (repeatable; "
+            "default: the image DESTINATION points to now).",
+        ),
+    ] = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    username: Annotated[
+        str | None,
+        typer.Option("-u", "--username", help="User name for both registries."),
+    ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the password from standard input."),
+    ] = False,
+    insecure: Annotated[
+        list[str],
+        typer.Option(
+            "--insecure-registry", help="Registry host allowed over plain HTTP."
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    debug: DebugOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Convert an image to chunked layers and push it."""
+    _configure_logging(debug, verbose)
+    with _errors_reported():
+        src, dst = Reference.parse(source), Reference.parse(destination)
+        credentials = _explicit_credentials(src, username, password_stdin)
+        if credentials:
+            credentials[dst.api_host] = credentials[src.api_host]
+        options = ConvertOptions(
+            store=store,
+            level=compress_level,
+            reuse_from=reuse_from,
+            insecure_registries=tuple(insecure),
+            credentials=credentials,
+        )
+        result = convert(source, destination, options)
+
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    reused = sum(layer.frames_reused for layer in result.layers)
+    print(
+        f"{result.destination}: {result.digest}, {len(result.layers)} layers, "
+        f"{human_size(result.bytes_pushed)} pushed, {result.blobs_mounted} blobs "
+        f"mounted, {reused} frames reused, {result.seconds:.1f} s"
+    )
 
 
 @app.command("images")

@@ -56,14 +56,15 @@ class RegistryClient:
         settings: TransportSettings,
         credentials: CredentialStore,
         sleep: Callable[[float], None] = time.sleep,
+        scopes: list[str] | None = None,
     ) -> None:
         self.reference = reference
         self._sleep = sleep
         self.image = str(reference)
         self.host = reference.api_host
         self._settings = settings
-        scope = f"repository:{reference.repository}:pull"
-        auth = RegistryAuth(credentials, [scope], self.image)
+        scopes = scopes or [f"repository:{reference.repository}:pull"]
+        auth = RegistryAuth(credentials, scopes, self.image)
         self._http = settings.client(self.host, auth)
         self._base_url: str | None = None
 
@@ -206,7 +207,12 @@ class RegistryClient:
 
     @contextmanager
     def _stream(
-        self, method: str, path: str, headers: dict[str, str], subject: str
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        subject: str,
+        content: bytes | Iterator[bytes] | None = None,
     ) -> Iterator[httpx.Response]:
         """Send a request and yield the streamed response, closed on exit.
 
@@ -214,7 +220,7 @@ class RegistryClient:
         back to http as docker does. Read errors that a resume can mend are
         raised as they are; every other httpx error is translated.
         """
-        response = self._send(method, path, headers, subject)
+        response = self._send(method, path, headers, subject, content)
         try:
             yield response
         except _RETRYABLE:
@@ -225,11 +231,20 @@ class RegistryClient:
             response.close()
 
     def _send(
-        self, method: str, path: str, headers: dict[str, str], subject: str
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        subject: str,
+        content: bytes | Iterator[bytes] | None = None,
     ) -> httpx.Response:
         candidates = [self._base_url] if self._base_url else self._base_urls()
         for position, base_url in enumerate(candidates):
-            request = self._http.build_request(method, base_url + path, headers=headers)
+            # Upload locations may be absolute URLs on another host.
+            url = path if path.startswith(("https://", "http://")) else base_url + path
+            request = self._http.build_request(
+                method, url, headers=headers, content=content
+            )
             try:
                 response = self._http.send(request, stream=True)
             except _RETRYABLE:

@@ -49,6 +49,7 @@ class BlobWriter:
         self._store = store
         self.digest = digest
         self.size = 0
+        self.committed = False
         with _store_errors(f"cannot create a file in {store.ingest_dir}"):
             self._file, self._path = _locked_temporary_file(store.ingest_dir, digest)
 
@@ -57,18 +58,22 @@ class BlobWriter:
             self._file.write(data)
         self.size += len(data)
 
-    def commit(self) -> None:
+    def commit(self, digest: Digest | None = None) -> None:
         """Move the verified blob into ``blobs/``; only call after verifying.
+
+        ``digest`` names a blob whose digest was not known when writing began.
 
         The rename happens while the file is still locked, so a sweep by
         another process cannot take it for an abandoned one.
         """
+        self.digest = digest or self.digest
         with _store_errors(f"cannot store blob {self.digest}"):
             self._file.flush()
             os.fchmod(self._file.fileno(), 0o666 & ~_UMASK)
             os.fsync(self._file.fileno())
             os.replace(self._path, self._store.blob_path(self.digest))
             self._file.close()
+        self.committed = True
 
     def discard(self) -> None:
         self._file.close()
@@ -175,7 +180,7 @@ class Store:
         committed = False
         try:
             yield writer
-            committed = self.has_blob(digest)
+            committed = writer.committed
         finally:
             if not committed:
                 writer.discard()

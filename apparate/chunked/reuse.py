@@ -1,0 +1,50 @@
+"""Frames already in the local store, offered to the writer for reuse."""
+
+from __future__ import annotations
+
+import logging
+
+from apparate.chunked.format import ChunkEntry
+from apparate.chunked.reader import decompress_frame
+from apparate.errors import ChunkCorrupt
+from apparate.store.chunk_index import ChunkIndex, FrameLocation
+from apparate.store.layout import Store
+
+log = logging.getLogger(__name__)
+
+
+class StoredFrames:
+    """Look chunks up in the chunk index and read their frames from the store.
+
+    A frame is handed out only after it decompressed to the chunk with the
+    identity asked for, so a damaged store cannot slip into a new layer.
+    """
+
+    def __init__(self, store: Store, index: ChunkIndex) -> None:
+        self._store = store
+        self._index = index
+
+    def frame_for(self, identity: bytes, length: int) -> bytes | None:
+        for location in self._index.locate(identity):
+            if location.length != length:
+                continue
+            frame = self._read(location)
+            entry = ChunkEntry(
+                identity, length, location.frame_length, location.frame_xxh3,
+                location.frame_offset,
+            )  # fmt: skip
+            try:
+                decompress_frame(entry, frame, f"blob {location.blob} in the store")
+            except ChunkCorrupt as error:
+                log.warning("not reusing a stored frame: %s", error)
+                continue
+            return frame
+        return None
+
+    def _read(self, location: FrameLocation) -> bytes:
+        try:
+            with open(self._store.blob_path(location.blob), "rb") as blob:
+                blob.seek(location.frame_offset)
+                return blob.read(location.frame_length)
+        except OSError:
+            return b""

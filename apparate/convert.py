@@ -1,0 +1,434 @@
+"""``apparate convert``: rewrite an image's layers as chunked layers and push it.
+
+Every platform of the source is pulled into the local store and verified,
+each layer is converted (layers already converted are kept byte for byte),
+and the destination receives only the blobs it lacks, then the manifests.
+Frames of earlier converted images are reused for unchanged chunks, so a new
+version shares frames with the old one even after a zstd upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apparate.chunked.format import (
+    ANNOTATION_VERSION,
+    footer_from_annotations,
+    table_annotations,
+)
+from apparate.chunked.reader import file_range_reader, read_table
+from apparate.chunked.reuse import StoredFrames
+from apparate.chunked.writer import DEFAULT_LEVEL, Encoder, write_chunked_layer
+from apparate.chunker.fastcdc import FastCdcChunker
+from apparate.digest import Digest
+from apparate.errors import DiffIDMismatch, NotFound
+from apparate.image import fetch_manifest
+from apparate.layers import open_tar_stream
+from apparate.manifest import (
+    INDEX_TYPES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    ZSTD_LAYERS,
+    Descriptor,
+    Manifest,
+    media_type_of,
+    parse_diff_ids,
+    parse_index,
+    parse_json,
+    parse_manifest,
+)
+from apparate.platform import Platform
+from apparate.pull import PullOptions, pull
+from apparate.reference import Reference
+from apparate.registry.client import RegistryClient
+from apparate.registry.credentials import Credentials, CredentialStore
+from apparate.registry.push import RegistryWriter
+from apparate.registry.transport import TransportSettings
+from apparate.resolve import image_entries
+from apparate.store.chunk_index import ChunkIndex
+from apparate.store.layout import Store, default_store_path
+
+log = logging.getLogger(__name__)
+
+OCI_ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
+# The chunking every converted layer uses; clients cut plain layers the same
+# way, so it changes only with the format version.
+CHUNKER_AVERAGE_SIZE = 64 * 1024
+CHUNK_INDEX_NAME = "chunks.db"
+
+
+@dataclass
+class ConvertOptions:
+    """Settings of a conversion that the CLI builds from flags."""
+
+    store: Path | None = None
+    level: int = DEFAULT_LEVEL
+    reuse_from: list[str] | None = None
+    insecure_registries: tuple[str, ...] = ()
+    credentials: dict[str, Credentials] = field(default_factory=dict)
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class LayerConversion:
+    """One layer: the source blob, the chunked blob, and what reuse saved."""
+
+    source: Digest
+    converted: Digest
+    source_size: int
+    converted_size: int
+    chunks: int
+    frames_reused: int
+    kept: bool
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """Summary of a conversion, as ``--json`` prints it."""
+
+    source: str
+    destination: str
+    digest: Digest
+    layers: list[LayerConversion]
+    bytes_pushed: int
+    blobs_mounted: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "digest": str(self.digest),
+            "bytes_pushed": self.bytes_pushed,
+            "blobs_mounted": self.blobs_mounted,
+            "seconds": round(self.seconds, 3),
+            "layers": [
+                {
+                    "source": str(layer.source),
+                    "converted": str(layer.converted),
+                    "source_size": layer.source_size,
+                    "converted_size": layer.converted_size,
+                    "chunks": layer.chunks,
+                    "frames_reused": layer.frames_reused,
+                    "kept": layer.kept,
+                }
+                for layer in self.layers
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class _SourceImage:
+    """One platform's manifest of the source, pulled into the store."""
+
+    manifest: Descriptor
+    body: bytes
+    parsed: Manifest
+    diff_ids: list[Digest]
+    platform: dict[str, Any] | None
+
+
+@dataclass
+class _ConvertedImage:
+    manifest: Descriptor
+    body: bytes
+    blobs: list[Descriptor]
+    layers: list[LayerConversion]
+    platform: dict[str, Any] | None
+
+
+class _Session:
+    """The store, chunk index and registry settings one conversion shares."""
+
+    def __init__(self, options: ConvertOptions) -> None:
+        self.options = options
+        self.store = Store(options.store or default_store_path())
+        self.index = ChunkIndex(self.store.root / CHUNK_INDEX_NAME)
+        self.settings = TransportSettings.from_environment(options.insecure_registries)
+        self.credentials = CredentialStore.from_environment(options.credentials)
+
+    def pull_options(self) -> PullOptions:
+        return PullOptions(
+            store=self.store.root,
+            insecure_registries=self.options.insecure_registries,
+            credentials=self.options.credentials,
+        )
+
+
+def convert(source: str, destination: str, options: ConvertOptions) -> ConvertResult:
+    """Convert ``source`` into chunked layers and push it as ``destination``."""
+    started = time.monotonic()
+    src, dst = Reference.parse(source), Reference.parse(destination)
+    session = _Session(options)
+    try:
+        reuse = options.reuse_from
+        for reference in reuse if reuse is not None else _current(dst, session):
+            _, old_images = _fetch_images(Reference.parse(reference), session)
+            _index_chunked_layers(old_images, session)
+        top, images = _fetch_images(src, session)
+        converted = [_convert_image(image, session) for image in images]
+        top_body, top_type = _top_document(top, images, converted)
+        pushed, mounted = _push(src, dst, converted, top_body, top_type, session)
+    finally:
+        session.index.close()
+    return ConvertResult(
+        source=str(src),
+        destination=str(dst),
+        digest=Digest.of(top_body),
+        layers=[layer for image in converted for layer in image.layers],
+        bytes_pushed=pushed,
+        blobs_mounted=mounted,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _current(destination: Reference, session: _Session) -> list[str]:
+    """The image the destination tag points to now, if any: the default reuse."""
+    with RegistryClient(destination, session.settings, session.credentials) as client:
+        try:
+            digest = client.head_manifest(destination.lookup)
+            if digest is None:
+                digest = client.get_manifest(destination.lookup, None).digest
+        except NotFound:
+            return []
+    return [f"{destination.name}@{digest}"]
+
+
+def _fetch_top(reference: Reference, session: _Session) -> tuple[bytes, str]:
+    with RegistryClient(reference, session.settings, session.credentials) as client:
+        fetched = fetch_manifest(
+            client, session.store, reference.lookup, reference.digest
+        )
+    session.store.put_blob(fetched.body, fetched.digest)
+    document = parse_json(fetched.body, f"manifest of {reference}")
+    return fetched.body, media_type_of(document, fetched.media_type)
+
+
+def _fetch_images(
+    reference: Reference, session: _Session
+) -> tuple[tuple[bytes, str], list[_SourceImage]]:
+    """Pull every platform of ``reference`` into the store, verified.
+
+    Returns the top manifest or index, with its media type, and the images.
+    """
+    body, media_type = _fetch_top(reference, session)
+    if media_type not in INDEX_TYPES:
+        return (body, media_type), [_pulled(reference, Digest.of(body), None, session)]
+    index = parse_index(
+        parse_json(body, f"index of {reference}"), f"index of {reference}"
+    )
+    raw_entries = {
+        item["digest"]: item.get("platform") for item in json.loads(body)["manifests"]
+    }
+    images = [
+        _pulled(reference, entry.digest, raw_entries.get(str(entry.digest)), session)
+        for entry in image_entries(index)
+    ]
+    return (body, media_type), images
+
+
+def _pulled(
+    reference: Reference,
+    digest: Digest,
+    platform: dict[str, Any] | None,
+    session: _Session,
+) -> _SourceImage:
+    by_digest = Reference(reference.registry, reference.repository, None, digest)
+    options = session.pull_options()
+    if platform:
+        options.platform = Platform.normalised(
+            str(platform.get("os", "")),
+            str(platform.get("architecture", "")),
+            str(platform.get("variant", "")),
+        )
+    pull(by_digest, options)
+    body = session.store.read_blob(digest)
+    parsed = parse_manifest(
+        parse_json(body, f"manifest {digest}"), f"manifest {digest}"
+    )
+    config = session.store.read_blob(parsed.config.digest)
+    diff_ids = parse_diff_ids(parse_json(config, "config"), f"config of {by_digest}")
+    descriptor = Descriptor(parsed.media_type, digest, len(body))
+    return _SourceImage(descriptor, body, parsed, diff_ids, platform)
+
+
+def is_chunked(layer: Descriptor) -> bool:
+    return layer.media_type in ZSTD_LAYERS and ANNOTATION_VERSION in layer.annotations
+
+
+def _index_chunked_layers(images: list[_SourceImage], session: _Session) -> None:
+    """Record the chunks of converted layers, so their frames can be reused."""
+    for image in images:
+        for layer in image.parsed.layers:
+            if is_chunked(layer) and not session.index.has_blob(layer.digest):
+                session.index.add_table(layer.digest, _stored_table(layer, session))
+
+
+def _stored_table(layer: Descriptor, session: _Session):  # type: ignore[no-untyped-def]
+    footer = footer_from_annotations(layer.annotations)
+    assert footer is not None
+    with open(session.store.blob_path(layer.digest), "rb") as blob:
+        return read_table(file_range_reader(blob), footer, f"layer {layer.digest}")
+
+
+def _convert_image(image: _SourceImage, session: _Session) -> _ConvertedImage:
+    layers = [
+        _convert_layer(layer, diff_id, session)
+        for layer, diff_id in zip(image.parsed.layers, image.diff_ids, strict=True)
+    ]
+    descriptors = [descriptor for descriptor, _ in layers]
+    conversions = [conversion for _, conversion in layers]
+    config = image.parsed.config
+    if all(c.kept for c in conversions) and image.parsed.media_type == OCI_MANIFEST:
+        body = image.body
+    else:
+        body = _oci_manifest(image.body, config, descriptors)
+        session.store.put_blob(body, Digest.of(body))
+    manifest = Descriptor(OCI_MANIFEST, Digest.of(body), len(body))
+    return _ConvertedImage(
+        manifest, body, [config, *descriptors], conversions, image.platform
+    )
+
+
+def _oci_manifest(source: bytes, config: Descriptor, layers: list[Descriptor]) -> bytes:
+    document: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": OCI_CONFIG,
+            "digest": str(config.digest),
+            "size": config.size,
+        },
+        "layers": [_descriptor_json(layer) for layer in layers],
+    }
+    annotations = json.loads(source).get("annotations")
+    if annotations:
+        document["annotations"] = annotations
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "mediaType": descriptor.media_type,
+        "digest": str(descriptor.digest),
+        "size": descriptor.size,
+    }
+    if descriptor.annotations:
+        item["annotations"] = dict(sorted(descriptor.annotations.items()))
+    return item
+
+
+def _convert_layer(
+    layer: Descriptor, diff_id: Digest, session: _Session
+) -> tuple[Descriptor, LayerConversion]:
+    if is_chunked(layer):
+        table = _stored_table(layer, session)
+        if not session.index.has_blob(layer.digest):
+            session.index.add_table(layer.digest, table)
+        kept = LayerConversion(
+            layer.digest,
+            layer.digest,
+            layer.size,
+            layer.size,
+            len(table.entries),
+            0,
+            True,
+        )
+        return layer, kept
+
+    subject = f"layer {layer.digest}"
+    encoder = Encoder(session.options.level)
+    chunker = FastCdcChunker(CHUNKER_AVERAGE_SIZE)
+    frames = StoredFrames(session.store, session.index)
+    with open(session.store.blob_path(layer.digest), "rb") as blob:
+        tar = open_tar_stream(blob, layer.media_type)
+        # The converted blob's digest is known only once it is written.
+        with session.store.ingest(layer.digest) as writer:
+            converted = write_chunked_layer(
+                tar, writer.write, chunker, encoder, frames, session.options.workers
+            )
+            if converted.diff_id != diff_id:
+                raise DiffIDMismatch(
+                    f"{subject}: its tar is {converted.diff_id}, but the config "
+                    f"says {diff_id}"
+                )
+            writer.commit(converted.digest)
+    session.index.add_table(converted.digest, converted.table)
+    descriptor = Descriptor(
+        OCI_ZSTD_LAYER, converted.digest, converted.size,
+        annotations=table_annotations(converted.footer),
+    )  # fmt: skip
+    conversion = LayerConversion(
+        layer.digest, converted.digest, layer.size, converted.size,
+        len(converted.table.entries), converted.frames_reused, False,
+    )  # fmt: skip
+    log.info("%s: converted to %s, %d bytes", subject, converted.digest, converted.size)
+    return descriptor, conversion
+
+
+def _top_document(
+    top: tuple[bytes, str],
+    sources: list[_SourceImage],
+    converted: list[_ConvertedImage],
+) -> tuple[bytes, str]:
+    """The index (or single manifest) to tag at the destination."""
+    body, media_type = top
+    if media_type not in INDEX_TYPES:
+        return converted[0].body, OCI_MANIFEST
+    unchanged = all(
+        image.manifest.digest == source.manifest.digest
+        for image, source in zip(converted, sources, strict=True)
+    )
+    if (
+        unchanged
+        and media_type == OCI_INDEX
+        and len(json.loads(body)["manifests"]) == len(converted)
+    ):
+        return body, OCI_INDEX
+    manifests = []
+    for image in converted:
+        item = _descriptor_json(image.manifest)
+        if image.platform:
+            item["platform"] = image.platform
+        manifests.append(item)
+    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+    return json.dumps(document, separators=(",", ":")).encode(), OCI_INDEX
+
+
+def _push(
+    source: Reference,
+    destination: Reference,
+    images: list[_ConvertedImage],
+    top_body: bytes,
+    top_type: str,
+    session: _Session,
+) -> tuple[int, int]:
+    """Push the blobs the destination lacks, then manifests, then the tag."""
+    same_registry = source.registry == destination.registry
+    mount_from = (source.repository,) if same_registry else ()
+    pushed = mounted = 0
+    with RegistryWriter(
+        destination, session.settings, session.credentials, mount_from
+    ) as writer:
+        blobs = {blob.digest: blob for image in images for blob in image.blobs}
+        for blob in blobs.values():
+            if writer.blob_exists(blob):
+                continue
+            if mount_from and writer.mount_blob(blob, source.repository):
+                mounted += 1
+                continue
+            writer.upload_blob(blob, session.store.blob_path(blob.digest))
+            pushed += blob.size
+        if top_type in INDEX_TYPES:
+            for image in images:
+                writer.put_manifest(
+                    str(image.manifest.digest), image.body, OCI_MANIFEST
+                )
+        writer.put_manifest(destination.lookup, top_body, top_type)
+    return pushed, mounted

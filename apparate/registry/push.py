@@ -1,0 +1,154 @@
+"""Write blobs and manifests to a repository over the OCI distribution API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import httpx
+
+from apparate.digest import Digest
+from apparate.errors import InvalidResponse
+from apparate.manifest import Descriptor
+from apparate.reference import Reference
+from apparate.registry.client import RegistryClient
+from apparate.registry.credentials import CredentialStore
+from apparate.registry.errors import status_error, transport_error
+from apparate.registry.transport import TransportSettings
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PIECE = 1 << 20
+
+
+class RegistryWriter(RegistryClient):
+    """A client that may also push to its reference's repository.
+
+    ``mount_from`` names repositories on the same registry whose blobs may
+    be mounted instead of uploaded; their pull scope is requested too.
+    """
+
+    def __init__(
+        self,
+        reference: Reference,
+        settings: TransportSettings,
+        credentials: CredentialStore,
+        mount_from: tuple[str, ...] = (),
+    ) -> None:
+        scopes = [f"repository:{reference.repository}:pull,push"]
+        scopes += [f"repository:{name}:pull" for name in mount_from]
+        super().__init__(reference, settings, credentials, scopes=scopes)
+
+    def blob_exists(self, descriptor: Descriptor) -> bool:
+        """Whether the repository already has the blob (HEAD)."""
+        path = f"/v2/{self.reference.repository}/blobs/{descriptor.digest}"
+        subject = f"blob {descriptor.digest} of {self.image}"
+        with (
+            self._translated(subject),
+            self._stream("HEAD", path, {}, subject) as response,
+        ):
+            if response.status_code == 404:
+                return False
+            if response.status_code != 200:
+                raise status_error(response, subject)
+        return True
+
+    def mount_blob(self, descriptor: Descriptor, source_repository: str) -> bool:
+        """Ask the registry to link a blob from another repository; True if it did."""
+        params = httpx.QueryParams(
+            mount=str(descriptor.digest), **{"from": source_repository}
+        )
+        path = f"/v2/{self.reference.repository}/blobs/uploads/?{params}"
+        subject = f"mount of blob {descriptor.digest} into {self.image}"
+        with (
+            self._translated(subject),
+            self._stream("POST", path, {}, subject) as response,
+        ):
+            if response.status_code == 201:
+                return True
+            if response.status_code != 202:
+                raise status_error(response, subject)
+            location = response.headers.get("Location", "")
+        # The registry started an ordinary upload instead; it is abandoned.
+        if location:
+            with (
+                self._translated(subject),
+                self._stream("DELETE", location, {}, subject),
+            ):
+                pass
+        return False
+
+    def upload_blob(self, descriptor: Descriptor, path: Path) -> None:
+        """Upload a stored blob in one PUT, streamed from its file."""
+        subject = f"upload of blob {descriptor.digest} to {self.image}"
+        location = self._start_upload(subject)
+        target = httpx.URL(location).copy_merge_params(
+            {"digest": str(descriptor.digest)}
+        )
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(descriptor.size),
+        }
+        with (
+            self._translated(subject),
+            self._stream(
+                "PUT", str(target), headers, subject, _read_file(path)
+            ) as response,
+        ):
+            if response.status_code != 201:
+                raise status_error(response, subject)
+        log.info("%s: %d bytes", subject, descriptor.size)
+
+    def put_manifest(self, tag: str, body: bytes, media_type: str) -> Digest:
+        """Store a manifest or index under ``tag`` (or its digest)."""
+        digest = Digest.of(body)
+        subject = f"manifest {digest} of {self.image}"
+        path = f"/v2/{self.reference.repository}/manifests/{tag}"
+        headers = {"Content-Type": media_type}
+        with (
+            self._translated(subject),
+            self._stream("PUT", path, headers, subject, body) as response,
+        ):
+            if response.status_code != 201:
+                raise status_error(response, subject)
+            echoed = response.headers.get("Docker-Content-Digest")
+        if echoed and echoed != str(digest):
+            raise InvalidResponse(
+                f"{subject}: the registry stored it as {echoed}",
+                hint="the registry rewrote the manifest; use another registry",
+            )
+        return digest
+
+    def _start_upload(self, subject: str) -> str:
+        path = f"/v2/{self.reference.repository}/blobs/uploads/"
+        with (
+            self._translated(subject),
+            self._stream("POST", path, {}, subject) as response,
+        ):
+            if response.status_code != 202:
+                raise status_error(response, subject)
+            location = response.headers.get("Location")
+            base = str(response.url)
+        if not location:
+            raise InvalidResponse(f"{subject}: the registry sent no upload location")
+        return str(httpx.URL(base).join(location))
+
+    def _translated(self, subject: str) -> AbstractContextManager[None]:
+        return _read_errors_translated(self.host, subject)
+
+
+@contextmanager
+def _read_errors_translated(host: str, subject: str) -> Iterator[None]:
+    """Turn read errors, which a pull would retry, into apparate errors."""
+    try:
+        yield
+    except httpx.HTTPError as error:
+        raise transport_error(error, host, subject) from None
+
+
+def _read_file(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as blob:
+        while piece := blob.read(UPLOAD_PIECE):
+            yield piece

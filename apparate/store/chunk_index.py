@@ -1,0 +1,138 @@
+"""The local chunk index: where the frame of each known chunk lives.
+
+An SQLite database beside the OCI layout maps a chunk's identity to the
+stored blob that holds its zstd frame, with the frame's offset, length and
+xxh3, and the chunk's uncompressed length. Only chunks of blobs that were
+verified and stored are recorded. Writes are transactions, and SQLite's
+locking lets several apparate processes share one store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from apparate.chunked.format import ChunkTable
+from apparate.digest import Digest
+from apparate.errors import StoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    identity BLOB NOT NULL,
+    length INTEGER NOT NULL,
+    blob TEXT NOT NULL,
+    frame_offset INTEGER NOT NULL,
+    frame_length INTEGER NOT NULL,
+    frame_xxh3 INTEGER NOT NULL,
+    PRIMARY KEY (identity, blob, frame_offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_blob ON chunks (blob);
+"""
+BUSY_TIMEOUT_MS = 30_000
+_SIGNED = 1 << 63
+
+
+@dataclass(frozen=True)
+class FrameLocation:
+    """A frame of a known chunk inside a stored blob."""
+
+    blob: Digest
+    frame_offset: int
+    frame_length: int
+    frame_xxh3: int
+    length: int
+
+
+class ChunkIndex:
+    """The chunk index of one store; open it per process, close it when done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            # Compression threads look frames up, so the connection is shared
+            # across threads and every use is serialised by the lock.
+            self._db = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open the chunk index {path}: {error}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def add_table(self, blob: Digest, table: ChunkTable) -> None:
+        """Record every chunk of a verified, stored blob, in one transaction."""
+        rows = [
+            (
+                entry.identity,
+                entry.length,
+                str(blob),
+                entry.frame_offset,
+                entry.frame_length,
+                _to_signed(entry.frame_xxh3),
+            )
+            for entry in table.entries
+        ]
+        with self._writing():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+
+    def locate(self, identity: bytes) -> list[FrameLocation]:
+        """Every stored frame of the chunk with this identity."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT blob, frame_offset, frame_length, frame_xxh3, length "
+                "FROM chunks WHERE identity = ? ORDER BY blob, frame_offset",
+                (identity,),
+            ).fetchall()
+        return [
+            FrameLocation(Digest.parse(blob), offset, frame_length, _to_unsigned(h), n)
+            for blob, offset, frame_length, h, n in rows
+        ]
+
+    def has_blob(self, blob: Digest) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM chunks WHERE blob = ? LIMIT 1", (str(blob),)
+            ).fetchone()
+        return row is not None
+
+    def forget_blob(self, blob: Digest) -> None:
+        """Drop the chunks of a blob that is being removed from the store."""
+        with self._writing():
+            self._db.execute("DELETE FROM chunks WHERE blob = ?", (str(blob),))
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            with self._lock, self._db:
+                yield
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"cannot write the chunk index {self.path}: {error}"
+            ) from None
+
+
+def _to_signed(value: int) -> int:
+    """Fit an unsigned 64-bit hash into SQLite's signed INTEGER."""
+    return value - (1 << 64) if value >= _SIGNED else value
+
+
+def _to_unsigned(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value

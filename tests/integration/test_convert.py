@@ -1,0 +1,190 @@
+"""Convert sample images through the real registry and read them back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+import apparate
+from apparate.chunked.format import footer_from_annotations
+from apparate.chunked.reader import file_range_reader, read_table
+from apparate.convert import ConvertOptions, convert
+from apparate.pull import PullOptions
+from tests.testbed.registry import RegistryHandle, start_registry
+
+pytestmark = pytest.mark.integration
+
+ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "home" / ".docker"))
+    monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
+
+
+@pytest.fixture
+def private_registry(tmp_path: Path, sample_images) -> Iterator[RegistryHandle]:
+    """A plain registry holding the samples, private to one test."""
+    handle = start_registry("plain", tmp_path / "registry", samples=sample_images)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def raw_manifest(reference: str) -> dict:
+    output = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(output)
+
+
+def copy_to_layout(reference: str, layout: Path) -> None:
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+         f"docker://{reference}", f"oci:{layout}:image"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def blob_file(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def test_convert_keeps_config_and_diff_ids(registry_plain, fresh_registry, tmp_path):
+    source = f"{registry_plain.host}/samples/base:v1"
+    destination = f"{fresh_registry.host}/converted/base:v1"
+
+    result = convert(source, destination, ConvertOptions(store=tmp_path / "store"))
+
+    original, converted = raw_manifest(source), raw_manifest(destination)
+    assert converted["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert converted["config"]["digest"] == original["config"]["digest"]
+    assert [layer["mediaType"] for layer in converted["layers"]] == [ZSTD_LAYER] * 2
+    inspected = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{destination}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(inspected)["Digest"] == str(result.digest)
+    assert result.bytes_pushed > 0
+    layout = tmp_path / "copy"
+    copy_to_layout(destination, layout)
+    config = json.loads(blob_file(layout, converted["config"]["digest"]).read_bytes())
+    for layer, diff_id in zip(converted["layers"], config["rootfs"]["diff_ids"]):
+        blob = blob_file(layout, layer["digest"])
+        tar = subprocess.run(["zstd", "-dc", str(blob)], capture_output=True,
+                             check=True).stdout  # fmt: skip
+        assert "sha256:" + hashlib.sha256(tar).hexdigest() == diff_id
+
+
+def test_converted_layers_carry_valid_tables(registry_plain, fresh_registry, tmp_path):
+    destination = f"{fresh_registry.host}/converted/base:v1"
+    convert(f"{registry_plain.host}/samples/base:v1", destination,
+            ConvertOptions(store=tmp_path / "store"))  # fmt: skip
+    layout = tmp_path / "copy"
+    copy_to_layout(destination, layout)
+
+    for layer in raw_manifest(destination)["layers"]:
+        footer = footer_from_annotations(layer["annotations"])
+        with open(blob_file(layout, layer["digest"]), "rb") as blob:
+            table = read_table(file_range_reader(blob), footer, layer["digest"])
+        assert table.entries
+        assert footer.table_offset == table.frames_length
+
+
+def test_convert_is_deterministic_and_idempotent(
+    registry_plain, fresh_registry, tmp_path
+):
+    source = f"{registry_plain.host}/samples/base:v1"
+    first = convert(source, f"{fresh_registry.host}/a/base:v1",
+                    ConvertOptions(store=tmp_path / "one"))  # fmt: skip
+    second = convert(source, f"{fresh_registry.host}/b/base:v1",
+                     ConvertOptions(store=tmp_path / "two"))  # fmt: skip
+
+    again = convert(f"{fresh_registry.host}/a/base:v1", f"{fresh_registry.host}/a/base:v1",
+                    ConvertOptions(store=tmp_path / "one"))  # fmt: skip
+
+    assert first.digest == second.digest
+    assert again.digest == first.digest
+    assert again.bytes_pushed == 0
+    assert all(layer.kept for layer in again.layers)
+
+
+def test_convert_index_keeps_platforms(registry_plain, fresh_registry, tmp_path):
+    destination = f"{fresh_registry.host}/converted/multi:v1"
+
+    convert(f"{registry_plain.host}/samples/multi:v1", destination,
+            ConvertOptions(store=tmp_path / "store"))  # fmt: skip
+
+    index = raw_manifest(destination)
+    platforms = sorted(
+        f"{entry['platform']['os']}/{entry['platform']['architecture']}"
+        for entry in index["manifests"]
+    )
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert platforms == ["linux/amd64", "linux/arm64"]
+
+
+def test_convert_mounts_blobs_on_same_registry(private_registry, tmp_path):
+    host = private_registry.host
+
+    result = convert(f"{host}/samples/base:v1", f"{host}/converted/base:v1",
+                     ConvertOptions(store=tmp_path / "store"))  # fmt: skip
+
+    assert result.blobs_mounted == 1  # the config; the layers are new blobs
+
+
+def frame_hashes(reference: str, layout: Path) -> dict[bytes, int]:
+    """Each chunk identity of an image's layers, mapped to its frame's xxh3."""
+    copy_to_layout(reference, layout)
+    frames: dict[bytes, int] = {}
+    for layer in raw_manifest(reference)["layers"]:
+        footer = footer_from_annotations(layer["annotations"])
+        with open(blob_file(layout, layer["digest"]), "rb") as blob:
+            table = read_table(file_range_reader(blob), footer, layer["digest"])
+        frames.update({entry.identity: entry.frame_xxh3 for entry in table.entries})
+    return frames
+
+
+def test_reuse_keeps_frames_across_levels(registry_plain, fresh_registry, tmp_path):
+    v1 = f"{fresh_registry.host}/converted/base:v1"
+    v2 = f"{fresh_registry.host}/converted/base:v2"
+    convert(f"{registry_plain.host}/samples/base:v1", v1,
+            ConvertOptions(store=tmp_path / "one", level=1))  # fmt: skip
+
+    result = convert(
+        f"{registry_plain.host}/samples/base:v2", v2,
+        ConvertOptions(store=tmp_path / "two", level=9, reuse_from=[v1]),
+    )  # fmt: skip
+
+    old, new = frame_hashes(v1, tmp_path / "l1"), frame_hashes(v2, tmp_path / "l2")
+    shared = set(old) & set(new)
+    assert len(shared) > len(new) // 2
+    assert all(old[identity] == new[identity] for identity in shared)
+    assert sum(layer.frames_reused for layer in result.layers) >= len(shared)
+
+
+def test_pull_converted_image(registry_plain, fresh_registry, tmp_path):
+    destination = f"{fresh_registry.host}/converted/base:v2"
+    convert(f"{registry_plain.host}/samples/base:v2", destination,
+            ConvertOptions(store=tmp_path / "convert"))  # fmt: skip
+
+    result = apparate.pull(destination, PullOptions(store=tmp_path / "pull"))
+
+    assert {layer.media_type for layer in result.layers} == {ZSTD_LAYER}
+    dctx = zstandard.ZstdDecompressor()
+    blob = tmp_path / "pull" / "blobs" / "sha256" / result.layers[1].digest.hex
+    with (
+        open(blob, "rb") as handle,
+        dctx.stream_reader(handle, read_across_frames=True) as reader,
+    ):
+        assert len(reader.read()) > 1_000_000
