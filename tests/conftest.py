@@ -20,6 +20,11 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+from tests.testbed.containerd import (
+    ContainerdHandle,
+    containerd_binary,
+    start_containerd,
+)
 from tests.testbed.registry import (
     RegistryHandle,
     registry_binary,
@@ -103,6 +108,26 @@ def fresh_registry(tmp_path: Path) -> Iterator[RegistryHandle]:
     """An empty plain-HTTP registry for one test, to push into."""
     _require_registry_binary()
     handle = start_registry("plain", tmp_path / "registry", populated=False)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def containerd(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ContainerdHandle]:
+    """A real containerd on its own socket, root and state, for the session.
+
+    Tests share it, so each should use its own namespace.
+    """
+    if containerd_binary() is None:
+        pytest.skip(
+            "containerd is not installed (Debian package containerd); the "
+            "containerd tests need the real daemon"
+        )
+    handle = start_containerd(tmp_path_factory.mktemp("containerd"))
     try:
         yield handle
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from apparate.chunked.format import footer_from_annotations
 from apparate.chunked.reader import file_range_reader, read_table
 from apparate.convert import ConvertOptions, convert
 from apparate.pull import PullOptions
+from tests.testbed.containerd import ctr
 from tests.testbed.registry import RegistryHandle, start_registry
 
 pytestmark = pytest.mark.integration
@@ -188,3 +190,29 @@ def test_pull_converted_image(registry_plain, fresh_registry, tmp_path):
         dctx.stream_reader(handle, read_across_frames=True) as reader,
     ):
         assert len(reader.read()) > 1_000_000
+
+
+def test_containerd_pulls_and_runs_converted_image(
+    registry_plain, fresh_registry, containerd, tmp_path
+):
+    destination = f"{fresh_registry.host}/converted/base:v1"
+    result = convert(f"{registry_plain.host}/samples/base:v1", destination,
+                     ConvertOptions(store=tmp_path / "store"))  # fmt: skip
+    namespace = "convert-run"
+
+    pulled = ctr(
+        containerd, "images", "pull", "--plain-http",
+        "--snapshotter", containerd.snapshotter, destination,
+        namespace=namespace,
+    )  # fmt: skip
+    listed = ctr(containerd, "images", "ls", namespace=namespace)
+    ran = ctr(
+        containerd, "run", "--rm", *containerd.run_options(),
+        destination, "convert-run-" + uuid.uuid4().hex[:8], "cat", "/etc/os-release",
+        namespace=namespace, timeout=120,
+    )  # fmt: skip
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert str(result.digest) in listed.stdout
+    assert ran.returncode == 0, f"{ran.stderr}\n{containerd.log_tail()}"
+    assert "VERSION_CODENAME=bookworm" in ran.stdout
