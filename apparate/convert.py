@@ -16,12 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apparate.chunked.format import (
-    ANNOTATION_VERSION,
-    footer_from_annotations,
-    table_annotations,
-)
-from apparate.chunked.reader import file_range_reader, read_table
+from apparate.chunked.format import ChunkTable, is_chunked_layer, table_annotations
+from apparate.chunked.reader import read_stored_table
 from apparate.chunked.reuse import StoredFrames
 from apparate.chunked.writer import DEFAULT_LEVEL, Encoder, write_chunked_layer
 from apparate.chunker.fastcdc import FastCdcChunker
@@ -34,7 +30,6 @@ from apparate.manifest import (
     OCI_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
-    ZSTD_LAYERS,
     Descriptor,
     Manifest,
     media_type_of,
@@ -51,7 +46,7 @@ from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.push import RegistryWriter
 from apparate.registry.transport import TransportSettings
 from apparate.resolve import image_entries
-from apparate.store.chunk_index import ChunkIndex
+from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.layout import Store, default_store_path
 
 log = logging.getLogger(__name__)
@@ -60,7 +55,6 @@ OCI_ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 # The chunking every converted layer uses; clients cut plain layers the same
 # way, so it changes only with the format version.
 CHUNKER_AVERAGE_SIZE = 64 * 1024
-CHUNK_INDEX_NAME = "chunks.db"
 
 
 @dataclass
@@ -149,7 +143,7 @@ class _Session:
     def __init__(self, options: ConvertOptions) -> None:
         self.options = options
         self.store = Store(options.store or default_store_path())
-        self.index = ChunkIndex(self.store.root / CHUNK_INDEX_NAME)
+        self.index = ChunkIndex(self.store.root / INDEX_FILE)
         self.settings = TransportSettings.from_environment(options.insecure_registries)
         self.credentials = CredentialStore.from_environment(options.credentials)
 
@@ -259,7 +253,7 @@ def _pulled(
 
 
 def is_chunked(layer: Descriptor) -> bool:
-    return layer.media_type in ZSTD_LAYERS and ANNOTATION_VERSION in layer.annotations
+    return is_chunked_layer(layer.media_type, layer.annotations)
 
 
 def _index_chunked_layers(images: list[_SourceImage], session: _Session) -> None:
@@ -270,11 +264,9 @@ def _index_chunked_layers(images: list[_SourceImage], session: _Session) -> None
                 session.index.add_table(layer.digest, _stored_table(layer, session))
 
 
-def _stored_table(layer: Descriptor, session: _Session):  # type: ignore[no-untyped-def]
-    footer = footer_from_annotations(layer.annotations)
-    assert footer is not None
-    with open(session.store.blob_path(layer.digest), "rb") as blob:
-        return read_table(file_range_reader(blob), footer, f"layer {layer.digest}")
+def _stored_table(layer: Descriptor, session: _Session) -> ChunkTable:
+    path = session.store.blob_path(layer.digest)
+    return read_stored_table(path, layer.annotations, f"layer {layer.digest}")
 
 
 def _convert_image(image: _SourceImage, session: _Session) -> _ConvertedImage:

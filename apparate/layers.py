@@ -148,16 +148,24 @@ class DiffIDVerifier:
 
     Decompression and hashing each run on a thread of their own: ``update``
     only queues, and ``verify`` waits for both and raises what they found.
+    ``tar_sink``, if given, receives the uncompressed tar piece by piece.
     ``uncompressed_size`` counts the tar's bytes, which the docker importer
     needs to stream archives.
     """
 
-    def __init__(self, media_type: str, diff_id: Digest, subject: str) -> None:
+    def __init__(
+        self,
+        media_type: str,
+        diff_id: Digest,
+        subject: str,
+        tar_sink: Sink | None = None,
+    ) -> None:
         self._verifier = DigestVerifier(diff_id, f"uncompressed {subject}", "layer")
         self._subject = subject
         self._batch = bytearray()
         self._closed = False
-        self._hasher = Stage("diff-id-hash", self._verifier.update, _nothing)
+        self._tar_sink = tar_sink
+        self._hasher = Stage("diff-id-hash", self._hash, _nothing)
         self._decompressor = decompressor_for(media_type, self._hasher.put)
         self._inflater = Stage(
             "diff-id-inflate", self._decompressor.write, self._end_of_stream
@@ -201,6 +209,11 @@ class DiffIDVerifier:
             message = f"{self._subject} cannot be decompressed: {error}"
             raise VerificationError(message) from None
         self._batch.clear()
+
+    def _hash(self, piece: bytes) -> None:
+        self._verifier.update(piece)
+        if self._tar_sink:
+            self._tar_sink(piece)
 
     def _end_of_stream(self) -> None:
         self._decompressor.finish()

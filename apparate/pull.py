@@ -11,8 +11,11 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apparate.chunked.format import is_chunked_layer
+from apparate.chunked.packer import LocalPacker
+from apparate.chunked.reader import read_stored_table
 from apparate.digest import Digest
-from apparate.errors import ApparateError, DiffIDMismatch
+from apparate.errors import ApparateError, ChunkedLayerError, DiffIDMismatch
 from apparate.image import ResolvedImage, resolve_image
 from apparate.layers import DiffIDVerifier
 from apparate.manifest import (
@@ -29,6 +32,7 @@ from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
+from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.layout import BlobWriter, Store, default_store_path
 
 log = logging.getLogger(__name__)
@@ -58,10 +62,13 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     credentials = CredentialStore.from_environment(options.credentials)
     wanted = options.platform or Platform.host()
 
-    with RegistryClient(ref, settings, credentials) as client:
+    with (
+        RegistryClient(ref, settings, credentials) as client,
+        ChunkIndex(store.root / INDEX_FILE) as index,
+    ):
         image = resolve_image(client, store, ref, wanted, options.platform is not None)
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
-        layers = _fetch_layers(client, store, image, options)
+        layers = _fetch_layers(client, store, index, image, options)
 
     tagged = _store_metadata(store, image)
     index_digest = image.index.digest if image.index else None
@@ -99,7 +106,11 @@ def _store_metadata(store: Store, image: ResolvedImage) -> Descriptor:
 
 
 def _fetch_layers(
-    client: RegistryClient, store: Store, image: ResolvedImage, options: PullOptions
+    client: RegistryClient,
+    store: Store,
+    index: ChunkIndex,
+    image: ResolvedImage,
+    options: PullOptions,
 ) -> list[LayerResult]:
     """Fetch the layers the store lacks, several at once; stop all on a failure."""
     observer = options.observer
@@ -117,7 +128,9 @@ def _fetch_layers(
 
     _check_repeated_layers(layers, image.diff_ids, str(image.reference))
     cancelled = threading.Event()
-    fetcher = _LayerFetcher(client, store, str(image.reference), observer, cancelled)
+    fetcher = _LayerFetcher(
+        client, store, index, str(image.reference), observer, cancelled
+    )
     unique = list(
         {layer.digest: (layer, diff_id) for layer, diff_id in missing}.values()
     )
@@ -188,12 +201,14 @@ class _LayerFetcher:
         self,
         client: RegistryClient,
         store: Store,
+        index: ChunkIndex,
         image: str,
         observer: PullObserver,
         cancelled: threading.Event,
     ) -> None:
         self._client = client
         self._store = store
+        self._index = index
         self._image = image
         self._observer = observer
         self._cancelled = cancelled
@@ -203,14 +218,48 @@ class _LayerFetcher:
         stopped = _Cancelled(f"{subject}: stopped because another layer failed")
         if self._cancelled.is_set():
             raise stopped
+        chunked = is_chunked_layer(layer.media_type, layer.annotations)
+        packer = None if chunked else LocalPacker(self._store, self._index, subject)
+        try:
+            self._fetch_verified(layer, diff_id, subject, stopped, packer)
+        except BaseException:
+            if packer:
+                packer.abort()
+            raise
+        if packer:
+            packer.finish(diff_id)
+        else:
+            self._index_chunked(layer, subject)
+        log.info("%s: stored, %d bytes", subject, layer.size)
+        self._observer.layer_done(layer.digest)
+
+    def _fetch_verified(
+        self,
+        layer: Descriptor,
+        diff_id: Digest,
+        subject: str,
+        stopped: _Cancelled,
+        packer: LocalPacker | None,
+    ) -> None:
+        tar_sink = packer.feed if packer else None
         with self._store.ingest(layer.digest) as writer:
-            diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject)
+            diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject, tar_sink)
             with _closing(diff_verifier):
                 self._download(layer, subject, writer, diff_verifier, stopped)
                 diff_verifier.verify()
                 writer.commit()
-        log.info("%s: stored, %d bytes", subject, layer.size)
-        self._observer.layer_done(layer.digest)
+
+    def _index_chunked(self, layer: Descriptor, subject: str) -> None:
+        """Record the chunks of a stored converted layer; it is its own pack."""
+        path = self._store.blob_path(layer.digest)
+        try:
+            table = read_stored_table(path, layer.annotations, subject)
+        except ChunkedLayerError as error:
+            log.warning(
+                "%s: chunks not indexed, the layer stays usable: %s", subject, error
+            )
+            return
+        self._index.add_table(layer.digest, table)
 
     def _download(
         self,

@@ -193,6 +193,17 @@ def _canonical_json(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
 
 
+ZSTD_LAYER_TYPES = (
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+)
+
+
+def is_chunked_layer(media_type: str, annotations: dict[str, str]) -> bool:
+    """Whether a layer descriptor names a chunked layer (of any version)."""
+    return media_type in ZSTD_LAYER_TYPES and ANNOTATION_VERSION in annotations
+
+
 def table_annotations(footer: Footer) -> dict[str, str]:
     """Annotations for the layer descriptor of a chunked layer."""
     return {

@@ -8,6 +8,7 @@ to. The table itself is trusted only after its sha256 matched.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 import xxhash
@@ -21,6 +22,7 @@ from apparate.chunked.format import (
     chunk_identity,
     decode_footer,
     decode_table,
+    footer_from_annotations,
 )
 from apparate.errors import ChunkCorrupt, ChunkTableCorrupt
 
@@ -101,3 +103,14 @@ def file_range_reader(blob: BinaryIO) -> ReadRange:
         return data
 
     return read_range
+
+
+def read_stored_table(
+    path: Path, annotations: dict[str, str], subject: str
+) -> ChunkTable:
+    """Read the table of a chunked blob on disk, located by its annotations."""
+    footer = footer_from_annotations(annotations)
+    if footer is None:
+        raise ChunkTableCorrupt(f"{subject}: the layer has no chunk table annotations")
+    with open(path, "rb") as blob:
+        return read_table(file_range_reader(blob), footer, subject)

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_blob ON chunks (blob);
 """
+INDEX_FILE = "chunks.db"
 BUSY_TIMEOUT_MS = 30_000
 _SIGNED = 1 << 63
 

@@ -17,6 +17,7 @@ from apparate.chunked.format import footer_from_annotations
 from apparate.chunked.reader import file_range_reader, read_table
 from apparate.convert import ConvertOptions, convert
 from apparate.pull import PullOptions
+from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.testbed.containerd import ctr
 from tests.testbed.registry import RegistryHandle, start_registry
 
@@ -183,6 +184,9 @@ def test_pull_converted_image(registry_plain, fresh_registry, tmp_path):
     result = apparate.pull(destination, PullOptions(store=tmp_path / "pull"))
 
     assert {layer.media_type for layer in result.layers} == {ZSTD_LAYER}
+    with ChunkIndex(tmp_path / "pull" / INDEX_FILE) as index:
+        for layer in result.layers:
+            assert index.has_blob(layer.digest)
     dctx = zstandard.ZstdDecompressor()
     blob = tmp_path / "pull" / "blobs" / "sha256" / result.layers[1].digest.hex
     with (

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from apparate.errors import AuthRejected, AuthRequired, PlatformNotFound
 from apparate.platform import Platform
 from apparate.pull import PullOptions
 from apparate.registry.credentials import Credentials
+from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.testbed.registry import RegistryHandle
 from tests.testbed.samples import Samples
 
@@ -83,6 +86,22 @@ def test_pull_every_registry_kind(registry, sample_images: Samples, tmp_path):
     assert inspected["Digest"] == sample.digest
     assert inspected["Layers"] == [str(layer.digest) for layer in result.layers]
     assert list((store / "ingest").iterdir()) == []
+
+
+def test_pull_packs_plain_layers(registry_plain, tmp_path):
+    store = tmp_path / "store"
+
+    result = apparate.pull(
+        f"{registry_plain.host}/samples/base:v1", options_for(registry_plain, store)
+    )
+
+    with ChunkIndex(store / INDEX_FILE) as index:
+        layer_blobs = [index.has_blob(layer.digest) for layer in result.layers]
+    with contextlib.closing(sqlite3.connect(store / INDEX_FILE)) as database:
+        query = "SELECT COUNT(DISTINCT blob) FROM chunks"
+        packed = database.execute(query).fetchone()[0]
+    assert layer_blobs == [False, False]
+    assert packed == 2
 
 
 def test_pull_again_fetches_nothing(registry_plain, tmp_path):

@@ -1,0 +1,141 @@
+"""Chunk a plain layer as it streams in, so its content seeds later pulls.
+
+The uncompressed tar of a layer that was not converted is cut with the same
+chunking a converter uses and written as a local pack: a chunked blob of its
+own (frames, table, footer) in the store, recorded in the chunk index. The
+pack is committed only after the layer it came from was verified.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from apparate.chunked.reuse import StoredFrames
+from apparate.chunked.writer import ConvertedLayer, Encoder, write_chunked_layer
+from apparate.chunker.fastcdc import FastCdcChunker
+from apparate.digest import Digest
+from apparate.errors import ApparateError
+from apparate.store.chunk_index import ChunkIndex
+from apparate.store.layout import BlobWriter, Store
+
+log = logging.getLogger(__name__)
+
+# The chunking of converted layers; packs must cut where converters cut.
+CHUNK_AVERAGE_SIZE = 64 * 1024
+# Packs trade ratio for speed, since they are written during every pull of
+# a plain layer; a frame's level does not matter to a reader.
+PACK_LEVEL = 1
+PIPE_DEPTH = 16
+_POLL_SECONDS = 0.1
+
+
+class PackAborted(Exception):
+    """The layer failed, so its pack is not written."""
+
+
+class _Pipe:
+    """A file-like reader over pieces that another thread puts in a queue."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(PIPE_DEPTH)
+        self._pending = memoryview(b"")
+        self._ended = False
+        self.aborted = False
+
+    def put(self, piece: bytes | None) -> None:
+        while not self.aborted:
+            try:
+                self._queue.put(piece, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def readinto(self, buffer: memoryview) -> int:
+        while not self._pending and not self._ended:
+            if self.aborted:
+                raise PackAborted()
+            try:
+                piece = self._queue.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if piece is None:
+                self._ended = True
+            else:
+                self._pending = memoryview(piece)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+
+class LocalPacker:
+    """Write the frames of one plain layer's tar into a pack, on its own thread."""
+
+    def __init__(self, store: Store, index: ChunkIndex, subject: str) -> None:
+        self._store = store
+        self._index = index
+        self._subject = subject
+        self._pipe = _Pipe()
+        self._blob = BlobWriter(store, Digest("sha256", "0" * 64))
+        self._result: ConvertedLayer | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pack", daemon=True)
+        self._thread.start()
+
+    def feed(self, piece: bytes) -> None:
+        """Take the next piece of the uncompressed tar."""
+        self._pipe.put(piece)
+
+    def finish(self, diff_id: Digest) -> Digest | None:
+        """Commit the pack of a verified layer and index it; return its digest.
+
+        A pack is an optimisation: when it cannot be written the pull goes
+        on, so failures are logged, not raised.
+        """
+        self._pipe.put(None)
+        self._thread.join()
+        result = self._result
+        if self._error is not None or result is None or result.diff_id != diff_id:
+            log.warning("%s: no local pack written: %s", self._subject, self._error)
+            self._blob.discard()
+            return None
+        try:
+            self._blob.commit(result.digest)
+            self._index.add_table(result.digest, result.table)
+        except ApparateError as error:
+            log.warning("%s: no local pack written: %s", self._subject, error)
+            return None
+        log.info("%s: packed %d chunks", self._subject, len(result.table.entries))
+        return result.digest
+
+    def abort(self) -> None:
+        """Stop without writing anything, as after a failed download."""
+        if self._thread.is_alive():
+            self._pipe.aborted = True
+            self._pipe.drain()
+            self._thread.join()
+        self._blob.discard()
+
+    def _run(self) -> None:
+        try:
+            self._result = write_chunked_layer(
+                self._pipe,  # type: ignore[arg-type]
+                self._blob.write,
+                FastCdcChunker(CHUNK_AVERAGE_SIZE),
+                Encoder(PACK_LEVEL),
+                StoredFrames(self._store, self._index),
+                workers=1,
+            )
+        except BaseException as error:  # noqa: BLE001 - reported by finish()
+            self._error = error
+            self._pipe.aborted = True
+            self._pipe.drain()

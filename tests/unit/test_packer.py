@@ -1,0 +1,82 @@
+import io
+
+from apparate.chunked.format import FOOTER_SIZE
+from apparate.chunked.packer import LocalPacker
+from apparate.chunked.reader import (
+    file_range_reader,
+    iter_chunks,
+    read_footer,
+    read_table,
+)
+from apparate.digest import Digest
+from apparate.store.chunk_index import ChunkIndex
+from apparate.store.layout import Store
+from tests.unit.test_chunked import make_tar
+
+TAR = make_tar(7)
+
+
+def feed_all(packer: LocalPacker, data: bytes, piece: int = 100_000) -> None:
+    for start in range(0, len(data), piece):
+        packer.feed(data[start : start + piece])
+
+
+def read_pack(store: Store, digest: Digest) -> bytes:
+    blob = store.read_blob(digest)
+    read_range = file_range_reader(io.BytesIO(blob))
+    table = read_table(read_range, read_footer(read_range, len(blob), "pack"), "pack")
+    return b"".join(iter_chunks(io.BytesIO(blob), table, "pack"))
+
+
+def test_pack_of_verified_layer_is_stored_and_indexed(tmp_path):
+    store = Store(tmp_path)
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        packer = LocalPacker(store, index, "layer x")
+        feed_all(packer, TAR)
+
+        digest = packer.finish(Digest.of(TAR))
+
+        assert digest is not None
+        assert index.has_blob(digest)
+    assert read_pack(store, digest) == TAR
+    assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_pack_with_wrong_diff_id_is_dropped(tmp_path):
+    store = Store(tmp_path)
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        packer = LocalPacker(store, index, "layer x")
+        feed_all(packer, TAR)
+
+        assert packer.finish(Digest.of(b"other")) is None
+    assert list(store.ingest_dir.iterdir()) == []
+    assert list((tmp_path / "blobs" / "sha256").iterdir()) == []
+
+
+def test_aborted_pack_leaves_nothing(tmp_path):
+    store = Store(tmp_path)
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        packer = LocalPacker(store, index, "layer x")
+        feed_all(packer, TAR[: len(TAR) // 2])
+
+        packer.abort()
+
+    assert list(store.ingest_dir.iterdir()) == []
+    assert list((tmp_path / "blobs" / "sha256").iterdir()) == []
+
+
+def test_pack_of_changed_layer_round_trips(tmp_path):
+    store = Store(tmp_path)
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        first = LocalPacker(store, index, "layer 1")
+        feed_all(first, TAR)
+        first_digest = first.finish(Digest.of(TAR))
+        changed = make_tar(7, changed=3)
+        second = LocalPacker(store, index, "layer 2")
+        feed_all(second, changed)
+
+        second_digest = second.finish(Digest.of(changed))
+
+    assert first_digest and second_digest and first_digest != second_digest
+    assert read_pack(store, second_digest) == changed
+    assert store.blob_path(second_digest).stat().st_size > FOOTER_SIZE
