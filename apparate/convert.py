@@ -19,8 +19,13 @@ from typing import Any
 from apparate.chunked.format import ChunkTable, is_chunked_layer, table_annotations
 from apparate.chunked.reader import read_stored_table
 from apparate.chunked.reuse import StoredFrames
-from apparate.chunked.writer import DEFAULT_LEVEL, Encoder, write_chunked_layer
-from apparate.chunker.fastcdc import FastCdcChunker
+from apparate.chunked.writer import (
+    DEFAULT_LEVEL,
+    ConvertedLayer,
+    Encoder,
+    write_chunked_layer,
+)
+from apparate.chunker import Chunker, MalformedTar, default_chunker, fallback_chunker
 from apparate.digest import Digest
 from apparate.errors import DiffIDMismatch, NotFound
 from apparate.image import fetch_manifest
@@ -52,9 +57,6 @@ from apparate.store.layout import Store, default_store_path
 log = logging.getLogger(__name__)
 
 OCI_ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
-# The chunking every converted layer uses; clients cut plain layers the same
-# way, so it changes only with the format version.
-CHUNKER_AVERAGE_SIZE = 64 * 1024
 
 
 @dataclass
@@ -335,22 +337,11 @@ def _convert_layer(
         return layer, kept
 
     subject = f"layer {layer.digest}"
-    encoder = Encoder(session.options.level)
-    chunker = FastCdcChunker(CHUNKER_AVERAGE_SIZE)
-    frames = StoredFrames(session.store, session.index)
-    with open(session.store.blob_path(layer.digest), "rb") as blob:
-        tar = open_tar_stream(blob, layer.media_type)
-        # The converted blob's digest is known only once it is written.
-        with session.store.ingest(layer.digest) as writer:
-            converted = write_chunked_layer(
-                tar, writer.write, chunker, encoder, frames, session.options.workers
-            )
-            if converted.diff_id != diff_id:
-                raise DiffIDMismatch(
-                    f"{subject}: its tar is {converted.diff_id}, but the config "
-                    f"says {diff_id}"
-                )
-            writer.commit(converted.digest)
+    try:
+        converted = _write_converted(layer, diff_id, default_chunker(), session)
+    except MalformedTar as error:
+        log.warning("%s: %s; cutting it with plain FastCDC instead", subject, error)
+        converted = _write_converted(layer, diff_id, fallback_chunker(), session)
     session.index.add_table(converted.digest, converted.table)
     descriptor = Descriptor(
         OCI_ZSTD_LAYER, converted.digest, converted.size,
@@ -362,6 +353,28 @@ def _convert_layer(
     )  # fmt: skip
     log.info("%s: converted to %s, %d bytes", subject, converted.digest, converted.size)
     return descriptor, conversion
+
+
+def _write_converted(
+    layer: Descriptor, diff_id: Digest, chunker: Chunker, session: _Session
+) -> ConvertedLayer:
+    """Write the chunked blob of a stored layer into the store, checked."""
+    encoder = Encoder(session.options.level)
+    frames = StoredFrames(session.store, session.index)
+    with open(session.store.blob_path(layer.digest), "rb") as blob:
+        tar = open_tar_stream(blob, layer.media_type)
+        # The converted blob's digest is known only once it is written.
+        with session.store.ingest(layer.digest) as writer:
+            converted = write_chunked_layer(
+                tar, writer.write, chunker, encoder, frames, session.options.workers
+            )
+            if converted.diff_id != diff_id:
+                raise DiffIDMismatch(
+                    f"layer {layer.digest}: its tar is {converted.diff_id}, but the "
+                    f"config says {diff_id}"
+                )
+            writer.commit(converted.digest)
+    return converted
 
 
 def _top_document(

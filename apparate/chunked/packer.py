@@ -14,7 +14,7 @@ import threading
 
 from apparate.chunked.reuse import StoredFrames
 from apparate.chunked.writer import ConvertedLayer, Encoder, write_chunked_layer
-from apparate.chunker.fastcdc import FastCdcChunker
+from apparate.chunker import default_chunker
 from apparate.digest import Digest
 from apparate.errors import ApparateError
 from apparate.store.chunk_index import ChunkIndex
@@ -22,8 +22,6 @@ from apparate.store.layout import BlobWriter, Store
 
 log = logging.getLogger(__name__)
 
-# The chunking of converted layers; packs must cut where converters cut.
-CHUNK_AVERAGE_SIZE = 64 * 1024
 # Packs trade ratio for speed, since they are written during every pull of
 # a plain layer; a frame's level does not matter to a reader.
 PACK_LEVEL = 1
@@ -68,6 +66,19 @@ class _Pipe:
         buffer[:count] = self._pending[:count]
         self._pending = self._pending[count:]
         return count
+
+    def read(self, size: int = -1) -> bytes:
+        """Return up to ``size`` bytes (all that remain for -1), b"" at the end."""
+        parts = []
+        wanted = size if size >= 0 else 1 << 62
+        while wanted > 0:
+            buffer = bytearray(min(wanted, 1 << 20))
+            count = self.readinto(memoryview(buffer))
+            if count == 0:
+                break
+            parts.append(bytes(buffer[:count]))
+            wanted -= count
+        return b"".join(parts)
 
     def drain(self) -> None:
         while True:
@@ -130,7 +141,7 @@ class LocalPacker:
             self._result = write_chunked_layer(
                 self._pipe,  # type: ignore[arg-type]
                 self._blob.write,
-                FastCdcChunker(CHUNK_AVERAGE_SIZE),
+                default_chunker(),  # packs cut where converters cut
                 Encoder(PACK_LEVEL),
                 StoredFrames(self._store, self._index),
                 workers=1,

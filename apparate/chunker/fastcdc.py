@@ -13,8 +13,16 @@ class FastCdcChunker:
 
     name = "fastcdc"
 
+    # pyfastcdc's defaults, written out because cut points depend on them.
+    NORMALIZATION = 1
+    SEED = 0
+
     def __init__(self, average_size: int) -> None:
-        self._cutter = FastCDC(avg_size=average_size)
+        self._cutter = FastCDC(
+            avg_size=average_size,
+            normalized_chunking=self.NORMALIZATION,
+            seed=self.SEED,
+        )
 
     def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
         for chunk in self._cutter.cut_stream(stream):
@@ -26,4 +34,6 @@ class FastCdcChunker:
             "min": self._cutter.min_size,
             "avg": self._cutter.avg_size,
             "max": self._cutter.max_size,
+            "normalization": self.NORMALIZATION,
+            "seed": self.SEED,
         }
