@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.push import RegistryWriter
 from apparate.registry.transport import TransportSettings
 from apparate.resolve import image_entries
-from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from apparate.store.chunk_index import INDEX_FILE, LAYER, ChunkIndex
 from apparate.store.layout import Store, default_store_path
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class ConvertOptions:
     insecure_registries: tuple[str, ...] = ()
     credentials: dict[str, Credentials] = field(default_factory=dict)
     workers: int = 2
+    on_layer: Callable[[LayerConversion], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,8 @@ def _convert_layer(
         len(converted.table.entries), converted.frames_reused, False,
     )  # fmt: skip
     log.info("%s: converted to %s, %d bytes", subject, converted.digest, converted.size)
+    if session.options.on_layer:
+        session.options.on_layer(conversion)
     return descriptor, conversion
 
 
@@ -360,7 +364,8 @@ def _write_converted(
 ) -> ConvertedLayer:
     """Write the chunked blob of a stored layer into the store, checked."""
     encoder = Encoder(session.options.level)
-    frames = StoredFrames(session.store, session.index)
+    # Only frames of converted layers: local packs use a fast, low level.
+    frames = StoredFrames(session.store, session.index, kinds=(LAYER,))
     with open(session.store.blob_path(layer.digest), "rb") as blob:
         tar = open_tar_stream(blob, layer.media_type)
         # The converted blob's digest is known only once it is written.

@@ -17,7 +17,7 @@ from apparate.chunked.writer import ConvertedLayer, Encoder, write_chunked_layer
 from apparate.chunker import default_chunker
 from apparate.digest import Digest
 from apparate.errors import ApparateError
-from apparate.store.chunk_index import ChunkIndex
+from apparate.store.chunk_index import PACK, ChunkIndex
 from apparate.store.layout import BlobWriter, Store
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class LocalPacker:
             return None
         try:
             self._blob.commit(result.digest)
-            self._index.add_table(result.digest, result.table)
+            self._index.add_table(result.digest, result.table, PACK)
         except ApparateError as error:
             log.warning("%s: no local pack written: %s", self._subject, error)
             return None

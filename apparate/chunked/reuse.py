@@ -7,7 +7,7 @@ import logging
 from apparate.chunked.format import ChunkEntry
 from apparate.chunked.reader import decompress_frame
 from apparate.errors import ChunkCorrupt
-from apparate.store.chunk_index import ChunkIndex, FrameLocation
+from apparate.store.chunk_index import LAYER, PACK, ChunkIndex, FrameLocation
 from apparate.store.layout import Store
 
 log = logging.getLogger(__name__)
@@ -18,14 +18,19 @@ class StoredFrames:
 
     A frame is handed out only after it decompressed to the chunk with the
     identity asked for, so a damaged store cannot slip into a new layer.
+    ``kinds`` limits the blobs searched: a converter copies frames only from
+    converted layers, never from local packs.
     """
 
-    def __init__(self, store: Store, index: ChunkIndex) -> None:
+    def __init__(
+        self, store: Store, index: ChunkIndex, kinds: tuple[str, ...] = (LAYER, PACK)
+    ) -> None:
         self._store = store
         self._index = index
+        self._kinds = kinds
 
     def frame_for(self, identity: bytes, length: int) -> bytes | None:
-        for location in self._index.locate(identity):
+        for location in self._index.locate(identity, self._kinds):
             if location.length != length:
                 continue
             frame = self._read(location)

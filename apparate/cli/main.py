@@ -19,8 +19,14 @@ from typer.exceptions import TyperException
 from apparate import __version__
 from apparate.catalog import list_images
 from apparate.chunked.writer import DEFAULT_LEVEL
-from apparate.cli.text import LineObserver, format_table, human_size, summary_line
-from apparate.convert import ConvertOptions, convert
+from apparate.cli.text import (
+    LineObserver,
+    format_table,
+    human_size,
+    short,
+    summary_line,
+)
+from apparate.convert import ConvertOptions, LayerConversion, convert
 from apparate.errors import ApparateError, UsageError
 from apparate.platform import Platform
 from apparate.progress import PullObserver
@@ -182,6 +188,7 @@ def convert_command(
             reuse_from=reuse_from,
             insecure_registries=tuple(insecure),
             credentials=credentials,
+            on_layer=None if as_json else _print_conversion,
         )
         result = convert(source, destination, options)
 
@@ -193,6 +200,15 @@ def convert_command(
         f"{result.destination}: {result.digest}, {len(result.layers)} layers, "
         f"{human_size(result.bytes_pushed)} pushed, {result.blobs_mounted} blobs "
         f"mounted, {reused} frames reused, {result.seconds:.1f} s"
+    )
+
+
+def _print_conversion(layer: LayerConversion) -> None:
+    print(
+        f"{short(layer.source)}: converted to {short(layer.converted)}, "
+        f"{human_size(layer.source_size)} to {human_size(layer.converted_size)}, "
+        f"{layer.frames_reused} of {layer.chunks} frames reused",
+        flush=True,
     )
 
 

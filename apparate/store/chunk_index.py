@@ -21,6 +21,9 @@ from apparate.chunked.format import ChunkTable
 from apparate.digest import Digest
 from apparate.errors import StoreError
 
+# `kind` tells the layers of converted images ("layer"), whose frames a
+# converter may copy, from local packs of plain layers ("pack"), whose frames
+# are written fast at a low level and stay on this machine.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
     identity BLOB NOT NULL,
@@ -29,10 +32,16 @@ CREATE TABLE IF NOT EXISTS chunks (
     frame_offset INTEGER NOT NULL,
     frame_length INTEGER NOT NULL,
     frame_xxh3 INTEGER NOT NULL,
+    kind TEXT NOT NULL,
     PRIMARY KEY (identity, blob, frame_offset)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_blob ON chunks (blob);
 """
+# The index is a cache of what the store's blobs say; an index of another
+# schema version is dropped and refilled as blobs are pulled again.
+SCHEMA_VERSION = 2
+LAYER = "layer"
+PACK = "pack"
 INDEX_FILE = "chunks.db"
 BUSY_TIMEOUT_MS = 30_000
 _SIGNED = 1 << 63
@@ -63,9 +72,17 @@ class ChunkIndex:
             )
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.Error as error:
             raise StoreError(f"cannot open the chunk index {path}: {error}") from None
+
+    def _migrate(self) -> None:
+        with self._db:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                self._db.execute("DROP TABLE IF EXISTS chunks")
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -76,7 +93,7 @@ class ChunkIndex:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def add_table(self, blob: Digest, table: ChunkTable) -> None:
+    def add_table(self, blob: Digest, table: ChunkTable, kind: str = LAYER) -> None:
         """Record every chunk of a verified, stored blob, in one transaction."""
         rows = [
             (
@@ -86,21 +103,26 @@ class ChunkIndex:
                 entry.frame_offset,
                 entry.frame_length,
                 _to_signed(entry.frame_xxh3),
+                kind,
             )
             for entry in table.entries
         ]
         with self._writing():
             self._db.executemany(
-                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)", rows
             )
 
-    def locate(self, identity: bytes) -> list[FrameLocation]:
-        """Every stored frame of the chunk with this identity."""
+    def locate(
+        self, identity: bytes, kinds: tuple[str, ...] = (LAYER, PACK)
+    ) -> list[FrameLocation]:
+        """Every stored frame of the chunk with this identity, in blobs of ``kinds``."""
+        marks = ", ".join("?" for _ in kinds)
         with self._lock:
             rows = self._db.execute(
                 "SELECT blob, frame_offset, frame_length, frame_xxh3, length "
-                "FROM chunks WHERE identity = ? ORDER BY blob, frame_offset",
-                (identity,),
+                f"FROM chunks WHERE identity = ? AND kind IN ({marks}) "
+                "ORDER BY blob, frame_offset",
+                (identity, *kinds),
             ).fetchall()
         return [
             FrameLocation(Digest.parse(blob), offset, frame_length, _to_unsigned(h), n)

@@ -1,0 +1,79 @@
+import sqlite3
+import threading
+
+from apparate.chunked.format import ChunkEntry, ChunkTable
+from apparate.digest import Digest
+from apparate.store.chunk_index import LAYER, PACK, ChunkIndex
+
+BLOB = Digest.of(b"layer blob")
+PACK_BLOB = Digest.of(b"pack blob")
+
+
+def table(*identities: bytes) -> ChunkTable:
+    entries = [
+        ChunkEntry(identity, 100 + n, 50, (1 << 64) - 1 - n, 50 * n)
+        for n, identity in enumerate(identities)
+    ]
+    return ChunkTable(1, {}, {}, entries)
+
+
+def test_locate_returns_frames_of_every_blob(tmp_path):
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        index.add_table(BLOB, table(b"a" * 16, b"b" * 16))
+        index.add_table(PACK_BLOB, table(b"b" * 16), PACK)
+
+        found = index.locate(b"b" * 16)
+
+    assert [(location.blob, location.frame_offset) for location in found] == sorted(
+        [(BLOB, 50), (PACK_BLOB, 0)]
+    )
+    assert found[0].frame_xxh3 in ((1 << 64) - 1, (1 << 64) - 2)
+
+
+def test_locate_filters_by_kind(tmp_path):
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        index.add_table(PACK_BLOB, table(b"c" * 16), PACK)
+
+        assert index.locate(b"c" * 16, (LAYER,)) == []
+        assert len(index.locate(b"c" * 16, (PACK,))) == 1
+
+
+def test_forget_blob_removes_its_chunks(tmp_path):
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        index.add_table(BLOB, table(b"a" * 16))
+
+        index.forget_blob(BLOB)
+
+        assert not index.has_blob(BLOB)
+        assert index.locate(b"a" * 16) == []
+
+
+def test_index_of_old_schema_is_replaced(tmp_path):
+    path = tmp_path / "chunks.db"
+    with sqlite3.connect(path) as database:
+        database.execute("CREATE TABLE chunks (identity BLOB, blob TEXT)")
+
+    with ChunkIndex(path) as index:
+        index.add_table(BLOB, table(b"a" * 16))
+
+        assert index.has_blob(BLOB)
+
+
+def test_concurrent_writers_lose_no_chunk(tmp_path):
+    path = tmp_path / "chunks.db"
+    ChunkIndex(path).close()
+
+    def write(number: int) -> None:
+        with ChunkIndex(path) as index:
+            for round_number in range(20):
+                blob = Digest.of(f"{number}-{round_number}".encode())
+                index.add_table(blob, table(bytes([number]) * 16))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    with ChunkIndex(path) as index:
+        assert all(len(index.locate(bytes([n]) * 16)) == 20 for n in range(4))
