@@ -187,7 +187,7 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
 
 
 def _current(destination: Reference, session: _Session) -> list[str]:
-    """The image the destination tag points to now, if any: the default reuse."""
+    """Return the image the destination tag points to now, if any."""
     with RegistryClient(destination, session.settings, session.credentials) as client:
         try:
             digest = client.head_manifest(destination.lookup)
@@ -387,7 +387,7 @@ def _top_document(
     sources: list[_SourceImage],
     converted: list[_ConvertedImage],
 ) -> tuple[bytes, str]:
-    """The index (or single manifest) to tag at the destination."""
+    """Build the index (or pick the single manifest) to tag at the destination."""
     body, media_type = top
     if media_type not in INDEX_TYPES:
         return converted[0].body, OCI_MANIFEST

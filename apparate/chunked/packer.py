@@ -1,8 +1,9 @@
 """Chunk a plain layer as it streams in, so its content seeds later pulls.
 
 The uncompressed tar of a layer that was not converted is cut with the same
-chunking a converter uses and written as a local pack: a chunked blob of its
-own (frames, table, footer) in the store, recorded in the chunk index. The
+chunking a converter uses. Its frames are written as a local pack, a chunked
+blob of its own (frames, table, footer) in the store, and recorded in the
+chunk index. The
 pack is committed only after the layer it came from was verified.
 """
 

@@ -1,7 +1,7 @@
 """The local chunk index: where the frame of each known chunk lives.
 
 An SQLite database beside the OCI layout maps a chunk's identity to the
-stored blob that holds its zstd frame, with the frame's offset, length and
+stored blob that contains its zstd frame, with the frame's offset, length and
 xxh3, and the chunk's uncompressed length. Only chunks of blobs that were
 verified and stored are recorded. Writes are transactions, and SQLite's
 locking lets several apparate processes share one store.
@@ -21,7 +21,7 @@ from apparate.chunked.format import ChunkTable
 from apparate.digest import Digest
 from apparate.errors import StoreError
 
-# `kind` tells the layers of converted images ("layer"), whose frames a
+# `kind` separates the layers of converted images ("layer"), whose frames a
 # converter may copy, from local packs of plain layers ("pack"), whose frames
 # are written fast at a low level and stay on this machine.
 SCHEMA = """
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_blob ON chunks (blob);
 """
-# The index is a cache of what the store's blobs say; an index of another
+# The index caches facts read from the store's blobs, so an index of another
 # schema version is dropped and refilled as blobs are pulled again.
 SCHEMA_VERSION = 2
 LAYER = "layer"
@@ -115,7 +115,7 @@ class ChunkIndex:
     def locate(
         self, identity: bytes, kinds: tuple[str, ...] = (LAYER, PACK)
     ) -> list[FrameLocation]:
-        """Every stored frame of the chunk with this identity, in blobs of ``kinds``."""
+        """Return every stored frame of the chunk, in blobs of ``kinds``."""
         marks = ", ".join("?" for _ in kinds)
         with self._lock:
             rows = self._db.execute(

@@ -18,6 +18,7 @@ from apparate.chunked.reader import file_range_reader, read_table
 from apparate.convert import ConvertOptions, convert
 from apparate.pull import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from tests.integration.push import Pusher
 from tests.testbed.containerd import ctr
 from tests.testbed.registry import RegistryHandle, start_registry
 
@@ -220,3 +221,29 @@ def test_containerd_pulls_and_runs_converted_image(
     assert str(result.digest) in listed.stdout
     assert ran.returncode == 0, f"{ran.stderr}\n{containerd.log_tail()}"
     assert "VERSION_CODENAME=bookworm" in ran.stdout
+
+
+def test_pull_with_bad_table_annotation_takes_layer_whole(
+    registry_plain, fresh_registry, tmp_path, caplog
+):
+    destination = f"{fresh_registry.host}/converted/base:v1"
+    convert(f"{registry_plain.host}/samples/base:v1", destination,
+            ConvertOptions(store=tmp_path / "convert"))  # fmt: skip
+    manifest = raw_manifest(destination)
+    annotations = manifest["layers"][0]["annotations"]
+    annotations["dev.apparate.chunked.table-digest"] = "sha256:" + "0" * 64
+    Pusher(fresh_registry.host).manifest(
+        "converted/base", "lying-table", json.dumps(manifest).encode()
+    )
+
+    result = apparate.pull(
+        f"{fresh_registry.host}/converted/base:lying-table",
+        PullOptions(store=tmp_path / "pull"),
+    )
+
+    assert result.layers_fetched == 2
+    with ChunkIndex(tmp_path / "pull" / INDEX_FILE) as index:
+        assert not index.has_blob(result.layers[0].digest)
+        assert index.has_blob(result.layers[1].digest)
+    assert "chunks not indexed" in caplog.text
+    assert str(result.layers[0].digest) in caplog.text
