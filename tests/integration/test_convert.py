@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import random
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -247,3 +249,32 @@ def test_pull_with_bad_table_annotation_takes_layer_whole(
         assert index.has_blob(result.layers[1].digest)
     assert "chunks not indexed" in caplog.text
     assert str(result.layers[0].digest) in caplog.text
+
+
+@pytest.mark.parametrize("tag", ["v1-zstd", "v1-docker"])
+def test_convert_other_source_formats(registry_plain, fresh_registry, tmp_path, tag):
+    source = f"{registry_plain.host}/samples/base:{tag}"
+    destination = f"{fresh_registry.host}/converted/base:{tag}"
+
+    convert(source, destination, ConvertOptions(store=tmp_path / "store"))
+
+    original, converted = raw_manifest(source), raw_manifest(destination)
+    assert converted["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert converted["config"]["digest"] == original["config"]["digest"]
+    assert [layer["mediaType"] for layer in converted["layers"]] == [ZSTD_LAYER] * 2
+
+
+def test_convert_malformed_tar_falls_back(fresh_registry, tmp_path, caplog):
+    not_a_tar = random.Random(5).randbytes(300_000)
+    pusher = Pusher(fresh_registry.host)
+    pusher.image("odd/app", "v1", [(not_a_tar, gzip.compress(not_a_tar, mtime=0))])
+    destination = f"{fresh_registry.host}/odd/app:chunked"
+
+    result = convert(f"{fresh_registry.host}/odd/app:v1", destination,
+                     ConvertOptions(store=tmp_path / "store"))  # fmt: skip
+
+    (layer,) = raw_manifest(destination)["layers"]
+    assert layer["mediaType"] == ZSTD_LAYER
+    assert result.layers[0].chunks > 1
+    assert "cutting it with plain FastCDC instead" in caplog.text
+    assert str(result.layers[0].source) in caplog.text
