@@ -14,6 +14,13 @@ from pathlib import Path
 from apparate.chunked.format import is_chunked_layer
 from apparate.chunked.packer import LocalPacker
 from apparate.chunked.reader import read_stored_table
+from apparate.delta.assembler import (
+    Assembler,
+    DeltaUnavailable,
+    fetch_table,
+    plan_remote,
+    record_layer,
+)
 from apparate.digest import Digest
 from apparate.errors import ApparateError, ChunkedLayerError, DiffIDMismatch
 from apparate.image import ResolvedImage, resolve_image
@@ -28,7 +35,7 @@ from apparate.manifest import (
 from apparate.platform import Platform
 from apparate.progress import PullObserver
 from apparate.reference import Reference
-from apparate.registry.client import RegistryClient
+from apparate.registry.client import RangesUnsupported, RegistryClient
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
@@ -73,7 +80,7 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     tagged = _store_metadata(store, image)
     index_digest = image.index.digest if image.index else None
     store.tag(str(ref), tagged, image.manifest.digest, index_digest)
-    fetched = sum(layer.size for layer in layers if layer.fetched)
+    fetched = sum(layer.bytes_fetched for layer in layers)
     return PullResult(
         reference=str(ref),
         digest=image.manifest.digest,
@@ -134,14 +141,21 @@ def _fetch_layers(
     unique = list(
         {layer.digest: (layer, diff_id) for layer, diff_id in missing}.values()
     )
+    fetched: dict[Digest, int] = {}
     if unique:
         workers = max(1, min(options.parallel_layers, len(unique)))
         with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
             futures = [pool.submit(fetcher.fetch, *item) for item in unique]
             _wait_all(futures, cancelled)
+        for (layer, _), future in zip(unique, futures, strict=True):
+            fetched[layer.digest] = future.result()
     return [
         LayerResult(
-            layer.digest, layer.media_type, layer.size, layer.digest in missing_digests
+            layer.digest,
+            layer.media_type,
+            layer.size,
+            layer.digest in missing_digests,
+            fetched.pop(layer.digest, 0),
         )
         for layer in layers
     ]
@@ -160,7 +174,7 @@ def _check_repeated_layers(
             )
 
 
-def _wait_all(futures: list[Future[None]], cancelled: threading.Event) -> None:
+def _wait_all(futures: list[Future[int]], cancelled: threading.Event) -> None:
     """Wait for every layer; on the first failure stop the rest and raise it.
 
     Layers that failed only because they were told to stop are not the cause,
@@ -213,25 +227,69 @@ class _LayerFetcher:
         self._observer = observer
         self._cancelled = cancelled
 
-    def fetch(self, layer: Descriptor, diff_id: Digest) -> None:
+    def fetch(self, layer: Descriptor, diff_id: Digest) -> int:
+        """Store one layer, verified; return the bytes that crossed the network."""
         subject = f"layer {layer.digest} of {self._image}"
         stopped = _Cancelled(f"{subject}: stopped because another layer failed")
         if self._cancelled.is_set():
             raise stopped
-        chunked = is_chunked_layer(layer.media_type, layer.annotations)
-        packer = None if chunked else LocalPacker(self._store, self._index, subject)
+        if is_chunked_layer(layer.media_type, layer.annotations):
+            spent = self._fetch_delta(layer, diff_id, subject)
+            if spent is not None:
+                self._observer.layer_done(layer.digest)
+                return spent
+            self._fetch_verified(layer, diff_id, subject, stopped, None)
+            self._index_chunked(layer, subject)
+        else:
+            self._fetch_packed(layer, diff_id, subject, stopped)
+        log.info("%s: stored, %d bytes", subject, layer.size)
+        self._observer.layer_done(layer.digest)
+        return layer.size
+
+    def _fetch_delta(
+        self, layer: Descriptor, diff_id: Digest, subject: str
+    ) -> int | None:
+        """Rebuild a chunked layer from stored frames and fetched ranges.
+
+        Returns the bytes fetched, or None when the layer must be fetched
+        whole: a bad table, a server that ignores Range, or a rebuilt blob
+        that failed verification (nothing of it is kept).
+        """
+        fetched = 0
+        try:
+            remote = fetch_table(self._client, layer, subject)
+            fetched = len(remote.tail)
+            plan = plan_remote(self._index, remote)
+            assembler = Assembler(
+                self._client, self._store, layer, subject,
+                lambda count: self._observer.layer_progress(layer.digest, count),
+            )  # fmt: skip
+            with self._store.ingest(layer.digest) as writer:
+                assembler.assemble(remote, plan, diff_id, writer)
+                writer.commit()
+        except (ChunkedLayerError, DeltaUnavailable, RangesUnsupported) as error:
+            log.warning("%s: fetching the whole layer: %s", subject, error)
+            return None
+        record_layer(self._index, layer, remote.table)
+        total = fetched + assembler.bytes_fetched
+        log.info(
+            "%s: rebuilt from chunks, %d of %d bytes fetched",
+            subject,
+            total,
+            layer.size,
+        )
+        return total
+
+    def _fetch_packed(
+        self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
+    ) -> None:
+        packer = LocalPacker(self._store, self._index, subject)
         try:
             self._fetch_verified(layer, diff_id, subject, stopped, packer)
         except BaseException:
-            if packer:
-                packer.abort()
+            packer.abort()
             raise
-        if packer:
-            packer.finish(diff_id)
-        else:
-            self._index_chunked(layer, subject)
-        log.info("%s: stored, %d bytes", subject, layer.size)
-        self._observer.layer_done(layer.digest)
+        packer.finish(diff_id)
 
     def _fetch_verified(
         self,

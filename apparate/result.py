@@ -16,6 +16,7 @@ class LayerResult:
     media_type: str
     size: int
     fetched: bool
+    bytes_fetched: int = 0
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class PullResult:
 
     @property
     def bytes_reused(self) -> int:
-        return sum(layer.size for layer in self.layers if not layer.fetched)
+        """Layer bytes that did not cross the network: stored, or rebuilt locally."""
+        return sum(max(layer.size - layer.bytes_fetched, 0) for layer in self.layers)
 
     @property
     def layers_fetched(self) -> int:
@@ -55,6 +57,7 @@ class PullResult:
                     "media_type": layer.media_type,
                     "size": layer.size,
                     "fetched": layer.fetched,
+                    "bytes_fetched": layer.bytes_fetched,
                 }
                 for layer in self.layers
             ],

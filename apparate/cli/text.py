@@ -48,9 +48,9 @@ class LineObserver(PullObserver):
 def summary_line(result: PullResult) -> str:
     """Format one sentence stating what the pull fetched and reused."""
     return (
-        f"{result.reference}: {result.layers_fetched} of {len(result.layers)} layers "
-        f"fetched ({human_size(result.bytes_fetched)}), "
-        f"{human_size(result.bytes_reused)} already stored, "
+        f"{result.reference}: fetched {human_size(result.bytes_fetched)}, reused "
+        f"{human_size(result.bytes_reused)} of stored chunks and layers "
+        f"({result.layers_fetched} of {len(result.layers)} layers were missing), "
         f"{result.seconds:.1f} s; digest {result.digest}"
     )
 

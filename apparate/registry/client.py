@@ -176,6 +176,69 @@ class RegistryClient:
                 self._sleep(RETRY_PAUSE * 2 ** (stalled - 1))
         verifier.verify()
 
+    def fetch_range(
+        self,
+        descriptor: Descriptor,
+        start: int,
+        end: int,
+        write: Callable[[int, bytes], None],
+        subject: str,
+    ) -> None:
+        """Fetch bytes ``start`` to ``end`` (exclusive) of a blob with one Range.
+
+        ``write`` receives each piece with its offset in the blob. A server
+        that answers with the whole blob (200) does not honour ranges for it:
+        the body is not read and RangesUnsupported is raised.
+        """
+        received = start
+        stalled = 0
+        while received < end:
+            before = received
+            try:
+                received = self._read_range(descriptor, received, end, write, subject)
+                failure = "the body ended early"
+            except _RETRYABLE as error:
+                failure = str(error) or type(error).__name__
+            if received >= end:
+                return
+            stalled = 0 if received > before else stalled + 1
+            if stalled >= MAX_STALLED_ATTEMPTS:
+                raise TruncatedBody(
+                    f"{subject} from {self.host}: range {start}-{end - 1} stopped "
+                    f"at byte {received} ({failure})"
+                )
+            if stalled:
+                self._sleep(RETRY_PAUSE * 2 ** (stalled - 1))
+
+    def _read_range(
+        self,
+        descriptor: Descriptor,
+        start: int,
+        end: int,
+        write: Callable[[int, bytes], None],
+        subject: str,
+    ) -> int:
+        path = f"/v2/{self.reference.repository}/blobs/{descriptor.digest}"
+        headers = {**IDENTITY, "Range": f"bytes={start}-{end - 1}"}
+        with self._stream("GET", path, headers, subject) as response:
+            if response.status_code == 200:
+                raise RangesUnsupported(f"{subject}: {self.host} ignored Range")
+            if response.status_code != 206:
+                raise status_error(response, subject)
+            content_range = response.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {start}-"):
+                raise InvalidResponse(
+                    f"{subject}: asked for bytes from {start}, got {content_range!r}"
+                )
+            position = start
+            for piece in response.iter_raw():
+                piece = piece[: end - position]
+                write(position, piece)
+                position += len(piece)
+                if position >= end:
+                    break
+        return position
+
     def _fetch_from(
         self,
         descriptor: Descriptor,
@@ -263,6 +326,10 @@ class RegistryClient:
         if self._settings.allows_plain_http(self.host):
             urls.append(f"http://{self.host}")
         return urls
+
+
+class RangesUnsupported(Exception):
+    """The server sent the whole blob for a range request; it was not read."""
 
 
 class _RangeRejected(Exception):

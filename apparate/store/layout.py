@@ -58,6 +58,20 @@ class BlobWriter:
             self._file.write(data)
         self.size += len(data)
 
+    @property
+    def path(self) -> Path:
+        """The partial file, for reading back what was written."""
+        return self._path
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset``; safe from several threads at once.
+
+        A writer is filled either with ``write`` or with ``write_at``, never
+        both, since ``write`` buffers.
+        """
+        with _store_errors(f"cannot write blob {self.digest} to {self._path}"):
+            os.pwrite(self._file.fileno(), data, offset)
+
     def commit(self, digest: Digest | None = None) -> None:
         """Move the verified blob into ``blobs/``; only call after verifying.
 

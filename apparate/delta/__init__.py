@@ -1,0 +1,1 @@
+"""Delta pulls: rebuild chunked layers from local frames and fetched ranges."""

@@ -1,0 +1,251 @@
+"""Rebuild a chunked layer blob from stored frames and fetched ranges.
+
+The blob is written in place, frame by frame, into a partial file of the
+store: stored frames are copied (or recompressed where allowed), missing
+ones are fetched with single-range requests in parallel. The whole file must
+then match the manifest's sha256 and the config's diff_id before it is
+committed; otherwise the caller fetches the layer whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import xxhash
+
+from apparate.chunked.format import (
+    FOOTER_SIZE,
+    ChunkEntry,
+    ChunkTable,
+    decode_footer,
+    decode_table,
+    footer_from_annotations,
+)
+from apparate.chunked.reader import decompress_frame
+from apparate.chunked.writer import Encoder
+from apparate.delta.planner import (
+    LocalFrame,
+    Plan,
+    Source,
+    plan_layer,
+    replan_as_fetch,
+)
+from apparate.digest import Digest, DigestVerifier
+from apparate.errors import ApparateError, ChunkCorrupt, ChunkTableCorrupt
+from apparate.layers import DiffIDVerifier
+from apparate.manifest import Descriptor
+from apparate.registry.client import RegistryClient
+from apparate.store.chunk_index import LAYER, ChunkIndex
+from apparate.store.layout import BlobWriter, Store
+
+log = logging.getLogger(__name__)
+
+PARALLEL_RANGES = 4
+VERIFY_PIECE = 1 << 20
+
+
+class DeltaUnavailable(Exception):
+    """The layer cannot be rebuilt from chunks; fetch it whole instead."""
+
+
+@dataclass(frozen=True)
+class RemoteTable:
+    """A layer's chunk table, fetched and verified, with its raw tail bytes."""
+
+    table: ChunkTable
+    table_offset: int
+    tail: bytes
+
+
+def fetch_table(client: RegistryClient, layer: Descriptor, subject: str) -> RemoteTable:
+    """Fetch the table frame and footer of a chunked layer with one range request."""
+    footer = footer_from_annotations(layer.annotations)
+    if footer is None:
+        raise ChunkTableCorrupt(f"{subject}: no chunk table annotations")
+    if footer.table_offset + footer.table_length + FOOTER_SIZE != layer.size:
+        raise ChunkTableCorrupt(
+            f"{subject}: the annotations put the table at {footer.table_offset}+"
+            f"{footer.table_length}, which does not end at the footer"
+        )
+    pieces: list[bytes] = []
+    client.fetch_range(
+        layer,
+        footer.table_offset,
+        layer.size,
+        lambda _, data: pieces.append(data),
+        subject,
+    )
+    tail = b"".join(pieces)
+    table = decode_table(tail[: footer.table_length], footer.table_digest, subject)
+    if decode_footer(tail[footer.table_length :], layer.size, subject) != footer:
+        raise ChunkTableCorrupt(f"{subject}: the footer and the annotations disagree")
+    if table.frames_length != footer.table_offset:
+        raise ChunkTableCorrupt(f"{subject}: the table does not cover the frames")
+    return RemoteTable(table, footer.table_offset, tail)
+
+
+def known_frames(index: ChunkIndex, table: ChunkTable) -> dict[bytes, list[LocalFrame]]:
+    """Look every chunk of ``table`` up in the local chunk index."""
+    known: dict[bytes, list[LocalFrame]] = {}
+    for entry in table.entries:
+        if entry.identity in known:
+            continue
+        locations = index.locate(entry.identity)
+        if locations:
+            known[entry.identity] = [
+                LocalFrame(loc.blob, loc.frame_offset, loc.frame_length, loc.frame_xxh3)
+                for loc in locations
+                if loc.length == entry.length
+            ]
+    return known
+
+
+def can_recompress(table: ChunkTable) -> bool:
+    """Whether this machine's zstd reproduces the table's frames exactly.
+
+    zstd promises identical output only for the same library version and
+    parameters, so the encoder records must be equal.
+    """
+    level = table.encoder.get("level")
+    return isinstance(level, int) and Encoder(level).record() == table.encoder
+
+
+def plan_remote(index: ChunkIndex, remote: RemoteTable) -> Plan:
+    table = remote.table
+    return plan_layer(table, known_frames(index, table), can_recompress(table))
+
+
+class Assembler:
+    """Write one layer blob from a plan, then verify it as a whole."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        store: Store,
+        layer: Descriptor,
+        subject: str,
+        on_fetched: Callable[[int], None],
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._layer = layer
+        self._subject = subject
+        self._on_fetched = on_fetched
+        self._lock = threading.Lock()
+        self.bytes_fetched = 0
+
+    def assemble(
+        self, remote: RemoteTable, plan: Plan, diff_id: Digest, writer: BlobWriter
+    ) -> None:
+        """Fill ``writer`` with the layer blob, then check digest and diff_id."""
+        table = remote.table
+        failed = self._copy_local(table, plan, writer)
+        self._fetch(plan, writer)
+        if failed:
+            log.info(
+                "%s: %d stored frames unusable, fetching them",
+                self._subject,
+                len(failed),
+            )
+            self._fetch(replan_as_fetch(plan, failed, table), writer)
+        self._copy_duplicates(table, plan, writer)
+        writer.write_at(remote.table_offset, remote.tail)
+        self._verify(writer, diff_id)
+
+    def _copy_local(
+        self, table: ChunkTable, plan: Plan, writer: BlobWriter
+    ) -> list[int]:
+        """Write stored frames into place; return the positions that failed."""
+        failed = []
+        for position, source in enumerate(plan.sources):
+            if source not in (Source.LOCAL_FRAME, Source.RECOMPRESS):
+                continue
+            entry = table.entries[position]
+            frame = self._local_frame(entry, plan.local[position], source, table)
+            if frame is None:
+                failed.append(position)
+            else:
+                writer.write_at(entry.frame_offset, frame)
+        return failed
+
+    def _local_frame(
+        self, entry: ChunkEntry, stored: LocalFrame, source: Source, table: ChunkTable
+    ) -> bytes | None:
+        try:
+            with open(self._store.blob_path(stored.blob), "rb") as blob:
+                blob.seek(stored.offset)
+                frame = blob.read(stored.length)
+        except OSError:
+            return None
+        if source is Source.RECOMPRESS:
+            frame = self._recompress(entry, stored, frame, table)
+        if frame is None or xxhash.xxh3_64_intdigest(frame) != entry.frame_xxh3:
+            return None
+        return frame
+
+    def _recompress(
+        self, entry: ChunkEntry, stored: LocalFrame, frame: bytes, table: ChunkTable
+    ) -> bytes | None:
+        as_stored = ChunkEntry(
+            entry.identity,
+            entry.length,
+            stored.length,
+            stored.frame_xxh3,
+            stored.offset,
+        )
+        try:
+            chunk = decompress_frame(as_stored, frame, f"blob {stored.blob}")
+        except ChunkCorrupt:
+            return None
+        return Encoder(int(table.encoder["level"])).compressor().compress(chunk)
+
+    def _fetch(self, plan: Plan, writer: BlobWriter) -> None:
+        def fetch(start: int, end: int) -> None:
+            def write(offset: int, data: bytes) -> None:
+                writer.write_at(offset, data)
+                with self._lock:
+                    self.bytes_fetched += len(data)
+                self._on_fetched(len(data))
+
+            self._client.fetch_range(self._layer, start, end, write, self._subject)
+
+        with ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range") as pool:
+            futures = [pool.submit(fetch, r.start, r.end) for r in plan.ranges]
+            for future in futures:
+                future.result()
+
+    def _copy_duplicates(
+        self, table: ChunkTable, plan: Plan, writer: BlobWriter
+    ) -> None:
+        with open(writer.path, "rb") as partial:
+            for position, first in plan.duplicates.items():
+                original = table.entries[first]
+                partial.seek(original.frame_offset)
+                frame = partial.read(original.frame_length)
+                writer.write_at(table.entries[position].frame_offset, frame)
+
+    def _verify(self, writer: BlobWriter, diff_id: Digest) -> None:
+        digest = DigestVerifier(
+            self._layer.digest, self._subject, "the rebuilt blob", self._layer.size
+        )
+        tar = DiffIDVerifier(self._layer.media_type, diff_id, self._subject)
+        try:
+            with open(writer.path, "rb") as partial:
+                while piece := partial.read(VERIFY_PIECE):
+                    digest.update(piece)
+                    tar.update(piece)
+            digest.verify()
+            tar.verify()
+        except ApparateError as error:
+            raise DeltaUnavailable(f"the rebuilt layer failed verification: {error}")
+        finally:
+            tar.close()
+
+
+def record_layer(index: ChunkIndex, layer: Descriptor, table: ChunkTable) -> None:
+    """Record the chunks of a layer that was rebuilt and committed."""
+    index.add_table(layer.digest, table, LAYER)

@@ -1,0 +1,83 @@
+"""Delta pulls of converted images from the real registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import apparate
+from apparate.convert import ConvertOptions, convert
+from apparate.pull import PullOptions
+from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "home" / ".docker"))
+    monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
+
+
+@pytest.fixture
+def converted(registry_plain, fresh_registry, tmp_path) -> str:
+    """A registry repository holding converted base:v1 and base:v2."""
+    options = ConvertOptions(store=tmp_path / "convert")
+    repository = f"{fresh_registry.host}/converted/base"
+    for tag in ("v1", "v2"):
+        convert(f"{registry_plain.host}/samples/base:{tag}", f"{repository}:{tag}",
+                options)  # fmt: skip
+    return repository
+
+
+def assert_store_verified(store: Path) -> None:
+    for blob in (store / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+def test_update_fetches_only_changed_chunks(converted, tmp_path):
+    store = tmp_path / "pull"
+    apparate.pull(f"{converted}:v1", PullOptions(store=store))
+
+    result = apparate.pull(f"{converted}:v2", PullOptions(store=store))
+
+    layer_bytes = sum(layer.size for layer in result.layers)
+    assert result.bytes_fetched < layer_bytes / 4
+    assert result.bytes_reused > layer_bytes / 2
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{store}:{converted}:v2"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(inspected)["Digest"] == str(result.digest)
+    assert_store_verified(store)
+    with ChunkIndex(store / INDEX_FILE) as index:
+        assert all(index.has_blob(layer.digest) for layer in result.layers)
+
+
+def test_cold_pull_of_converted_image(converted, tmp_path):
+    result = apparate.pull(f"{converted}:v2", PullOptions(store=tmp_path / "pull"))
+
+    layer_bytes = sum(layer.size for layer in result.layers)
+    assert layer_bytes * 0.9 < result.bytes_fetched <= layer_bytes
+    assert_store_verified(tmp_path / "pull")
+
+
+def test_damaged_local_frames_are_fetched_again(converted, tmp_path):
+    store = tmp_path / "pull"
+    first = apparate.pull(f"{converted}:v1", PullOptions(store=store))
+    stored = store / "blobs" / "sha256" / first.layers[0].digest.hex
+    damaged = bytearray(stored.read_bytes())
+    for offset in range(1000, len(damaged) - 100_000, 500_000):
+        damaged[offset] ^= 0xFF
+    stored.write_bytes(bytes(damaged))
+
+    result = apparate.pull(f"{converted}:v2", PullOptions(store=store))
+
+    blob = store / "blobs" / "sha256" / result.layers[0].digest.hex
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == result.layers[0].digest.hex
+    assert result.bytes_fetched > 0
