@@ -27,8 +27,9 @@ from apparate.chunked.writer import (
     write_chunked_layer,
 )
 from apparate.chunker import Chunker, MalformedTar, default_chunker, fallback_chunker
+from apparate.delta.assembler import record_layer
 from apparate.digest import Digest
-from apparate.errors import DiffIDMismatch, NotFound
+from apparate.errors import ApparateError, ChunkedLayerError, DiffIDMismatch, NotFound
 from apparate.image import fetch_manifest
 from apparate.layers import open_tar_stream
 from apparate.manifest import (
@@ -44,7 +45,6 @@ from apparate.manifest import (
     parse_json,
     parse_manifest,
 )
-from apparate.platform import Platform
 from apparate.pull import PullOptions, pull
 from apparate.reference import Reference
 from apparate.registry.client import RegistryClient
@@ -150,6 +150,7 @@ class _Session:
         self.index = ChunkIndex(self.store.root / INDEX_FILE)
         self.settings = TransportSettings.from_environment(options.insecure_registries)
         self.credentials = CredentialStore.from_environment(options.credentials)
+        self.reuse_blobs: set[Digest] = set()
 
     def pull_options(self) -> PullOptions:
         return PullOptions(
@@ -165,10 +166,11 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
     src, dst = Reference.parse(source), Reference.parse(destination)
     session = _Session(options)
     try:
-        reuse = options.reuse_from
-        for reference in reuse if reuse is not None else _current(dst, session):
-            _, old_images = _fetch_images(Reference.parse(reference), session)
-            _index_chunked_layers(old_images, session)
+        if options.reuse_from is not None:
+            for reference in options.reuse_from:
+                _add_reuse_source(Reference.parse(reference), session)
+        else:
+            _add_default_reuse_source(dst, session)
         top, images = _fetch_images(src, session)
         converted = [_convert_image(image, session) for image in images]
         top_body, top_type = _top_document(top, images, converted)
@@ -186,16 +188,33 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
     )
 
 
-def _current(destination: Reference, session: _Session) -> list[str]:
-    """Return the image the destination tag points to now, if any."""
-    with RegistryClient(destination, session.settings, session.credentials) as client:
-        try:
-            digest = client.head_manifest(destination.lookup)
-            if digest is None:
-                digest = client.get_manifest(destination.lookup, None).digest
-        except NotFound:
-            return []
-    return [f"{destination.name}@{digest}"]
+def _add_reuse_source(reference: Reference, session: _Session) -> None:
+    """Make the frames of a converted image available for reuse."""
+    _, images = _fetch_images(reference, session)
+    for image in images:
+        for layer in image.parsed.layers:
+            if not is_chunked(layer):
+                continue
+            table = _stored_table(layer, session)
+            if not session.index.has_blob(layer.digest):
+                record_layer(
+                    session.store, session.index, layer, table, str(layer.digest)
+                )
+            session.reuse_blobs.add(layer.digest)
+
+
+def _add_default_reuse_source(destination: Reference, session: _Session) -> None:
+    """Reuse the image the destination tag points to now, if there is one.
+
+    It is only a default: when it cannot be read, the conversion goes on
+    without it.
+    """
+    try:
+        _add_reuse_source(destination, session)
+    except NotFound:
+        log.info("%s does not exist yet; no frames to reuse", destination)
+    except ApparateError as error:
+        log.warning("not reusing frames of %s: %s", destination, error)
 
 
 def _fetch_top(reference: Reference, session: _Session) -> tuple[bytes, str]:
@@ -221,12 +240,14 @@ def _fetch_images(
     index = parse_index(
         parse_json(body, f"index of {reference}"), f"index of {reference}"
     )
-    raw_entries = {
-        item["digest"]: item.get("platform") for item in json.loads(body)["manifests"]
-    }
+    # Entries are matched by position, so a manifest listed twice keeps the
+    # platform of each of its entries.
+    raw_entries = json.loads(body)["manifests"]
+    wanted = {id(entry) for entry in image_entries(index)}
     images = [
-        _pulled(reference, entry.digest, raw_entries.get(str(entry.digest)), session)
-        for entry in image_entries(index)
+        _pulled(reference, entry.digest, raw.get("platform"), session)
+        for entry, raw in zip(index.manifests, raw_entries, strict=True)
+        if id(entry) in wanted
     ]
     return (body, media_type), images
 
@@ -238,13 +259,10 @@ def _pulled(
     session: _Session,
 ) -> _SourceImage:
     by_digest = Reference(reference.registry, reference.repository, None, digest)
+    # A manifest pulled by digest is what the index names, whatever its
+    # platform, so it is not checked against this machine's.
     options = session.pull_options()
-    if platform:
-        options.platform = Platform.normalised(
-            str(platform.get("os", "")),
-            str(platform.get("architecture", "")),
-            str(platform.get("variant", "")),
-        )
+    options.check_platform = False
     pull(by_digest, options)
     body = session.store.read_blob(digest)
     parsed = parse_manifest(
@@ -258,14 +276,6 @@ def _pulled(
 
 def is_chunked(layer: Descriptor) -> bool:
     return is_chunked_layer(layer.media_type, layer.annotations)
-
-
-def _index_chunked_layers(images: list[_SourceImage], session: _Session) -> None:
-    """Record the chunks of converted layers, so their frames can be reused."""
-    for image in images:
-        for layer in image.parsed.layers:
-            if is_chunked(layer) and not session.index.has_blob(layer.digest):
-                session.index.add_table(layer.digest, _stored_table(layer, session))
 
 
 def _stored_table(layer: Descriptor, session: _Session) -> ChunkTable:
@@ -323,10 +333,8 @@ def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
 def _convert_layer(
     layer: Descriptor, diff_id: Digest, session: _Session
 ) -> tuple[Descriptor, LayerConversion]:
-    if is_chunked(layer):
-        table = _stored_table(layer, session)
-        if not session.index.has_blob(layer.digest):
-            session.index.add_table(layer.digest, table)
+    table = _readable_table(layer, session) if is_chunked(layer) else None
+    if table is not None:
         kept = LayerConversion(
             layer.digest,
             layer.digest,
@@ -359,13 +367,33 @@ def _convert_layer(
     return descriptor, conversion
 
 
+def _readable_table(layer: Descriptor, session: _Session) -> ChunkTable | None:
+    """Return a chunked source layer's checked table, or None to convert it anew.
+
+    A layer of another format version, or with a damaged table, is still a
+    valid zstd layer, so it is converted like any other.
+    """
+    subject = f"layer {layer.digest}"
+    try:
+        table = _stored_table(layer, session)
+        if not session.index.has_blob(layer.digest):
+            record_layer(session.store, session.index, layer, table, subject)
+    except ChunkedLayerError as error:
+        log.warning("%s: converting it again: %s", subject, error)
+        return None
+    return table
+
+
 def _write_converted(
     layer: Descriptor, diff_id: Digest, chunker: Chunker, session: _Session
 ) -> ConvertedLayer:
     """Write the chunked blob of a stored layer into the store, checked."""
     encoder = Encoder(session.options.level)
-    # Only frames of converted layers: local packs use a fast, low level.
-    frames = StoredFrames(session.store, session.index, kinds=(LAYER,))
+    # Only frames of the images named for reuse: copying frames from
+    # whatever the store holds would make the output depend on the machine.
+    frames = StoredFrames(
+        session.store, session.index, kinds=(LAYER,), blobs=session.reuse_blobs
+    )
     with open(session.store.blob_path(layer.digest), "rb") as blob:
         tar = open_tar_stream(blob, layer.media_type)
         # The converted blob's digest is known only once it is written.
@@ -395,11 +423,9 @@ def _top_document(
         image.manifest.digest == source.manifest.digest
         for image, source in zip(converted, sources, strict=True)
     )
-    if (
-        unchanged
-        and media_type == OCI_INDEX
-        and len(json.loads(body)["manifests"]) == len(converted)
-    ):
+    # An index whose images are all unchanged is kept byte for byte, with
+    # its attestations and annotations, so converting twice changes nothing.
+    if unchanged and media_type == OCI_INDEX:
         return body, OCI_INDEX
     manifests = []
     for image in converted:

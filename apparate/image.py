@@ -53,6 +53,7 @@ def resolve_image(
     reference: Reference,
     wanted: Platform,
     explicit_platform: bool = False,
+    check_platform: bool = True,
 ) -> ResolvedImage:
     """Fetch (or read from the store) the manifest and config of ``reference``.
 
@@ -88,7 +89,8 @@ def resolve_image(
     config_document = parse_json(config, f"config of {image}")
     if not platform:
         platform = _config_platform(config_document)
-        _check_platform(image, platform, wanted, explicit_platform)
+        if check_platform:
+            _check_platform(image, platform, wanted, explicit_platform)
     diff_ids = parse_diff_ids(config_document, f"config of {image}")
     if len(diff_ids) != len(manifest.layers):
         raise InvalidResponse(

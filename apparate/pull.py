@@ -56,6 +56,9 @@ class PullOptions:
     insecure_registries: Iterable[str] = ()
     credentials: dict[str, Credentials] = field(default_factory=dict)
     parallel_layers: int = DEFAULT_PARALLEL_LAYERS
+    # Whether to compare a single manifest's platform with the one wanted; a
+    # manifest named by an index entry's digest needs no check.
+    check_platform: bool = True
     observer: PullObserver = field(default_factory=PullObserver)
 
 
@@ -73,7 +76,10 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
         RegistryClient(ref, settings, credentials) as client,
         ChunkIndex(store.root / INDEX_FILE) as index,
     ):
-        image = resolve_image(client, store, ref, wanted, options.platform is not None)
+        image = resolve_image(
+            client, store, ref, wanted, options.platform is not None,
+            options.check_platform,
+        )  # fmt: skip
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
         layers = _fetch_layers(client, store, index, image, options)
 
@@ -270,7 +276,12 @@ class _LayerFetcher:
         except (ChunkedLayerError, DeltaUnavailable, RangesUnsupported) as error:
             log.warning("%s: fetching the whole layer: %s", subject, error)
             return None
-        record_layer(self._index, layer, remote.table)
+        try:
+            record_layer(self._store, self._index, layer, remote.table, subject)
+        except ChunkedLayerError as error:
+            log.warning(
+                "%s: chunks not indexed, the layer stays usable: %s", subject, error
+            )
         total = fetched + assembler.bytes_fetched
         log.info(
             "%s: rebuilt from chunks, %d of %d bytes fetched",
@@ -312,12 +323,11 @@ class _LayerFetcher:
         path = self._store.blob_path(layer.digest)
         try:
             table = read_stored_table(path, layer.annotations, subject)
+            record_layer(self._store, self._index, layer, table, subject)
         except ChunkedLayerError as error:
             log.warning(
                 "%s: chunks not indexed, the layer stays usable: %s", subject, error
             )
-            return
-        self._index.add_table(layer.digest, table)
 
     def _download(
         self,

@@ -27,6 +27,8 @@ ENTRY = struct.Struct("<16sIIQ")
 FOOTER_PAYLOAD = struct.Struct("<4sHHQQ32s")
 FOOTER_SIZE = SKIPPABLE_HEADER.size + FOOTER_PAYLOAD.size
 IDENTITY_BYTES = 16
+# 32 bytes per chunk: two million chunks, far more than any layer has.
+MAX_TABLE_BYTES = 64 * 1024 * 1024
 
 # Layer descriptor annotations that let a client fetch the table with one
 # range request; the table digest is covered by the manifest's digest.
@@ -129,10 +131,10 @@ def decode_footer(data: bytes, blob_size: int, subject: str) -> Footer:
     ):
         raise ChunkTableCorrupt(f"{subject}: no chunked-layer footer at the end")
     _check_version(version, subject)
-    if table_offset + table_length > blob_size - FOOTER_SIZE:
+    if table_offset + table_length != blob_size - FOOTER_SIZE:
         raise ChunkTableCorrupt(
             f"{subject}: the footer points at bytes {table_offset}+{table_length}, "
-            f"outside the {blob_size}-byte blob"
+            f"not at the table before it in the {blob_size}-byte blob"
         )
     return Footer(table_offset, table_length, Digest("sha256", digest.hex()))
 
@@ -156,9 +158,11 @@ def _decode_verified_table(frame: bytes, subject: str) -> ChunkTable:
         raise ValueError("not a table frame")
     position = SKIPPABLE_HEADER.size
     fields = TABLE_HEADER.unpack_from(frame, position)
-    signature, version, _, count, encoder_length, chunking_length = fields
+    signature, version, flags, count, encoder_length, chunking_length = fields
     if signature != TABLE_SIGNATURE:
         raise ValueError("wrong signature")
+    if flags != 0:
+        raise ValueError(f"unknown flags {flags:#x}")
     _check_version(version, subject)
     position += TABLE_HEADER.size
     encoder = json.loads(frame[position : position + encoder_length])
@@ -220,6 +224,11 @@ def footer_from_annotations(annotations: dict[str, str]) -> Footer | None:
         return None
     try:
         version = int(annotations[ANNOTATION_VERSION])
+    except ValueError:
+        raise ChunkTableCorrupt("invalid chunked-layer version annotation") from None
+    # The version decides the other keys, so it is checked first.
+    _check_version(version, "layer annotations")
+    try:
         footer = Footer(
             int(annotations[ANNOTATION_TABLE_OFFSET]),
             int(annotations[ANNOTATION_TABLE_LENGTH]),
@@ -227,5 +236,18 @@ def footer_from_annotations(annotations: dict[str, str]) -> Footer | None:
         )
     except (KeyError, ValueError) as error:
         raise ChunkTableCorrupt(f"invalid chunked-layer annotations: {error}") from None
-    _check_version(version, "layer annotations")
+    if footer.table_offset < 0 or not 0 < footer.table_length <= MAX_TABLE_BYTES:
+        raise ChunkTableCorrupt(
+            f"invalid chunked-layer annotations: table at {footer.table_offset}"
+            f"+{footer.table_length} (at most {MAX_TABLE_BYTES} bytes)"
+        )
     return footer
+
+
+def check_table_location(footer: Footer, blob_size: int, subject: str) -> None:
+    """Raise unless the table ends exactly where the blob's footer begins."""
+    if footer.table_offset + footer.table_length + FOOTER_SIZE != blob_size:
+        raise ChunkTableCorrupt(
+            f"{subject}: the table at {footer.table_offset}+{footer.table_length} "
+            f"does not end at the footer of the {blob_size}-byte blob"
+        )

@@ -7,6 +7,7 @@ to. The table itself is trusted only after its sha256 matched.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +20,7 @@ from apparate.chunked.format import (
     ChunkEntry,
     ChunkTable,
     Footer,
+    check_table_location,
     chunk_identity,
     decode_footer,
     decode_table,
@@ -27,6 +29,9 @@ from apparate.chunked.format import (
 from apparate.errors import ChunkCorrupt, ChunkTableCorrupt
 
 ReadRange = Callable[[int, int], bytes]
+# zstd sets a frame's window to its content size when that is known, and
+# chunks are at most a few hundred kB; a larger window is refused.
+MAX_WINDOW_SIZE = 1 << 23
 
 
 def read_footer(read_range: ReadRange, blob_size: int, subject: str) -> Footer:
@@ -68,18 +73,25 @@ def decompress_frame(entry: ChunkEntry, frame: bytes, subject: str) -> bytes:
 
 
 def _single_frame(frame: bytes, entry: ChunkEntry, subject: str) -> bytes:
-    """Decompress exactly one frame, rejecting trailing bytes."""
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    """Decompress exactly one frame of the size the table names, no more.
+
+    The frame's declared content size is checked before anything is
+    inflated, and at most one byte more than the table's length is read, so
+    a small frame that inflates to gigabytes cannot exhaust memory.
+    """
+    where = f"{subject}: the frame at byte {entry.frame_offset}"
     try:
-        chunk = decompressor.decompress(frame)
+        declared = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as error:
-        raise ChunkCorrupt(
-            f"{subject}: the frame at byte {entry.frame_offset} is corrupt: {error}"
-        ) from None
-    if not decompressor.eof or decompressor.unused_data:
-        raise ChunkCorrupt(
-            f"{subject}: the frame at byte {entry.frame_offset} is not one whole frame"
-        )
+        raise ChunkCorrupt(f"{where} is corrupt: {error}") from None
+    if declared != entry.length:
+        raise ChunkCorrupt(f"{where} declares {declared} bytes, not {entry.length}")
+    decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
+    try:
+        with decompressor.stream_reader(frame, read_across_frames=False) as reader:
+            chunk = reader.read(entry.length + 1)
+    except zstandard.ZstdError as error:
+        raise ChunkCorrupt(f"{where} is corrupt: {error}") from None
     return chunk
 
 
@@ -112,5 +124,23 @@ def read_stored_table(
     footer = footer_from_annotations(annotations)
     if footer is None:
         raise ChunkTableCorrupt(f"{subject}: the layer has no chunk table annotations")
-    with open(path, "rb") as blob:
-        return read_table(file_range_reader(blob), footer, subject)
+    try:
+        with open(path, "rb") as blob:
+            check_table_location(footer, os.fstat(blob.fileno()).st_size, subject)
+            return read_table(file_range_reader(blob), footer, subject)
+    except OSError as error:
+        raise ChunkTableCorrupt(f"{subject}: cannot read the blob: {error}") from None
+
+
+def verify_blob_chunks(path: Path, table: ChunkTable, subject: str) -> None:
+    """Check every frame of a stored chunked blob against its table entry.
+
+    Run before a table enters the chunk index, so the index never points
+    at a frame that does not hold the chunk it names.
+    """
+    try:
+        with open(path, "rb") as blob:
+            for _ in iter_chunks(blob, table, subject):
+                pass
+    except OSError as error:
+        raise ChunkTableCorrupt(f"{subject}: cannot read the blob: {error}") from None

@@ -6,6 +6,7 @@ import logging
 
 from apparate.chunked.format import ChunkEntry
 from apparate.chunked.reader import decompress_frame
+from apparate.digest import Digest
 from apparate.errors import ChunkCorrupt
 from apparate.store.chunk_index import LAYER, PACK, ChunkIndex, FrameLocation
 from apparate.store.layout import Store
@@ -18,20 +19,27 @@ class StoredFrames:
 
     A frame is handed out only after it decompressed to the chunk with the
     identity asked for, so a damaged store cannot slip into a new layer.
-    ``kinds`` limits the blobs searched: a converter copies frames only from
-    converted layers, never from local packs.
+    ``kinds`` and ``blobs`` limit the blobs searched: a converter copies
+    frames only from the converted layers it was told to reuse.
     """
 
     def __init__(
-        self, store: Store, index: ChunkIndex, kinds: tuple[str, ...] = (LAYER, PACK)
+        self,
+        store: Store,
+        index: ChunkIndex,
+        kinds: tuple[str, ...] = (LAYER, PACK),
+        blobs: set[Digest] | None = None,
     ) -> None:
         self._store = store
         self._index = index
         self._kinds = kinds
+        self._blobs = blobs
 
     def frame_for(self, identity: bytes, length: int) -> bytes | None:
         for location in self._index.locate(identity, self._kinds):
             if location.length != length:
+                continue
+            if self._blobs is not None and location.blob not in self._blobs:
                 continue
             frame = self._read(location)
             entry = ChunkEntry(

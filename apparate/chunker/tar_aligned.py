@@ -242,6 +242,11 @@ class TarParser:
         extensions = bytearray()
         is_extended = block[482]
         while is_extended:
+            if len(extensions) + BLOCK_SIZE > MAX_EXTENSION_SIZE:
+                raise MalformedTar(
+                    f"the sparse map after the header at offset {block_offset} "
+                    f"exceeds {MAX_EXTENSION_SIZE} bytes"
+                )
             extension = self.read_exact(BLOCK_SIZE, block_offset)
             extensions += extension
             is_extended = extension[504]

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import xxhash
 
 from apparate.chunked.format import (
-    FOOTER_SIZE,
     ChunkEntry,
     ChunkTable,
+    check_table_location,
     decode_footer,
     decode_table,
     footer_from_annotations,
 )
-from apparate.chunked.reader import decompress_frame
+from apparate.chunked.reader import decompress_frame, verify_blob_chunks
 from apparate.chunked.writer import Encoder
 from apparate.delta.planner import (
     LocalFrame,
@@ -66,11 +66,7 @@ def fetch_table(client: RegistryClient, layer: Descriptor, subject: str) -> Remo
     footer = footer_from_annotations(layer.annotations)
     if footer is None:
         raise ChunkTableCorrupt(f"{subject}: no chunk table annotations")
-    if footer.table_offset + footer.table_length + FOOTER_SIZE != layer.size:
-        raise ChunkTableCorrupt(
-            f"{subject}: the annotations put the table at {footer.table_offset}+"
-            f"{footer.table_length}, which does not end at the footer"
-        )
+    check_table_location(footer, layer.size, subject)
     pieces: list[bytes] = []
     client.fetch_range(
         layer,
@@ -246,6 +242,9 @@ class Assembler:
             tar.close()
 
 
-def record_layer(index: ChunkIndex, layer: Descriptor, table: ChunkTable) -> None:
-    """Record the chunks of a layer that was rebuilt and committed."""
+def record_layer(
+    store: Store, index: ChunkIndex, layer: Descriptor, table: ChunkTable, subject: str
+) -> None:
+    """Record the chunks of a committed layer once every frame was checked."""
+    verify_blob_chunks(store.blob_path(layer.digest), table, subject)
     index.add_table(layer.digest, table, LAYER)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Self
@@ -275,7 +275,7 @@ class RegistryClient:
         path: str,
         headers: dict[str, str],
         subject: str,
-        content: bytes | Iterator[bytes] | None = None,
+        content: bytes | Iterable[bytes] | None = None,
     ) -> Iterator[httpx.Response]:
         """Send a request and yield the streamed response, closed on exit.
 
@@ -299,7 +299,7 @@ class RegistryClient:
         path: str,
         headers: dict[str, str],
         subject: str,
-        content: bytes | Iterator[bytes] | None = None,
+        content: bytes | Iterable[bytes] | None = None,
     ) -> httpx.Response:
         candidates = [self._base_url] if self._base_url else self._base_urls()
         for position, base_url in enumerate(candidates):

@@ -94,7 +94,7 @@ class RegistryWriter(RegistryClient):
         with (
             self._translated(subject),
             self._stream(
-                "PUT", str(target), headers, subject, _read_file(path)
+                "PUT", str(target), headers, subject, _FileBody(path)
             ) as response,
         ):
             if response.status_code != 201:
@@ -148,7 +148,17 @@ def _read_errors_translated(host: str, subject: str) -> Iterator[None]:
         raise transport_error(error, host, subject) from None
 
 
-def _read_file(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as blob:
-        while piece := blob.read(UPLOAD_PIECE):
-            yield piece
+class _FileBody:
+    """A request body read from a file, readable again if the request is resent.
+
+    httpx refuses to resend a generator, as after a 401 or a redirect, but
+    an object whose ``__iter__`` starts over can be sent again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self._path, "rb") as blob:
+            while piece := blob.read(UPLOAD_PIECE):
+                yield piece

@@ -11,10 +11,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import xxhash
+import zstandard
 
 import apparate
 from apparate.chunked.format import (
     FOOTER_SIZE,
+    ChunkEntry,
     ChunkTable,
     Footer,
     encode_footer,
@@ -23,6 +26,7 @@ from apparate.chunked.format import (
     table_annotations,
 )
 from apparate.chunked.reader import (
+    decompress_frame,
     file_range_reader,
     iter_chunks,
     read_footer,
@@ -209,7 +213,7 @@ def test_footer_outside_blob_is_rejected():
     outside = Footer(len(blob), footer.table_length, footer.table_digest)
     forged = blob[:-FOOTER_SIZE] + encode_footer(outside)
 
-    with pytest.raises(ChunkTableCorrupt, match="outside"):
+    with pytest.raises(ChunkTableCorrupt, match="not at the table"):
         read_back(forged)
 
 
@@ -305,3 +309,26 @@ def test_package_never_decompresses_zstd_one_shot():
 def test_entry_layout_is_32_bytes():
     # Every chunk costs this much in each delta, so a change is deliberate.
     assert struct.calcsize("<16sIIQ") == 32
+
+
+def test_frame_inflating_past_its_entry_is_rejected():
+    bomb = zstandard.ZstdCompressor().compress(bytes(50_000_000))
+    entry = ChunkEntry(bytes(16), 10, len(bomb), xxhash.xxh3_64_intdigest(bomb), 0)
+
+    with pytest.raises(ChunkCorrupt, match="declares 50000000 bytes, not 10"):
+        decompress_frame(entry, bomb, "layer x")
+
+
+@pytest.mark.parametrize(
+    "offset, length", [("-10", "100"), ("0", "0"), ("0", str(1 << 40))]
+)
+def test_annotations_out_of_range_are_rejected(offset, length):
+    with pytest.raises(ChunkTableCorrupt, match="invalid chunked-layer annotations"):
+        footer_from_annotations(
+            {
+                "dev.apparate.chunked.version": "1",
+                "dev.apparate.chunked.table-offset": offset,
+                "dev.apparate.chunked.table-length": length,
+                "dev.apparate.chunked.table-digest": str(Digest.of(b"")),
+            }
+        )
