@@ -59,6 +59,9 @@ class PullOptions:
     # Whether to compare a single manifest's platform with the one wanted; a
     # manifest named by an index entry's digest needs no check.
     check_platform: bool = True
+    # Work out what would be fetched (chunk tables included) without
+    # fetching layers or changing the store.
+    dry_run: bool = False
     observer: PullObserver = field(default_factory=PullObserver)
 
 
@@ -81,11 +84,15 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
             options.check_platform,
         )  # fmt: skip
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
-        layers = _fetch_layers(client, store, index, image, options)
+        if options.dry_run:
+            layers = _plan_layers(client, store, index, image)
+        else:
+            layers = _fetch_layers(client, store, index, image, options)
 
-    tagged = _store_metadata(store, image)
-    index_digest = image.index.digest if image.index else None
-    store.tag(str(ref), tagged, image.manifest.digest, index_digest)
+    if not options.dry_run:
+        tagged = _store_metadata(store, image)
+        index_digest = image.index.digest if image.index else None
+        store.tag(str(ref), tagged, image.manifest.digest, index_digest)
     fetched = sum(layer.bytes_fetched for layer in layers)
     return PullResult(
         reference=str(ref),
@@ -96,6 +103,7 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
         layers=layers,
         bytes_fetched=fetched,
         seconds=time.monotonic() - started,
+        dry_run=options.dry_run,
     )
 
 
@@ -165,6 +173,47 @@ def _fetch_layers(
         )
         for layer in layers
     ]
+
+
+def _plan_layers(
+    client: RegistryClient, store: Store, index: ChunkIndex, image: ResolvedImage
+) -> list[LayerResult]:
+    """Report what a pull would fetch per layer, fetching only chunk tables.
+
+    The figures are what the pull fetches unless stored frames turn out to
+    be damaged or a rebuilt layer fails verification, when it fetches more.
+    """
+    planned: dict[Digest, int] = {}
+    for layer in image.parsed.layers:
+        if layer.digest in planned or store.has_blob(layer.digest, layer.size):
+            continue
+        planned[layer.digest] = _planned_bytes(
+            client, index, layer, str(image.reference)
+        )
+    return [
+        LayerResult(
+            layer.digest,
+            layer.media_type,
+            layer.size,
+            layer.digest in planned,
+            planned.pop(layer.digest, 0),
+        )
+        for layer in image.parsed.layers
+    ]
+
+
+def _planned_bytes(
+    client: RegistryClient, index: ChunkIndex, layer: Descriptor, image: str
+) -> int:
+    if not is_chunked_layer(layer.media_type, layer.annotations):
+        return layer.size
+    subject = f"layer {layer.digest} of {image}"
+    try:
+        remote = fetch_table(client, layer, subject)
+    except (ChunkedLayerError, RangesUnsupported) as error:
+        log.warning("%s: would fetch the whole layer: %s", subject, error)
+        return layer.size
+    return len(remote.tail) + plan_remote(index, remote).bytes_to_fetch
 
 
 def _check_repeated_layers(

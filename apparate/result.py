@@ -31,6 +31,7 @@ class PullResult:
     layers: list[LayerResult] = field(default_factory=list)
     bytes_fetched: int = 0
     seconds: float = 0.0
+    dry_run: bool = False
 
     @property
     def bytes_reused(self) -> int:
@@ -47,6 +48,7 @@ class PullResult:
             "digest": str(self.digest),
             "index_digest": str(self.index_digest) if self.index_digest else None,
             "platform": self.platform,
+            "dry_run": self.dry_run,
             "store": self.store,
             "bytes_fetched": self.bytes_fetched,
             "bytes_reused": self.bytes_reused,

@@ -21,6 +21,7 @@ from apparate.catalog import list_images
 from apparate.chunked.writer import DEFAULT_LEVEL
 from apparate.cli.text import (
     LineObserver,
+    dry_run_report,
     format_table,
     human_size,
     short,
@@ -116,6 +117,14 @@ def pull_command(
             "(repeatable; loopback hosts always are).",
         ),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print per layer the bytes a pull would fetch and reuse; fetch "
+            "only chunk tables.",
+        ),
+    ] = False,
     debug: DebugOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -128,8 +137,9 @@ def pull_command(
             platform=_parse_platform(platform),
             insecure_registries=insecure,
             credentials=_explicit_credentials(ref, username, password_stdin),
+            dry_run=dry_run,
         )
-        with _observer(quiet or as_json) as observer:
+        with _observer(quiet or as_json or dry_run) as observer:
             options.observer = observer
             result = pull(ref, options)
 
@@ -137,6 +147,8 @@ def pull_command(
         print(json.dumps(result.to_dict(), indent=2))
     elif quiet:
         print(result.digest)
+    elif dry_run:
+        print(dry_run_report(result))
     else:
         print(summary_line(result))
 

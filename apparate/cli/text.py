@@ -55,6 +55,26 @@ def summary_line(result: PullResult) -> str:
     )
 
 
+def dry_run_report(result: PullResult) -> str:
+    """Format what a pull would fetch and reuse, layer by layer."""
+    rows = [
+        [
+            short(layer.digest),
+            human_size(layer.size),
+            human_size(layer.bytes_fetched),
+            human_size(max(layer.size - layer.bytes_fetched, 0)),
+            "stored" if not layer.fetched else "",
+        ]
+        for layer in result.layers
+    ]
+    table = format_table(["LAYER", "SIZE", "FETCH", "REUSE", ""], rows)
+    total = (
+        f"{result.reference}: would fetch {human_size(result.bytes_fetched)}, "
+        f"reuse {human_size(result.bytes_reused)}"
+    )
+    return f"{table}\n{total}"
+
+
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """Align columns with two spaces between them, as ``docker images`` does."""
     widths = [max(len(row[n]) for row in [header, *rows]) for n in range(len(header))]

@@ -81,3 +81,23 @@ def test_damaged_local_frames_are_fetched_again(converted, tmp_path):
     blob = store / "blobs" / "sha256" / result.layers[0].digest.hex
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == result.layers[0].digest.hex
     assert result.bytes_fetched > 0
+
+
+def test_dry_run_equals_following_pull(converted, tmp_path):
+    store = tmp_path / "pull"
+    apparate.pull(f"{converted}:v1", PullOptions(store=store))
+    before = sorted(path.name for path in (store / "blobs" / "sha256").iterdir())
+
+    planned = apparate.pull(f"{converted}:v2", PullOptions(store=store, dry_run=True))
+    after_dry_run = sorted(path.name for path in (store / "blobs" / "sha256").iterdir())
+    pulled = apparate.pull(f"{converted}:v2", PullOptions(store=store))
+
+    assert planned.dry_run
+    assert after_dry_run == before
+    assert [layer.bytes_fetched for layer in planned.layers] == [
+        layer.bytes_fetched for layer in pulled.layers
+    ]
+    assert [image.reference for image in apparate.list_images(store)] == [
+        f"{converted}:v1",
+        f"{converted}:v2",
+    ]
