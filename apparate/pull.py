@@ -326,7 +326,9 @@ class _LayerFetcher:
             log.warning("%s: fetching the whole layer: %s", subject, error)
             return None
         try:
-            record_layer(self._store, self._index, layer, remote.table, subject)
+            record_layer(
+                self._store, self._index, layer, remote.table, subject, checked=True
+            )
         except ChunkedLayerError as error:
             log.warning(
                 "%s: chunks not indexed, the layer stays usable: %s", subject, error

@@ -8,6 +8,7 @@ to. The table itself is trusted only after its sha256 matched.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +33,9 @@ ReadRange = Callable[[int, int], bytes]
 # zstd sets a frame's window to its content size when that is known, and
 # chunks are at most a few hundred kB; a larger window is refused.
 MAX_WINDOW_SIZE = 1 << 23
+# Chunkers cut at most a few hundred kB; a table entry claiming more is bad.
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
+_thread_state = threading.local()
 
 
 def read_footer(read_range: ReadRange, blob_size: int, subject: str) -> Footer:
@@ -75,24 +79,37 @@ def decompress_frame(entry: ChunkEntry, frame: bytes, subject: str) -> bytes:
 def _single_frame(frame: bytes, entry: ChunkEntry, subject: str) -> bytes:
     """Decompress exactly one frame of the size the table names, no more.
 
-    The frame's declared content size is checked before anything is
-    inflated, and at most one byte more than the table's length is read, so
-    a small frame that inflates to gigabytes cannot exhaust memory.
+    The frame's declared content size must equal the entry's length (capped
+    at ``MAX_CHUNK_BYTES``) before anything is inflated, and zstd refuses to
+    produce more than a frame declares, so a small frame that would inflate
+    to gigabytes cannot exhaust memory.
     """
     where = f"{subject}: the frame at byte {entry.frame_offset}"
+    if entry.length > MAX_CHUNK_BYTES:
+        raise ChunkCorrupt(f"{where} claims {entry.length} bytes, over the limit")
     try:
         declared = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as error:
         raise ChunkCorrupt(f"{where} is corrupt: {error}") from None
     if declared != entry.length:
         raise ChunkCorrupt(f"{where} declares {declared} bytes, not {entry.length}")
-    decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
+    decompressor = _decompressor().decompressobj()
     try:
-        with decompressor.stream_reader(frame, read_across_frames=False) as reader:
-            chunk = reader.read(entry.length + 1)
+        chunk = decompressor.decompress(frame)
     except zstandard.ZstdError as error:
         raise ChunkCorrupt(f"{where} is corrupt: {error}") from None
+    if not decompressor.eof or decompressor.unused_data:
+        raise ChunkCorrupt(f"{where} is not one whole frame")
     return chunk
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor; creating one per frame costs more than the frame."""
+    shared = getattr(_thread_state, "decompressor", None)
+    if shared is None:
+        shared = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
+        _thread_state.decompressor = shared
+    return shared
 
 
 def iter_chunks(blob: BinaryIO, table: ChunkTable, subject: str) -> Iterator[bytes]:

@@ -9,11 +9,13 @@ committed; otherwise the caller fetches the layer whole.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import xxhash
 
@@ -36,7 +38,6 @@ from apparate.delta.planner import (
 )
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import ApparateError, ChunkCorrupt, ChunkTableCorrupt
-from apparate.layers import DiffIDVerifier
 from apparate.manifest import Descriptor
 from apparate.registry.client import RegistryClient
 from apparate.store.chunk_index import LAYER, ChunkIndex
@@ -150,34 +151,48 @@ class Assembler:
             self._fetch(replan_as_fetch(plan, failed, table), writer)
         self._copy_duplicates(table, plan, writer)
         writer.write_at(remote.table_offset, remote.tail)
-        self._verify(writer, diff_id)
+        self._verify(writer, table, diff_id)
 
     def _copy_local(
         self, table: ChunkTable, plan: Plan, writer: BlobWriter
     ) -> list[int]:
         """Write stored frames into place; return the positions that failed."""
         failed = []
-        for position, source in enumerate(plan.sources):
-            if source not in (Source.LOCAL_FRAME, Source.RECOMPRESS):
-                continue
-            entry = table.entries[position]
-            frame = self._local_frame(entry, plan.local[position], source, table)
-            if frame is None:
-                failed.append(position)
-            else:
-                writer.write_at(entry.frame_offset, frame)
+        with contextlib.ExitStack() as files:
+            opened: dict[Digest, BinaryIO | None] = {}
+            for position, source in enumerate(plan.sources):
+                if source not in (Source.LOCAL_FRAME, Source.RECOMPRESS):
+                    continue
+                entry, stored = table.entries[position], plan.local[position]
+                if stored.blob not in opened:
+                    opened[stored.blob] = self._open(stored.blob, files)
+                blob = opened[stored.blob]
+                frame = self._local_frame(entry, stored, blob, source, table)
+                if frame is None:
+                    failed.append(position)
+                else:
+                    writer.write_at(entry.frame_offset, frame)
         return failed
 
-    def _local_frame(
-        self, entry: ChunkEntry, stored: LocalFrame, source: Source, table: ChunkTable
-    ) -> bytes | None:
+    def _open(self, blob: Digest, files: contextlib.ExitStack) -> BinaryIO | None:
         try:
-            with open(self._store.blob_path(stored.blob), "rb") as blob:
-                blob.seek(stored.offset)
-                frame = blob.read(stored.length)
+            return files.enter_context(open(self._store.blob_path(blob), "rb"))
         except OSError:
             return None
-        if source is Source.RECOMPRESS:
+
+    def _local_frame(
+        self,
+        entry: ChunkEntry,
+        stored: LocalFrame,
+        blob: BinaryIO | None,
+        source: Source,
+        table: ChunkTable,
+    ) -> bytes | None:
+        if blob is None:
+            return None
+        blob.seek(stored.offset)
+        frame: bytes | None = blob.read(stored.length)
+        if source is Source.RECOMPRESS and frame is not None:
             frame = self._recompress(entry, stored, frame, table)
         if frame is None or xxhash.xxh3_64_intdigest(frame) != entry.frame_xxh3:
             return None
@@ -224,27 +239,43 @@ class Assembler:
                 frame = partial.read(original.frame_length)
                 writer.write_at(table.entries[position].frame_offset, frame)
 
-    def _verify(self, writer: BlobWriter, diff_id: Digest) -> None:
-        digest = DigestVerifier(
+    def _verify(self, writer: BlobWriter, table: ChunkTable, diff_id: Digest) -> None:
+        """Check the whole blob in one pass: digest, every chunk, and diff_id.
+
+        Each frame is decompressed alone and checked against its table entry,
+        and the chunks together must hash to the diff_id, so the table is
+        verified too before it is indexed.
+        """
+        blob = DigestVerifier(
             self._layer.digest, self._subject, "the rebuilt blob", self._layer.size
         )
-        tar = DiffIDVerifier(self._layer.media_type, diff_id, self._subject)
+        tar = DigestVerifier(diff_id, f"uncompressed {self._subject}", "rebuilt blob")
         try:
             with open(writer.path, "rb") as partial:
+                for entry in table.entries:
+                    frame = partial.read(entry.frame_length)
+                    blob.update(frame)
+                    tar.update(decompress_frame(entry, frame, self._subject))
                 while piece := partial.read(VERIFY_PIECE):
-                    digest.update(piece)
-                    tar.update(piece)
-            digest.verify()
+                    blob.update(piece)
+            blob.verify()
             tar.verify()
         except ApparateError as error:
             raise DeltaUnavailable(f"the rebuilt layer failed verification: {error}")
-        finally:
-            tar.close()
 
 
 def record_layer(
-    store: Store, index: ChunkIndex, layer: Descriptor, table: ChunkTable, subject: str
+    store: Store,
+    index: ChunkIndex,
+    layer: Descriptor,
+    table: ChunkTable,
+    subject: str,
+    checked: bool = False,
 ) -> None:
-    """Record the chunks of a committed layer once every frame was checked."""
-    verify_blob_chunks(store.blob_path(layer.digest), table, subject)
+    """Record the chunks of a committed layer once every frame was checked.
+
+    ``checked`` says the caller already compared every frame with its entry.
+    """
+    if not checked:
+        verify_blob_chunks(store.blob_path(layer.digest), table, subject)
     index.add_table(layer.digest, table, LAYER)
