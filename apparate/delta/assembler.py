@@ -102,7 +102,7 @@ def known_frames(index: ChunkIndex, table: ChunkTable) -> dict[bytes, list[Local
 
 
 def can_recompress(table: ChunkTable) -> bool:
-    """Whether this machine's zstd reproduces the table's frames exactly.
+    """Tell whether this machine's zstd reproduces the table's frames exactly.
 
     zstd promises identical output only for the same library version and
     parameters, so the encoder records must be equal.

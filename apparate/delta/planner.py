@@ -1,7 +1,7 @@
 """Plan how to rebuild a chunked layer: which frames are local, which to fetch.
 
-Pure logic: a chunk table and what the local chunk index knows go in; the
-source of every frame and the byte ranges to request come out. Ranges are
+Pure logic: a chunk table and the frames the local chunk index lists go in;
+the source of every frame and the byte ranges to request come out. Ranges are
 single ranges only (many registries and CDNs reject multi-range requests):
 adjacent frames are merged, and a small gap between two missing frames is
 fetched rather than split into two requests.
@@ -23,7 +23,7 @@ DEFAULT_MAX_RANGE = 4 * 1024 * 1024
 
 
 class Source(enum.Enum):
-    """Where the bytes of one frame come from."""
+    """The origin of one frame's bytes."""
 
     LOCAL_FRAME = "local frame"  # the same frame bytes are in the store
     RECOMPRESS = "recompress"  # the chunk's bytes are in the store, in another frame
@@ -78,9 +78,9 @@ def plan_layer(
     """Decide the source of every frame of ``table``.
 
     ``known`` maps chunk identities to their stored frames. A stored frame
-    with the same xxh3 is copied as it is; a chunk stored only in another
-    frame is recompressed when ``can_recompress`` (the table's encoder record
-    equals this machine's), else fetched.
+    with the same xxh3 is copied as it is. A chunk stored only in another
+    frame is recompressed when ``can_recompress`` is true, because the
+    table's encoder record equals this machine's, and fetched otherwise.
     """
     plan = Plan()
     first_of: dict[tuple[bytes, int], int] = {}
