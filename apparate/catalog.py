@@ -8,6 +8,8 @@ from pathlib import Path
 from apparate.digest import Digest
 from apparate.errors import ApparateError, StoreError
 from apparate.manifest import parse_json, parse_manifest
+from apparate.store.chunk_index import INDEX_FILE
+from apparate.store.history import PullHistory, PullRecord, Totals
 from apparate.store.layout import Store, default_store_path
 
 
@@ -46,3 +48,18 @@ def _image_size(store: Store, digest: Digest) -> int:
     return (
         len(body) + manifest.config.size + sum(layer.size for layer in manifest.layers)
     )
+
+
+def pull_statistics(
+    store_path: Path | None = None, limit: int = 20
+) -> tuple[Totals, list[PullRecord]]:
+    """Return the totals of every recorded pull and the ``limit`` latest ones."""
+    root = store_path or default_store_path()
+    if store_path is None and not root.exists():
+        return Totals(0, 0, 0, 0, 0.0), []
+    store = Store(root, create=False)
+    history = PullHistory(store.root / INDEX_FILE)
+    try:
+        return history.totals(), history.recent(limit)
+    finally:
+        history.close()

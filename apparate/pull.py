@@ -22,7 +22,12 @@ from apparate.delta.assembler import (
     record_layer,
 )
 from apparate.digest import Digest
-from apparate.errors import ApparateError, ChunkedLayerError, DiffIDMismatch
+from apparate.errors import (
+    ApparateError,
+    ChunkedLayerError,
+    DiffIDMismatch,
+    StoreError,
+)
 from apparate.image import ResolvedImage, resolve_image
 from apparate.layers import DiffIDVerifier
 from apparate.manifest import (
@@ -40,6 +45,7 @@ from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from apparate.store.history import PullHistory
 from apparate.store.layout import BlobWriter, Store, default_store_path
 
 log = logging.getLogger(__name__)
@@ -94,7 +100,7 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
         index_digest = image.index.digest if image.index else None
         store.tag(str(ref), tagged, image.manifest.digest, index_digest)
     fetched = sum(layer.bytes_fetched for layer in layers)
-    return PullResult(
+    result = PullResult(
         reference=str(ref),
         digest=image.manifest.digest,
         platform=image.platform,
@@ -105,6 +111,21 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
         seconds=time.monotonic() - started,
         dry_run=options.dry_run,
     )
+    if not options.dry_run:
+        _record(store, result)
+    return result
+
+
+def _record(store: Store, result: PullResult) -> None:
+    """Add the pull to the store's history; a failure there does not fail it."""
+    try:
+        history = PullHistory(store.root / INDEX_FILE)
+        try:
+            history.record(result)
+        finally:
+            history.close()
+    except StoreError as error:
+        log.warning("%s: pull not recorded: %s", result.reference, error)
 
 
 def _store_metadata(store: Store, image: ResolvedImage) -> Descriptor:

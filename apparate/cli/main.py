@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import typer
 from typer.exceptions import TyperException
 
 from apparate import __version__
-from apparate.catalog import list_images
+from apparate.catalog import list_images, pull_statistics
 from apparate.chunked.writer import DEFAULT_LEVEL
 from apparate.cli.text import (
     LineObserver,
@@ -25,6 +26,7 @@ from apparate.cli.text import (
     format_table,
     human_size,
     short,
+    stats_report,
     summary_line,
 )
 from apparate.convert import ConvertOptions, LayerConversion, convert
@@ -247,6 +249,33 @@ def images_command(
         for image in images
     ]
     print(format_table(["REFERENCE", "DIGEST", "SIZE"], table))
+
+
+@app.command("stats")
+def stats_command(
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    limit: Annotated[
+        int, typer.Option("--limit", help="Number of recent pulls to list.")
+    ] = 20,
+) -> None:
+    """Show past pulls: bytes fetched and saved, and speed."""
+    with _errors_reported():
+        totals, records = pull_statistics(store, limit)
+
+    if as_json:
+        document = {
+            "pulls": totals.pulls,
+            "layer_bytes": totals.layer_bytes,
+            "bytes_fetched": totals.bytes_fetched,
+            "bytes_reused": totals.bytes_reused,
+            "bytes_saved": totals.bytes_saved,
+            "seconds": round(totals.seconds, 3),
+            "recent": [dataclasses.asdict(record) for record in records],
+        }
+        print(json.dumps(document, indent=2))
+        return
+    print(stats_report(totals, records))
 
 
 def _configure_logging(debug: bool, verbose: bool) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 import threading
+from datetime import UTC, datetime
 from typing import TextIO
 
 from apparate.digest import Digest
 from apparate.progress import PullObserver
 from apparate.result import PullResult
+from apparate.store.history import PullRecord, Totals
 
 
 def short(digest: Digest) -> str:
@@ -73,6 +75,34 @@ def dry_run_report(result: PullResult) -> str:
         f"reuse {human_size(result.bytes_reused)}"
     )
     return f"{table}\n{total}"
+
+
+def stats_report(totals: Totals, records: list[PullRecord]) -> str:
+    """Format the pull history: a table of recent pulls and the totals."""
+    rows = []
+    for record in records:
+        when = datetime.fromtimestamp(record.finished, UTC).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+        speed = record.bytes_fetched / record.seconds if record.seconds else 0.0
+        rows.append(
+            [
+                when,
+                record.reference,
+                human_size(record.bytes_fetched),
+                human_size(record.bytes_reused),
+                f"{record.seconds:.1f}",
+                f"{human_size(speed)}/s",
+            ]
+        )
+    header = ["FINISHED (UTC)", "REFERENCE", "FETCHED", "REUSED", "SECONDS", "SPEED"]
+    saved = totals.bytes_saved / totals.layer_bytes if totals.layer_bytes else 0.0
+    summary = (
+        f"{totals.pulls} pulls: fetched {human_size(totals.bytes_fetched)} of "
+        f"{human_size(totals.layer_bytes)} of layers, saved "
+        f"{human_size(totals.bytes_saved)} ({saved:.0%}), {totals.seconds:.1f} s"
+    )
+    return f"{format_table(header, rows)}\n{summary}"
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

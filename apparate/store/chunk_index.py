@@ -42,7 +42,8 @@ CREATE INDEX IF NOT EXISTS chunks_by_blob ON chunks (blob);
 SCHEMA_VERSION = 2
 LAYER = "layer"
 PACK = "pack"
-INDEX_FILE = "chunks.db"
+# The store's SQLite database, holding the chunk index and the pull history.
+INDEX_FILE = "apparate.db"
 BUSY_TIMEOUT_MS = 30_000
 _SIGNED = 1 << 63
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,21 @@ def test_dry_run_equals_following_pull(converted, tmp_path):
         f"{converted}:v1",
         f"{converted}:v2",
     ]
+
+
+def test_stats_report_recorded_pulls(converted, tmp_path):
+    store = tmp_path / "pull"
+    apparate.pull(f"{converted}:v1", PullOptions(store=store))
+    update = apparate.pull(f"{converted}:v2", PullOptions(store=store))
+    apparate_cli = Path(sys.executable).with_name("apparate")
+
+    done = subprocess.run(
+        [str(apparate_cli), "stats", "--json", "--store", str(store)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+    stats = json.loads(done.stdout)
+    assert stats["pulls"] == 2
+    assert stats["recent"][0]["reference"] == f"{converted}:v2"
+    assert stats["recent"][0]["bytes_fetched"] == update.bytes_fetched
+    assert stats["bytes_saved"] > 0

@@ -1,0 +1,103 @@
+"""The record of past pulls, kept in the store's SQLite database."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from apparate.errors import StoreError
+from apparate.result import PullResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pulls (
+    finished REAL NOT NULL,
+    reference TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    layer_bytes INTEGER NOT NULL,
+    bytes_fetched INTEGER NOT NULL,
+    bytes_reused INTEGER NOT NULL,
+    seconds REAL NOT NULL
+);
+"""
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class PullRecord:
+    """One finished pull: what it cost and what it saved."""
+
+    finished: float
+    reference: str
+    digest: str
+    layer_bytes: int
+    bytes_fetched: int
+    bytes_reused: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Sums over every recorded pull."""
+
+    pulls: int
+    layer_bytes: int
+    bytes_fetched: int
+    bytes_reused: int
+    seconds: float
+
+    @property
+    def bytes_saved(self) -> int:
+        """Bytes not fetched against pulling every layer whole."""
+        return max(self.layer_bytes - self.bytes_fetched, 0)
+
+
+class PullHistory:
+    """The ``pulls`` table of a store's database; close it when done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+            with self._db:
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open the pull history {path}: {error}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(self, result: PullResult, now: float | None = None) -> None:
+        """Add one finished pull."""
+        row = (
+            time.time() if now is None else now,
+            result.reference,
+            str(result.digest),
+            sum(layer.size for layer in result.layers),
+            result.bytes_fetched,
+            result.bytes_reused,
+            result.seconds,
+        )
+        try:
+            with self._db:
+                self._db.execute("INSERT INTO pulls VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"cannot record the pull in {self.path}: {error}"
+            ) from None
+
+    def recent(self, limit: int) -> list[PullRecord]:
+        """The last ``limit`` pulls, newest first."""
+        rows = self._db.execute(
+            "SELECT * FROM pulls ORDER BY finished DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [PullRecord(*row) for row in rows]
+
+    def totals(self) -> Totals:
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(layer_bytes), 0), "
+            "COALESCE(SUM(bytes_fetched), 0), COALESCE(SUM(bytes_reused), 0), "
+            "COALESCE(SUM(seconds), 0) FROM pulls"
+        ).fetchone()
+        return Totals(*row)
