@@ -21,12 +21,14 @@ from apparate.delta.assembler import (
     plan_remote,
     record_layer,
 )
-from apparate.digest import Digest
+from apparate.digest import Digest, DigestVerifier
 from apparate.errors import (
     ApparateError,
     ChunkedLayerError,
     DiffIDMismatch,
     StoreError,
+    TruncatedBody,
+    VerificationError,
 )
 from apparate.image import ResolvedImage, resolve_image
 from apparate.layers import DiffIDVerifier
@@ -314,13 +316,13 @@ class _LayerFetcher:
             if spent is not None:
                 self._observer.layer_done(layer.digest)
                 return spent
-            self._fetch_verified(layer, diff_id, subject, stopped, None)
+            downloaded = self._fetch_verified(layer, diff_id, subject, stopped, None)
             self._index_chunked(layer, subject)
         else:
-            self._fetch_packed(layer, diff_id, subject, stopped)
-        log.info("%s: stored, %d bytes", subject, layer.size)
+            downloaded = self._fetch_packed(layer, diff_id, subject, stopped)
+        log.info("%s: stored, %d bytes downloaded", subject, downloaded)
         self._observer.layer_done(layer.digest)
-        return layer.size
+        return downloaded
 
     def _fetch_delta(
         self, layer: Descriptor, diff_id: Digest, subject: str
@@ -365,14 +367,15 @@ class _LayerFetcher:
 
     def _fetch_packed(
         self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
-    ) -> None:
+    ) -> int:
         packer = LocalPacker(self._store, self._index, subject)
         try:
-            self._fetch_verified(layer, diff_id, subject, stopped, packer)
+            downloaded = self._fetch_verified(layer, diff_id, subject, stopped, packer)
         except BaseException:
             packer.abort()
             raise
         packer.finish(diff_id)
+        return downloaded
 
     def _fetch_verified(
         self,
@@ -381,14 +384,48 @@ class _LayerFetcher:
         subject: str,
         stopped: _Cancelled,
         packer: LocalPacker | None,
-    ) -> None:
+    ) -> int:
+        """Download a whole layer, verified; return the bytes downloaded.
+
+        Bytes kept from an interrupted pull are hashed again and not fetched
+        again. If the blob then fails verification, they are discarded too.
+        """
         tar_sink = packer.feed if packer else None
-        with self._store.ingest(layer.digest) as writer:
+        with self._store.resumable(layer.digest) as writer:
+            kept = getattr(writer, "existing", 0)
             diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject, tar_sink)
-            with _closing(diff_verifier):
-                self._download(layer, subject, writer, diff_verifier, stopped)
-                diff_verifier.verify()
-                writer.commit()
+            verifier = DigestVerifier(
+                layer.digest, subject, self._client.host, layer.size
+            )
+            try:
+                with _closing(diff_verifier):
+                    if kept:
+                        log.info("%s: resuming after %d stored bytes", subject, kept)
+                        self._replay(writer, verifier, diff_verifier, layer)
+                    self._download(
+                        layer, subject, writer, diff_verifier, stopped, verifier
+                    )
+                    diff_verifier.verify()
+                    writer.commit()
+            except VerificationError as error:
+                # Wrong bytes are dropped; a transfer that only broke off is
+                # kept for the next pull to finish.
+                if not isinstance(error, TruncatedBody):
+                    writer.discard()
+                raise
+        return layer.size - kept
+
+    def _replay(
+        self,
+        writer: BlobWriter,
+        verifier: DigestVerifier,
+        diff_verifier: DiffIDVerifier,
+        layer: Descriptor,
+    ) -> None:
+        for piece in writer.existing_pieces():  # type: ignore[attr-defined]
+            verifier.update(piece)
+            diff_verifier.update(piece)
+            self._observer.layer_progress(layer.digest, len(piece))
 
     def _index_chunked(self, layer: Descriptor, subject: str) -> None:
         """Record the chunks of a stored converted layer; it is its own pack."""
@@ -408,6 +445,7 @@ class _LayerFetcher:
         writer: BlobWriter,
         diff_verifier: DiffIDVerifier,
         stopped: _Cancelled,
+        verifier: DigestVerifier,
     ) -> None:
         def write(data: bytes) -> None:
             if self._cancelled.is_set():
@@ -416,4 +454,4 @@ class _LayerFetcher:
             diff_verifier.update(data)
             self._observer.layer_progress(layer.digest, len(data))
 
-        self._client.fetch_blob(layer, write, subject)
+        self._client.fetch_blob(layer, write, subject, verifier)

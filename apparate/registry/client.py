@@ -129,6 +129,7 @@ class RegistryClient:
         descriptor: Descriptor,
         write: Callable[[bytes], None],
         subject: str,
+        verifier: DigestVerifier | None = None,
     ) -> None:
         """Stream a blob into ``write``, resuming after dropped connections.
 
@@ -136,10 +137,13 @@ class RegistryClient:
         checked, so the caller keeps what it wrote provisional until this
         returns. A transfer that stops making progress is retried with
         growing pauses, ``MAX_STALLED_ATTEMPTS`` times in a row at most.
+        A ``verifier`` that already hashed the blob's first bytes (kept from
+        an earlier, interrupted pull) makes the download start after them.
         """
-        verifier = DigestVerifier(
-            descriptor.digest, subject, self.host, descriptor.size
-        )
+        if verifier is None:
+            verifier = DigestVerifier(
+                descriptor.digest, subject, self.host, descriptor.size
+            )
         use_range = True
         stalled = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):

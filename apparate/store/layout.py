@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ CONTAINERD_NAME = "io.containerd.image.name"
 SOURCE_MANIFEST = "dev.apparate.source-manifest"
 SOURCE_INDEX = "dev.apparate.source-index"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+PARTIAL_PREFIX = "partial-"
+PARTIAL_MAX_AGE = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,50 @@ class BlobWriter:
     def discard(self) -> None:
         self._file.close()
         self._path.unlink(missing_ok=True)
+
+
+class ResumableWriter(BlobWriter):
+    """A blob download that a later pull can finish after this one was killed.
+
+    Its file is ``ingest/partial-<hex>``; ``existing`` bytes are already
+    there from an earlier attempt. They are unverified: the caller hashes
+    them again before going on, and discards the file if the blob fails.
+    """
+
+    def __init__(
+        self, store: Store, digest: Digest, file: BinaryIO, path: Path
+    ) -> None:
+        self._store = store
+        self.digest = digest
+        self.committed = False
+        self._file, self._path = file, path
+        self._file.seek(0, os.SEEK_END)
+        self.existing = self._file.tell()
+        self.size = self.existing
+
+    def existing_pieces(self, piece_size: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes already in the file, from the start."""
+        with open(self._path, "rb") as earlier:
+            remaining = self.existing
+            while remaining > 0 and (piece := earlier.read(min(piece_size, remaining))):
+                remaining -= len(piece)
+                yield piece
+
+    def release(self) -> None:
+        """Keep the partial file for a later pull, and let others use it."""
+        self._file.close()
+
+
+def _open_partial(directory: Path, digest: Digest) -> tuple[BinaryIO, Path] | None:
+    """Open and lock the partial download of ``digest``; None if another holds it."""
+    path = directory / f"{PARTIAL_PREFIX}{digest.hex}"
+    file = open(path, "a+b")  # noqa: SIM115 - owned by the writer
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        return None
+    return file, path
 
 
 def _locked_temporary_file(directory: Path, digest: Digest) -> tuple[BinaryIO, Path]:
@@ -161,9 +208,17 @@ class Store:
         self._sweep_ingest()
 
     def _sweep_ingest(self) -> None:
-        """Delete partial blobs that no running process holds."""
+        """Delete partial blobs that no running process holds.
+
+        Resumable downloads (``partial-*``) are kept for a later pull to
+        finish, unless they are older than ``PARTIAL_MAX_AGE``.
+        """
+        now = time.time()
         for path in self.ingest_dir.iterdir():
             with contextlib.suppress(OSError), open(path, "rb") as partial:
+                resumable = path.name.startswith(PARTIAL_PREFIX)
+                if resumable and now - path.stat().st_mtime < PARTIAL_MAX_AGE:
+                    continue
                 fcntl.flock(partial, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 path.unlink()
 
@@ -198,6 +253,27 @@ class Store:
         finally:
             if not committed:
                 writer.discard()
+
+    @contextlib.contextmanager
+    def resumable(self, digest: Digest) -> Iterator[BlobWriter]:
+        """Yield a writer whose partial file outlives a failed or killed pull.
+
+        When another process is downloading the same blob, the writer is an
+        ordinary one that starts from nothing.
+        """
+        with _store_errors(f"cannot create a file in {self.ingest_dir}"):
+            self.blob_path(digest).parent.mkdir(parents=True, exist_ok=True)
+            opened = _open_partial(self.ingest_dir, digest)
+        if opened is None:
+            with self.ingest(digest) as writer:
+                yield writer
+            return
+        writer = ResumableWriter(self, digest, *opened)
+        try:
+            yield writer
+        finally:
+            if not writer.committed:
+                writer.release()
 
     def put_blob(self, data: bytes, digest: Digest) -> None:
         """Store a small blob whose digest the caller has already verified."""

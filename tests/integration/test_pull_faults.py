@@ -24,6 +24,7 @@ from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from tests.integration.push import Pusher, gzip_members, sha256, tar_of
+from tests.integration.throttle import throttled
 from tests.testbed.registry import RegistryHandle, blob_path, start_registry
 
 pytestmark = pytest.mark.integration
@@ -197,3 +198,34 @@ def test_killed_pull_leaves_consistent_store(registry_plain, tmp_path):
     assert [image.reference for image in apparate.list_images(store)] == [reference]
     assert list((store / "ingest").iterdir()) == []
     assert result.bytes_fetched <= sum(layer.size for layer in result.layers)
+
+
+def test_killed_pull_resumes_where_it_stopped(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    port = int(registry_plain.host.rsplit(":", 1)[1])
+    with throttled(port, 8 * 1024 * 1024) as slow_port:
+        slow = f"127.0.0.1:{slow_port}/samples/base:v1"
+        process = subprocess.Popen(
+            [APPARATE, "pull", "-q", "--store", str(store), slow],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(2.0)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    partials = list((store / "ingest").glob("partial-*"))
+    kept = sum(path.stat().st_size for path in partials)
+    finished = {path.name for path in (store / "blobs" / "sha256").iterdir()}
+    assert kept > 1_000_000, "the pull was killed before it stored anything"
+
+    result = apparate.pull(
+        f"{registry_plain.host}/samples/base:v1", PullOptions(store=store)
+    )
+
+    missing = sum(
+        layer.size for layer in result.layers if layer.digest.hex not in finished
+    )
+    assert result.bytes_fetched == missing - kept
+    assert list((store / "ingest").iterdir()) == []
+    for blob in (store / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name

@@ -1,0 +1,70 @@
+"""A TCP forwarder on 127.0.0.1 that slows replies down, to stand in for a slow link."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+PIECE = 16 * 1024
+
+
+@contextmanager
+def throttled(target_port: int, bytes_per_second: int) -> Iterator[int]:
+    """Forward a new local port to ``target_port``; yield the new port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_accept,
+        args=(listener, target_port, bytes_per_second, stop),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
+
+
+def _accept(
+    listener: socket.socket, target_port: int, rate: int, stop: threading.Event
+) -> None:
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            client, _ = listener.accept()
+        except (TimeoutError, OSError):
+            continue
+        try:
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+        except OSError:
+            client.close()
+            continue
+        for source, sink, pace in ((client, upstream, 0), (upstream, client, rate)):
+            threading.Thread(
+                target=_pump, args=(source, sink, pace, stop), daemon=True
+            ).start()
+
+
+def _pump(
+    source: socket.socket, sink: socket.socket, rate: int, stop: threading.Event
+) -> None:
+    try:
+        while not stop.is_set() and (data := source.recv(PIECE)):
+            sink.sendall(data)
+            if rate:
+                time.sleep(len(data) / rate)
+    except OSError:
+        pass
+    finally:
+        # Each pump closes both ends, so the pair goes away when either side does.
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            end.close()
