@@ -40,7 +40,7 @@ class LineObserver(PullObserver):
         self._say(f"{image}: resolved to {digest} ({platform})")
 
     def layer_planned(self, digest: Digest, size: int, stored: bool) -> None:
-        state = "already stored" if stored else "fetching"
+        state = "already stored" if stored else "missing, fetching what is needed"
         self._say(f"{short(digest)}: {state} ({human_size(size)})")
 
     def layer_done(self, digest: Digest) -> None:
