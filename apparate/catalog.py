@@ -58,7 +58,9 @@ def pull_statistics(
     if store_path is None and not root.exists():
         return Totals(0, 0, 0, 0, 0.0), []
     store = Store(root, create=False)
-    history = PullHistory(store.root / INDEX_FILE)
+    if not (store.root / INDEX_FILE).exists():
+        return Totals(0, 0, 0, 0, 0.0), []
+    history = PullHistory(store.root / INDEX_FILE, read_only=True)
     try:
         return history.totals(), history.recent(limit)
     finally:

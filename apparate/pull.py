@@ -26,6 +26,7 @@ from apparate.errors import (
     ApparateError,
     ChunkedLayerError,
     DiffIDMismatch,
+    ServerError,
     StoreError,
     TruncatedBody,
     VerificationError,
@@ -42,7 +43,11 @@ from apparate.manifest import (
 from apparate.platform import Platform
 from apparate.progress import PullObserver
 from apparate.reference import Reference
-from apparate.registry.client import RangesUnsupported, RegistryClient
+from apparate.registry.client import (
+    RangeFetchStopped,
+    RangesUnsupported,
+    RegistryClient,
+)
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
@@ -282,6 +287,10 @@ def _closing(verifier: DiffIDVerifier) -> Iterator[None]:
         verifier.close()
 
 
+class _StalePartial(Exception):
+    """Bytes kept from an earlier pull failed verification and were dropped."""
+
+
 class _Cancelled(ApparateError):
     """Another layer failed, so this one stopped early."""
 
@@ -311,43 +320,58 @@ class _LayerFetcher:
         stopped = _Cancelled(f"{subject}: stopped because another layer failed")
         if self._cancelled.is_set():
             raise stopped
-        if is_chunked_layer(layer.media_type, layer.annotations):
-            spent = self._fetch_delta(layer, diff_id, subject)
-            if spent is not None:
+        spent = 0
+        chunked = is_chunked_layer(layer.media_type, layer.annotations)
+        if chunked:
+            spent, stored = self._fetch_delta(layer, diff_id, subject)
+            if stored:
                 self._observer.layer_done(layer.digest)
                 return spent
-            downloaded = self._fetch_verified(layer, diff_id, subject, stopped, None)
+        try:
+            downloaded = spent + self._fetch_whole(layer, diff_id, subject, stopped)
+        except _StalePartial as stale:
+            log.warning(
+                "%s: bytes kept from an earlier pull were wrong (%s); downloading "
+                "it again", subject, stale.__cause__ or stale,
+            )  # fmt: skip
+            downloaded = spent + self._fetch_whole(layer, diff_id, subject, stopped)
+        if chunked:
             self._index_chunked(layer, subject)
-        else:
-            downloaded = self._fetch_packed(layer, diff_id, subject, stopped)
         log.info("%s: stored, %d bytes downloaded", subject, downloaded)
         self._observer.layer_done(layer.digest)
         return downloaded
 
     def _fetch_delta(
         self, layer: Descriptor, diff_id: Digest, subject: str
-    ) -> int | None:
+    ) -> tuple[int, bool]:
         """Rebuild a chunked layer from stored frames and fetched ranges.
 
-        Returns the bytes fetched, or None when the layer must be fetched
-        whole: a bad table, a server that ignores Range, or a rebuilt blob
-        that failed verification (nothing of it is kept).
+        Returns the bytes fetched and whether the layer is now stored. It is
+        not when it must be fetched whole: a bad table, a server that does
+        not serve ranges, a failed range, or a rebuilt blob that failed
+        verification (nothing of it is kept). The bytes count either way.
         """
         fetched = 0
+        assembler = Assembler(
+            self._client, self._store, layer, subject,
+            lambda count: self._observer.layer_progress(layer.digest, count),
+            self._cancelled,
+        )  # fmt: skip
         try:
             remote = fetch_table(self._client, layer, subject)
             fetched = len(remote.tail)
             plan = plan_remote(self._index, remote)
-            assembler = Assembler(
-                self._client, self._store, layer, subject,
-                lambda count: self._observer.layer_progress(layer.digest, count),
-            )  # fmt: skip
             with self._store.ingest(layer.digest) as writer:
                 assembler.assemble(remote, plan, diff_id, writer)
                 writer.commit()
-        except (ChunkedLayerError, DeltaUnavailable, RangesUnsupported) as error:
+        except RangeFetchStopped:
+            raise _Cancelled(f"{subject}: stopped because another layer failed")
+        except (
+            ChunkedLayerError, DeltaUnavailable, RangesUnsupported, TruncatedBody,
+            ServerError,
+        ) as error:  # fmt: skip
             log.warning("%s: fetching the whole layer: %s", subject, error)
-            return None
+            return fetched + assembler.bytes_fetched, False
         try:
             record_layer(
                 self._store, self._index, layer, remote.table, subject, checked=True
@@ -363,7 +387,14 @@ class _LayerFetcher:
             total,
             layer.size,
         )
-        return total
+        return total, True
+
+    def _fetch_whole(
+        self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
+    ) -> int:
+        if is_chunked_layer(layer.media_type, layer.annotations):
+            return self._fetch_verified(layer, diff_id, subject, stopped, None)
+        return self._fetch_packed(layer, diff_id, subject, stopped)
 
     def _fetch_packed(
         self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
@@ -391,7 +422,7 @@ class _LayerFetcher:
         again. If the blob then fails verification, they are discarded too.
         """
         tar_sink = packer.feed if packer else None
-        with self._store.resumable(layer.digest) as writer:
+        with self._store.resumable(layer.digest, layer.size) as writer:
             kept = getattr(writer, "existing", 0)
             diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject, tar_sink)
             verifier = DigestVerifier(
@@ -410,8 +441,11 @@ class _LayerFetcher:
             except VerificationError as error:
                 # Wrong bytes are dropped; a transfer that only broke off is
                 # kept for the next pull to finish.
-                if not isinstance(error, TruncatedBody):
-                    writer.discard()
+                if isinstance(error, TruncatedBody):
+                    raise
+                writer.discard()
+                if kept:
+                    raise _StalePartial(error) from None
                 raise
         return layer.size - kept
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -39,7 +39,7 @@ from apparate.delta.planner import (
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import ApparateError, ChunkCorrupt, ChunkTableCorrupt
 from apparate.manifest import Descriptor
-from apparate.registry.client import RegistryClient
+from apparate.registry.client import RangeFetchStopped, RegistryClient
 from apparate.store.chunk_index import LAYER, ChunkIndex
 from apparate.store.layout import BlobWriter, Store
 
@@ -68,15 +68,20 @@ def fetch_table(client: RegistryClient, layer: Descriptor, subject: str) -> Remo
     if footer is None:
         raise ChunkTableCorrupt(f"{subject}: no chunk table annotations")
     check_table_location(footer, layer.size, subject)
-    pieces: list[bytes] = []
+    tail = bytearray(layer.size - footer.table_offset)
+
+    def place(offset: int, data: bytes) -> None:
+        start = offset - footer.table_offset
+        tail[start : start + len(data)] = data
+
     client.fetch_range(
         layer,
         footer.table_offset,
         layer.size,
-        lambda _, data: pieces.append(data),
+        place,
         subject,
     )
-    tail = b"".join(pieces)
+    tail = bytes(tail)
     table = decode_table(tail[: footer.table_length], footer.table_digest, subject)
     if decode_footer(tail[footer.table_length :], layer.size, subject) != footer:
         raise ChunkTableCorrupt(f"{subject}: the footer and the annotations disagree")
@@ -126,6 +131,7 @@ class Assembler:
         layer: Descriptor,
         subject: str,
         on_fetched: Callable[[int], None],
+        cancelled: threading.Event | None = None,
     ) -> None:
         self._client = client
         self._store = store
@@ -133,6 +139,10 @@ class Assembler:
         self._subject = subject
         self._on_fetched = on_fetched
         self._lock = threading.Lock()
+        # Set by the first failed range; ``cancelled`` is set when the pull
+        # fails elsewhere. Either stops the ranges still running.
+        self._failed = threading.Event()
+        self._cancelled = cancelled
         self.bytes_fetched = 0
 
     def assemble(
@@ -215,19 +225,44 @@ class Assembler:
         return Encoder(int(table.encoder["level"])).compressor().compress(chunk)
 
     def _fetch(self, plan: Plan, writer: BlobWriter) -> None:
+        """Fetch the plan's ranges in parallel; the first failure stops the rest.
+
+        The error raised is the failure itself, not the stops it caused.
+        """
+
+        def write(offset: int, data: bytes) -> None:
+            writer.write_at(offset, data)
+            with self._lock:
+                self.bytes_fetched += len(data)
+            self._on_fetched(len(data))
+
         def fetch(start: int, end: int) -> None:
-            def write(offset: int, data: bytes) -> None:
-                writer.write_at(offset, data)
-                with self._lock:
-                    self.bytes_fetched += len(data)
-                self._on_fetched(len(data))
+            if self._stopped():
+                raise RangeFetchStopped()
+            self._client.fetch_range(
+                self._layer, start, end, write, self._subject, self._stopped
+            )
 
-            self._client.fetch_range(self._layer, start, end, write, self._subject)
+        pool = ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range")
+        futures = [pool.submit(fetch, r.start, r.end) for r in plan.ranges]
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                self._failed.set()
+                break
+        pool.shutdown(wait=True, cancel_futures=True)
+        errors = [
+            future.exception()
+            for future in futures
+            if not future.cancelled() and future.exception() is not None
+        ]
+        errors.sort(key=lambda error: isinstance(error, RangeFetchStopped))
+        if errors:
+            raise errors[0]
 
-        with ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range") as pool:
-            futures = [pool.submit(fetch, r.start, r.end) for r in plan.ranges]
-            for future in futures:
-                future.result()
+    def _stopped(self) -> bool:
+        return self._failed.is_set() or (
+            self._cancelled is not None and self._cancelled.is_set()
+        )
 
     def _copy_duplicates(
         self, table: ChunkTable, plan: Plan, writer: BlobWriter

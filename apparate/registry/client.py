@@ -146,6 +146,7 @@ class RegistryClient:
             )
         use_range = True
         stalled = 0
+        initial = verifier.bytes_read
         for attempt in range(1, MAX_ATTEMPTS + 1):
             before = verifier.bytes_read
             try:
@@ -159,9 +160,9 @@ class RegistryClient:
             except _RETRYABLE as error:
                 failure = str(error) or type(error).__name__
             except RegistryUnreachable as error:
-                # A registry that cannot be reached before any byte arrived is
-                # down, not a dropped transfer; there is nothing to resume.
-                if attempt == 1 and not verifier.bytes_read:
+                # A registry that cannot be reached before this call received
+                # any byte is down, not a dropped transfer.
+                if verifier.bytes_read == initial:
                     raise
                 failure = error.message
 
@@ -187,29 +188,40 @@ class RegistryClient:
         end: int,
         write: Callable[[int, bytes], None],
         subject: str,
+        stopped: Callable[[], bool] | None = None,
     ) -> None:
         """Fetch bytes ``start`` to ``end`` (exclusive) of a blob with one Range.
 
-        ``write`` receives each piece with its offset in the blob. A server
-        that answers with the whole blob (200) does not honour ranges for it:
-        the body is not read and RangesUnsupported is raised.
+        ``write`` receives each piece with its offset in the blob; after a
+        dropped connection the request resumes after the last byte written.
+        A server that answers with the whole blob (200) or rejects the range
+        (416) does not honour ranges for it: the body is not read and
+        RangesUnsupported is raised. When ``stopped()`` turns true the fetch
+        ends with RangeFetchStopped.
         """
-        received = start
+        position = [start]
+
+        def track(offset: int, data: bytes) -> None:
+            if stopped is not None and stopped():
+                raise RangeFetchStopped()
+            write(offset, data)
+            position[0] = offset + len(data)
+
         stalled = 0
-        while received < end:
-            before = received
+        while position[0] < end:
+            before = position[0]
             try:
-                received = self._read_range(descriptor, received, end, write, subject)
+                self._read_range(descriptor, position[0], end, track, subject)
                 failure = "the body ended early"
             except _RETRYABLE as error:
                 failure = str(error) or type(error).__name__
-            if received >= end:
+            if position[0] >= end:
                 return
-            stalled = 0 if received > before else stalled + 1
+            stalled = 0 if position[0] > before else stalled + 1
             if stalled >= MAX_STALLED_ATTEMPTS:
                 raise TruncatedBody(
                     f"{subject} from {self.host}: range {start}-{end - 1} stopped "
-                    f"at byte {received} ({failure})"
+                    f"at byte {position[0]} ({failure})"
                 )
             if stalled:
                 self._sleep(RETRY_PAUSE * 2 ** (stalled - 1))
@@ -221,12 +233,16 @@ class RegistryClient:
         end: int,
         write: Callable[[int, bytes], None],
         subject: str,
-    ) -> int:
+    ) -> None:
         path = f"/v2/{self.reference.repository}/blobs/{descriptor.digest}"
         headers = {**IDENTITY, "Range": f"bytes={start}-{end - 1}"}
         with self._stream("GET", path, headers, subject) as response:
-            if response.status_code == 200:
-                raise RangesUnsupported(f"{subject}: {self.host} ignored Range")
+            if response.status_code in (200, 416):
+                # Neither body is read: a 200 is the whole blob, and
+                # distribution's 416 announces more bytes than it sends.
+                raise RangesUnsupported(
+                    f"{subject}: {self.host} answered {response.status_code} to a range"
+                )
             if response.status_code != 206:
                 raise status_error(response, subject)
             content_range = response.headers.get("Content-Range", "")
@@ -241,7 +257,6 @@ class RegistryClient:
                 position += len(piece)
                 if position >= end:
                     break
-        return position
 
     def _fetch_from(
         self,
@@ -333,7 +348,11 @@ class RegistryClient:
 
 
 class RangesUnsupported(Exception):
-    """The server sent the whole blob for a range request; it was not read."""
+    """The server does not serve ranges of this blob; its answer was not read."""
+
+
+class RangeFetchStopped(Exception):
+    """Another part of the pull failed, so this range was abandoned."""
 
 
 class _RangeRejected(Exception):

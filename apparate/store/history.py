@@ -56,12 +56,17 @@ class Totals:
 class PullHistory:
     """The ``pulls`` table of a store's database; close it when done."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """Open the history; read-only, it writes nothing, not even the table."""
         self.path = path
         try:
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
-            with self._db:
-                self._db.executescript(SCHEMA)
+            if read_only:
+                uri = f"file:{path}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+            else:
+                self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+                with self._db:
+                    self._db.executescript(SCHEMA)
         except sqlite3.Error as error:
             raise StoreError(f"cannot open the pull history {path}: {error}") from None
 
@@ -89,15 +94,27 @@ class PullHistory:
 
     def recent(self, limit: int) -> list[PullRecord]:
         """The last ``limit`` pulls, newest first."""
-        rows = self._db.execute(
-            "SELECT * FROM pulls ORDER BY finished DESC LIMIT ?", (limit,)
-        ).fetchall()
+        rows = self._query("SELECT * FROM pulls ORDER BY finished DESC LIMIT ?", limit)
         return [PullRecord(*row) for row in rows]
 
     def totals(self) -> Totals:
-        row = self._db.execute(
+        rows = self._query(
             "SELECT COUNT(*), COALESCE(SUM(layer_bytes), 0), "
             "COALESCE(SUM(bytes_fetched), 0), COALESCE(SUM(bytes_reused), 0), "
             "COALESCE(SUM(seconds), 0) FROM pulls"
-        ).fetchone()
-        return Totals(*row)
+        )
+        return Totals(*rows[0]) if rows else Totals(0, 0, 0, 0, 0.0)
+
+    def _query(self, sql: str, *parameters: object) -> list[tuple]:
+        try:
+            return self._db.execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return []
+            raise StoreError(
+                f"cannot read the pull history {self.path}: {error}"
+            ) from None
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"cannot read the pull history {self.path}: {error}"
+            ) from None

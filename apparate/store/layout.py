@@ -73,7 +73,10 @@ class BlobWriter:
         both, since ``write`` buffers.
         """
         with _store_errors(f"cannot write blob {self.digest} to {self._path}"):
-            os.pwrite(self._file.fileno(), data, offset)
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(self._file.fileno(), view, offset)
+                view, offset = view[written:], offset + written
 
     def commit(self, digest: Digest | None = None) -> None:
         """Move the verified blob into ``blobs/``; only call after verifying.
@@ -117,12 +120,21 @@ class ResumableWriter(BlobWriter):
         self.size = self.existing
 
     def existing_pieces(self, piece_size: int = 1 << 20) -> Iterator[bytes]:
-        """The bytes already in the file, from the start."""
-        with open(self._path, "rb") as earlier:
-            remaining = self.existing
-            while remaining > 0 and (piece := earlier.read(min(piece_size, remaining))):
-                remaining -= len(piece)
-                yield piece
+        """The bytes already in the file, from the start, read through the lock."""
+        offset = 0
+        while offset < self.existing:
+            length = min(piece_size, self.existing - offset)
+            piece = os.pread(self._file.fileno(), length, offset)
+            if not piece:
+                return
+            offset += len(piece)
+            yield piece
+
+    def restart(self) -> None:
+        """Drop the bytes kept from an earlier pull and start from nothing."""
+        with _store_errors(f"cannot truncate {self._path}"):
+            self._file.truncate(0)
+        self.existing = self.size = 0
 
     def release(self) -> None:
         """Keep the partial file for a later pull, and let others use it."""
@@ -130,15 +142,26 @@ class ResumableWriter(BlobWriter):
 
 
 def _open_partial(directory: Path, digest: Digest) -> tuple[BinaryIO, Path] | None:
-    """Open and lock the partial download of ``digest``; None if another holds it."""
+    """Open and lock the partial download of ``digest``; None if another holds it.
+
+    Another process may commit or sweep the file between the open and the
+    lock, so the locked file must still be the one at the path.
+    """
     path = directory / f"{PARTIAL_PREFIX}{digest.hex}"
-    file = open(path, "a+b")  # noqa: SIM115 - owned by the writer
-    try:
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    for _ in range(10):
+        file = open(path, "a+b")  # noqa: SIM115 - owned by the writer
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(file.fileno()).st_ino:
+                return file, path
+        except FileNotFoundError:
+            pass
         file.close()
-        return None
-    return file, path
+    return None
 
 
 def _locked_temporary_file(directory: Path, digest: Digest) -> tuple[BinaryIO, Path]:
@@ -255,7 +278,7 @@ class Store:
                 writer.discard()
 
     @contextlib.contextmanager
-    def resumable(self, digest: Digest) -> Iterator[BlobWriter]:
+    def resumable(self, digest: Digest, size: int) -> Iterator[BlobWriter]:
         """Yield a writer whose partial file outlives a failed or killed pull.
 
         When another process is downloading the same blob, the writer is an
@@ -269,6 +292,8 @@ class Store:
                 yield writer
             return
         writer = ResumableWriter(self, digest, *opened)
+        if writer.existing > size:
+            writer.restart()
         try:
             yield writer
         finally:

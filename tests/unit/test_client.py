@@ -21,7 +21,7 @@ from apparate.errors import (
 )
 from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.reference import Reference
-from apparate.registry.client import RegistryClient
+from apparate.registry.client import RangesUnsupported, RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
 
@@ -478,3 +478,52 @@ def test_plain_http_only_when_allowed(tmp_path):
         assert c.get_manifest("v1", None).body == MANIFEST
 
     assert plain.call_count == 1
+
+
+def fetch_range(client: RegistryClient, start: int, end: int) -> bytes:
+    received = bytearray(end - start)
+
+    def place(offset: int, data: bytes) -> None:
+        received[offset - start : offset - start + len(data)] = data
+
+    client.fetch_range(blob_descriptor(), start, end, place, "blob x")
+    return bytes(received)
+
+
+@respx.mock
+def test_fetch_range_resumes_after_the_last_byte(client):
+    def partial_range(request: httpx.Request) -> httpx.Response:
+        first, last = request.headers["Range"].removeprefix("bytes=").split("-")
+        start, end = int(first), int(last) + 1
+        headers = {"Content-Range": f"bytes {start}-{end - 1}/{len(BLOB)}"}
+        if start == 100:
+            return httpx.Response(
+                206, headers=headers, stream=BrokenStream(BLOB[100:600])
+            )
+        return httpx.Response(206, headers=headers, content=BLOB[start:end])
+
+    route = respx.get(BLOB_PATH).mock(side_effect=partial_range)
+
+    assert fetch_range(client, 100, 5000) == BLOB[100:5000]
+
+    sent = [call.request.headers["Range"] for call in route.calls]
+    assert sent == ["bytes=100-4999", "bytes=600-4999"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, stream=UnreadableStream()),
+        httpx.Response(
+            416, headers={"Content-Length": "999"}, stream=UnreadableStream()
+        ),
+    ],
+)
+@respx.mock
+def test_fetch_range_unsupported_is_not_read(client, answer):
+    route = respx.get(BLOB_PATH).mock(return_value=answer)
+
+    with pytest.raises(RangesUnsupported):
+        fetch_range(client, 0, 100)
+
+    assert route.call_count == 1
