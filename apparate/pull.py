@@ -53,7 +53,7 @@ from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.history import PullHistory
-from apparate.store.layout import BlobWriter, Store, default_store_path
+from apparate.store.layout import PARTIAL_PREFIX, BlobWriter, Store, default_store_path
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,9 @@ def _plan_layers(
 
     The figures are what the pull fetches unless stored frames turn out to
     be damaged or a rebuilt layer fails verification, when it fetches more.
+    NOTE: a pull records each layer's chunks as soon as it is stored, so
+    when layers of one image share chunks a later layer may fetch less than
+    planned here; planning all layers against one snapshot would fix it.
     """
     planned: dict[Digest, int] = {}
     for layer in image.parsed.layers:
@@ -230,11 +233,24 @@ def _plan_layers(
     ]
 
 
+def _kept_bytes(store: Store, layer: Descriptor) -> int:
+    """Bytes of a layer kept from an interrupted pull, which a pull resumes after."""
+    partial = store.ingest_dir / f"{PARTIAL_PREFIX}{layer.digest.hex}"
+    try:
+        return min(partial.stat().st_size, layer.size)
+    except FileNotFoundError:
+        return 0
+
+
 def _planned_bytes(
-    client: RegistryClient, index: ChunkIndex, layer: Descriptor, image: str
+    client: RegistryClient,
+    store: Store,
+    index: ChunkIndex,
+    layer: Descriptor,
+    image: str,
 ) -> int:
     if not is_chunked_layer(layer.media_type, layer.annotations):
-        return layer.size
+        return layer.size - _kept_bytes(store, layer)
     subject = f"layer {layer.digest} of {image}"
     try:
         remote = fetch_table(client, layer, subject)
