@@ -390,7 +390,7 @@ def _write_converted(
     """Write the chunked blob of a stored layer into the store, checked."""
     encoder = Encoder(session.options.level)
     # Only frames of the images named for reuse: copying frames from
-    # whatever the store holds would make the output depend on the machine.
+    # whatever the store contains would make the output depend on the machine.
     frames = StoredFrames(
         session.store, session.index, kinds=(LAYER,), blobs=session.reuse_blobs
     )

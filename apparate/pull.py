@@ -210,16 +210,16 @@ def _plan_layers(
 
     The figures are what the pull fetches unless stored frames turn out to
     be damaged or a rebuilt layer fails verification, when it fetches more.
-    NOTE: a pull records each layer's chunks as soon as it is stored, so
-    when layers of one image share chunks a later layer may fetch less than
-    planned here; planning all layers against one snapshot would fix it.
+    NOTE: a pull records each layer's chunks as soon as it is stored. When
+    layers of one image share chunks, a later layer may then fetch less than
+    planned here. Planning all layers against one snapshot would fix it.
     """
     planned: dict[Digest, int] = {}
     for layer in image.parsed.layers:
         if layer.digest in planned or store.has_blob(layer.digest, layer.size):
             continue
         planned[layer.digest] = _planned_bytes(
-            client, index, layer, str(image.reference)
+            client, store, index, layer, str(image.reference)
         )
     return [
         LayerResult(

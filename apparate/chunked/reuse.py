@@ -20,7 +20,7 @@ class StoredFrames:
     A frame is handed out only after it decompressed to the chunk with the
     identity asked for, so a damaged store cannot slip into a new layer.
     ``kinds`` and ``blobs`` limit the blobs searched: a converter copies
-    frames only from the converted layers it was told to reuse.
+    frames only from the converted layers named for reuse.
     """
 
     def __init__(

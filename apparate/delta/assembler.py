@@ -309,7 +309,7 @@ def record_layer(
 ) -> None:
     """Record the chunks of a committed layer once every frame was checked.
 
-    ``checked`` says the caller already compared every frame with its entry.
+    ``checked`` means the caller already compared every frame with its entry.
     """
     if not checked:
         verify_blob_chunks(store.blob_path(layer.digest), table, subject)

@@ -93,7 +93,7 @@ class RegistryClient:
         except _RETRYABLE as error:
             raise transport_error(error, self.host, subject) from None
         if status != 200:
-            log.debug("HEAD %s answered %s, falling back to GET", path, status)
+            log.debug("HEAD %s returned %s, falling back to GET", path, status)
         return _parse_header_digest(header) if status == 200 else None
 
     def get_manifest(self, lookup: str, expected: Digest | None) -> FetchedManifest:
@@ -194,7 +194,7 @@ class RegistryClient:
 
         ``write`` receives each piece with its offset in the blob; after a
         dropped connection the request resumes after the last byte written.
-        A server that answers with the whole blob (200) or rejects the range
+        A server that responds with the whole blob (200) or rejects the range
         (416) does not honour ranges for it: the body is not read and
         RangesUnsupported is raised. When ``stopped()`` turns true the fetch
         ends with RangeFetchStopped.
@@ -241,7 +241,7 @@ class RegistryClient:
                 # Neither body is read: a 200 is the whole blob, and
                 # distribution's 416 announces more bytes than it sends.
                 raise RangesUnsupported(
-                    f"{subject}: {self.host} answered {response.status_code} to a range"
+                    f"{subject}: {self.host} responded {response.status_code} to a range"
                 )
             if response.status_code != 206:
                 raise status_error(response, subject)
@@ -348,7 +348,7 @@ class RegistryClient:
 
 
 class RangesUnsupported(Exception):
-    """The server does not serve ranges of this blob; its answer was not read."""
+    """The server does not serve ranges of this blob; its response was not read."""
 
 
 class RangeFetchStopped(Exception):
@@ -356,7 +356,7 @@ class RangeFetchStopped(Exception):
 
 
 class _RangeRejected(Exception):
-    """The server answered 416 to a resume; the next try asks for the whole blob."""
+    """The server rejected a resume with 416; the next try requests the whole blob."""
 
 
 def _bytes_to_skip(response: httpx.Response, offset: int, subject: str) -> int:

@@ -42,7 +42,7 @@ class RegistryWriter(RegistryClient):
         super().__init__(reference, settings, credentials, scopes=scopes)
 
     def blob_exists(self, descriptor: Descriptor) -> bool:
-        """Whether the repository already has the blob (HEAD)."""
+        """Check with HEAD whether the repository already has the blob."""
         path = f"/v2/{self.reference.repository}/blobs/{descriptor.digest}"
         subject = f"blob {descriptor.digest} of {self.image}"
         with (

@@ -93,7 +93,7 @@ class PullHistory:
             ) from None
 
     def recent(self, limit: int) -> list[PullRecord]:
-        """The last ``limit`` pulls, newest first."""
+        """Return the last ``limit`` pulls, newest first."""
         rows = self._query("SELECT * FROM pulls ORDER BY finished DESC LIMIT ?", limit)
         return [PullRecord(*row) for row in rows]
 

@@ -120,7 +120,7 @@ class ResumableWriter(BlobWriter):
         self.size = self.existing
 
     def existing_pieces(self, piece_size: int = 1 << 20) -> Iterator[bytes]:
-        """The bytes already in the file, from the start, read through the lock."""
+        """Yield the bytes already in the file, from the start, through the lock."""
         offset = 0
         while offset < self.existing:
             length = min(piece_size, self.existing - offset)
