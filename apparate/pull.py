@@ -17,6 +17,7 @@ from apparate.chunked.reader import read_stored_table
 from apparate.delta.assembler import (
     Assembler,
     DeltaUnavailable,
+    RangeJournal,
     fetch_table,
     plan_remote,
     record_layer,
@@ -377,9 +378,17 @@ class _LayerFetcher:
             remote = fetch_table(self._client, layer, subject)
             fetched = len(remote.tail)
             plan = plan_remote(self._index, remote)
-            with self._store.ingest(layer.digest) as writer:
-                assembler.assemble(remote, plan, diff_id, writer)
-                writer.commit()
+            with self._store.resumable(layer.digest, layer.size, "delta-") as writer:
+                journal = RangeJournal(writer.path)
+                try:
+                    assembler.assemble(remote, plan, diff_id, writer)
+                    writer.commit()
+                except DeltaUnavailable:
+                    writer.discard()
+                    raise
+                finally:
+                    if writer.committed or not writer.path.exists():
+                        journal.remove()
         except RangeFetchStopped:
             raise _Cancelled(f"{subject}: stopped because another layer failed")
         except (

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import xxhash
@@ -121,6 +122,52 @@ def plan_remote(index: ChunkIndex, remote: RemoteTable) -> Plan:
     return plan_layer(table, known_frames(index, table), can_recompress(table))
 
 
+class RangeJournal:
+    """The ranges already written into a partial rebuilt blob, one per line.
+
+    A pull killed during a rebuild leaves the partial file and this journal;
+    the next pull fetches only the ranges not listed. A range is listed once
+    all its bytes were written, and anything wrong is caught by the final
+    verification of the whole blob.
+    """
+
+    def __init__(self, partial: Path) -> None:
+        self.path = partial.with_name(partial.name + ".ranges")
+        self._lock = threading.Lock()
+        self._done = self._read()
+
+    def _read(self) -> list[tuple[int, int]]:
+        try:
+            lines = self.path.read_text().split()
+        except OSError:
+            return []
+        pairs = []
+        for line in lines:
+            start, _, end = line.partition("-")
+            if start.isdigit() and end.isdigit():
+                pairs.append((int(start), int(end)))
+        return pairs
+
+    def covered(self, start: int, end: int) -> bool:
+        return any(first <= start and end <= last for first, last in self._done)
+
+    def without_done(self, plan: Plan) -> Plan:
+        """The plan minus the ranges an earlier pull already wrote."""
+        remaining = [r for r in plan.ranges if not self.covered(r.start, r.end)]
+        if len(remaining) < len(plan.ranges):
+            log.info("resuming a rebuild: %d of %d ranges already written",
+                     len(plan.ranges) - len(remaining), len(plan.ranges))  # fmt: skip
+        return Plan(plan.sources, plan.local, plan.duplicates, remaining)
+
+    def done(self, start: int, end: int) -> None:
+        with self._lock, open(self.path, "a") as journal:
+            journal.write(f"{start}-{end}\n")
+        self._done.append((start, end))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class Assembler:
     """Write one layer blob from a plan, then verify it as a whole."""
 
@@ -150,15 +197,16 @@ class Assembler:
     ) -> None:
         """Fill ``writer`` with the layer blob, then check digest and diff_id."""
         table = remote.table
+        journal = RangeJournal(writer.path)
         failed = self._copy_local(table, plan, writer)
-        self._fetch(plan, writer)
+        self._fetch(journal.without_done(plan), writer, journal)
         if failed:
             log.info(
                 "%s: %d stored frames unusable, fetching them",
                 self._subject,
                 len(failed),
             )
-            self._fetch(replan_as_fetch(plan, failed, table), writer)
+            self._fetch(replan_as_fetch(plan, failed, table), writer, journal)
         self._copy_duplicates(table, plan, writer)
         writer.write_at(remote.table_offset, remote.tail)
         self._verify(writer, table, diff_id)
@@ -224,7 +272,7 @@ class Assembler:
             return None
         return Encoder(int(table.encoder["level"])).compressor().compress(chunk)
 
-    def _fetch(self, plan: Plan, writer: BlobWriter) -> None:
+    def _fetch(self, plan: Plan, writer: BlobWriter, journal: RangeJournal) -> None:
         """Fetch the plan's ranges in parallel; the first failure stops the rest.
 
         The error raised is the failure itself, not the stops it caused.
@@ -242,6 +290,7 @@ class Assembler:
             self._client.fetch_range(
                 self._layer, start, end, write, self._subject, self._stopped
             )
+            journal.done(start, end)
 
         pool = ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range")
         futures = [pool.submit(fetch, r.start, r.end) for r in plan.ranges]

@@ -141,15 +141,19 @@ class ResumableWriter(BlobWriter):
         self._file.close()
 
 
-def _open_partial(directory: Path, digest: Digest) -> tuple[BinaryIO, Path] | None:
+def _open_partial(
+    directory: Path, digest: Digest, kind: str = ""
+) -> tuple[BinaryIO, Path] | None:
     """Open and lock the partial download of ``digest``; None if another holds it.
 
     Another process may commit or sweep the file between the open and the
     lock, so the locked file must still be the one at the path.
     """
-    path = directory / f"{PARTIAL_PREFIX}{digest.hex}"
+    path = directory / f"{PARTIAL_PREFIX}{kind}{digest.hex}"
     for _ in range(10):
-        file = open(path, "a+b")  # noqa: SIM115 - owned by the writer
+        # Not O_APPEND: on Linux pwrite ignores its offset on such files.
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        file = os.fdopen(handle, "r+b")
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -278,15 +282,19 @@ class Store:
                 writer.discard()
 
     @contextlib.contextmanager
-    def resumable(self, digest: Digest, size: int) -> Iterator[BlobWriter]:
+    def resumable(
+        self, digest: Digest, size: int, kind: str = ""
+    ) -> Iterator[BlobWriter]:
         """Yield a writer whose partial file outlives a failed or killed pull.
 
-        When another process is downloading the same blob, the writer is an
+        ``kind`` keeps files written differently apart: a blob rebuilt from
+        ranges has holes, so it must not be resumed as a sequential download.
+        When another process is writing the same blob, the writer is an
         ordinary one that starts from nothing.
         """
         with _store_errors(f"cannot create a file in {self.ingest_dir}"):
             self.blob_path(digest).parent.mkdir(parents=True, exist_ok=True)
-            opened = _open_partial(self.ingest_dir, digest)
+            opened = _open_partial(self.ingest_dir, digest, kind)
         if opened is None:
             with self.ingest(digest) as writer:
                 yield writer

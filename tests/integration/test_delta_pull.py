@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import apparate
 from apparate.convert import ConvertOptions, convert
 from apparate.pull import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from tests.integration.throttle import throttled
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +123,28 @@ def test_stats_report_recorded_pulls(converted, tmp_path):
     assert stats["recent"][0]["reference"] == f"{converted}:v2"
     assert stats["recent"][0]["bytes_fetched"] == update.bytes_fetched
     assert stats["bytes_saved"] > 0
+
+
+def test_killed_rebuild_resumes(converted, fresh_registry, tmp_path):
+    store = tmp_path / "pull"
+    apparate.pull(f"{converted}:v1", PullOptions(store=store))
+    planned = apparate.pull(f"{converted}:v2", PullOptions(store=store, dry_run=True))
+    port = int(fresh_registry.host.rsplit(":", 1)[1])
+    repository = converted.split("/", 1)[1]
+    with throttled(port, 256 * 1024) as slow_port:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("apparate")), "pull", "-q",
+             "--store", str(store), f"127.0.0.1:{slow_port}/{repository}:v2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(3.0)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    journals = list((store / "ingest").glob("partial-delta-*.ranges"))
+    assert journals, "the pull was killed before it finished a range"
+
+    result = apparate.pull(f"{converted}:v2", PullOptions(store=store))
+
+    assert result.bytes_fetched < planned.bytes_fetched
+    assert list((store / "ingest").iterdir()) == []
+    assert_store_verified(store)
