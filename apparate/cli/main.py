@@ -60,6 +60,22 @@ DebugOption = Annotated[
     bool, typer.Option("--debug", help="Log each request and show tracebacks.")
 ]
 VerboseOption = Annotated[bool, typer.Option("-v", "--verbose", help="Log each layer.")]
+UsernameOption = Annotated[
+    str | None,
+    typer.Option("-u", "--username", help="User name for the registries involved."),
+]
+PasswordStdinOption = Annotated[
+    bool,
+    typer.Option("--password-stdin", help="Read the password from standard input."),
+]
+InsecureOption = Annotated[
+    list[str],
+    typer.Option(
+        "--insecure-registry",
+        help="Registry host allowed over plain HTTP "
+        "(repeatable; loopback hosts always are).",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -103,22 +119,9 @@ def pull_command(
         bool, typer.Option("-q", "--quiet", help="Print only the digest.")
     ] = False,
     as_json: JsonOption = False,
-    username: Annotated[
-        str | None,
-        typer.Option("-u", "--username", help="User name for the image's registry."),
-    ] = None,
-    password_stdin: Annotated[
-        bool,
-        typer.Option("--password-stdin", help="Read the password from standard input."),
-    ] = False,
-    insecure: Annotated[
-        list[str],
-        typer.Option(
-            "--insecure-registry",
-            help="Registry host allowed over plain HTTP "
-            "(repeatable; loopback hosts always are).",
-        ),
-    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    username: UsernameOption = None,
+    password_stdin: PasswordStdinOption = False,
+    insecure: InsecureOption = [],  # noqa: B006 - typer reads it, never mutates it
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -172,20 +175,9 @@ def convert_command(
     ] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
-    username: Annotated[
-        str | None,
-        typer.Option("-u", "--username", help="User name for both registries."),
-    ] = None,
-    password_stdin: Annotated[
-        bool,
-        typer.Option("--password-stdin", help="Read the password from standard input."),
-    ] = False,
-    insecure: Annotated[
-        list[str],
-        typer.Option(
-            "--insecure-registry", help="Registry host allowed over plain HTTP."
-        ),
-    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    username: UsernameOption = None,
+    password_stdin: PasswordStdinOption = False,
+    insecure: InsecureOption = [],  # noqa: B006 - typer reads it, never mutates it
     debug: DebugOption = False,
     verbose: VerboseOption = False,
 ) -> None:

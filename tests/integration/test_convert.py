@@ -8,7 +8,6 @@ import json
 import random
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,28 +21,13 @@ from apparate.pull import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.integration.push import Pusher
 from tests.testbed.containerd import ctr
-from tests.testbed.registry import RegistryHandle, start_registry
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("isolated_environment"),
+]
 
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
-
-
-@pytest.fixture(autouse=True)
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "home" / ".docker"))
-    monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
-
-
-@pytest.fixture
-def private_registry(tmp_path: Path, sample_images) -> Iterator[RegistryHandle]:
-    """A plain registry holding the samples, private to one test."""
-    handle = start_registry("plain", tmp_path / "registry", samples=sample_images)
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 def raw_manifest(reference: str) -> dict:

@@ -18,14 +18,10 @@ from apparate.pull import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.integration.throttle import throttled
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "home" / ".docker"))
-    monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("isolated_environment"),
+]
 
 
 @pytest.fixture

@@ -22,7 +22,10 @@ from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.testbed.registry import RegistryHandle
 from tests.testbed.samples import Samples
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("isolated_environment"),
+]
 
 KINDS = ["plain", "basic", "token", "redirect"]
 APPARATE = str(Path(sys.executable).with_name("apparate"))
@@ -31,17 +34,6 @@ APPARATE = str(Path(sys.executable).with_name("apparate"))
 @pytest.fixture(params=KINDS)
 def registry(request: pytest.FixtureRequest) -> RegistryHandle:
     return request.getfixturevalue(f"registry_{request.param}")
-
-
-@pytest.fixture(autouse=True)
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep this machine's docker config and CA folders out of the tests."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("DOCKER_CONFIG", str(home / ".docker"))
-    monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
-    monkeypatch.delenv("APPARATE_STORE", raising=False)
 
 
 def options_for(registry: RegistryHandle, store: Path, **extra) -> PullOptions:

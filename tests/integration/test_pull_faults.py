@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,29 +24,14 @@ from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from tests.integration.push import Pusher, gzip_members, sha256, tar_of
 from tests.integration.throttle import throttled
-from tests.testbed.registry import RegistryHandle, blob_path, start_registry
+from tests.testbed.registry import RegistryHandle, blob_path
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("isolated_environment"),
+]
 
 APPARATE = str(Path(sys.executable).with_name("apparate"))
-
-
-@pytest.fixture(autouse=True)
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "home" / ".docker"))
-    monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
-    monkeypatch.delenv("APPARATE_STORE", raising=False)
-
-
-@pytest.fixture
-def private_registry(tmp_path: Path, sample_images) -> Iterator[RegistryHandle]:
-    """A plain registry holding the samples, whose storage a test may damage."""
-    handle = start_registry("plain", tmp_path / "registry", samples=sample_images)
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 def assert_store_clean(store: Path) -> None:

@@ -1,0 +1,34 @@
+"""Fixtures shared by the integration tests of apparate itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.registry import RegistryHandle, start_registry
+from tests.testbed.samples import Samples
+
+
+@pytest.fixture
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep this machine's docker config, CA folders and store out of a test."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("DOCKER_CONFIG", str(home / ".docker"))
+    monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
+    monkeypatch.delenv("APPARATE_STORE", raising=False)
+
+
+@pytest.fixture
+def private_registry(
+    tmp_path: Path, sample_images: Samples
+) -> Iterator[RegistryHandle]:
+    """A plain registry holding the samples, whose storage a test may damage."""
+    handle = start_registry("plain", tmp_path / "registry", samples=sample_images)
+    try:
+        yield handle
+    finally:
+        handle.stop()
