@@ -54,7 +54,7 @@ from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.history import PullHistory
-from apparate.store.layout import PARTIAL_PREFIX, BlobWriter, Store, default_store_path
+from apparate.store.layout import BlobWriter, Store, default_store_path
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _plan_layers(
 
 def _kept_bytes(store: Store, layer: Descriptor) -> int:
     """Bytes of a layer kept from an interrupted pull, which a pull resumes after."""
-    partial = store.ingest_dir / f"{PARTIAL_PREFIX}{layer.digest.hex}"
+    partial = store.partial_path(layer.digest)
     try:
         return min(partial.stat().st_size, layer.size)
     except FileNotFoundError:

@@ -141,15 +141,12 @@ class ResumableWriter(BlobWriter):
         self._file.close()
 
 
-def _open_partial(
-    directory: Path, digest: Digest, kind: str = ""
-) -> tuple[BinaryIO, Path] | None:
-    """Open and lock the partial download of ``digest``; None if another holds it.
+def _open_partial(path: Path) -> tuple[BinaryIO, Path] | None:
+    """Open and lock a partial download; return None if another process has it.
 
     Another process may commit or sweep the file between the open and the
     lock, so the locked file must still be the one at the path.
     """
-    path = directory / f"{PARTIAL_PREFIX}{kind}{digest.hex}"
     for _ in range(10):
         # Not O_APPEND: on Linux pwrite ignores its offset on such files.
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
@@ -281,6 +278,10 @@ class Store:
             if not committed:
                 writer.discard()
 
+    def partial_path(self, digest: Digest, kind: str = "") -> Path:
+        """Return the file in which an interrupted download of a blob is kept."""
+        return self.ingest_dir / f"{PARTIAL_PREFIX}{kind}{digest.hex}"
+
     @contextlib.contextmanager
     def resumable(
         self, digest: Digest, size: int, kind: str = ""
@@ -294,7 +295,7 @@ class Store:
         """
         with _store_errors(f"cannot create a file in {self.ingest_dir}"):
             self.blob_path(digest).parent.mkdir(parents=True, exist_ok=True)
-            opened = _open_partial(self.ingest_dir, digest, kind)
+            opened = _open_partial(self.partial_path(digest, kind))
         if opened is None:
             with self.ingest(digest) as writer:
                 yield writer
