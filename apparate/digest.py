@@ -50,7 +50,7 @@ class DigestVerifier:
     """Hash bytes as they stream by and check them against an expected digest.
 
     ``subject`` names what is hashed (``layer sha256:ab.. of IMAGE``) and
-    ``source`` where it came from, so a mismatch says both.
+    ``source`` where it came from, so a mismatch names both.
     """
 
     def __init__(

@@ -105,7 +105,7 @@ def fetch_manifest(
 ) -> FetchedManifest:
     """Read a manifest from the store when its digest is known, else GET it.
 
-    For a tag, HEAD asks the registry which digest it points to first, so
+    For a tag, a HEAD request returns the digest it points to first, so
     an unchanged image costs no GET (Docker Hub counts GETs against limits).
     """
     digest = expected or client.head_manifest(lookup)

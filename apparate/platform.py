@@ -54,7 +54,7 @@ class Platform:
 
     @classmethod
     def host(cls) -> Platform:
-        """The platform of this machine."""
+        """Return the platform of this machine."""
         os_name = "linux" if sys.platform.startswith("linux") else sys.platform
         return cls.normalised(os_name, host_platform.machine().lower())
 

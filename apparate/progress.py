@@ -1,4 +1,4 @@
-"""What a pull reports while it runs; the CLI renders it, the API may ignore it."""
+"""Milestones a pull reports while it runs; the CLI renders them, the API may not."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ class PullObserver:
     """
 
     def resolved(self, image: str, digest: Digest, platform: str) -> None:
-        """The reference was resolved to one image manifest."""
+        """Report that the reference was resolved to one image manifest."""
 
     def layer_planned(self, digest: Digest, size: int, stored: bool) -> None:
-        """A layer is part of the image; ``stored`` when it needs no fetch."""
+        """Report a layer of the image; ``stored`` is true when it needs no fetch."""
 
     def layer_progress(self, digest: Digest, received: int) -> None:
         """``received`` more bytes of a layer arrived."""
 
     def layer_done(self, digest: Digest) -> None:
-        """A layer was verified and stored."""
+        """Report that a layer was verified and stored."""

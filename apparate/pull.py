@@ -277,7 +277,7 @@ def _check_repeated_layers(
 def _wait_all(futures: list[Future[int]], cancelled: threading.Event) -> None:
     """Wait for every layer; on the first failure stop the rest and raise it.
 
-    Layers that failed only because they were told to stop are not the cause,
+    Layers that failed only because they were stopped are not the cause,
     so another layer's error is preferred to theirs.
     """
     done, pending = wait(futures, return_when=FIRST_EXCEPTION)

@@ -180,7 +180,7 @@ def _check_path(text: str, path: str) -> None:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether a registry host (with optional port) is on this machine."""
+    """Tell whether a registry host (with optional port) is on this machine."""
     name = host
     if host.startswith("["):
         name = host[1 : host.find("]")]

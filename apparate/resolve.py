@@ -10,7 +10,7 @@ ATTESTATION_TYPE_KEY = "vnd.docker.reference.type"
 
 
 def is_attestation(entry: Descriptor) -> bool:
-    """Whether an index entry is a build attestation rather than an image."""
+    """Tell whether an index entry is a build attestation rather than an image."""
     if entry.annotations.get(ATTESTATION_TYPE_KEY) == "attestation-manifest":
         return True
     platform = entry.platform
@@ -31,7 +31,7 @@ def select_manifest(index: Index, wanted: Platform, image: str) -> Descriptor:
     """Return the entry that best runs on ``wanted``; the first wins among equals.
 
     An entry without a platform is taken only when no entry names a match,
-    as containerd does; its config tells the caller what it really is.
+    as containerd does, and its config shows the caller what it really is.
     """
     best: tuple[int, int, Descriptor] | None = None
     entries = image_entries(index)

@@ -74,7 +74,7 @@ def blob_path(layout: Path, digest: str) -> Path:
 
 
 def big_layer(cache: Path) -> Path:
-    """A tar of real files from /usr, about 1 GB, repeated if /usr is smaller."""
+    """Build (once) a tar of real files from /usr, about 1 GB, repeating if needed."""
     path = cache / "big-layer.tar"
     if path.exists() and path.stat().st_size >= BIG_LAYER_BYTES:
         return path

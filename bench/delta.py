@@ -1,9 +1,9 @@
 """Time an update pull (v1 held, v2 wanted) with apparate and with skopeo.
 
 The sample images are converted once into a test-bed registry on 127.0.0.1.
-apparate pulls converted v2 into a store that holds converted v1; skopeo
+apparate pulls converted v2 into a store that contains converted v1, and skopeo
 copies the original v2 into an empty OCI layout (a full pull) and into a
-layout that holds v1 (reusing layers, as docker does). Bytes are what
+layout that contains v1 (reusing layers, as docker does). Bytes are what
 crossed the network: apparate's own count, and for skopeo the layer blobs
 it wrote that were not in the layout before. Run it through ``scripts/bench``.
 """
@@ -62,7 +62,7 @@ def timed(prepare: Callable[[], None], run: Callable[[], int]) -> tuple[float, i
 def scenarios(
     host: str, scratch: Path
 ) -> dict[str, tuple[Callable[[], None], Callable[[], int]]]:
-    """Each scenario: how to set up its destination, and the timed pull."""
+    """Return each scenario: how to set up its destination, and the timed pull."""
     store, layout = scratch / "store", scratch / "layout"
     original, converted = f"{host}/samples/base", f"{host}/converted/base"
 

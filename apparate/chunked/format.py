@@ -39,7 +39,7 @@ ANNOTATION_TABLE_DIGEST = "dev.apparate.chunked.table-digest"
 
 
 def chunk_identity(data: bytes) -> bytes:
-    """The first 16 bytes of the chunk's sha256: how chunks are recognised."""
+    """Return the first 16 bytes of the chunk's sha256, which identify a chunk."""
     return hashlib.sha256(data).digest()[:IDENTITY_BYTES]
 
 
@@ -75,7 +75,7 @@ class ChunkTable:
 
 @dataclass(frozen=True)
 class Footer:
-    """Where the table frame is and the sha256 of its bytes."""
+    """The table frame's offset and length, and the sha256 of its bytes."""
 
     table_offset: int
     table_length: int
@@ -204,7 +204,7 @@ ZSTD_LAYER_TYPES = (
 
 
 def is_chunked_layer(media_type: str, annotations: dict[str, str]) -> bool:
-    """Whether a layer descriptor names a chunked layer (of any version)."""
+    """Tell whether a layer descriptor names a chunked layer (of any version)."""
     return media_type in ZSTD_LAYER_TYPES and ANNOTATION_VERSION in annotations
 
 

@@ -120,7 +120,7 @@ def iter_chunks(blob: BinaryIO, table: ChunkTable, subject: str) -> Iterator[byt
 
 
 def file_range_reader(blob: BinaryIO) -> ReadRange:
-    """A ``ReadRange`` over a seekable file."""
+    """Return a ``ReadRange`` over a seekable file."""
 
     def read_range(offset: int, length: int) -> bytes:
         blob.seek(offset)

@@ -41,7 +41,7 @@ class Encoder:
     level: int = DEFAULT_LEVEL
 
     def record(self) -> dict[str, Any]:
-        """The encoder record: frames are reproducible only under equal records."""
+        """Return the encoder record; frames are reproducible only under equal records."""
         return {
             "library": "libzstd",
             "version": ".".join(str(part) for part in zstandard.ZSTD_VERSION),
@@ -66,7 +66,7 @@ class FrameSource(Protocol):
 
 @dataclass(frozen=True)
 class ConvertedLayer:
-    """What the writer produced: the blob's digest and size, and its table."""
+    """The writer's output: the blob's digest and size, and its table."""
 
     digest: Digest
     size: int

@@ -21,7 +21,7 @@ class Chunker(Protocol):
         ...
 
     def parameters(self) -> dict[str, int | str]:
-        """The settings a reader needs to cut exactly where this chunker cuts."""
+        """Return the settings a reader needs to cut exactly where this chunker cuts."""
         ...
 
 

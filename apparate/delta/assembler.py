@@ -152,7 +152,7 @@ class RangeJournal:
         return any(first <= start and end <= last for first, last in self._done)
 
     def without_done(self, plan: Plan) -> Plan:
-        """The plan minus the ranges an earlier pull already wrote."""
+        """Return the plan minus the ranges an earlier pull already wrote."""
         remaining = [r for r in plan.ranges if not self.covered(r.start, r.end)]
         if len(remaining) < len(plan.ranges):
             log.info("resuming a rebuild: %d of %d ranges already written",

@@ -1,7 +1,7 @@
 """Plan how to rebuild a chunked layer: which frames are local, which to fetch.
 
-Pure logic: a chunk table and the frames the local chunk index lists go in;
-the source of every frame and the byte ranges to request come out. Ranges are
+This is pure logic. A chunk table and the frames the local chunk index lists
+go in, and the source of every frame and the byte ranges to request come out. Ranges are
 single ranges only (many registries and CDNs reject multi-range requests):
 adjacent frames are merged, and a small gap between two missing frames is
 fetched rather than split into two requests.

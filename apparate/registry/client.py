@@ -360,7 +360,7 @@ class _RangeRejected(Exception):
 
 
 def _bytes_to_skip(response: httpx.Response, offset: int, subject: str) -> int:
-    """How many leading bytes of the body were already received.
+    """Return how many leading bytes of the body were already received.
 
     Raises _RangeRejected after a 416 and ApparateError for other failures.
     """

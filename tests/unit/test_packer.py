@@ -77,6 +77,8 @@ def test_pack_of_changed_layer_round_trips(tmp_path):
 
         second_digest = second.finish(Digest.of(changed))
 
-    assert first_digest and second_digest and first_digest != second_digest
+    assert first_digest is not None
+    assert second_digest is not None
+    assert first_digest != second_digest
     assert read_pack(store, second_digest) == changed
     assert store.blob_path(second_digest).stat().st_size > FOOTER_SIZE
