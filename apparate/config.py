@@ -1,0 +1,151 @@
+"""User settings from ``config.toml`` in apparate's config directory.
+
+The file is optional; every setting has a default. ``APPARATE_CONFIG`` names
+another file. Example::
+
+    into = "containerd"            # where pulls import images: see --into
+    max_store_size = "20G"         # gc after each pull down to this size
+    stall_timeout = 10             # seconds without a byte before a source is left
+
+    [registries."docker.io"]
+    mirrors = [
+        "https://mirror.example",
+        { url = "http://127.0.0.1:5001", resolve = true },
+    ]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from apparate.errors import UsageError
+
+DEFAULT_STALL_TIMEOUT = 10.0
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A source of one registry's content, by digest only unless ``resolve`` is set."""
+
+    url: str
+    resolve: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings read from ``config.toml``, with defaults for those it omits."""
+
+    into: str | None = None
+    max_store_size: int | None = None
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    mirrors: Mapping[str, tuple[Mirror, ...]] = field(default_factory=dict)
+    path: Path | None = None
+
+    def mirrors_of(self, registry: str) -> tuple[Mirror, ...]:
+        return self.mirrors.get(registry, ())
+
+
+def config_path(env: Mapping[str, str] = os.environ) -> Path:
+    """``APPARATE_CONFIG``, else ``config.toml`` in the user config directory."""
+    if env.get("APPARATE_CONFIG"):
+        return Path(env["APPARATE_CONFIG"])
+    return platformdirs.user_config_path("apparate") / "config.toml"
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the settings file; a missing file gives the defaults."""
+    path = path or config_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return Config(path=path)
+    except OSError as error:
+        raise _invalid(path, f"cannot read it: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise _invalid(path, str(error)) from None
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
+    known = {"into", "max_store_size", "stall_timeout", "registries"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise _invalid(path, f"unknown setting {unknown[0]!r}")
+    into = data.get("into")
+    if into is not None and not isinstance(into, str):
+        raise _invalid(path, "into must be a string")
+    size = data.get("max_store_size")
+    stall = data.get("stall_timeout", DEFAULT_STALL_TIMEOUT)
+    if not isinstance(stall, int | float) or isinstance(stall, bool) or stall <= 0:
+        raise _invalid(path, "stall_timeout must be a positive number of seconds")
+    return Config(
+        into=into,
+        max_store_size=None if size is None else _size(size, path),
+        stall_timeout=float(stall),
+        mirrors=_registries(data.get("registries", {}), path),
+        path=path,
+    )
+
+
+def parse_size(text: str) -> int:
+    """Read a size such as ``500M``, ``20G``, ``1.5GiB`` or ``1000`` (bytes)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use a number with K, M, G or T)")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def _size(value: object, path: Path | None) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except ValueError as error:
+            raise _invalid(path, f"max_store_size: {error}") from None
+    raise _invalid(path, "max_store_size must be a size such as \"20G\"")
+
+
+def _registries(value: object, path: Path | None) -> dict[str, tuple[Mirror, ...]]:
+    if not isinstance(value, dict):
+        raise _invalid(path, "registries must be a table of registry hosts")
+    mirrors: dict[str, tuple[Mirror, ...]] = {}
+    for host, settings in value.items():
+        if not isinstance(settings, dict) or set(settings) - {"mirrors"}:
+            raise _invalid(path, f"registries.{host} takes only a mirrors list")
+        entries = settings.get("mirrors", [])
+        if not isinstance(entries, list):
+            raise _invalid(path, f"registries.{host}.mirrors must be a list")
+        mirrors[host] = tuple(_mirror(entry, host, path) for entry in entries)
+    return mirrors
+
+
+def _mirror(entry: object, host: str, path: Path | None) -> Mirror:
+    if isinstance(entry, str):
+        entry = {"url": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+        raise _invalid(path, f"a mirror of {host} needs a url")
+    if set(entry) - {"url", "resolve"}:
+        raise _invalid(path, f"a mirror of {host} takes only url and resolve")
+    url = entry["url"].rstrip("/")
+    if not url.startswith(("https://", "http://")):
+        raise _invalid(path, f"mirror {url!r} of {host} must start with https:// or http://")
+    return Mirror(url, bool(entry.get("resolve", False)))
+
+
+def _invalid(path: Path | None, detail: str) -> UsageError:
+    where = str(path) if path else "the configuration"
+    return UsageError(f"{where}: {detail}", hint="fix or remove the file")
