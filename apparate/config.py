@@ -39,6 +39,8 @@ class Mirror:
 
     url: str
     resolve: bool = False
+    # The URL's path is the API root itself, not a prefix before /v2.
+    override_path: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from apparate.chunked.format import is_chunked_layer
 from apparate.chunked.packer import LocalPacker
 from apparate.chunked.reader import read_stored_table
+from apparate.config import Config, load_config
 from apparate.delta.assembler import (
     Assembler,
     DeltaUnavailable,
@@ -25,8 +26,12 @@ from apparate.delta.assembler import (
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import (
     ApparateError,
+    AuthError,
     ChunkedLayerError,
     DiffIDMismatch,
+    DigestMismatch,
+    NotFound,
+    RegistryError,
     ServerError,
     StoreError,
     TruncatedBody,
@@ -44,14 +49,12 @@ from apparate.manifest import (
 from apparate.platform import Platform
 from apparate.progress import PullObserver
 from apparate.reference import Reference
-from apparate.registry.client import (
-    RangeFetchStopped,
-    RangesUnsupported,
-    RegistryClient,
-)
+from apparate.registry.client import RangeFetchStopped, RangesUnsupported
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
+from apparate.sources.pool import SourcePool
+from apparate.sources.selection import list_sources, open_pool, save_figures
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.history import PullHistory
 from apparate.store.layout import BlobWriter, Store, default_store_path
@@ -76,6 +79,10 @@ class PullOptions:
     # Work out what would be fetched (chunk tables included) without
     # fetching layers or changing the store.
     dry_run: bool = False
+    # Mirrors given on the command line, tried before those of config.toml.
+    mirrors: Iterable[str] = ()
+    # Settings from config.toml; None reads the file.
+    config: Config | None = None
     observer: PullObserver = field(default_factory=PullObserver)
 
 
@@ -88,20 +95,19 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     settings = TransportSettings.from_environment(options.insecure_registries)
     credentials = CredentialStore.from_environment(options.credentials)
     wanted = options.platform or Platform.host()
+    config = options.config or load_config()
+    figures = None if options.dry_run else store.root / INDEX_FILE
+    specs = list_sources(ref, options.mirrors, config)
+    pool = open_pool(ref, specs, settings, credentials, config.stall_timeout, figures)
 
-    with (
-        RegistryClient(ref, settings, credentials) as client,
-        ChunkIndex(store.root / INDEX_FILE) as index,
-    ):
-        image = resolve_image(
-            client, store, ref, wanted, options.platform is not None,
-            options.check_platform,
-        )  # fmt: skip
+    with contextlib.closing(pool), ChunkIndex(store.root / INDEX_FILE) as index:
+        image = _resolve(pool, store, ref, wanted, options)
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
         if options.dry_run:
-            layers = _plan_layers(client, store, index, image)
+            layers = _plan_layers(pool, store, index, image)
         else:
-            layers = _fetch_layers(client, store, index, image, options)
+            layers = _fetch_layers(pool, store, index, image, options)
+        save_figures(pool, figures)
 
     if not options.dry_run:
         tagged = _store_metadata(store, image)
@@ -118,10 +124,40 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
         bytes_fetched=fetched,
         seconds=time.monotonic() - started,
         dry_run=options.dry_run,
+        bytes_by_source=pool.bytes_by_source(),
+        warnings=list(pool.warnings),
     )
     if not options.dry_run:
         _record(store, result)
     return result
+
+
+def _resolve(
+    pool: SourcePool,
+    store: Store,
+    ref: Reference,
+    wanted: Platform,
+    options: PullOptions,
+) -> ResolvedImage:
+    """Resolve the image at the first source allowed to that answers.
+
+    Mirrors allowed to resolve tags are asked first, the origin last. A
+    mirror that fails is left with a warning.
+    """
+    resolvers = pool.resolvers()
+    for source in resolvers:
+        try:
+            return resolve_image(
+                source.client, store, ref, wanted, options.platform is not None,
+                options.check_platform,
+            )  # fmt: skip
+        except (AuthError, NotFound, RegistryError, VerificationError) as error:
+            if source is pool.origin:
+                raise
+            message = f"{ref}: mirror {source.name} could not resolve it ({error})"
+            pool.warnings.append(message)
+            log.warning("%s; asking the next source", message)
+    raise AssertionError("the origin is always a resolver")
 
 
 def _record(store: Store, result: PullResult) -> None:
@@ -156,7 +192,7 @@ def _store_metadata(store: Store, image: ResolvedImage) -> Descriptor:
 
 
 def _fetch_layers(
-    client: RegistryClient,
+    pool: SourcePool,
     store: Store,
     index: ChunkIndex,
     image: ResolvedImage,
@@ -179,7 +215,7 @@ def _fetch_layers(
     _check_repeated_layers(layers, image.diff_ids, str(image.reference))
     cancelled = threading.Event()
     fetcher = _LayerFetcher(
-        client, store, index, str(image.reference), observer, cancelled
+        pool, store, index, str(image.reference), observer, cancelled
     )
     unique = list(
         {layer.digest: (layer, diff_id) for layer, diff_id in missing}.values()
@@ -187,8 +223,8 @@ def _fetch_layers(
     fetched: dict[Digest, int] = {}
     if unique:
         workers = max(1, min(options.parallel_layers, len(unique)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
-            futures = [pool.submit(fetcher.fetch, *item) for item in unique]
+        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as executor:
+            futures = [executor.submit(fetcher.fetch, *item) for item in unique]
             _wait_all(futures, cancelled)
         for (layer, _), future in zip(unique, futures, strict=True):
             fetched[layer.digest] = future.result()
@@ -205,7 +241,7 @@ def _fetch_layers(
 
 
 def _plan_layers(
-    client: RegistryClient, store: Store, index: ChunkIndex, image: ResolvedImage
+    pool: SourcePool, store: Store, index: ChunkIndex, image: ResolvedImage
 ) -> list[LayerResult]:
     """Report what a pull would fetch per layer, fetching only chunk tables.
 
@@ -220,7 +256,7 @@ def _plan_layers(
         if layer.digest in planned or store.has_blob(layer.digest, layer.size):
             continue
         planned[layer.digest] = _planned_bytes(
-            client, store, index, layer, str(image.reference)
+            pool, store, index, layer, str(image.reference)
         )
     return [
         LayerResult(
@@ -244,7 +280,7 @@ def _kept_bytes(store: Store, layer: Descriptor) -> int:
 
 
 def _planned_bytes(
-    client: RegistryClient,
+    pool: SourcePool,
     store: Store,
     index: ChunkIndex,
     layer: Descriptor,
@@ -254,7 +290,7 @@ def _planned_bytes(
         return layer.size - _kept_bytes(store, layer)
     subject = f"layer {layer.digest} of {image}"
     try:
-        remote = fetch_table(client, layer, subject)
+        remote = fetch_table(pool, layer, subject)
     except (ChunkedLayerError, RangesUnsupported) as error:
         log.warning("%s: would fetch the whole layer: %s", subject, error)
         return layer.size
@@ -317,14 +353,14 @@ class _LayerFetcher:
 
     def __init__(
         self,
-        client: RegistryClient,
+        pool: SourcePool,
         store: Store,
         index: ChunkIndex,
         image: str,
         observer: PullObserver,
         cancelled: threading.Event,
     ) -> None:
-        self._client = client
+        self._pool = pool
         self._store = store
         self._index = index
         self._image = image
@@ -344,14 +380,7 @@ class _LayerFetcher:
             if stored:
                 self._observer.layer_done(layer.digest)
                 return spent
-        try:
-            downloaded = spent + self._fetch_whole(layer, diff_id, subject, stopped)
-        except _StalePartial as stale:
-            log.warning(
-                "%s: bytes kept from an earlier pull were wrong (%s); downloading "
-                "it again", subject, stale.__cause__ or stale,
-            )  # fmt: skip
-            downloaded = spent + self._fetch_whole(layer, diff_id, subject, stopped)
+        downloaded = spent + self._fetch_whole_again(layer, diff_id, subject, stopped)
         if chunked:
             self._index_chunked(layer, subject)
         log.info("%s: stored, %d bytes downloaded", subject, downloaded)
@@ -370,12 +399,12 @@ class _LayerFetcher:
         """
         fetched = 0
         assembler = Assembler(
-            self._client, self._store, layer, subject,
+            self._pool, self._store, layer, subject,
             lambda count: self._observer.layer_progress(layer.digest, count),
             self._cancelled,
         )  # fmt: skip
         try:
-            remote = fetch_table(self._client, layer, subject)
+            remote = fetch_table(self._pool, layer, subject)
             fetched = len(remote.tail)
             plan = plan_remote(self._index, remote)
             with self._store.resumable(layer.digest, layer.size, "delta-") as writer:
@@ -414,6 +443,25 @@ class _LayerFetcher:
         )
         return total, True
 
+    def _fetch_whole_again(
+        self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
+    ) -> int:
+        """Fetch a whole layer; start over when kept bytes or a mirror prove wrong.
+
+        Each start over drops the kept bytes or a mirror, so the loop ends.
+        """
+        while True:
+            try:
+                return self._fetch_whole(layer, diff_id, subject, stopped)
+            except _StalePartial as stale:
+                log.warning(
+                    "%s: bytes kept from an earlier pull were wrong (%s); "
+                    "downloading it again", subject, stale.__cause__ or stale,
+                )  # fmt: skip
+            except DigestMismatch as error:
+                if not self._pool.blame(layer.digest, error):
+                    raise
+
     def _fetch_whole(
         self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
     ) -> int:
@@ -451,7 +499,7 @@ class _LayerFetcher:
             kept = getattr(writer, "existing", 0)
             diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject, tar_sink)
             verifier = DigestVerifier(
-                layer.digest, subject, self._client.host, layer.size
+                layer.digest, subject, self._pool.host, layer.size
             )
             try:
                 with _closing(diff_verifier):
@@ -513,4 +561,4 @@ class _LayerFetcher:
             diff_verifier.update(data)
             self._observer.layer_progress(layer.digest, len(data))
 
-        self._client.fetch_blob(layer, write, subject, verifier)
+        self._pool.fetch_blob(layer, write, subject, verifier)

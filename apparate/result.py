@@ -20,6 +20,36 @@ class LayerResult:
 
 
 @dataclass(frozen=True)
+class ImportResult:
+    """Where a stored image was handed on, and under which name and ID.
+
+    ``target`` is ``docker``, ``containerd``, ``oci`` (the local store only),
+    ``docker-archive:FILE`` or ``oci-archive:FILE``; ``requested`` is what the
+    user asked for, such as ``auto``. ``name`` is None when the image was
+    loaded without a tag, and ``note`` then says why.
+    """
+
+    target: str
+    requested: str
+    name: str | None
+    image_id: str
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "requested": self.requested,
+            "name": self.name,
+            "image_id": self.image_id,
+            "bytes_sent": self.bytes_sent,
+            "seconds": round(self.seconds, 3),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
 class PullResult:
     """Summary of one pull, as the CLI prints it and ``--json`` writes it."""
 
@@ -32,6 +62,16 @@ class PullResult:
     bytes_fetched: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    # Bytes each source served, keyed by its URL.
+    bytes_by_source: dict[str, int] = field(default_factory=dict)
+    # Sources left or dropped during the pull, and why.
+    warnings: list[str] = field(default_factory=list)
+    imported: ImportResult | None = None
+
+    @property
+    def imported_into(self) -> str | None:
+        """The import target used, or None for a dry run."""
+        return self.imported.target if self.imported else None
 
     @property
     def bytes_reused(self) -> int:
@@ -52,7 +92,11 @@ class PullResult:
             "store": self.store,
             "bytes_fetched": self.bytes_fetched,
             "bytes_reused": self.bytes_reused,
+            "sources": dict(self.bytes_by_source),
+            "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
+            "imported_into": self.imported_into,
+            "import": self.imported.to_dict() if self.imported else None,
             "layers": [
                 {
                     "digest": str(layer.digest),

@@ -9,6 +9,7 @@ committed; otherwise the caller fetches the layer whole.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import threading
@@ -40,7 +41,8 @@ from apparate.delta.planner import (
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import ApparateError, ChunkCorrupt, ChunkTableCorrupt
 from apparate.manifest import Descriptor
-from apparate.registry.client import RangeFetchStopped, RegistryClient
+from apparate.registry.client import RangeFetchStopped
+from apparate.sources.pool import ORIGIN, SourcePool
 from apparate.store.chunk_index import LAYER, ChunkIndex
 from apparate.store.layout import BlobWriter, Store
 
@@ -63,7 +65,7 @@ class RemoteTable:
     tail: bytes
 
 
-def fetch_table(client: RegistryClient, layer: Descriptor, subject: str) -> RemoteTable:
+def fetch_table(client: SourcePool, layer: Descriptor, subject: str) -> RemoteTable:
     """Fetch the table frame and footer of a chunked layer with one range request."""
     footer = footer_from_annotations(layer.annotations)
     if footer is None:
@@ -173,7 +175,7 @@ class Assembler:
 
     def __init__(
         self,
-        client: RegistryClient,
+        client: SourcePool,
         store: Store,
         layer: Descriptor,
         subject: str,
@@ -199,14 +201,14 @@ class Assembler:
         table = remote.table
         journal = RangeJournal(writer.path)
         failed = self._copy_local(table, plan, writer)
-        self._fetch(journal.without_done(plan), writer, journal)
+        self._fetch(journal.without_done(plan), table, writer, journal)
         if failed:
             log.info(
                 "%s: %d stored frames unusable, fetching them",
                 self._subject,
                 len(failed),
             )
-            self._fetch(replan_as_fetch(plan, failed, table), writer, journal)
+            self._fetch(replan_as_fetch(plan, failed, table), table, writer, journal)
         self._copy_duplicates(table, plan, writer)
         writer.write_at(remote.table_offset, remote.tail)
         self._verify(writer, table, diff_id)
@@ -272,11 +274,17 @@ class Assembler:
             return None
         return Encoder(int(table.encoder["level"])).compressor().compress(chunk)
 
-    def _fetch(self, plan: Plan, writer: BlobWriter, journal: RangeJournal) -> None:
+    def _fetch(
+        self, plan: Plan, table: ChunkTable, writer: BlobWriter, journal: RangeJournal
+    ) -> None:
         """Fetch the plan's ranges in parallel; the first failure stops the rest.
 
-        The error raised is the failure itself, not the stops it caused.
+        Each range's frames are checked as soon as it arrives, so a mirror
+        that serves wrong bytes is dropped and the range fetched again
+        elsewhere. The error raised is the failure itself, not the stops it
+        caused.
         """
+        offsets = [entry.frame_offset for entry in table.entries]
 
         def write(offset: int, data: bytes) -> None:
             writer.write_at(offset, data)
@@ -285,11 +293,25 @@ class Assembler:
             self._on_fetched(len(data))
 
         def fetch(start: int, end: int) -> None:
-            if self._stopped():
-                raise RangeFetchStopped()
-            self._client.fetch_range(
-                self._layer, start, end, write, self._subject, self._stopped
-            )
+            while True:
+                if self._stopped():
+                    raise RangeFetchStopped()
+                served = self._client.fetch_range(
+                    self._layer, start, end, write, self._subject, self._stopped
+                )
+                wrong = _wrong_frame(table, offsets, start, end, writer)
+                if wrong is None:
+                    break
+                mirrors = [source for source in served if source.role != ORIGIN]
+                if not mirrors:
+                    raise DeltaUnavailable(
+                        f"bytes {start}-{end - 1} fail verification: {wrong}"
+                    )
+                for source in mirrors:
+                    self._client.drop(
+                        source, f"bytes {start}-{end - 1} of {self._layer.digest} "
+                        f"failed verification ({wrong})",
+                    )  # fmt: skip
             journal.done(start, end)
 
         pool = ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range")
@@ -346,6 +368,27 @@ class Assembler:
             tar.verify()
         except ApparateError as error:
             raise DeltaUnavailable(f"the rebuilt layer failed verification: {error}")
+
+
+def _wrong_frame(
+    table: ChunkTable, offsets: list[int], start: int, end: int, writer: BlobWriter
+) -> str | None:
+    """Check the xxh3 of every frame inside ``start``..``end`` as written.
+
+    Returns what is wrong with the first bad frame, or None. Gap frames are
+    checked too, because the fetched bytes overwrote them.
+    """
+    first = bisect.bisect_left(offsets, start)
+    with open(writer.path, "rb") as partial:
+        for position in range(first, len(offsets)):
+            entry = table.entries[position]
+            if entry.frame_offset + entry.frame_length > end:
+                break
+            partial.seek(entry.frame_offset)
+            frame = partial.read(entry.frame_length)
+            if xxhash.xxh3_64_intdigest(frame) != entry.frame_xxh3:
+                return f"frame at byte {entry.frame_offset} has the wrong xxh3"
+    return None
 
 
 def record_layer(

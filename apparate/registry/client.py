@@ -28,6 +28,7 @@ from apparate.registry.transport import TransportSettings
 log = logging.getLogger(__name__)
 
 MAX_STALLED_ATTEMPTS = 5
+MAX_REDIRECTS = 5
 MAX_ATTEMPTS = 20
 # Seconds before the first retry without progress; it doubles each time, so
 # five attempts in a row span about 7.5 s of outage.
@@ -47,8 +48,59 @@ class FetchedManifest:
     digest: Digest
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a registry's API is served: a host, an optional scheme and a root.
+
+    Without a scheme, https is tried first and plain http second where it is
+    allowed. ``api_root`` is ``/v2`` unless a mirror serves it under a path.
+    """
+
+    host: str
+    scheme: str | None = None
+    api_root: str = "/v2"
+
+    @classmethod
+    def parse(cls, url: str, override_path: bool = False) -> Endpoint:
+        """Read a base URL such as ``https://mirror:5000/prefix``.
+
+        The API is at ``<path>/v2``, as containerd's ``hosts.toml`` has it,
+        unless the path already ends with ``/v2`` or ``override_path`` says
+        the path is the API root itself.
+        """
+        scheme, separator, rest = url.partition("://")
+        if not separator:
+            scheme, rest = "", url
+        if scheme not in ("", "http", "https"):
+            raise ValueError(f"unsupported scheme in {url!r}: use https:// or http://")
+        host, _, path = rest.partition("/")
+        if not host:
+            raise ValueError(f"no host in {url!r}")
+        path = "/" + path.strip("/") if path.strip("/") else ""
+        if not override_path and not path.endswith("/v2"):
+            path += "/v2"
+        return cls(host, scheme or None, path)
+
+    def base_urls(self, settings: TransportSettings) -> list[str]:
+        if self.scheme:
+            return [f"{self.scheme}://{self.host}"]
+        urls = [f"https://{self.host}"]
+        if settings.allows_plain_http(self.host):
+            urls.append(f"http://{self.host}")
+        return urls
+
+    def __str__(self) -> str:
+        root = "" if self.api_root == "/v2" else self.api_root.removesuffix("/v2")
+        return f"{self.scheme or 'https'}://{self.host}{root}"
+
+
 class RegistryClient:
-    """A connection to the repository of one reference; close it when done."""
+    """A connection to the repository of one reference; close it when done.
+
+    ``endpoint`` serves the repository from elsewhere than the reference's
+    registry, as a mirror does. ``read_timeout`` bounds the wait for each
+    piece of a body, so a stalled source is left sooner.
+    """
 
     def __init__(
         self,
@@ -57,16 +109,31 @@ class RegistryClient:
         credentials: CredentialStore,
         sleep: Callable[[float], None] = time.sleep,
         scopes: list[str] | None = None,
+        endpoint: Endpoint | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         self.reference = reference
         self._sleep = sleep
         self.image = str(reference)
-        self.host = reference.api_host
+        self.endpoint = endpoint or Endpoint(reference.api_host)
+        self.host = self.endpoint.host
         self._settings = settings
         scopes = scopes or [f"repository:{reference.repository}:pull"]
         auth = RegistryAuth(credentials, scopes, self.image)
         self._http = settings.client(self.host, auth)
+        if read_timeout is not None:
+            limits = settings.timeout
+            self._http.timeout = httpx.Timeout(
+                connect=limits.connect, read=read_timeout, write=limits.write,
+                pool=limits.pool,
+            )  # fmt: skip
         self._base_url: str | None = None
+        # Where each blob's GET was last redirected, so later ranges of the
+        # blob go there directly instead of paying the redirect again.
+        self._locations: dict[Digest, str] = {}
+
+    def _path(self, tail: str) -> str:
+        return f"{self.endpoint.api_root}/{self.reference.repository}/{tail}"
 
     def close(self) -> None:
         self._http.close()
@@ -83,7 +150,7 @@ class RegistryClient:
         Registries that reject HEAD or omit ``Docker-Content-Digest`` are
         asked again with GET by the caller.
         """
-        path = f"/v2/{self.reference.repository}/manifests/{lookup}"
+        path = self._path(f"manifests/{lookup}")
         headers = {"Accept": ", ".join(ACCEPTED_TYPES)}
         subject = f"manifest of {self.image}"
         try:
@@ -98,7 +165,7 @@ class RegistryClient:
 
     def get_manifest(self, lookup: str, expected: Digest | None) -> FetchedManifest:
         """GET a manifest or index by tag or digest and verify it."""
-        path = f"/v2/{self.reference.repository}/manifests/{lookup}"
+        path = self._path(f"manifests/{lookup}")
         headers = {"Accept": ", ".join(ACCEPTED_TYPES), **IDENTITY}
         subject = f"manifest {lookup} of {self.image}"
         try:
@@ -130,6 +197,7 @@ class RegistryClient:
         write: Callable[[bytes], None],
         subject: str,
         verifier: DigestVerifier | None = None,
+        failover: bool = False,
     ) -> None:
         """Stream a blob into ``write``, resuming after dropped connections.
 
@@ -139,6 +207,9 @@ class RegistryClient:
         growing pauses, ``MAX_STALLED_ATTEMPTS`` times in a row at most.
         A ``verifier`` that already hashed the blob's first bytes (kept from
         an earlier, interrupted pull) makes the download start after them.
+        With ``failover``, the first failed transfer raises TruncatedBody at
+        once, so the caller can go on at another source after the bytes
+        received.
         """
         if verifier is None:
             verifier = DigestVerifier(
@@ -171,7 +242,7 @@ class RegistryClient:
                 "%s: attempt %d stopped at byte %d: %s",
                 subject, attempt, verifier.bytes_read, failure,
             )  # fmt: skip
-            if stalled >= MAX_STALLED_ATTEMPTS or attempt == MAX_ATTEMPTS:
+            if failover or stalled >= MAX_STALLED_ATTEMPTS or attempt == MAX_ATTEMPTS:
                 raise TruncatedBody(
                     f"{subject} from {self.host}: the transfer failed {attempt} "
                     f"times, last at byte {verifier.bytes_read} of "
@@ -189,6 +260,7 @@ class RegistryClient:
         write: Callable[[int, bytes], None],
         subject: str,
         stopped: Callable[[], bool] | None = None,
+        failover: bool = False,
     ) -> None:
         """Fetch bytes ``start`` to ``end`` (exclusive) of a blob with one Range.
 
@@ -197,7 +269,8 @@ class RegistryClient:
         A server that responds with the whole blob (200) or rejects the range
         (416) does not honour ranges for it: the body is not read and
         RangesUnsupported is raised. When ``stopped()`` turns true the fetch
-        ends with RangeFetchStopped.
+        ends with RangeFetchStopped. With ``failover``, the first failed
+        transfer raises TruncatedBody at once.
         """
         position = [start]
 
@@ -218,7 +291,7 @@ class RegistryClient:
             if position[0] >= end:
                 return
             stalled = 0 if position[0] > before else stalled + 1
-            if stalled >= MAX_STALLED_ATTEMPTS:
+            if failover or stalled >= MAX_STALLED_ATTEMPTS:
                 raise TruncatedBody(
                     f"{subject} from {self.host}: range {start}-{end - 1} stopped "
                     f"at byte {position[0]} ({failure})"
@@ -234,9 +307,8 @@ class RegistryClient:
         write: Callable[[int, bytes], None],
         subject: str,
     ) -> None:
-        path = f"/v2/{self.reference.repository}/blobs/{descriptor.digest}"
         headers = {**IDENTITY, "Range": f"bytes={start}-{end - 1}"}
-        with self._stream("GET", path, headers, subject) as response:
+        with self._stream_blob(descriptor.digest, headers, subject) as response:
             if response.status_code in (200, 416):
                 # Neither body is read: a 200 is the whole blob, and
                 # distribution's 416 announces more bytes than it sends.
@@ -269,12 +341,11 @@ class RegistryClient:
         offset = verifier.bytes_read
         if offset >= descriptor.size:
             return
-        path = f"/v2/{self.reference.repository}/blobs/{descriptor.digest}"
         headers = dict(IDENTITY)
         if offset and use_range:
             headers["Range"] = f"bytes={offset}-"
 
-        with self._stream("GET", path, headers, subject) as response:
+        with self._stream_blob(descriptor.digest, headers, subject) as response:
             skip = _bytes_to_skip(response, offset, subject)
             for piece in response.iter_raw():
                 if skip:
@@ -295,6 +366,7 @@ class RegistryClient:
         headers: dict[str, str],
         subject: str,
         content: bytes | Iterable[bytes] | None = None,
+        redirects: bool = True,
     ) -> Iterator[httpx.Response]:
         """Send a request and yield the streamed response, closed on exit.
 
@@ -302,7 +374,7 @@ class RegistryClient:
         back to http as docker does. Read errors that a resume can mend are
         raised as they are; every other httpx error is translated.
         """
-        response = self._send(method, path, headers, subject, content)
+        response = self._send(method, path, headers, subject, content, redirects)
         try:
             yield response
         except _RETRYABLE:
@@ -312,6 +384,41 @@ class RegistryClient:
         finally:
             response.close()
 
+    @contextmanager
+    def _stream_blob(
+        self, digest: Digest, headers: dict[str, str], subject: str
+    ) -> Iterator[httpx.Response]:
+        """GET a blob, following redirects by hand to remember their target.
+
+        A remembered target that no longer serves the blob (signed URLs
+        expire) is forgotten, and the registry is asked again.
+        """
+        location = self._locations.get(digest)
+        if location is not None:
+            with self._stream(
+                "GET", location, headers, subject, redirects=False
+            ) as response:
+                if response.status_code in (200, 206, 416):
+                    yield response
+                    return
+            log.debug("%s: %s responded %s, asking the registry again",
+                      subject, location, response.status_code)  # fmt: skip
+            self._locations.pop(digest, None)
+        url = self._path(f"blobs/{digest}")
+        for _ in range(MAX_REDIRECTS + 1):
+            with self._stream(
+                "GET", url, headers, subject, redirects=False
+            ) as response:
+                target = response.headers.get("Location")
+                if not (response.is_redirect and target):
+                    if url != self._path(f"blobs/{digest}"):
+                        self._locations[digest] = url
+                    yield response
+                    return
+                url = str(response.url.join(target))
+                log.debug("%s: redirected to %s", subject, url)
+        raise InvalidResponse(f"{subject}: more than {MAX_REDIRECTS} redirects")
+
     def _send(
         self,
         method: str,
@@ -319,6 +426,7 @@ class RegistryClient:
         headers: dict[str, str],
         subject: str,
         content: bytes | Iterable[bytes] | None = None,
+        redirects: bool = True,
     ) -> httpx.Response:
         candidates = [self._base_url] if self._base_url else self._base_urls()
         for position, base_url in enumerate(candidates):
@@ -327,8 +435,14 @@ class RegistryClient:
             request = self._http.build_request(
                 method, url, headers=headers, content=content
             )
+            if not url.startswith(base_url + "/"):
+                # As httpx does on redirects: credentials stay with their origin.
+                # The auth flow still adds a token that this host itself issued.
+                request.headers.pop("Authorization", None)
             try:
-                response = self._http.send(request, stream=True)
+                response = self._http.send(
+                    request, stream=True, follow_redirects=redirects
+                )
             except _RETRYABLE:
                 raise
             except httpx.HTTPError as error:
@@ -341,10 +455,7 @@ class RegistryClient:
         raise AssertionError("no base URL to try")
 
     def _base_urls(self) -> list[str]:
-        urls = [f"https://{self.host}"]
-        if self._settings.allows_plain_http(self.host):
-            urls.append(f"http://{self.host}")
-        return urls
+        return self.endpoint.base_urls(self._settings)
 
 
 class RangesUnsupported(Exception):

@@ -43,7 +43,7 @@ class RegistryWriter(RegistryClient):
 
     def blob_exists(self, descriptor: Descriptor) -> bool:
         """Check with HEAD whether the repository already has the blob."""
-        path = f"/v2/{self.reference.repository}/blobs/{descriptor.digest}"
+        path = self._path(f"blobs/{descriptor.digest}")
         subject = f"blob {descriptor.digest} of {self.image}"
         with (
             self._translated(subject),
@@ -60,7 +60,7 @@ class RegistryWriter(RegistryClient):
         params = httpx.QueryParams(
             mount=str(descriptor.digest), **{"from": source_repository}
         )
-        path = f"/v2/{self.reference.repository}/blobs/uploads/?{params}"
+        path = self._path(f"blobs/uploads/?{params}")
         subject = f"mount of blob {descriptor.digest} into {self.image}"
         with (
             self._translated(subject),
@@ -105,7 +105,7 @@ class RegistryWriter(RegistryClient):
         """Store a manifest or index under ``tag`` (or its digest)."""
         digest = Digest.of(body)
         subject = f"manifest {digest} of {self.image}"
-        path = f"/v2/{self.reference.repository}/manifests/{tag}"
+        path = self._path(f"manifests/{tag}")
         headers = {"Content-Type": media_type}
         with (
             self._translated(subject),
@@ -122,7 +122,7 @@ class RegistryWriter(RegistryClient):
         return digest
 
     def _start_upload(self, subject: str) -> str:
-        path = f"/v2/{self.reference.repository}/blobs/uploads/"
+        path = self._path("blobs/uploads/")
         with (
             self._translated(subject),
             self._stream("POST", path, {}, subject) as response,

@@ -1,0 +1,1 @@
+"""Where an image's content comes from: the origin registry and its mirrors."""

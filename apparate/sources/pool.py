@@ -1,0 +1,291 @@
+"""Fetch blobs and ranges from the best of several sources, with failover.
+
+The sources of one pull are the origin registry and its mirrors. Each
+request goes to the source where it would finish first (see ``ranking``).
+A source that fails a request is left for that blob, and the request goes on
+at the next one from the byte where it stopped. A source that answers a
+range request with the whole blob (200) is sent no more ranges of that blob.
+A source whose bytes fail verification is dropped for the rest of the pull.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from apparate.digest import Digest, DigestVerifier
+from apparate.errors import (
+    ApparateError,
+    AuthError,
+    DigestMismatch,
+    NotFound,
+    RegistryError,
+    TruncatedBody,
+)
+from apparate.manifest import Descriptor
+from apparate.registry.client import (
+    Endpoint,
+    RangeFetchStopped,
+    RangesUnsupported,
+    RegistryClient,
+)
+from apparate.sources.ranking import Measure, pick, rank
+
+log = logging.getLogger(__name__)
+
+ORIGIN = "origin"
+MIRROR = "mirror"
+# Failures after which a request moves on to the next source.
+_SOURCE_FAILURES = (AuthError, NotFound, RegistryError, TruncatedBody)
+# Bodies shorter than this say more about round trips than about throughput.
+_MIN_TIMED_BYTES = 64 * 1024
+
+
+@dataclass(eq=False)
+class Source:
+    """One place to fetch content from, with what was measured of it."""
+
+    endpoint: Endpoint
+    role: str
+    resolve: bool
+    client: RegistryClient
+    measure: Measure = field(default_factory=Measure)
+    dropped: str | None = None
+    bytes_fetched: int = 0
+    timed_bytes: int = 0
+    timed_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return str(self.endpoint)
+
+    @property
+    def observed_throughput(self) -> float | None:
+        """Bytes per second over this pull's timed requests, if enough were timed."""
+        if self.timed_bytes < _MIN_TIMED_BYTES or self.timed_seconds <= 0:
+            return None
+        return self.timed_bytes / self.timed_seconds
+
+
+class SourcePool:
+    """The sources of one pull; the origin is always the last one listed."""
+
+    def __init__(self, sources: list[Source]) -> None:
+        if not sources or sources[-1].role != ORIGIN:
+            raise ValueError("the origin must be the last source")
+        self.sources = sources
+        self.warnings: list[str] = []
+        self._lock = threading.Lock()
+        self._failed: dict[Digest, set[Source]] = {}
+        self._no_ranges: dict[Digest, set[Source]] = {}
+        self._queued: dict[Source, int] = dict.fromkeys(sources, 0)
+        self._last_served: dict[Digest, Source] = {}
+
+    @property
+    def origin(self) -> Source:
+        return self.sources[-1]
+
+    @property
+    def host(self) -> str:
+        return self.origin.client.host
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.client.close()
+
+    def ranked(self) -> list[Source]:
+        """Return the sources not dropped, best first."""
+        live = [source for source in self.sources if source.dropped is None]
+        return [live[position] for position in rank([s.measure for s in live])]
+
+    def resolvers(self) -> list[Source]:
+        """Return the sources that may resolve tags: allowed mirrors, then the origin."""
+        mirrors = [s for s in self.ranked() if s.resolve and s.role == MIRROR]
+        return [*mirrors, self.origin]
+
+    def bytes_by_source(self) -> dict[str, int]:
+        return {s.name: s.bytes_fetched for s in self.sources if s.bytes_fetched}
+
+    def fetch_blob(
+        self,
+        descriptor: Descriptor,
+        write: Callable[[bytes], None],
+        subject: str,
+        verifier: DigestVerifier | None = None,
+    ) -> None:
+        """Stream a whole blob, moving to the next source when one fails.
+
+        The next source resumes after the bytes already received. A digest
+        mismatch is raised as it is: call ``blame`` to drop the source that
+        served the blob before fetching it again.
+        """
+        if verifier is None:
+            verifier = DigestVerifier(
+                descriptor.digest, subject, self.host, descriptor.size
+            )
+        while True:
+            candidates = self._candidates(descriptor.digest, ranges=False)
+            source = candidates[0]
+            verifier.source = source.name
+            self._last_served[descriptor.digest] = source
+            started, before = time.monotonic(), verifier.bytes_read
+            try:
+                source.client.fetch_blob(
+                    descriptor,
+                    self._counting(source, write),
+                    subject,
+                    verifier,
+                    failover=len(candidates) > 1,
+                )
+                return
+            except DigestMismatch:
+                raise
+            except _SOURCE_FAILURES as error:
+                if len(candidates) == 1:
+                    raise
+                self._leave(source, descriptor.digest, subject, error)
+            finally:
+                self._time(source, verifier.bytes_read - before, started)
+
+    def fetch_range(
+        self,
+        descriptor: Descriptor,
+        start: int,
+        end: int,
+        write: Callable[[int, bytes], None],
+        subject: str,
+        stopped: Callable[[], bool] | None = None,
+    ) -> list[Source]:
+        """Fetch bytes ``start`` to ``end`` of a blob; return the sources that served them.
+
+        Raises RangesUnsupported when no source is left that serves ranges
+        of this blob, and the last failure when every source failed.
+        """
+        position = [start]
+        served: list[Source] = []
+
+        def track(offset: int, data: bytes) -> None:
+            write(offset, data)
+            position[0] = offset + len(data)
+
+        while position[0] < end:
+            source, single = self._choose(descriptor.digest, end - position[0])
+            served.append(source)
+            started, before = time.monotonic(), position[0]
+            try:
+                source.client.fetch_range(
+                    descriptor,
+                    position[0],
+                    end,
+                    self._counting_at(source, track),
+                    subject,
+                    stopped,
+                    failover=not single,
+                )
+            except RangeFetchStopped:
+                raise
+            except RangesUnsupported as error:
+                self._refuse_ranges(source, descriptor.digest, subject, error)
+            except _SOURCE_FAILURES as error:
+                if single:
+                    raise
+                self._leave(source, descriptor.digest, subject, error)
+            finally:
+                with self._lock:
+                    self._queued[source] -= end - before
+                self._time(source, position[0] - before, started)
+        return served
+
+    def blame(self, digest: Digest, error: ApparateError) -> bool:
+        """Drop the source that served a blob that failed verification.
+
+        Returns whether another source is left to fetch the blob from. The
+        origin is never dropped: its bytes failing means the image is bad.
+        """
+        source = self._last_served.get(digest)
+        if source is None or source.role == ORIGIN:
+            return False
+        self.drop(
+            source, f"served {digest} with bytes that failed verification ({error})"
+        )
+        return True
+
+    def drop(self, source: Source, reason: str) -> None:
+        """Stop using a source for the rest of the pull, with a warning."""
+        if source.role == ORIGIN or source.dropped is not None:
+            return
+        source.dropped = reason
+        message = f"source {source.name} dropped for the rest of the pull: {reason}"
+        self.warnings.append(message)
+        log.warning("%s", message)
+
+    def _candidates(self, digest: Digest, ranges: bool) -> list[Source]:
+        with self._lock:
+            failed = self._failed.get(digest, set())
+            refused = self._no_ranges.get(digest, set()) if ranges else set()
+            usable = [s for s in self.ranked() if s not in failed and s not in refused]
+        if not usable:
+            if ranges:
+                raise RangesUnsupported(f"no source serves ranges of {digest}")
+            return [self.origin]
+        return usable
+
+    def _choose(self, digest: Digest, size: int) -> tuple[Source, bool]:
+        """Pick the source for one range; also say whether it is the only one."""
+        candidates = self._candidates(digest, ranges=True)
+        with self._lock:
+            queued = [self._queued[s] for s in candidates]
+            source = candidates[pick([s.measure for s in candidates], queued, size)]
+            self._queued[source] += size
+        return source, len(candidates) == 1
+
+    def _leave(
+        self, source: Source, digest: Digest, subject: str, error: Exception
+    ) -> None:
+        with self._lock:
+            self._failed.setdefault(digest, set()).add(source)
+        message = (
+            f"{subject}: source {source.name} failed ({error}); trying the next one"
+        )
+        self.warnings.append(message)
+        log.warning("%s", message)
+
+    def _refuse_ranges(
+        self, source: Source, digest: Digest, subject: str, error: Exception
+    ) -> None:
+        with self._lock:
+            self._no_ranges.setdefault(digest, set()).add(source)
+        log.info("%s: %s; sending its ranges elsewhere", subject, error)
+
+    def _counting(
+        self, source: Source, write: Callable[[bytes], None]
+    ) -> Callable[[bytes], None]:
+        def counted(data: bytes) -> None:
+            write(data)
+            with self._lock:
+                source.bytes_fetched += len(data)
+
+        return counted
+
+    def _counting_at(
+        self, source: Source, write: Callable[[int, bytes], None]
+    ) -> Callable[[int, bytes], None]:
+        def counted(offset: int, data: bytes) -> None:
+            write(offset, data)
+            with self._lock:
+                source.bytes_fetched += len(data)
+
+        return counted
+
+    def _time(self, source: Source, received: int, started: float) -> None:
+        """Count a request's bytes and seconds toward the source's throughput."""
+        elapsed = time.monotonic() - started
+        with self._lock:
+            source.timed_bytes += received
+            source.timed_seconds += elapsed
+            observed = source.observed_throughput
+            if observed is not None:
+                source.measure = Measure(source.measure.rtt, observed)

@@ -1,0 +1,47 @@
+"""Measure a source's round trip with a few requests to its API root."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+
+from apparate.registry.client import Endpoint
+from apparate.registry.transport import TransportSettings
+
+log = logging.getLogger(__name__)
+
+PROBES = 3
+PROBE_TIMEOUT = httpx.Timeout(2.0)
+
+
+def probe_rtt(
+    endpoint: Endpoint, settings: TransportSettings, probes: int = PROBES
+) -> float | None:
+    """Return the shortest of a few round trips to ``endpoint``, in seconds.
+
+    Any HTTP status counts, a 401 included: it shows the server is up. The
+    first request also opens the connection, so later ones are nearer the
+    link's own round trip. None means no request got a response.
+    """
+    client = settings.client(endpoint.host)
+    client.timeout = PROBE_TIMEOUT
+    best: float | None = None
+    try:
+        for base_url in endpoint.base_urls(settings):
+            url = f"{base_url}{endpoint.api_root}/"
+            for _ in range(probes):
+                started = time.monotonic()
+                try:
+                    client.get(url, follow_redirects=False).close()
+                except httpx.HTTPError as error:
+                    log.debug("probe of %s failed: %s", url, error)
+                    break
+                elapsed = time.monotonic() - started
+                best = elapsed if best is None else min(best, elapsed)
+            if best is not None:
+                return best
+    finally:
+        client.close()
+    return best

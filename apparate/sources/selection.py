@@ -1,0 +1,156 @@
+"""List the sources of a reference's content and open them for one pull.
+
+Mirrors come from ``--mirror``, from ``config.toml`` and from containerd's
+``hosts.toml``, in that order, and the origin registry comes last. With
+mirrors, each source's round trip is probed (or read from the store's
+figures while they are fresh), so the pool can rank them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from apparate.config import Config, Mirror
+from apparate.errors import StoreError, UsageError
+from apparate.reference import Reference
+from apparate.registry.client import Endpoint, RegistryClient
+from apparate.registry.credentials import CredentialStore
+from apparate.registry.transport import TransportSettings
+from apparate.sources.hosts import read_hosts_mirrors
+from apparate.sources.pool import MIRROR, ORIGIN, Source, SourcePool
+from apparate.sources.probe import probe_rtt
+from apparate.sources.ranking import Measure
+from apparate.store.source_stats import SourceStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A configured source: where it is, its role, and where it was configured."""
+
+    endpoint: Endpoint
+    role: str
+    resolve: bool
+    configured_in: str
+
+
+def list_sources(
+    reference: Reference,
+    flag_mirrors: Iterable[str],
+    config: Config,
+    hosts_directory: Path | None = None,
+) -> list[SourceSpec]:
+    """Return the mirrors of ``reference``'s registry, then its origin."""
+    registry = reference.registry
+    found: list[tuple[Mirror, str]] = [
+        (Mirror(url), "--mirror") for url in flag_mirrors
+    ]
+    where = str(config.path) if config.path else "config.toml"
+    found += [(mirror, where) for mirror in config.mirrors_of(registry)]
+    found += [
+        (mirror, "hosts.toml")
+        for mirror in read_hosts_mirrors(registry, hosts_directory)
+    ]
+
+    specs: list[SourceSpec] = []
+    seen: set[Endpoint] = set()
+    for mirror, configured_in in found:
+        try:
+            endpoint = Endpoint.parse(mirror.url, mirror.override_path)
+        except ValueError as error:
+            raise UsageError(
+                f"mirror of {registry} from {configured_in}: {error}",
+                hint="write it as https://HOST[:PORT][/PATH]",
+            ) from None
+        if endpoint not in seen:
+            seen.add(endpoint)
+            specs.append(SourceSpec(endpoint, MIRROR, mirror.resolve, configured_in))
+    specs.append(SourceSpec(Endpoint(reference.api_host), ORIGIN, True, "reference"))
+    return specs
+
+
+def open_pool(
+    reference: Reference,
+    specs: list[SourceSpec],
+    settings: TransportSettings,
+    credentials: CredentialStore,
+    stall_timeout: float,
+    stats_path: Path | None = None,
+) -> SourcePool:
+    """Open a client per source and measure them when there is a choice."""
+    plain = {spec.endpoint.host for spec in specs if spec.endpoint.scheme == "http"}
+    if plain:
+        # A mirror written with http:// was marked plain HTTP by its user.
+        settings = dataclasses.replace(
+            settings, insecure_registries=settings.insecure_registries | plain
+        )
+    sources = []
+    for spec in specs:
+        mirror = spec.role == MIRROR
+        client = RegistryClient(
+            reference,
+            settings,
+            credentials,
+            endpoint=spec.endpoint,
+            read_timeout=stall_timeout if mirror or len(specs) > 1 else None,
+        )
+        sources.append(Source(spec.endpoint, spec.role, spec.resolve, client))
+    if len(sources) > 1:
+        measure_sources(sources, settings, stats_path)
+    return SourcePool(sources)
+
+
+def measure_sources(
+    sources: list[Source], settings: TransportSettings, stats_path: Path | None
+) -> None:
+    """Fill in each source's figures: kept ones while fresh, else probe now."""
+    stats = _open_stats(stats_path)
+    try:
+        stale = []
+        for source in sources:
+            if stats is not None:
+                source.measure, fresh = stats.measure(source.name)
+                if fresh:
+                    continue
+            stale.append(source)
+        with ThreadPoolExecutor(max(1, len(stale)), thread_name_prefix="probe") as pool:
+            rtts = list(pool.map(lambda s: probe_rtt(s.endpoint, settings), stale))
+        for source, rtt in zip(stale, rtts, strict=True):
+            source.measure = Measure(rtt, source.measure.throughput)
+            if rtt is not None and stats is not None:
+                stats.save_rtt(source.name, rtt)
+    finally:
+        if stats is not None:
+            stats.close()
+
+
+def save_figures(pool: SourcePool, stats_path: Path | None) -> None:
+    """Keep the throughputs this pull observed, for the ranking of later pulls."""
+    observed = [(s.name, s.observed_throughput) for s in pool.sources]
+    observed = [(name, rate) for name, rate in observed if rate is not None]
+    if not observed:
+        return
+    stats = _open_stats(stats_path)
+    if stats is None:
+        return
+    try:
+        for name, rate in observed:
+            stats.save_throughput(name, rate)
+    finally:
+        stats.close()
+
+
+def _open_stats(path: Path | None) -> SourceStats | None:
+    if path is None:
+        return None
+    try:
+        return SourceStats(path)
+    except StoreError as error:
+        log.warning("source figures not kept: %s", error)
+        return None
