@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from typing import TextIO
 
+from apparate.catalog import ImageSummary
 from apparate.digest import Digest
 from apparate.progress import PullObserver
-from apparate.result import PullResult
+from apparate.result import ImportResult, PullResult
+from apparate.sources.selection import SourceFigures
+from apparate.store.collector import GcResult
+from apparate.store.gc import IMAGE, PACK, UNREFERENCED
 from apparate.store.history import PullRecord, Totals
 
 
@@ -55,6 +60,46 @@ def summary_line(result: PullResult) -> str:
         f"({result.layers_fetched} of {len(result.layers)} layers were missing), "
         f"{result.seconds:.1f} s; digest {result.digest}"
     )
+
+
+def sources_line(result: PullResult) -> str | None:
+    """Format the bytes each source served, or None when nothing was fetched."""
+    if not result.bytes_by_source:
+        return None
+    parts = [
+        f"{url} {human_size(count)}" for url, count in result.bytes_by_source.items()
+    ]
+    return "  from " + ", ".join(parts)
+
+
+def sources_report(rows: list[SourceFigures]) -> str:
+    """Format the ranked sources of an image with their measured figures."""
+    table = [
+        [
+            str(row.rank),
+            row.url,
+            row.role
+            + (", resolves tags" if row.role == "mirror" and row.resolve else ""),
+            "unreachable" if row.rtt is None else f"{row.rtt * 1000:.1f} ms",
+            "-" if row.throughput is None else f"{human_size(int(row.throughput))}/s",
+            row.configured_in,
+        ]
+        for row in rows
+    ]
+    headers = ["RANK", "SOURCE", "ROLE", "ROUND TRIP", "THROUGHPUT", "FROM"]
+    return format_table(headers, table)
+
+
+def import_line(imported: ImportResult) -> str:
+    """Format where an image was imported, under which name, and why untagged."""
+    target = imported.target
+    if imported.requested == "auto":
+        target += " (detected by auto)"
+    name = imported.name or "no name"
+    line = f"imported into {target} as {name}, ID {imported.image_id}"
+    if imported.bytes_sent:
+        line += f", {human_size(imported.bytes_sent)} sent in {imported.seconds:.1f} s"
+    return f"{line}; {imported.note}" if imported.note else line
 
 
 def dry_run_report(result: PullResult) -> str:
@@ -113,3 +158,63 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
         for row in [header, *rows]
     ]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def ago(when: float, now: float | None = None) -> str:
+    """Say how long ago ``when`` (seconds since the epoch) was, roughly."""
+    seconds = max((time.time() if now is None else now) - when, 0.0)
+    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            count = int(seconds // length)
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "just now"
+
+
+def images_report(images: list[ImageSummary], now: float | None = None) -> str:
+    """Format the stored images as a table, as ``docker images`` does."""
+    rows = [
+        [
+            image.reference,
+            str(image.digest)[:19],
+            human_size(image.size),
+            ago(image.last_used, now) if image.last_used else "-",
+        ]
+        for image in images
+    ]
+    return format_table(["REFERENCE", "DIGEST", "SIZE", "LAST USED"], rows)
+
+
+def gc_report(result: GcResult) -> str:
+    """Format what a gc or rm removed, and the bytes it freed."""
+    verb = "would remove" if result.dry_run else "removed"
+    lines = [f"untagged: {reference}" for reference in result.untagged]
+    counts = {
+        reason: sum(1 for item in result.removed if item.reason == reason)
+        for reason in (IMAGE, PACK, UNREFERENCED)
+    }
+    wording = {
+        IMAGE: "blobs of removed images",
+        PACK: "local packs",
+        UNREFERENCED: "blobs no image needs",
+    }
+    for reason, count in counts.items():
+        if count:
+            size = human_size(result.bytes_of(reason))
+            lines.append(f"{verb} {count} {wording[reason]} ({size})")
+    if result.partial_files:
+        lines.append(
+            f"{verb} {len(result.partial_files)} stale partial downloads "
+            f"({human_size(result.partial_bytes)})"
+        )
+    freed = "would free" if result.dry_run else "freed"
+    lines.append(
+        f"{freed} {human_size(result.bytes_freed)}; the store holds "
+        f"{human_size(result.size_after)}"
+        + (f" (limit {human_size(result.limit)})" if result.limit is not None else "")
+    )
+    if result.over_limit_because:
+        lines.append(
+            "still over the limit: the images left are in use: "
+            + ", ".join(result.over_limit_because)
+        )
+    return "\n".join(lines)

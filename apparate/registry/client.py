@@ -91,7 +91,8 @@ class Endpoint:
 
     def __str__(self) -> str:
         root = "" if self.api_root == "/v2" else self.api_root.removesuffix("/v2")
-        return f"{self.scheme or 'https'}://{self.host}{root}"
+        prefix = f"{self.scheme}://" if self.scheme else ""
+        return f"{prefix}{self.host}{root}"
 
 
 class RegistryClient:

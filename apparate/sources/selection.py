@@ -8,6 +8,7 @@ figures while they are fresh), so the pool can rank them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterable
@@ -82,8 +83,13 @@ def open_pool(
     credentials: CredentialStore,
     stall_timeout: float,
     stats_path: Path | None = None,
+    refresh: bool = False,
 ) -> SourcePool:
-    """Open a client per source and measure them when there is a choice."""
+    """Open a client per source and measure them when there is a choice.
+
+    ``refresh`` probes every source, even a lone origin or one whose kept
+    round trip is still fresh.
+    """
     plain = {spec.endpoint.host for spec in specs if spec.endpoint.scheme == "http"}
     if plain:
         # A mirror written with http:// was marked plain HTTP by its user.
@@ -101,13 +107,16 @@ def open_pool(
             read_timeout=stall_timeout if mirror or len(specs) > 1 else None,
         )
         sources.append(Source(spec.endpoint, spec.role, spec.resolve, client))
-    if len(sources) > 1:
-        measure_sources(sources, settings, stats_path)
+    if len(sources) > 1 or refresh:
+        measure_sources(sources, settings, stats_path, refresh)
     return SourcePool(sources)
 
 
 def measure_sources(
-    sources: list[Source], settings: TransportSettings, stats_path: Path | None
+    sources: list[Source],
+    settings: TransportSettings,
+    stats_path: Path | None,
+    refresh: bool = False,
 ) -> None:
     """Fill in each source's figures: kept ones while fresh, else probe now."""
     stats = _open_stats(stats_path)
@@ -116,7 +125,7 @@ def measure_sources(
         for source in sources:
             if stats is not None:
                 source.measure, fresh = stats.measure(source.name)
-                if fresh:
+                if fresh and not refresh:
                     continue
             stale.append(source)
         with ThreadPoolExecutor(max(1, len(stale)), thread_name_prefix="probe") as pool:
@@ -144,6 +153,57 @@ def save_figures(pool: SourcePool, stats_path: Path | None) -> None:
             stats.save_throughput(name, rate)
     finally:
         stats.close()
+
+
+@dataclass(frozen=True)
+class SourceFigures:
+    """One row of ``apparate sources``: a source, its rank and its figures."""
+
+    rank: int
+    url: str
+    role: str
+    resolve: bool
+    configured_in: str
+    rtt: float | None
+    throughput: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def describe_sources(
+    reference: Reference,
+    flag_mirrors: Iterable[str],
+    config: Config,
+    settings: TransportSettings,
+    credentials: CredentialStore,
+    stats_path: Path | None,
+) -> list[SourceFigures]:
+    """Probe every source of ``reference`` now and return them ranked, best first.
+
+    Throughputs are those kept from earlier pulls; the new round trips are
+    kept too.
+    """
+    specs = list_sources(reference, flag_mirrors, config)
+    configured = {spec.endpoint: spec.configured_in for spec in specs}
+    pool = open_pool(
+        reference, specs, settings, credentials, config.stall_timeout, stats_path,
+        refresh=True,
+    )  # fmt: skip
+    with contextlib.closing(pool):
+        ranked = pool.ranked()
+    return [
+        SourceFigures(
+            position + 1,
+            source.name,
+            source.role,
+            source.resolve,
+            configured[source.endpoint],
+            source.measure.rtt,
+            source.measure.throughput,
+        )
+        for position, source in enumerate(ranked)
+    ]
 
 
 def _open_stats(path: Path | None) -> SourceStats | None:

@@ -1,4 +1,4 @@
-"""A TCP forwarder on 127.0.0.1 that slows replies down, to stand in for a slow link."""
+"""A TCP forwarder on 127.0.0.1 that slows a link down: replies paced, requests delayed."""
 
 from __future__ import annotations
 
@@ -12,13 +12,20 @@ PIECE = 16 * 1024
 
 
 @contextmanager
-def throttled(target_port: int, bytes_per_second: int) -> Iterator[int]:
-    """Forward a new local port to ``target_port``; yield the new port."""
+def throttled(
+    target_port: int, bytes_per_second: int = 0, request_delay: float = 0.0
+) -> Iterator[int]:
+    """Forward a new local port to ``target_port``; yield the new port.
+
+    Replies are paced at ``bytes_per_second`` (0: not paced), and each piece
+    of a request waits ``request_delay`` seconds, which adds a round trip
+    without capping the throughput of replies.
+    """
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
     thread = threading.Thread(
         target=_accept,
-        args=(listener, target_port, bytes_per_second, stop),
+        args=(listener, target_port, bytes_per_second, request_delay, stop),
         daemon=True,
     )
     thread.start()
@@ -31,7 +38,11 @@ def throttled(target_port: int, bytes_per_second: int) -> Iterator[int]:
 
 
 def _accept(
-    listener: socket.socket, target_port: int, rate: int, stop: threading.Event
+    listener: socket.socket,
+    target_port: int,
+    rate: int,
+    delay: float,
+    stop: threading.Event,
 ) -> None:
     listener.settimeout(0.2)
     while not stop.is_set():
@@ -44,17 +55,24 @@ def _accept(
         except OSError:
             client.close()
             continue
-        for source, sink, pace in ((client, upstream, 0), (upstream, client, rate)):
+        pumps = ((client, upstream, 0, delay), (upstream, client, rate, 0.0))
+        for source, sink, pace, wait in pumps:
             threading.Thread(
-                target=_pump, args=(source, sink, pace, stop), daemon=True
+                target=_pump, args=(source, sink, pace, wait, stop), daemon=True
             ).start()
 
 
 def _pump(
-    source: socket.socket, sink: socket.socket, rate: int, stop: threading.Event
+    source: socket.socket,
+    sink: socket.socket,
+    rate: int,
+    delay: float,
+    stop: threading.Event,
 ) -> None:
     try:
         while not stop.is_set() and (data := source.recv(PIECE)):
+            if delay:
+                time.sleep(delay)
             sink.sendall(data)
             if rate:
                 time.sleep(len(data) / rate)

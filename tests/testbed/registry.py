@@ -38,7 +38,7 @@ from .tokenserver import TokenServer
 log = logging.getLogger(__name__)
 
 REGISTRY_BINARY = "docker-registry"
-KINDS = ("plain", "basic", "token", "redirect")
+KINDS = ("plain", "basic", "token", "redirect", "proxy")
 TEST_USERNAME = "tester"
 TEST_PASSWORD = "apparate-test-password"
 TOKEN_SERVICE = "apparate-test-registry"
@@ -78,6 +78,7 @@ class RegistryHandle:
     workdir: Path
     token_server: TokenServer | None = None
     redirect_target: str | None = None
+    proxy_of: str | None = None
     _stoppers: list[Any] = field(default_factory=list, repr=False)
 
     @property
@@ -110,11 +111,15 @@ def start_registry(
     *,
     populated: bool = True,
     samples: Samples | None = None,
+    storage_from: Path | None = None,
+    proxy_of: str | None = None,
 ) -> RegistryHandle:
     """Start a registry of `kind` with its files in `workdir`.
 
     With `populated`, it contains the samples under `samples/...`, and the
-    samples and the cached storage are built first if missing.
+    samples and the cached storage are built first if missing. With
+    `storage_from`, it starts with a copy of that registry storage instead.
+    The `proxy` kind is a pull-through cache of the registry at `proxy_of`.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown registry kind {kind!r}; expected one of {KINDS}")
@@ -130,7 +135,11 @@ def start_registry(
         raise FileExistsError(
             f"{storage} already exists; start the registry in an empty folder"
         )
-    if populated:
+    if kind == "proxy" and not proxy_of:
+        raise ValueError("a proxy registry needs proxy_of, the URL it caches")
+    if storage_from is not None:
+        subprocess.run(["cp", "-a", str(storage_from), str(storage)], check=True)
+    elif populated and kind != "proxy":
         seed = ensure_seed_storage(samples or ensure_samples())
         subprocess.run(["cp", "-a", str(seed), str(storage)], check=True)
     else:
@@ -145,6 +154,7 @@ def start_registry(
         ca_file=None,
         storage_dir=storage,
         workdir=workdir,
+        proxy_of=proxy_of,
     )
     handle.certs_dir.mkdir(exist_ok=True)
     try:
@@ -180,6 +190,8 @@ def _launch(handle: RegistryHandle, binary: str) -> None:
         scheme = "https"
     elif handle.kind == "redirect":
         _configure_redirect(handle, config)
+    elif handle.kind == "proxy":
+        config["proxy"] = {"remoteurl": handle.proxy_of}
     handle.url = f"{scheme}://{handle.host}"
 
     # JSON is valid YAML, and it needs no quoting rules of its own.

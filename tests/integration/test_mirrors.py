@@ -1,0 +1,222 @@
+"""Delta pulls from the origin registry and a second real registry as mirror.
+
+The origin is reached through a forwarder that adds a round trip, so the
+mirror ranks first, as a nearby mirror would. The mirror starts as a copy of
+the origin's storage, then misbehaves in the way each test needs: it lacks
+the new layer, its storage is damaged, a forwarder in front of it answers
+500 or stalls, or it is a pull-through cache that has not cached the layer
+yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import apparate
+from apparate.config import Config, Mirror
+from apparate.convert import ConvertOptions, convert
+from apparate.pull import PullOptions
+from apparate.result import PullResult
+from tests.integration.faulty import misbehaving
+from tests.integration.throttle import throttled
+from tests.testbed.registry import RegistryHandle, blob_path, start_registry
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("isolated_environment"),
+]
+
+STALL_TIMEOUT = 1.0
+ORIGIN_DELAY = 0.03
+
+
+@dataclass
+class Origin:
+    """A registry holding converted base:v1 and base:v2, and v2's largest layer.
+
+    ``host`` is the slower way to it, which pulls use.
+    """
+
+    registry: RegistryHandle
+    host: str
+    v2_layer: str
+
+    @property
+    def repository(self) -> str:
+        return f"{self.host}/converted/base"
+
+
+@pytest.fixture
+def origin(registry_plain, fresh_registry, tmp_path) -> Iterator[Origin]:
+    options = ConvertOptions(store=tmp_path / "convert")
+    repository = f"{fresh_registry.host}/converted/base"
+    for tag in ("v1", "v2"):
+        convert(f"{registry_plain.host}/samples/base:{tag}", f"{repository}:{tag}",
+                options)  # fmt: skip
+    command = ["skopeo", "inspect", "--raw", "--tls-verify=false",
+               f"docker://{repository}:v2"]  # fmt: skip
+    raw = subprocess.run(command, capture_output=True, text=True, check=True)
+    manifest = json.loads(raw.stdout)
+    port = int(fresh_registry.host.rpartition(":")[2])
+    with throttled(port, request_delay=ORIGIN_DELAY) as slow_port:
+        largest = max(manifest["layers"], key=lambda layer: layer["size"])
+        yield Origin(fresh_registry, f"127.0.0.1:{slow_port}", largest["digest"])
+
+
+def start_mirror(origin: Origin, workdir: Path, **kwargs) -> RegistryHandle:
+    """Start a second real registry; by default a copy of the origin's storage."""
+    if "proxy_of" in kwargs:
+        return start_registry("proxy", workdir, populated=False, **kwargs)
+    return start_registry("plain", workdir, storage_from=origin.registry.storage_dir)
+
+
+@pytest.fixture
+def mirror(origin, tmp_path) -> Iterator[RegistryHandle]:
+    handle = start_mirror(origin, tmp_path / "mirror")
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def pull_update(origin: Origin, store: Path, mirror_url: str) -> PullResult:
+    """Pull v1 from the origin alone, then v2 with the mirror as a source."""
+    apparate.pull(f"{origin.repository}:v1", PullOptions(store=store))
+    config = Config(
+        stall_timeout=STALL_TIMEOUT,
+        mirrors={origin.host: (Mirror(f"http://{mirror_url}"),)},
+    )
+    return apparate.pull(
+        f"{origin.repository}:v2", PullOptions(store=store, config=config)
+    )
+
+
+def assert_correct_image(origin: Origin, store: Path, result: PullResult) -> None:
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{store}:{origin.repository}:v2"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(inspected)["Digest"] == str(result.digest)
+    for blob in (store / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+def blob_gets(registry: RegistryHandle, digest: str) -> int:
+    """Count the GET requests for one blob in a registry's log."""
+    log = (registry.workdir / "registry.log").read_text()
+    return sum(
+        1
+        for line in log.splitlines()
+        if "http.request.method=GET" in line and f"/blobs/{digest}" in line
+        and "response" in line
+    )  # fmt: skip
+
+
+def test_healthy_mirror_serves_ranges(origin, mirror, tmp_path):
+    store = tmp_path / "store"
+
+    result = pull_update(origin, store, mirror.host)
+
+    assert_correct_image(origin, store, result)
+    assert result.bytes_by_source.get(f"http://{mirror.host}", 0) > 0
+    assert result.warnings == []
+
+
+def test_mirror_lacking_layer_moves_to_origin(origin, tmp_path):
+    handle = start_mirror(origin, tmp_path / "mirror")
+    try:
+        blob_path(handle.storage_dir, origin.v2_layer).unlink()
+        store = tmp_path / "store"
+
+        result = pull_update(origin, store, handle.host)
+    finally:
+        handle.stop()
+
+    assert_correct_image(origin, store, result)
+    assert any(handle.host in warning for warning in result.warnings)
+    assert result.bytes_by_source.get(origin.host, 0) > 0
+
+
+def test_mirror_answering_500_moves_to_origin(origin, mirror, tmp_path):
+    store = tmp_path / "store"
+
+    with misbehaving(mirror.host, origin.v2_layer, "error") as faulty:
+        result = pull_update(origin, store, faulty)
+
+    assert_correct_image(origin, store, result)
+    assert any(faulty in warning and "500" in warning for warning in result.warnings)
+
+
+def test_mirror_stalling_mid_body_moves_to_origin(origin, mirror, tmp_path):
+    store = tmp_path / "store"
+
+    with misbehaving(mirror.host, origin.v2_layer, "stall") as faulty:
+        result = pull_update(origin, store, faulty)
+
+    assert_correct_image(origin, store, result)
+    assert any(faulty in warning for warning in result.warnings)
+
+
+def test_mirror_serving_corrupt_bytes_is_dropped(origin, tmp_path):
+    handle = start_mirror(origin, tmp_path / "mirror")
+    try:
+        data = blob_path(handle.storage_dir, origin.v2_layer)
+        damaged = bytearray(data.read_bytes())
+        for offset in range(0, len(damaged) - 200_000, 100_000):
+            damaged[offset + 50] ^= 0xFF
+        data.write_bytes(bytes(damaged))
+        store = tmp_path / "store"
+
+        result = pull_update(origin, store, handle.host)
+    finally:
+        handle.stop()
+
+    assert_correct_image(origin, store, result)
+    dropped = [w for w in result.warnings if "dropped" in w and handle.host in w]
+    assert dropped
+    assert "failed verification" in dropped[0]
+
+
+def test_pull_through_cache_gets_one_request(origin, tmp_path):
+    handle = start_mirror(
+        origin, tmp_path / "mirror", proxy_of=f"http://{origin.registry.host}"
+    )
+    try:
+        store = tmp_path / "store"
+
+        result = pull_update(origin, store, handle.host)
+        gets = blob_gets(handle, origin.v2_layer)
+    finally:
+        handle.stop()
+
+    assert_correct_image(origin, store, result)
+    assert gets == 1
+    assert result.bytes_by_source.get(f"http://{handle.host}", 0) < 1024 * 1024
+
+
+def test_redirect_is_followed_once_per_blob(registry_plain, tmp_path):
+    registry = start_registry("redirect", tmp_path / "redirect", populated=False)
+    try:
+        repository = f"{registry.host}/converted/base"
+        options = ConvertOptions(store=tmp_path / "convert")
+        for tag in ("v1", "v2"):
+            convert(f"{registry_plain.host}/samples/base:{tag}",
+                    f"{repository}:{tag}", options)  # fmt: skip
+        store = tmp_path / "store"
+        apparate.pull(f"{repository}:v1", PullOptions(store=store))
+
+        result = apparate.pull(f"{repository}:v2", PullOptions(store=store))
+        largest = max(result.layers, key=lambda layer: layer.size)
+        gets = blob_gets(registry, str(largest.digest))
+    finally:
+        registry.stop()
+
+    assert largest.bytes_fetched < largest.size / 2
+    assert gets == 1
