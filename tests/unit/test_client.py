@@ -21,7 +21,7 @@ from apparate.errors import (
 )
 from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.reference import Reference
-from apparate.registry.client import RangesUnsupported, RegistryClient
+from apparate.registry.client import Endpoint, RangesUnsupported, RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
 
@@ -527,3 +527,60 @@ def test_fetch_range_unsupported_is_not_read(client, answer):
         fetch_range(client, 0, 100)
 
     assert route.call_count == 1
+
+
+def ranged(request: httpx.Request) -> httpx.Response:
+    start, _, end = request.headers["Range"].removeprefix("bytes=").partition("-")
+    first, last = int(start), int(end)
+    headers = {"Content-Range": f"bytes {first}-{last}/{len(BLOB)}"}
+    return httpx.Response(206, headers=headers, content=BLOB[first : last + 1])
+
+
+@respx.mock
+def test_redirect_target_is_remembered_per_blob(client):
+    storage = "https://storage.example/blob?sig=1"
+    registry = respx.get(BLOB_PATH).mock(
+        return_value=httpx.Response(307, headers={"Location": storage})
+    )
+    target = respx.get(storage).mock(side_effect=ranged)
+
+    first = fetch_range(client, 0, 1000)
+    second = fetch_range(client, 1000, 3000)
+
+    assert first + second == BLOB[:3000]
+    assert registry.call_count == 1
+    assert target.call_count == 2
+
+
+@respx.mock
+def test_expired_redirect_target_asks_registry_again(client):
+    old, new = "https://storage.example/old", "https://storage.example/new"
+    registry = respx.get(BLOB_PATH).mock(
+        side_effect=[
+            httpx.Response(307, headers={"Location": old}),
+            httpx.Response(307, headers={"Location": new}),
+        ]
+    )
+    respx.get(old).mock(side_effect=[ranged, httpx.Response(403)])
+    respx.get(new).mock(side_effect=ranged)
+
+    first = fetch_range(client, 0, 1000)
+    second = fetch_range(client, 1000, 3000)
+
+    assert first + second == BLOB[:3000]
+    assert registry.call_count == 2
+
+
+@respx.mock
+def test_mirror_endpoint_with_path_prefix():
+    credentials = CredentialStore.from_environment({}, env={"HOME": "/nonexistent"})
+    endpoint = Endpoint.parse("https://mirror.example/cache")
+    reference = Reference.parse(f"{HOST}/team/app:v1")
+    route = respx.get(
+        f"https://mirror.example/cache/v2/team/app/blobs/{BLOB_DIGEST}"
+    ).mock(return_value=httpx.Response(200, content=BLOB))
+
+    settings = TransportSettings(certs_dirs=())
+    with RegistryClient(reference, settings, credentials, endpoint=endpoint) as mirror:
+        assert fetch(mirror) == BLOB
+    assert route.called
