@@ -27,7 +27,12 @@ the package, so callers catch only these::
     │       ├── ChunkTableCorrupt  footer or table damaged or inconsistent
     │       ├── UnsupportedChunkFormat
     │       └── ChunkCorrupt       a frame that does not give its chunk
-    └── StoreError                 the local store cannot be read or written
+    ├── StoreError                 the local store cannot be read or written
+    └── ImageImportError           a stored image could not be handed on
+        ├── DaemonUnreachable      docker or containerd is not running
+        ├── DaemonPermissionDenied its socket refuses this user
+        ├── DaemonRejected         the daemon refused or failed the archive
+        └── ArchiveWriteFailed     an archive file could not be written
 
 The CLI maps each class to its own exit code through ``exit_code``.
 """
@@ -154,3 +159,38 @@ class ChunkCorrupt(ChunkedLayerError):
 class StoreError(ApparateError):
     exit_code = 10
     hint = "check the store directory's permissions and free space"
+
+
+class ImageImportError(ApparateError):
+    """A pulled image could not be handed to docker, containerd or a file.
+
+    The image stays in the local store, so ``apparate import`` can retry.
+    """
+
+    exit_code = 12
+    hint = "the image is kept in the local store; retry with 'apparate import'"
+
+
+class DaemonUnreachable(ImageImportError):
+    hint = (
+        "start the daemon or pick another --into target; the image is kept in "
+        "the local store, so 'apparate import' can retry"
+    )
+
+
+class DaemonPermissionDenied(ImageImportError):
+    hint = (
+        "run as root or as a member of the socket's group (such as docker), or "
+        "pick another --into target; the image is kept in the local store"
+    )
+
+
+class DaemonRejected(ImageImportError):
+    pass
+
+
+class ArchiveWriteFailed(ImageImportError):
+    hint = (
+        "free space or pick another folder, then retry with 'apparate import'; "
+        "the image is kept in the local store"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ from apparate.errors import (
     VerificationError,
 )
 from apparate.image import ResolvedImage, resolve_image
+from apparate.importers import Daemons, import_stored
 from apparate.layers import DiffIDVerifier
 from apparate.manifest import (
     DOCKER_MANIFEST,
@@ -56,6 +58,7 @@ from apparate.result import LayerResult, PullResult
 from apparate.sources.pool import SourcePool
 from apparate.sources.selection import list_sources, open_pool, save_figures
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from apparate.store.collector import after_pull
 from apparate.store.history import PullHistory
 from apparate.store.layout import BlobWriter, Store, default_store_path
 
@@ -84,6 +87,10 @@ class PullOptions:
     # Settings from config.toml; None reads the file.
     config: Config | None = None
     observer: PullObserver = field(default_factory=PullObserver)
+    # Where the stored image goes (see apparate.importers.target); None means
+    # APPARATE_INTO, else ``into`` in config.toml, else auto.
+    into: str | None = None
+    daemons: Daemons = field(default_factory=Daemons.from_environment)
 
 
 def pull(reference: str | Reference, options: PullOptions | None = None) -> PullResult:
@@ -129,6 +136,13 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     )
     if not options.dry_run:
         _record(store, result)
+        after_pull(store, result, config.max_store_size)
+        # Stored and recorded first, so a failed import can be retried with
+        # ``apparate import`` without fetching.
+        imported = import_stored(
+            store, str(ref), options.into, options.daemons, config.into
+        )
+        result = dataclasses.replace(result, imported=imported)
     return result
 
 

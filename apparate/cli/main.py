@@ -23,19 +23,32 @@ from apparate.chunked.writer import DEFAULT_LEVEL
 from apparate.cli.text import (
     LineObserver,
     dry_run_report,
-    format_table,
+    gc_report,
     human_size,
+    images_report,
+    import_line,
     short,
+    sources_line,
+    sources_report,
     stats_report,
     summary_line,
 )
+from apparate.config import load_config, parse_size
 from apparate.convert import ConvertOptions, LayerConversion, convert
 from apparate.errors import ApparateError, UsageError
+from apparate.importers import Daemons, ImportOptions, import_image
+from apparate.importers.run import chosen_target
+from apparate.importers.target import TARGET_HELP
 from apparate.platform import Platform
 from apparate.progress import PullObserver
 from apparate.pull import PullOptions, pull
 from apparate.reference import Reference
-from apparate.registry.credentials import Credentials
+from apparate.registry.credentials import Credentials, CredentialStore
+from apparate.registry.transport import TransportSettings
+from apparate.sources.selection import describe_sources
+from apparate.store.chunk_index import INDEX_FILE
+from apparate.store.collector import GcOptions, collect_garbage, remove_images
+from apparate.store.layout import default_store_path
 
 app = typer.Typer(
     help="Pull container images, fetching only what this machine lacks.",
@@ -77,6 +90,39 @@ InsecureOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+IntoOption = Annotated[
+    str | None,
+    typer.Option(
+        "--into",
+        help=f"Where the image goes once stored: {TARGET_HELP} (default: "
+        "APPARATE_INTO, else into in config.toml, else auto: docker if its socket "
+        "accepts connections, else containerd, else the local store only).",
+    ),
+]
+ContainerdAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--containerd-address",
+        help="containerd's socket (default: CONTAINERD_ADDRESS, else "
+        "/run/containerd/containerd.sock).",
+    ),
+]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        help="containerd namespace to import into (default: CONTAINERD_NAMESPACE, "
+        "else default; kubelet uses k8s.io).",
+    ),
+]
+MirrorOption = Annotated[
+    list[str],
+    typer.Option(
+        "--mirror",
+        help="Mirror URL of the image's registry, serving content by digest "
+        "(repeatable; tried with those of config.toml and hosts.toml).",
+    ),
+]
 
 
 def _print_version(value: bool) -> None:
@@ -122,6 +168,7 @@ def pull_command(
     username: UsernameOption = None,
     password_stdin: PasswordStdinOption = False,
     insecure: InsecureOption = [],  # noqa: B006 - typer reads it, never mutates it
+    mirror: MirrorOption = [],  # noqa: B006 - typer reads it, never mutates it
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -130,10 +177,13 @@ def pull_command(
             "only chunk tables.",
         ),
     ] = False,
+    into: IntoOption = None,
+    containerd_address: ContainerdAddressOption = None,
+    namespace: NamespaceOption = None,
     debug: DebugOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Pull an image into the local store."""
+    """Pull an image into the local store, then import it (see --into)."""
     _configure_logging(debug, verbose)
     with _errors_reported():
         ref = Reference.parse(reference)
@@ -143,6 +193,9 @@ def pull_command(
             insecure_registries=insecure,
             credentials=_explicit_credentials(ref, username, password_stdin),
             dry_run=dry_run,
+            mirrors=mirror,
+            into=_checked_target(into),
+            daemons=_daemons(containerd_address, namespace),
         )
         with _observer(quiet or as_json or dry_run) as observer:
             options.observer = observer
@@ -156,6 +209,55 @@ def pull_command(
         print(dry_run_report(result))
     else:
         print(summary_line(result))
+        if line := sources_line(result):
+            print(line)
+        if result.imported:
+            print(import_line(result.imported))
+
+
+@app.command("import")
+def import_command(
+    reference: Annotated[
+        str, typer.Argument(help="Image in the local store, as it was pulled.")
+    ],
+    into: IntoOption = None,
+    store: StoreOption = None,
+    containerd_address: ContainerdAddressOption = None,
+    namespace: NamespaceOption = None,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="Print only the image ID.")
+    ] = False,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Import an image from the local store again, without fetching it."""
+    _configure_logging(debug, verbose)
+    with _errors_reported():
+        ref = Reference.parse(reference)
+        options = ImportOptions(
+            store=store,
+            into=_checked_target(into),
+            daemons=_daemons(containerd_address, namespace),
+        )
+        imported = import_image(str(ref), options)
+
+    if as_json:
+        print(json.dumps(imported.to_dict(), indent=2))
+    elif quiet:
+        print(imported.image_id)
+    else:
+        print(f"{ref}: {import_line(imported)}")
+
+
+def _checked_target(into: str | None) -> str | None:
+    """Check --into, APPARATE_INTO and config.toml's into before any work."""
+    chosen_target(into)
+    return into
+
+
+def _daemons(containerd_address: str | None, namespace: str | None) -> Daemons:
+    return Daemons.from_environment().with_options(containerd_address, namespace)
 
 
 @app.command("convert")
@@ -231,16 +333,77 @@ def images_command(
 
     if as_json:
         rows = [
-            {"reference": i.reference, "digest": str(i.digest), "size": i.size}
+            {
+                "reference": i.reference,
+                "digest": str(i.digest),
+                "size": i.size,
+                "last_used": round(i.last_used, 3),
+            }
             for i in images
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = [
-        [image.reference, str(image.digest)[:19], human_size(image.size)]
-        for image in images
-    ]
-    print(format_table(["REFERENCE", "DIGEST", "SIZE"], table))
+    print(images_report(images))
+
+
+DryRunGcOption = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Print what would be removed; remove nothing."),
+]
+
+
+@app.command("rm")
+def rm_command(
+    references: Annotated[
+        list[str],
+        typer.Argument(help="Images to remove, as 'apparate images' lists them."),
+    ],
+    store: StoreOption = None,
+    dry_run: DryRunGcOption = False,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Remove images, and the blobs no other stored image needs."""
+    _configure_logging(debug, verbose)
+    with _errors_reported():
+        result = remove_images(references, store, GcOptions(dry_run=dry_run))
+
+    print(json.dumps(result.to_dict(), indent=2) if as_json else gc_report(result))
+
+
+@app.command("gc")
+def gc_command(
+    max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-size",
+            help="Remove least recently used packs, then images, until the store "
+            "is at most this size, e.g. 500M or 2G.",
+        ),
+    ] = None,
+    store: StoreOption = None,
+    dry_run: DryRunGcOption = False,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Remove blobs, packs and partial downloads that no stored image needs."""
+    _configure_logging(debug, verbose)
+    with _errors_reported():
+        options = GcOptions(max_size=_parse_max_size(max_size), dry_run=dry_run)
+        result = collect_garbage(store, options)
+
+    print(json.dumps(result.to_dict(), indent=2) if as_json else gc_report(result))
+
+
+def _parse_max_size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise UsageError(f"--max-size: {error}") from None
 
 
 @app.command("stats")
@@ -268,6 +431,38 @@ def stats_command(
         print(json.dumps(document, indent=2))
         return
     print(stats_report(totals, records))
+
+
+@app.command("sources")
+def sources_command(
+    reference: Annotated[
+        str, typer.Argument(help="Image reference whose sources to rank.")
+    ],
+    mirror: MirrorOption = [],  # noqa: B006 - typer reads it, never mutates it
+    insecure: InsecureOption = [],  # noqa: B006 - typer reads it, never mutates it
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Rank the sources of an image: round trips probed now, throughputs seen."""
+    _configure_logging(debug, False)
+    with _errors_reported():
+        ref = Reference.parse(reference)
+        root = store or default_store_path()
+        figures = root / INDEX_FILE if root.is_dir() else None
+        rows = describe_sources(
+            ref,
+            mirror,
+            load_config(),
+            TransportSettings.from_environment(insecure),
+            CredentialStore.from_environment(),
+            figures,
+        )
+
+    if as_json:
+        print(json.dumps([row.to_dict() for row in rows], indent=2))
+        return
+    print(sources_report(rows))
 
 
 def _configure_logging(debug: bool, verbose: bool) -> None:

@@ -1,0 +1,178 @@
+"""Import a stored image into containerd with ``ctr images import``.
+
+ctr reads an oci-archive on its standard input, streamed from the store. The
+archive holds the registry's own manifest (and index), so ``ctr images ls``
+shows the same digest as a plain ``ctr images pull``. containerd 2.x routes
+imports through its transfer service unless ``--local`` is given, so that
+option is passed where the installed ctr offers it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+from apparate.errors import (
+    DaemonPermissionDenied,
+    DaemonRejected,
+    DaemonUnreachable,
+)
+from apparate.importers.archive import oci_members, stream_tar
+from apparate.importers.image import StoredContent
+from apparate.importers.sockets import require_socket
+from apparate.importers.target import CONTAINERD, Daemons, containerd_socket
+from apparate.result import ImportResult
+from apparate.store.layout import Store
+
+log = logging.getLogger(__name__)
+
+CTR = "ctr"
+HELP_TIMEOUT = 30.0
+OUTPUT_LIMIT = 64 * 1024
+ADDRESS_SETTING = "CONTAINERD_ADDRESS or --containerd-address"
+
+
+@functools.cache
+def ctr_has_local(ctr: str) -> bool:
+    """Tell whether ``ctr images import`` offers ``--local`` (containerd 2.x)."""
+    try:
+        done = subprocess.run(
+            [ctr, "images", "import", "--help"],
+            capture_output=True, text=True, timeout=HELP_TIMEOUT, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--local" in done.stdout + done.stderr
+
+
+def import_command(
+    ctr: str, address: str, namespace: str, platform: str, local: bool
+) -> list[str]:
+    """Return the argv of ``ctr images import`` reading an archive from stdin.
+
+    ``--platform`` makes ctr unpack the pulled platform, which need not be
+    this machine's. ``--all-platforms`` is left out: the archive holds one.
+    """
+    argv = [ctr, "--address", address, "--namespace", namespace, "images", "import"]
+    if local:
+        argv.append("--local")
+    if platform:
+        argv += ["--platform", platform]
+    return [*argv, "-"]
+
+
+def import_into_containerd(
+    store: Store, content: StoredContent, daemons: Daemons, requested: str
+) -> ImportResult:
+    """Stream a stored image into ``ctr images import``; return its name there."""
+    started = time.monotonic()
+    ctr = shutil.which(CTR)
+    if ctr is None:
+        raise DaemonUnreachable(
+            f"cannot import {content.reference} into containerd: ctr is not installed",
+            hint="install containerd (Debian package containerd), or pick another "
+            "--into target; the image is kept in the local store",
+        )
+    address = containerd_socket(daemons.containerd_address)
+    require_socket(address, "containerd", ADDRESS_SETTING)
+    name = str(content.reference)
+    argv = import_command(
+        ctr, address, daemons.containerd_namespace, content.platform, ctr_has_local(ctr)
+    )
+    log.debug("running %s", " ".join(argv))
+    sent = _run(argv, stream_tar(oci_members(store, content, name)), name)
+    return ImportResult(
+        CONTAINERD, requested, name, str(content.top.digest), sent,
+        time.monotonic() - started,
+        f"namespace {daemons.containerd_namespace}",
+    )  # fmt: skip
+
+
+def _run(argv: list[str], archive: Iterator[bytes], reference: str) -> int:
+    """Feed ``archive`` to ctr; return the bytes sent, raising if ctr failed."""
+    process = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    output = _Output(process)
+    sent = 0
+    assert process.stdin is not None
+    try:
+        for piece in archive:
+            process.stdin.write(piece)
+            sent += len(piece)
+        process.stdin.close()
+    except BrokenPipeError:
+        # ctr stopped reading, so it failed: its output says why.
+        pass
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        _close_quietly(process)
+    code = process.wait()
+    text = output.text()
+    if code != 0:
+        raise _failure(text, reference)
+    log.info("%s: %s", reference, text.strip().replace("\n", "; "))
+    return sent
+
+
+def _close_quietly(process: subprocess.Popen[bytes]) -> None:
+    try:
+        if process.stdin:
+            process.stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+def _failure(output: str, reference: str) -> Exception:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    detail = lines[-1] if lines else "no output"
+    retry = (
+        "the image is kept in the local store, so retry with "
+        f"'apparate import {reference} --into containerd'"
+    )
+    message = f"ctr images import failed for {reference}: {detail}"
+    lowered = output.lower()
+    if "no space left on device" in lowered:
+        return DaemonRejected(
+            message, hint=f"free space in containerd's root folder; {retry}"
+        )
+    if "permission denied" in lowered:
+        return DaemonPermissionDenied(message)
+    if "connection refused" in lowered or "no such file or directory" in lowered:
+        return DaemonUnreachable(message)
+    return DaemonRejected(message, hint=f"see containerd's log; {retry}")
+
+
+class _Output:
+    """Read a process's output on a thread, so it never blocks on a full pipe."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._chunks: list[bytes] = []
+        self._thread = threading.Thread(
+            target=self._read, args=(process,), name="ctr-output", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        """Keep the last ``OUTPUT_LIMIT`` bytes, where ctr prints its error."""
+        assert process.stdout is not None
+        kept = 0
+        with process.stdout:
+            while data := process.stdout.read(4096):
+                self._chunks.append(data)
+                kept += len(data)
+                while kept - len(self._chunks[0]) >= OUTPUT_LIMIT:
+                    kept -= len(self._chunks.pop(0))
+
+    def text(self) -> str:
+        """Wait for the end of the output and return it, decoded."""
+        self._thread.join()
+        return b"".join(self._chunks).decode("utf-8", errors="replace")

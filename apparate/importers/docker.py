@@ -1,0 +1,264 @@
+"""Load a stored image into docker through the Engine API on its unix socket.
+
+``POST /images/load`` receives a docker-archive streamed from the store. The
+daemon answers HTTP 200 at once and reports failures later, as JSON lines
+with ``errorDetail``, so every line is read and checked. An image whose ID
+(the config digest) docker already holds is only tagged.
+
+Engines that keep images in containerd (the containerd image store of
+Docker 24 and later, the default from Docker 29) report the snapshotter
+driver in ``GET /info``; they load OCI archives, which keep the registry's
+manifest digest, so they get one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from apparate.errors import DaemonRejected, DaemonUnreachable
+from apparate.importers.archive import docker_members, oci_members, stream_tar
+from apparate.importers.image import StoredContent
+from apparate.importers.sizes import LayerSizes
+from apparate.importers.sockets import require_socket
+from apparate.importers.target import DOCKER, docker_socket
+from apparate.result import ImportResult
+from apparate.store.layout import Store
+
+log = logging.getLogger(__name__)
+
+CONTAINERD_SNAPSHOTTER_DRIVER = "io.containerd.snapshotter.v1"
+TIMEOUT = httpx.Timeout(30.0, read=None, write=None)
+NO_SPACE = "no space left on device"
+
+
+def uses_containerd_store(info: dict[str, Any]) -> bool:
+    """Tell from ``GET /info`` whether the engine keeps images in containerd."""
+    for pair in info.get("DriverStatus") or []:
+        if isinstance(pair, list) and len(pair) == 2 and pair[0] == "driver-type":
+            return str(pair[1]) == CONTAINERD_SNAPSHOTTER_DRIVER
+    return False
+
+
+def load_errors(lines: Iterator[str]) -> tuple[list[str], str | None]:
+    """Read the JSON stream of ``/images/load``: its messages and first error."""
+    messages: list[str] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return messages, f"unreadable answer {line[:200]!r}"
+        if not isinstance(record, dict):
+            continue
+        detail = record.get("errorDetail")
+        if detail or record.get("error"):
+            if isinstance(detail, dict) and detail.get("message"):
+                return messages, str(detail["message"])
+            return messages, str(record.get("error") or detail)
+        if record.get("stream"):
+            messages.append(str(record["stream"]).strip())
+    return messages, None
+
+
+class DockerEngine:
+    """A small client of the Engine API on a unix socket, for one image.
+
+    ``reference`` is the image being imported, which error messages name.
+    """
+
+    def __init__(self, docker_host: str, reference: str) -> None:
+        self.socket = docker_socket(docker_host)
+        self.reference = reference
+        self._client = httpx.Client(
+            transport=httpx.HTTPTransport(uds=self.socket),
+            base_url="http://docker",
+            timeout=TIMEOUT,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def info(self) -> dict[str, Any]:
+        answer = self._request("GET", "/info")
+        try:
+            document = answer.json()
+        except ValueError:
+            document = None
+        return document if isinstance(document, dict) else {}
+
+    def has_image(self, image_id: str) -> bool:
+        answer = self._request("GET", f"/images/{image_id}/json", missing_ok=True)
+        return answer.status_code != 404
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        self._request(
+            "POST", f"/images/{image_id}/tag", params={"repo": repository, "tag": tag}
+        )
+
+    def load(self, archive: Iterator[bytes]) -> list[str]:
+        """Stream an archive to ``/images/load``; raise DaemonRejected on errors."""
+        headers = {"Content-Type": "application/x-tar"}
+        try:
+            with self._client.stream(
+                "POST", "/images/load", params={"quiet": "1"}, content=archive,
+                headers=headers,
+            ) as answer:  # fmt: skip
+                if answer.status_code != 200:
+                    answer.read()
+                    self._check(answer)
+                messages, error = load_errors(answer.iter_lines())
+        except httpx.TransportError as error:
+            raise DaemonRejected(
+                f"docker at {self.socket} broke off the load of {self.reference}: "
+                f"{error or type(error).__name__}",
+                hint="see the daemon's log for why; " + self._retry,
+            ) from None
+        if error:
+            raise self._rejected(error)
+        return messages
+
+    @property
+    def _retry(self) -> str:
+        return (
+            "the image is kept in the local store, so retry with "
+            f"'apparate import {self.reference} --into docker'"
+        )
+
+    def _request(
+        self, method: str, path: str, missing_ok: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        try:
+            answer = self._client.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise DaemonUnreachable(
+                f"docker at {self.socket} did not answer {method} {path} while "
+                f"importing {self.reference}: {error or type(error).__name__}"
+            ) from None
+        if not (missing_ok and answer.status_code == 404):
+            self._check(answer)
+        return answer
+
+    def _check(self, answer: httpx.Response) -> None:
+        if answer.is_success:
+            return
+        try:
+            message = str(answer.json().get("message") or answer.text)
+        except (ValueError, AttributeError):
+            message = answer.text[:200]
+        request = answer.request
+        raise self._rejected(
+            f"{request.method} {request.url.path} failed with HTTP "
+            f"{answer.status_code}: {message}"
+        )
+
+    def _rejected(self, message: str) -> DaemonRejected:
+        if NO_SPACE in message:
+            return DaemonRejected(
+                f"docker ran out of disk space loading {self.reference}: {message}",
+                hint="free space where docker keeps its data ('Docker Root Dir' in "
+                "'docker info'); " + self._retry,
+            )
+        return DaemonRejected(
+            f"docker rejected {self.reference}: {message}", hint=self._retry
+        )
+
+
+def import_into_docker(
+    store: Store, content: StoredContent, docker_host: str, requested: str
+) -> ImportResult:
+    """Hand a stored image to docker; return its name and image ID there."""
+    started = time.monotonic()
+    engine = DockerEngine(docker_host, str(content.reference))
+    try:
+        require_socket(engine.socket, "docker", "DOCKER_HOST")
+        if uses_containerd_store(engine.info()):
+            return _load_oci(engine, store, content, requested, started)
+        return _load_docker(engine, store, content, requested, started)
+    finally:
+        engine.close()
+
+
+def _load_docker(
+    engine: DockerEngine,
+    store: Store,
+    content: StoredContent,
+    requested: str,
+    started: float,
+) -> ImportResult:
+    reference = content.reference
+    image_id = str(content.config_digest)
+    name = f"{reference.name}:{content.tag}" if content.tag else None
+    note = "" if name else _untagged_note(content)
+    if engine.has_image(image_id):
+        log.info("%s: docker already holds image %s", reference, image_id)
+        if content.tag:
+            engine.tag(image_id, reference.name, content.tag)
+            note = "docker already held this image ID, so it was only tagged"
+        else:
+            note = f"docker already held this image ID; it was {note}"
+        return ImportResult(
+            DOCKER, requested, name, image_id, 0, time.monotonic() - started, note
+        )
+
+    sizes = LayerSizes(store)
+    try:
+        members = docker_members(store, content, sizes)
+    finally:
+        sizes.close()
+    counter = _Counter(stream_tar(members))
+    messages = engine.load(iter(counter))
+    log.info("%s: %s", reference, "; ".join(messages) or "loaded")
+    if not engine.has_image(image_id):
+        raise DaemonRejected(
+            f"docker finished loading {reference} but has no image {image_id}",
+            hint="see the daemon's log; the image is kept in the local store",
+        )
+    return ImportResult(
+        DOCKER, requested, name, image_id, counter.sent,
+        time.monotonic() - started, note,
+    )  # fmt: skip
+
+
+def _load_oci(
+    engine: DockerEngine,
+    store: Store,
+    content: StoredContent,
+    requested: str,
+    started: float,
+) -> ImportResult:
+    """Load an OCI archive into an engine that keeps its images in containerd."""
+    reference = str(content.reference)
+    counter = _Counter(stream_tar(oci_members(store, content, reference)))
+    messages = engine.load(iter(counter))
+    log.info("%s: %s", reference, "; ".join(messages) or "loaded")
+    return ImportResult(
+        DOCKER, requested, reference, str(content.top.digest), counter.sent,
+        time.monotonic() - started, "docker keeps its images in containerd",
+    )  # fmt: skip
+
+
+def _untagged_note(content: StoredContent) -> str:
+    return (
+        f"loaded without a tag because {content.reference} was pulled by digest, "
+        "and docker names loaded images only by tags; refer to it by its image ID"
+    )
+
+
+class _Counter:
+    """Count the bytes of a stream as they pass."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self._pieces:
+            self.sent += len(piece)
+            yield piece

@@ -1,0 +1,67 @@
+"""Write an archive to a file atomically: a temporary file, then a rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from apparate.errors import ArchiveWriteFailed
+
+
+def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
+    """Write ``pieces`` to ``path``; return the bytes written.
+
+    The archive appears under its name only once complete, so a reader never
+    sees half of one, and a failed write leaves any earlier file in place.
+    """
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as error:
+        raise _failed(error, path, reference) from None
+    written = 0
+    try:
+        with os.fdopen(handle, "wb") as output:
+            os.fchmod(output.fileno(), 0o666 & ~_UMASK)
+            for piece in pieces:
+                output.write(piece)
+                written += len(piece)
+            output.flush()
+            os.fsync(output.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise _failed(error, path, reference) from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _failed(error: OSError, path: Path, reference: str) -> ArchiveWriteFailed:
+    retry = f"retry with 'apparate import {reference} --into ...:FILE'"
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ArchiveWriteFailed(
+            f"cannot write the archive of {reference} to {path}: the disk is full",
+            hint=f"free space or pick another folder, then {retry}; the image "
+            "is kept in the local store",
+        )
+    return ArchiveWriteFailed(
+        f"cannot write the archive of {reference} to {path}: {reason}",
+        hint=f"check the folder and its permissions, then {retry}; the image "
+        "is kept in the local store",
+    )
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import, because setting the mask is not safe while other
+# threads create files.
+_UMASK = _read_umask()

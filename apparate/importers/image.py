@@ -1,0 +1,109 @@
+"""Read a tagged image back from the local store, as the importers need it.
+
+The store tags an OCI copy of a Docker schema 2 manifest, but keeps the
+registry's own manifest and index too. Importers that must show the image
+under its registry digest (containerd) use those, found through the
+``SOURCE_MANIFEST`` and ``SOURCE_INDEX`` annotations of the tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apparate.digest import Digest
+from apparate.errors import ApparateError, NotFound, StoreError
+from apparate.manifest import (
+    OCI_INDEX,
+    Descriptor,
+    Manifest,
+    media_type_of,
+    parse_diff_ids,
+    parse_json,
+    parse_manifest,
+)
+from apparate.reference import Reference
+from apparate.store.layout import Store, StoredImage
+
+
+@dataclass(frozen=True)
+class StoredContent:
+    """The blobs of one stored image, as the registry served them."""
+
+    reference: Reference
+    top: Descriptor
+    index_body: bytes | None
+    manifest: Descriptor
+    manifest_body: bytes
+    parsed: Manifest
+    config_body: bytes
+    diff_ids: list[Digest]
+    platform: str
+
+    @property
+    def config_digest(self) -> Digest:
+        return self.parsed.config.digest
+
+    @property
+    def tag(self) -> str | None:
+        """The tag daemons may name the image by; None for a pull by digest."""
+        return None if self.reference.digest else self.reference.tag
+
+
+def find_stored(store: Store, reference: str) -> StoredImage:
+    """Return the store's entry for ``reference``, raising NotFound if absent."""
+    ref = Reference.parse(reference)
+    for image in store.images():
+        if image.reference == str(ref):
+            return image
+    raise NotFound(
+        f"{ref} is not in the local store {store.root}",
+        hint=f"pull it first with 'apparate pull {ref}'",
+    )
+
+
+def load_content(store: Store, image: StoredImage) -> StoredContent:
+    """Read manifest, index and config of a stored image, and check its layers."""
+    subject = f"{image.reference} in the store"
+    manifest_body = store.read_blob(image.source_manifest)
+    try:
+        document = parse_json(manifest_body, f"manifest of {subject}")
+        parsed = parse_manifest(document, f"manifest of {subject}")
+        config_body = store.read_blob(parsed.config.digest)
+        config = parse_json(config_body, f"config of {subject}")
+        diff_ids = parse_diff_ids(config, f"config of {subject}")
+    except StoreError:
+        raise
+    except ApparateError as error:
+        raise StoreError(f"{subject} is unreadable: {error.message}") from None
+    _check_layers(store, parsed, diff_ids, subject)
+    manifest = Descriptor(parsed.media_type, image.source_manifest, len(manifest_body))
+    top, index_body = manifest, None
+    if image.source_index:
+        index_body = store.read_blob(image.source_index)
+        index_type = media_type_of(parse_json(index_body, subject), OCI_INDEX)
+        top = Descriptor(index_type, image.source_index, len(index_body))
+    return StoredContent(
+        Reference.parse(image.reference), top, index_body, manifest, manifest_body,
+        parsed, config_body, diff_ids, _platform(config),
+    )  # fmt: skip
+
+
+def _check_layers(
+    store: Store, parsed: Manifest, diff_ids: list[Digest], subject: str
+) -> None:
+    if len(diff_ids) != len(parsed.layers):
+        raise StoreError(
+            f"{subject}: the config lists {len(diff_ids)} diff_ids for "
+            f"{len(parsed.layers)} layers"
+        )
+    for layer in parsed.layers:
+        if not store.has_blob(layer.digest, layer.size):
+            raise StoreError(
+                f"{subject}: layer {layer.digest} is missing from the store",
+                hint="pull the image again",
+            )
+
+
+def _platform(config: dict[str, object]) -> str:
+    parts = [config.get("os"), config.get("architecture"), config.get("variant")]
+    return "/".join(str(part) for part in parts if isinstance(part, str) and part)

@@ -1,0 +1,149 @@
+"""Hand a stored image to the chosen target: ``apparate import`` and pull's end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apparate.config import load_config
+from apparate.errors import ApparateError
+from apparate.importers.archive import docker_members, oci_members, stream_tar
+from apparate.importers.containerd import import_into_containerd
+from apparate.importers.docker import import_into_docker
+from apparate.importers.files import write_archive
+from apparate.importers.image import StoredContent, find_stored, load_content
+from apparate.importers.sizes import LayerSizes
+from apparate.importers.sockets import SocketState, probe_socket
+from apparate.importers.target import (
+    AUTO,
+    CONTAINERD,
+    DOCKER,
+    DOCKER_ARCHIVE,
+    OCI,
+    OCI_ARCHIVE,
+    Daemons,
+    ImportTarget,
+    containerd_socket,
+    detected_target,
+    docker_socket,
+    requested_target,
+)
+from apparate.result import ImportResult
+from apparate.store.layout import Store, default_store_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImportOptions:
+    """Settings of ``apparate import``; ``into`` None means as configured."""
+
+    store: Path | None = None
+    into: str | None = None
+    daemons: Daemons = field(default_factory=Daemons.from_environment)
+
+
+def import_image(reference: str, options: ImportOptions | None = None) -> ImportResult:
+    """Import an image that is already in the local store, without fetching."""
+    options = options or ImportOptions()
+    store = Store(options.store or default_store_path(), create=False)
+    return import_stored(store, reference, options.into, options.daemons)
+
+
+def chosen_target(into: str | None, configured: str | None = None) -> ImportTarget:
+    """Return the target asked for by ``into``, APPARATE_INTO or config.toml.
+
+    ``configured`` is config.toml's ``into`` when the caller has read the
+    file already; otherwise the file is read only when it decides.
+    """
+    if configured is None and not into and not os.environ.get("APPARATE_INTO"):
+        configured = load_config().into
+    return requested_target(into, os.environ, configured)
+
+
+def import_stored(
+    store: Store,
+    reference: str,
+    into: str | None,
+    daemons: Daemons,
+    configured: str | None = None,
+) -> ImportResult:
+    """Hand the stored image ``reference`` to the target ``into`` names.
+
+    ``auto`` picks docker when its socket accepts connections, else
+    containerd, else leaves the image in the local store only.
+    """
+    requested = chosen_target(into, configured)
+    target = requested
+    if requested.kind == AUTO:
+        target = _detect(daemons)
+        log.info("%s: importing into %s (detected)", reference, target)
+    content = load_content(store, find_stored(store, reference))
+    started = time.monotonic()
+    if target.kind == DOCKER:
+        return import_into_docker(store, content, daemons.docker_host, str(requested))
+    if target.kind == CONTAINERD:
+        return import_into_containerd(store, content, daemons, str(requested))
+    if target.path is not None:
+        return _write_file(store, content, target, str(requested), started)
+    return ImportResult(
+        OCI, str(requested), str(content.reference), str(content.manifest.digest),
+        note=f"kept in the local store {store.root} only",
+    )  # fmt: skip
+
+
+def _detect(daemons: Daemons) -> ImportTarget:
+    """Probe docker's and containerd's sockets for ``auto``."""
+    docker = _answers("docker", lambda: docker_socket(daemons.docker_host))
+    containerd = not docker and _answers(
+        "containerd", lambda: containerd_socket(daemons.containerd_address)
+    )
+    return detected_target(docker, containerd)
+
+
+def _answers(daemon: str, socket_path: Callable[[], str]) -> bool:
+    try:
+        path = socket_path()
+        state = probe_socket(path)
+    except ApparateError as error:
+        log.warning("not importing into %s: %s", daemon, error)
+        return False
+    if state is SocketState.DENIED:
+        log.warning(
+            "not importing into %s: its socket %s %s", daemon, path, state.value
+        )
+    return state is SocketState.ACCEPTS
+
+
+def _write_file(
+    store: Store,
+    content: StoredContent,
+    target: ImportTarget,
+    requested: str,
+    started: float,
+) -> ImportResult:
+    assert target.path is not None
+    reference = str(content.reference)
+    if target.kind == OCI_ARCHIVE:
+        members = oci_members(store, content, reference)
+        image_id = str(content.top.digest)
+    else:
+        sizes = LayerSizes(store)
+        try:
+            members = docker_members(store, content, sizes)
+        finally:
+            sizes.close()
+        image_id = str(content.config_digest)
+    written = write_archive(target.path, stream_tar(members), reference)
+    name = reference if target.kind == OCI_ARCHIVE or content.tag else None
+    note = ""
+    if target.kind == DOCKER_ARCHIVE and not content.tag:
+        note = "written without a tag because the image was pulled by digest"
+    return ImportResult(
+        str(target), requested, name, image_id, written,
+        time.monotonic() - started, note,
+    )  # fmt: skip

@@ -1,0 +1,56 @@
+"""Probe a daemon's unix socket and turn a failed connection into an error."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import socket
+
+from apparate.errors import DaemonPermissionDenied, DaemonUnreachable
+
+CONNECT_TIMEOUT = 3.0
+
+
+class SocketState(enum.Enum):
+    ACCEPTS = "accepts connections"
+    MISSING = "does not exist"
+    REFUSED = "refuses connections"
+    DENIED = "is not open to this user"
+    TIMED_OUT = "does not accept connections in time"
+
+
+def probe_socket(path: str, timeout: float = CONNECT_TIMEOUT) -> SocketState:
+    """Connect to a unix socket and close it again; return what happened."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(timeout)
+        try:
+            connection.connect(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return SocketState.MISSING
+        except PermissionError:
+            return SocketState.DENIED
+        except TimeoutError:
+            return SocketState.TIMED_OUT
+        except OSError as error:
+            if error.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
+                return SocketState.REFUSED
+            raise DaemonUnreachable(f"cannot connect to {path}: {error}") from None
+    return SocketState.ACCEPTS
+
+
+def require_socket(path: str, daemon: str, setting: str) -> None:
+    """Raise the error that says why ``daemon`` cannot be reached at ``path``.
+
+    ``setting`` names how the user points apparate at another socket.
+    """
+    state = probe_socket(path)
+    if state is SocketState.ACCEPTS:
+        return
+    message = f"{daemon} is not reachable: its socket {path} {state.value}"
+    if state is SocketState.DENIED:
+        raise DaemonPermissionDenied(message)
+    raise DaemonUnreachable(
+        message,
+        hint=f"start {daemon}, or set {setting} to its socket, or pick another "
+        "--into target; the image is kept in the local store",
+    )

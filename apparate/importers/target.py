@@ -1,0 +1,126 @@
+"""Import targets: parse ``--into``, pick one, and find the daemons' sockets.
+
+Everything here is pure: the caller probes the sockets and passes the
+answers in, so the choice of target is tested with tables of cases.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from apparate.errors import UsageError
+
+AUTO = "auto"
+DOCKER = "docker"
+CONTAINERD = "containerd"
+OCI = "oci"
+DOCKER_ARCHIVE = "docker-archive"
+OCI_ARCHIVE = "oci-archive"
+DAEMON_KINDS = (DOCKER, CONTAINERD)
+FILE_KINDS = (DOCKER_ARCHIVE, OCI_ARCHIVE)
+TARGET_HELP = "docker, containerd, oci, docker-archive:FILE, oci-archive:FILE or auto"
+
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True)
+class ImportTarget:
+    """Where an image goes: a kind, plus a file for the archive kinds."""
+
+    kind: str
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.path}" if self.path else self.kind
+
+
+def parse_target(text: str) -> ImportTarget:
+    """Parse ``--into``; archive paths are made absolute, as the summary shows them."""
+    kind, colon, path = text.strip().partition(":")
+    if kind in FILE_KINDS:
+        if not path:
+            raise UsageError(f"--into {text}: name the file, as in {kind}:image.tar")
+        return ImportTarget(kind, Path(os.path.abspath(path)))
+    if colon or kind not in (AUTO, DOCKER, CONTAINERD, OCI):
+        raise UsageError(f"unknown import target {text!r}: use {TARGET_HELP}")
+    return ImportTarget(kind)
+
+
+def requested_target(
+    explicit: str | None, env: Mapping[str, str], configured: str | None
+) -> ImportTarget:
+    """Return the target asked for: the option, else APPARATE_INTO, else config."""
+    for text in (explicit, env.get("APPARATE_INTO"), configured):
+        if text:
+            return parse_target(text)
+    return ImportTarget(AUTO)
+
+
+def detected_target(docker_answers: bool, containerd_answers: bool) -> ImportTarget:
+    """Pick the target of ``auto``: docker, else containerd, else the store."""
+    if docker_answers:
+        return ImportTarget(DOCKER)
+    if containerd_answers:
+        return ImportTarget(CONTAINERD)
+    return ImportTarget(OCI)
+
+
+@dataclass(frozen=True)
+class Daemons:
+    """How to reach docker and containerd.
+
+    ``docker_host`` is a ``DOCKER_HOST`` value; only ``unix://`` is served.
+    """
+
+    docker_host: str = f"unix://{DEFAULT_DOCKER_SOCKET}"
+    containerd_address: str = DEFAULT_CONTAINERD_SOCKET
+    containerd_namespace: str = DEFAULT_NAMESPACE
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] = os.environ) -> Daemons:
+        """Read DOCKER_HOST, CONTAINERD_ADDRESS and CONTAINERD_NAMESPACE."""
+        return cls(
+            docker_host=env.get("DOCKER_HOST") or cls.docker_host,
+            containerd_address=env.get("CONTAINERD_ADDRESS") or cls.containerd_address,
+            containerd_namespace=env.get("CONTAINERD_NAMESPACE")
+            or cls.containerd_namespace,
+        )
+
+    def with_options(
+        self, containerd_address: str | None, containerd_namespace: str | None
+    ) -> Daemons:
+        """Return a copy with the command-line options applied over the environment."""
+        return Daemons(
+            self.docker_host,
+            containerd_address or self.containerd_address,
+            containerd_namespace or self.containerd_namespace,
+        )
+
+
+def docker_socket(docker_host: str) -> str:
+    """Return the socket path of a ``DOCKER_HOST`` value, raising for other schemes."""
+    scheme, separator, rest = docker_host.partition("://")
+    if not separator:
+        raise UsageError(
+            f"DOCKER_HOST={docker_host!r} is not a URL such as unix:///PATH"
+        )
+    if scheme != "unix":
+        raise UsageError(
+            f"DOCKER_HOST={docker_host} uses {scheme}://, but apparate reaches docker "
+            "only through a unix socket",
+            hint="point DOCKER_HOST at unix:///PATH of the daemon's socket, or use "
+            "--into docker-archive:FILE and 'docker load -i FILE'",
+        )
+    if not rest.startswith("/"):
+        raise UsageError(f"DOCKER_HOST={docker_host} must name an absolute socket path")
+    return rest
+
+
+def containerd_socket(address: str) -> str:
+    """Return the socket path of a containerd address (``unix://`` is optional)."""
+    return address.removeprefix("unix://")

@@ -1,0 +1,351 @@
+"""Archive builders, layer sizes and the choice of import target."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from apparate.digest import Digest
+from apparate.errors import StoreError, UsageError
+from apparate.importers.archive import (
+    archive_size,
+    docker_members,
+    oci_index,
+    oci_members,
+    stream_tar,
+)
+from apparate.importers.image import find_stored, load_content
+from apparate.importers.run import import_stored
+from apparate.importers.sizes import LayerSizes
+from apparate.importers.target import (
+    Daemons,
+    ImportTarget,
+    detected_target,
+    docker_socket,
+    parse_target,
+    requested_target,
+)
+from apparate.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
+from apparate.store.layout import Store
+
+GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
+PLAIN_LAYER = "application/vnd.oci.image.layer.v1.tar"
+REFERENCE = "registry.example/team/app:v1"
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def zstd_frames(data: bytes, pieces: int) -> bytes:
+    """Compress ``data`` as several zstd frames, as a chunked layer is."""
+    step = len(data) // pieces + 1
+    compressor = zstandard.ZstdCompressor()
+    return b"".join(
+        compressor.compress(data[start : start + step])
+        for start in range(0, len(data), step)
+    )
+
+
+def put(store: Store, data: bytes, media_type: str) -> Descriptor:
+    descriptor = Descriptor(media_type, Digest.of(data), len(data))
+    store.put_blob(data, descriptor.digest)
+    return descriptor
+
+
+def as_json(descriptor: Descriptor) -> dict[str, object]:
+    return {
+        "mediaType": descriptor.media_type,
+        "digest": str(descriptor.digest),
+        "size": descriptor.size,
+    }
+
+
+def make_store(
+    root: Path, reference: str = REFERENCE, *, with_index: bool = False
+) -> tuple[Store, dict[str, object]]:
+    """Store a small image of a gzip, a zstd (several frames) and a plain layer."""
+    store = Store(root)
+    tars = [
+        tar_of({"etc/os-release": b"ID=test\n"}),
+        tar_of({"usr/bin/tool": bytes(range(256)) * 300}),
+        tar_of({"opt/app/data": b"app\n"}),
+    ]
+    blobs = [
+        (gzip.compress(tars[0], mtime=0), GZIP_LAYER),
+        (zstd_frames(tars[1], 4), ZSTD_LAYER),
+        (tars[2], PLAIN_LAYER),
+    ]
+    layers = [put(store, blob, media_type) for blob, media_type in blobs]
+    diff_ids = [str(Digest.of(tar)) for tar in tars]
+    config_body = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
+         "diff_ids": diff_ids}}
+    ).encode()  # fmt: skip
+    config = put(store, config_body, "application/vnd.oci.image.config.v1+json")
+    manifest_body = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": as_json(config),
+         "layers": [as_json(layer) for layer in layers]}
+    ).encode()  # fmt: skip
+    manifest = put(store, manifest_body, OCI_MANIFEST)
+    index = None
+    if with_index:
+        entry = {**as_json(manifest), "platform": {"os": "linux",
+                 "architecture": "amd64"}}  # fmt: skip
+        other = {"mediaType": OCI_MANIFEST, "digest": str(Digest.of(b"arm64")),
+                 "size": 5, "platform": {"os": "linux", "architecture": "arm64"}}  # fmt: skip
+        index_body = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry, other]}
+        ).encode()
+        index = put(store, index_body, OCI_INDEX)
+    store.tag(reference, manifest, manifest.digest, index.digest if index else None)
+    facts = {
+        "tars": tars, "layers": layers, "diff_ids": diff_ids, "config": config,
+        "config_body": config_body, "manifest": manifest, "index": index,
+    }  # fmt: skip
+    return store, facts
+
+
+def read_tar(data: bytes) -> dict[str, bytes | None]:
+    """Map each entry of a tar to its content (None for folders), in order."""
+    entries: dict[str, bytes | None] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar:
+            file = tar.extractfile(info) if info.isfile() else None
+            entries[info.name] = file.read() if file else None
+    return entries
+
+
+def stored(store: Store, reference: str = REFERENCE):
+    return load_content(store, find_stored(store, reference))
+
+
+def test_docker_archive_has_manifest_config_and_uncompressed_layers(tmp_path):
+    store, facts = make_store(tmp_path)
+    sizes = LayerSizes(store)
+
+    members = docker_members(store, stored(store), sizes)
+    data = b"".join(stream_tar(members))
+
+    entries = read_tar(data)
+    config_hex = facts["config"].digest.hex
+    layer_names = [f"{Digest.parse(d).hex}/layer.tar" for d in facts["diff_ids"]]
+    manifest = json.loads(entries["manifest.json"])
+    assert manifest == [
+        {"Config": f"{config_hex}.json", "RepoTags": [REFERENCE], "Layers": layer_names}
+    ]
+    assert entries[f"{config_hex}.json"] == facts["config_body"]
+    assert [entries[name] for name in layer_names] == facts["tars"]
+    assert len(data) == archive_size(members)
+    assert len(data) % 512 == 0
+
+
+def test_docker_archive_of_digest_pull_has_no_tag(tmp_path):
+    digest = "sha256:" + "ab" * 32
+    store, _ = make_store(tmp_path, f"registry.example/team/app@{digest}")
+
+    members = docker_members(
+        store, stored(store, f"registry.example/team/app@{digest}"), LayerSizes(store)
+    )
+
+    manifest = json.loads(read_tar(b"".join(stream_tar(members)))["manifest.json"])
+    assert manifest[0]["RepoTags"] == []
+
+
+def test_oci_archive_names_registry_manifest(tmp_path):
+    store, facts = make_store(tmp_path)
+
+    entries = read_tar(
+        b"".join(stream_tar(oci_members(store, stored(store), REFERENCE)))
+    )
+
+    assert json.loads(entries["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads(entries["index.json"])
+    assert index["manifests"] == [
+        {
+            **as_json(facts["manifest"]),
+            "annotations": {
+                "io.containerd.image.name": REFERENCE,
+                "org.opencontainers.image.ref.name": "v1",
+            },
+        }
+    ]
+    blobs = {name for name in entries if name.startswith("blobs")}
+    expected = [facts["manifest"], facts["config"], *facts["layers"]]
+    names = {f"blobs/sha256/{d.digest.hex}" for d in expected}
+    assert blobs == {"blobs", "blobs/sha256"} | names
+    for descriptor in expected:
+        data = entries[f"blobs/sha256/{descriptor.digest.hex}"]
+        assert Digest.of(data) == descriptor.digest
+
+
+def test_oci_archive_of_multi_platform_image_points_at_index(tmp_path):
+    store, facts = make_store(tmp_path, with_index=True)
+    content = stored(store)
+
+    document = json.loads(oci_index(content, REFERENCE))
+    entries = read_tar(b"".join(stream_tar(oci_members(store, content, REFERENCE))))
+
+    assert document["manifests"][0]["digest"] == str(facts["index"].digest)
+    assert document["manifests"][0]["mediaType"] == OCI_INDEX
+    assert f"blobs/sha256/{facts['index'].digest.hex}" in entries
+    assert f"blobs/sha256/{facts['manifest'].digest.hex}" in entries
+    assert f"blobs/sha256/{Digest.of(b'arm64').hex}" not in entries
+
+
+def test_oci_index_of_digest_pull_has_no_ref_name(tmp_path):
+    name = "registry.example/team/app@sha256:" + "cd" * 32
+    store, _ = make_store(tmp_path, name)
+
+    document = json.loads(oci_index(stored(store, name), name))
+
+    assert document["manifests"][0]["annotations"] == {"io.containerd.image.name": name}
+
+
+def test_sizes_are_counted_once_then_read_back(tmp_path):
+    store, facts = make_store(tmp_path)
+    sizes = LayerSizes(store)
+    gzip_layer, zstd_layer, _ = facts["layers"]
+
+    counted = [sizes.size_of(layer, "layer") for layer in facts["layers"]]
+    store.blob_path(gzip_layer.digest).write_bytes(b"")  # a recount would fail now
+
+    assert counted == [len(tar) for tar in facts["tars"]]
+    assert sizes.size_of(gzip_layer, "layer") == len(facts["tars"][0])
+    assert LayerSizes(store).size_of(zstd_layer, "layer") == len(facts["tars"][1])
+
+
+def test_damaged_layer_stops_the_stream(tmp_path):
+    store, facts = make_store(tmp_path)
+    members = docker_members(store, stored(store), LayerSizes(store))
+    gzip_layer = facts["layers"][0]
+    store.blob_path(gzip_layer.digest).write_bytes(
+        gzip.compress(facts["tars"][0][:1024], mtime=0)
+    )
+
+    with pytest.raises(StoreError, match="damaged"):
+        b"".join(stream_tar(members))
+
+
+def test_archive_file_is_written_atomically(tmp_path):
+    store, facts = make_store(tmp_path / "store")
+    target = tmp_path / "out" / "app.tar"
+    target.parent.mkdir()
+
+    result = import_stored(store, REFERENCE, f"oci-archive:{target}", Daemons())
+
+    assert result.target == f"oci-archive:{target}"
+    assert result.image_id == str(facts["manifest"].digest)
+    assert result.bytes_sent == target.stat().st_size
+    assert list(target.parent.iterdir()) == [target]
+
+
+def test_missing_layer_is_a_store_error(tmp_path):
+    store, facts = make_store(tmp_path)
+    store.blob_path(facts["layers"][1].digest).unlink()
+
+    with pytest.raises(StoreError, match="missing from the store"):
+        stored(store)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("docker", ImportTarget("docker")),
+        ("containerd", ImportTarget("containerd")),
+        ("oci", ImportTarget("oci")),
+        ("auto", ImportTarget("auto")),
+        (" docker ", ImportTarget("docker")),
+        (
+            "docker-archive:/tmp/a.tar",
+            ImportTarget("docker-archive", Path("/tmp/a.tar")),
+        ),
+        ("oci-archive:/tmp/b:c.tar", ImportTarget("oci-archive", Path("/tmp/b:c.tar"))),
+    ],
+)
+def test_parse_target(text, expected):
+    assert parse_target(text) == expected
+
+
+def test_parse_target_makes_archive_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    assert parse_target("oci-archive:x.tar").path == tmp_path / "x.tar"
+
+
+@pytest.mark.parametrize(
+    "text", ["podman", "docker:x", "oci:dir", "docker-archive:", "oci-archive", ""]
+)
+def test_parse_target_rejects(text):
+    with pytest.raises(UsageError):
+        parse_target(text)
+
+
+@pytest.mark.parametrize(
+    ("explicit", "env", "configured", "expected"),
+    [
+        (None, {}, None, "auto"),
+        (None, {}, "containerd", "containerd"),
+        (None, {"APPARATE_INTO": "oci"}, "containerd", "oci"),
+        ("docker", {"APPARATE_INTO": "oci"}, "containerd", "docker"),
+        (None, {"APPARATE_INTO": ""}, "oci", "oci"),
+    ],
+)
+def test_requested_target_order(explicit, env, configured, expected):
+    assert str(requested_target(explicit, env, configured)) == expected
+
+
+@pytest.mark.parametrize(
+    ("docker", "containerd", "expected"),
+    [
+        (True, True, "docker"),
+        (True, False, "docker"),
+        (False, True, "containerd"),
+        (False, False, "oci"),
+    ],
+)
+def test_detected_target(docker, containerd, expected):
+    assert detected_target(docker, containerd).kind == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "socket"),
+    [
+        ("unix:///var/run/docker.sock", "/var/run/docker.sock"),
+        ("unix:///tmp/d.sock", "/tmp/d.sock"),
+    ],
+)
+def test_docker_socket(host, socket):
+    assert docker_socket(host) == socket
+
+
+@pytest.mark.parametrize(
+    "host", ["tcp://127.0.0.1:2375", "ssh://user@host", "/var/run/docker.sock",
+             "unix://relative.sock"]
+)  # fmt: skip
+def test_docker_socket_rejects(host):
+    with pytest.raises(UsageError, match="DOCKER_HOST"):
+        docker_socket(host)
+
+
+def test_daemons_from_environment():
+    daemons = Daemons.from_environment(
+        {"DOCKER_HOST": "unix:///d.sock", "CONTAINERD_ADDRESS": "/c.sock"}
+    )
+
+    assert daemons == Daemons("unix:///d.sock", "/c.sock", "default")
+    assert daemons.with_options(None, "k8s.io").containerd_namespace == "k8s.io"
+    assert daemons.with_options("/o.sock", None).containerd_address == "/o.sock"

@@ -1,0 +1,475 @@
+"""Importer faults: misbehaving daemons played by a fake Engine API and a fake ctr.
+
+The fake docker listens on a unix socket in the test's folder and answers
+as dockerd 20.10 does, including HTTP 200 with ``errorDetail`` lines. The
+fake ctr is a shell script first on PATH.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import socketserver
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from apparate.errors import (
+    DaemonPermissionDenied,
+    DaemonRejected,
+    DaemonUnreachable,
+    ImageImportError,
+    UsageError,
+)
+from apparate.importers.containerd import import_command
+from apparate.importers.docker import load_errors, uses_containerd_store
+from apparate.importers.run import import_stored
+from apparate.importers.sockets import SocketState, probe_socket, require_socket
+from apparate.importers.target import Daemons
+from tests.unit.test_import_archive import REFERENCE, make_store, read_tar
+
+APPARATE = str(Path(sys.executable).with_name("apparate"))
+
+
+@dataclass
+class FakeDocker:
+    """What the fake Engine API received, and how it answers a load."""
+
+    load_status: int = 200
+    load_lines: list[dict[str, object]] = field(
+        default_factory=lambda: [{"stream": "Loaded image: x\n"}]
+    )
+    images: set[str] = field(default_factory=set)
+    close_during_load: bool = False
+    info: dict[str, object] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    loaded: bytes = b""
+
+
+def _handler(fake: FakeDocker) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            fake.requests.append(f"GET {self.path}")
+            if self.path == "/_ping":
+                self._send(200, b"OK", "text/plain")
+            elif self.path == "/info":
+                self._json(200, fake.info)
+            elif self.path.startswith("/images/"):
+                image_id = self.path.split("/")[2]
+                if image_id in fake.images:
+                    self._json(200, {"Id": image_id})
+                else:
+                    self._json(404, {"message": f"No such image: {image_id}"})
+            else:
+                self._json(404, {"message": "page not found"})
+
+        def do_POST(self) -> None:
+            fake.requests.append(f"POST {self.path}")
+            if self.path.startswith("/images/load"):
+                self._load()
+            else:
+                self._send(201, b"", "text/plain")
+
+        def _load(self) -> None:
+            if fake.close_during_load:
+                self.rfile.read(4096)
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            fake.loaded = self._read_chunked()
+            if fake.load_status != 200:
+                self._json(fake.load_status, {"message": "archive rejected"})
+                return
+            lines = b"".join(
+                json.dumps(line).encode() + b"\r\n" for line in fake.load_lines
+            )
+            self._send(200, lines, "application/json")
+
+        def _read_chunked(self) -> bytes:
+            body = bytearray()
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return bytes(body)
+                body += self.rfile.read(size)
+                self.rfile.readline()
+
+        def _json(self, status: int, document: object) -> None:
+            self._send(status, json.dumps(document).encode(), "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> Iterator[tuple[FakeDocker, Daemons]]:
+    fake = FakeDocker()
+    path = str(tmp_path / "docker.sock")
+    server = _Server(path, _handler(fake))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake, Daemons(docker_host=f"unix://{path}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    return make_store(tmp_path / "store")
+
+
+def test_docker_load_streams_archive_with_tag(fake_docker, store):
+    fake, daemons = fake_docker
+    image_store, facts = store
+    image_id = str(facts["config"].digest)
+    fake.load_lines = [{"stream": f"Loaded image: {REFERENCE}\n"}]
+
+    def load_then_list() -> None:
+        fake.images.add(image_id)
+
+    result = _after_load(fake, load_then_list, lambda: import_stored(
+        image_store, REFERENCE, "docker", daemons))  # fmt: skip
+
+    assert result.target == "docker"
+    assert result.name == REFERENCE
+    assert result.image_id == image_id
+    entries = read_tar(fake.loaded)
+    assert json.loads(entries["manifest.json"])[0]["RepoTags"] == [REFERENCE]
+    assert result.bytes_sent == len(fake.loaded)
+
+
+def _after_load(fake: FakeDocker, action: Callable[[], None], run: Callable):
+    """Run the import; ``action`` runs once the fake has received the load."""
+    original = fake.load_lines
+
+    class Lines(list):
+        def __iter__(self):
+            action()
+            return iter(original)
+
+    fake.load_lines = Lines(original)
+    return run()
+
+
+def test_docker_image_already_held_is_only_tagged(fake_docker, store):
+    fake, daemons = fake_docker
+    image_store, facts = store
+    fake.images.add(str(facts["config"].digest))
+
+    result = import_stored(image_store, REFERENCE, "docker", daemons)
+
+    assert result.bytes_sent == 0
+    assert "only tagged" in result.note
+    tag_requests = [r for r in fake.requests if "/tag?" in r]
+    query = "repo=registry.example%2Fteam%2Fapp&tag=v1"
+    assert tag_requests == [f"POST /images/{facts['config'].digest}/tag?{query}"]
+    assert not any("/images/load" in r for r in fake.requests)
+
+
+def test_docker_digest_pull_loads_without_tag(fake_docker, tmp_path):
+    fake, daemons = fake_docker
+    reference = "registry.example/team/app@sha256:" + "ab" * 32
+    image_store, facts = make_store(tmp_path / "digest-store", reference)
+    image_id = str(facts["config"].digest)
+
+    result = _after_load(fake, lambda: fake.images.add(image_id), lambda: (
+        import_stored(image_store, reference, "docker", daemons)))  # fmt: skip
+
+    assert result.name is None
+    assert "pulled by digest" in result.note
+    assert json.loads(read_tar(fake.loaded)["manifest.json"])[0]["RepoTags"] == []
+
+
+def test_docker_error_in_stream_fails_import(fake_docker, store):
+    fake, daemons = fake_docker
+    fake.load_lines = [
+        {"stream": "Loading layer\n"},
+        {"errorDetail": {"message": "archive/tar: invalid tar header"},
+         "error": "archive/tar: invalid tar header"},
+    ]  # fmt: skip
+
+    with pytest.raises(DaemonRejected, match="invalid tar header") as caught:
+        import_stored(store[0], REFERENCE, "docker", daemons)
+
+    assert caught.value.exit_code == 12
+    assert "apparate import" in str(caught.value)
+
+
+def test_docker_disk_full_names_data_root(fake_docker, store):
+    fake, daemons = fake_docker
+    message = "write /var/lib/docker/tmp/docker-import-1/x: no space left on device"
+    fake.load_lines = [{"errorDetail": {"message": message}, "error": message}]
+
+    with pytest.raises(DaemonRejected, match="out of disk space") as caught:
+        import_stored(store[0], REFERENCE, "docker", daemons)
+
+    assert "Docker Root Dir" in str(caught.value)
+
+
+def test_docker_http_error_fails_import(fake_docker, store):
+    fake, daemons = fake_docker
+    fake.load_status = 500
+
+    with pytest.raises(DaemonRejected, match="HTTP 500: archive rejected"):
+        import_stored(store[0], REFERENCE, "docker", daemons)
+
+
+def test_docker_closing_connection_mid_load(fake_docker, store):
+    fake, daemons = fake_docker
+    fake.close_during_load = True
+
+    with pytest.raises(DaemonRejected, match="broke off"):
+        import_stored(store[0], REFERENCE, "docker", daemons)
+
+
+def test_docker_containerd_store_gets_oci_archive(fake_docker, store):
+    fake, daemons = fake_docker
+    fake.info = {"DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]]}
+    image_store, facts = store
+
+    result = import_stored(image_store, REFERENCE, "docker", daemons)
+
+    entries = read_tar(fake.loaded)
+    assert "oci-layout" in entries
+    assert result.image_id == str(facts["manifest"].digest)
+
+
+def test_docker_not_running(tmp_path, store):
+    daemons = Daemons(docker_host=f"unix://{tmp_path}/missing.sock")
+
+    with pytest.raises(DaemonUnreachable, match="does not exist") as caught:
+        import_stored(store[0], REFERENCE, "docker", daemons)
+
+    assert caught.value.exit_code == 12
+
+
+def test_stale_socket_is_refused(tmp_path):
+    path = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(path)
+
+        assert probe_socket(path) is SocketState.REFUSED
+        with pytest.raises(DaemonUnreachable, match="refuses connections"):
+            require_socket(path, "docker", "DOCKER_HOST")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
+def test_socket_permission_denied(tmp_path):
+    path = str(tmp_path / "private.sock")
+    tmp_path.chmod(0o755)
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(path)
+        listening.listen()
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+        outcome = _as_nobody(lambda: require_socket(path, "docker", "DOCKER_HOST"))
+
+    assert outcome == f"{DaemonPermissionDenied.__name__} 12"
+
+
+def _as_nobody(action: Callable[[], None]) -> str:
+    """Run ``action`` in a child process as user nobody; return the error it raised."""
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        outcome = "no error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            action()
+        except ImageImportError as error:
+            outcome = f"{type(error).__name__} {error.exit_code}"
+        except BaseException as error:  # noqa: BLE001 - reported to the parent
+            outcome = repr(error)
+        os.write(writer, outcome.encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(child, 0)
+    return outcome
+
+
+def test_tcp_docker_host_is_a_usage_error(store):
+    with pytest.raises(UsageError, match="unix socket"):
+        import_stored(store[0], REFERENCE, "docker", Daemons("tcp://127.0.0.1:2375"))
+
+
+def test_cli_exit_code_and_one_line_error(fake_docker, store, tmp_path):
+    fake, daemons = fake_docker
+    fake.load_lines = [{"errorDetail": {"message": "bad layer"}, "error": "bad layer"}]
+    env = {**os.environ, "DOCKER_HOST": daemons.docker_host, "HOME": str(tmp_path)}
+
+    done = subprocess.run(
+        [APPARATE, "import", "--store", str(store[0].root), REFERENCE, "--into",
+         "docker"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 12
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: docker rejected {REFERENCE}: bad layer")
+    assert "kept in the local store" in lines[0]
+
+
+def test_cli_import_of_unknown_image(tmp_path, store):
+    done = subprocess.run(
+        [APPARATE, "import", "--store", str(store[0].root), "example.com/x:y",
+         "--into", "oci"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 4
+    assert "pull it first" in done.stderr
+
+
+def fake_ctr(folder: Path, script: str) -> None:
+    """Put an executable ``ctr`` running ``script`` first on PATH."""
+    folder.mkdir(exist_ok=True)
+    ctr = folder / "ctr"
+    ctr.write_text("#!/bin/sh\n" + script)
+    ctr.chmod(0o755)
+
+
+@pytest.fixture
+def containerd_socket(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "containerd.sock")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(path)
+        listening.listen(8)
+        yield path
+
+
+@pytest.mark.parametrize(
+    ("output", "error", "text"),
+    [
+        ("ctr: failed to ingest: write /r/ingest/x: no space left on device",
+         DaemonRejected, "free space in containerd's root"),
+        ("ctr: unexpected EOF", DaemonRejected, "see containerd's log"),
+        ("ctr: connection error: dial unix /x: connect: permission denied",
+         DaemonPermissionDenied, "permission denied"),
+    ],
+)  # fmt: skip
+def test_ctr_failure_is_mapped(
+    tmp_path, monkeypatch, store, containerd_socket, output, error, text
+):
+    fake_ctr(
+        tmp_path / "bin", f"head -c 1000 >/dev/null\necho '{output}' >&2\nexit 1\n"
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    daemons = Daemons(containerd_address=containerd_socket)
+
+    with pytest.raises(error, match=text) as caught:
+        import_stored(store[0], REFERENCE, "containerd", daemons)
+
+    assert isinstance(caught.value, ImageImportError)
+
+
+def test_ctr_receives_whole_archive(tmp_path, monkeypatch, store, containerd_socket):
+    received = tmp_path / "received.tar"
+    arguments = tmp_path / "arguments"
+    fake_ctr(tmp_path / "bin", f'echo "$@" > {arguments}\ncat > {received}\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    daemons = Daemons(
+        containerd_address=containerd_socket, containerd_namespace="k8s.io"
+    )
+
+    result = import_stored(store[0], REFERENCE, "containerd", daemons)
+
+    assert result.bytes_sent == received.stat().st_size
+    assert "index.json" in read_tar(received.read_bytes())
+    assert arguments.read_text().split() == [
+        "--address", containerd_socket, "--namespace", "k8s.io", "images", "import",
+        "--platform", "linux/amd64", "-",
+    ]  # fmt: skip
+
+
+def test_containerd_not_running(tmp_path, store):
+    daemons = Daemons(containerd_address=str(tmp_path / "none.sock"))
+
+    with pytest.raises(DaemonUnreachable, match="containerd is not reachable"):
+        import_stored(store[0], REFERENCE, "containerd", daemons)
+
+
+def test_auto_without_daemons_keeps_the_store(tmp_path, store, monkeypatch):
+    monkeypatch.delenv("APPARATE_INTO", raising=False)
+    monkeypatch.setenv("APPARATE_CONFIG", str(tmp_path / "none.toml"))
+    daemons = Daemons(f"unix://{tmp_path}/d.sock", str(tmp_path / "c.sock"))
+
+    result = import_stored(store[0], REFERENCE, None, daemons)
+
+    assert (result.target, result.requested) == ("oci", "auto")
+
+
+def test_auto_prefers_docker(fake_docker, store, monkeypatch, containerd_socket):
+    fake, daemons = fake_docker
+    fake.images.add(str(store[1]["config"].digest))
+    monkeypatch.setenv("APPARATE_INTO", "auto")
+
+    result = import_stored(
+        store[0], REFERENCE, None,
+        Daemons(daemons.docker_host, containerd_socket),
+    )  # fmt: skip
+
+    assert result.target == "docker"
+
+
+def test_import_command_argv():
+    assert import_command("ctr", "/c.sock", "ns", "linux/arm64", True) == [
+        "ctr", "--address", "/c.sock", "--namespace", "ns", "images", "import",
+        "--local", "--platform", "linux/arm64", "-",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("lines", "messages", "error"),
+    [
+        (['{"stream":"Loaded image: a:b\\n"}'], ["Loaded image: a:b"], None),
+        (['{"stream":"x"}', "", '{"errorDetail":{"message":"m"},"error":"m"}'],
+         ["x"], "m"),
+        (['{"error":"plain"}'], [], "plain"),
+        (["<html>"], [], "unreadable answer '<html>'"),
+    ],
+)  # fmt: skip
+def test_load_errors(lines, messages, error):
+    assert load_errors(iter(lines)) == (messages, error)
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [
+        ({"DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]]}, True),
+        ({"DriverStatus": [["Backing Filesystem", "extfs"]]}, False),
+        ({"DriverStatus": None}, False),
+        ({}, False),
+    ],
+)
+def test_uses_containerd_store(info, expected):
+    assert uses_containerd_store(info) is expected
