@@ -1,1 +1,1 @@
-"""Where an image's content comes from: the origin registry and its mirrors."""
+"""Sources of an image's content: the origin registry and its mirrors."""

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 DEFAULT_CAPABILITIES = ("pull", "resolve")
-# Keys of a host entry that apparate does not apply; it says so when present.
+# Keys of a host entry that apparate does not apply; a warning lists them.
 _IGNORED_KEYS = ("skip_verify", "ca", "client", "header", "dial_timeout")
 
 

@@ -3,7 +3,7 @@
 The sources of one pull are the origin registry and its mirrors. Each
 request goes to the source where it would finish first (see ``ranking``).
 A source that fails a request is left for that blob, and the request goes on
-at the next one from the byte where it stopped. A source that answers a
+at the next one from the byte where it stopped. A source that responds to a
 range request with the whole blob (200) is sent no more ranges of that blob.
 A source whose bytes fail verification is dropped for the rest of the pull.
 """
@@ -40,7 +40,7 @@ ORIGIN = "origin"
 MIRROR = "mirror"
 # Failures after which a request moves on to the next source.
 _SOURCE_FAILURES = (AuthError, NotFound, RegistryError, TruncatedBody)
-# Bodies shorter than this say more about round trips than about throughput.
+# Bodies shorter than this measure round trips more than throughput.
 _MIN_TIMED_BYTES = 64 * 1024
 
 
@@ -234,7 +234,7 @@ class SourcePool:
         return usable
 
     def _choose(self, digest: Digest, size: int) -> tuple[Source, bool]:
-        """Pick the source for one range; also say whether it is the only one."""
+        """Pick the source for one range, and whether it is the only one left."""
         candidates = self._candidates(digest, ranges=True)
         with self._lock:
             queued = [self._queued[s] for s in candidates]

@@ -20,7 +20,7 @@ TYPICAL_REQUEST = 1024 * 1024
 
 @dataclass(frozen=True)
 class Measure:
-    """What is known of one source: round trip in seconds, throughput in bytes/s.
+    """Figures of one source: round trip in seconds, throughput in bytes/s.
 
     ``rtt`` is None when the probes failed, and ``throughput`` when no body
     was timed yet.
@@ -45,7 +45,7 @@ def rank(measures: Sequence[Measure]) -> list[int]:
 
     Reachable sources come first, fastest for a typical request first. Ties
     keep the given order, which lists mirrors before the origin. Sources
-    whose probes failed stay last, in case they answer after all.
+    whose probes failed stay last, in case they respond after all.
     """
     return sorted(
         range(len(measures)),

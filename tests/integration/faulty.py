@@ -1,7 +1,7 @@
 """An HTTP forwarder on 127.0.0.1 that makes a real registry misbehave on blobs.
 
 Requests pass through to the registry unchanged, except GETs of one blob:
-in ``error`` mode they answer 500, and in ``stall`` mode the body stops after
+in ``error`` mode they get a 500, and in ``stall`` mode the body stops after
 its first bytes and the connection stays open until the forwarder stops.
 """
 
