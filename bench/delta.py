@@ -31,7 +31,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from apparate.convert import ConvertOptions, convert
@@ -51,16 +50,6 @@ from tests.testbed.registry import start_registry
 
 APPARATE = str(Path(sys.executable).with_name("apparate"))
 GNU_TIME = "/usr/bin/time"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One timed pull: wall seconds, bytes fetched, peak RSS, proxy bytes."""
-
-    seconds: float
-    fetched: int
-    peak_rss: int
-    wire: int | None
 
 
 class Puller:
@@ -127,16 +116,20 @@ class Puller:
 
     def timed(
         self, prepare: Callable[[], None], pull: Callable[[], tuple[int, int]]
-    ) -> Run:
+    ) -> Result:
+        """Prepare, then time one pull and count what the delay proxy forwarded."""
         prepare()
-        before = self.proxy.counts()["down"] if self.proxy else None
+        before = self.proxy.counts() if self.proxy else None
         started = time.perf_counter()
         fetched, peak_rss = pull()
         seconds = time.perf_counter() - started
-        wire = None
-        if self.proxy and before is not None:
-            wire = self.proxy.counts()["down"] - before
-        return Run(seconds, fetched, peak_rss, wire)
+
+        if self.proxy is None or before is None:
+            return Result(seconds, fetched, peak_rss, None, None)
+        after = self.proxy.counts()
+        wire = after["down"] - before["down"]
+        connections = after["connections"] - before["connections"]
+        return Result(seconds, fetched, peak_rss, wire, connections)
 
 
 def blob_names(layout: Path) -> set[str]:
@@ -190,6 +183,7 @@ def measure(puller: Puller, scratch: Path, rounds: int) -> dict[str, Result]:
             fetched=runs[-1].fetched,
             peak_rss=max(run.peak_rss for run in runs),
             wire=runs[-1].wire,
+            connections=runs[-1].connections,
         )
     shutil.rmtree(scratch / "store", ignore_errors=True)
     shutil.rmtree(scratch / "layout", ignore_errors=True)

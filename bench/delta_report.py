@@ -27,16 +27,19 @@ REUSE_SPEEDUP = 3.0
 
 @dataclass(frozen=True)
 class Result:
-    """Figures of one scenario: the median seconds over its rounds.
+    """Figures of one pull, or of a scenario's rounds.
 
-    ``fetched`` and ``wire`` (the bytes the delay proxy sent, None on
-    loopback) come from the last round, ``peak_rss`` is the largest of all.
+    For a scenario, ``seconds`` is the median over its rounds, ``peak_rss``
+    the largest, and the rest come from the last round. ``wire`` (bytes the
+    delay proxy sent to the client) and ``connections`` (TCP connections the
+    client opened) are None on loopback.
     """
 
     seconds: float
     fetched: int
     peak_rss: int
     wire: int | None
+    connections: int | None
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ def print_report(links: list[Link], casync: CasyncDelta, rounds: int) -> None:
         f"update pull (v1 held, v2 wanted), median seconds of {rounds} rounds; "
         "MB fetched: apparate's\ncount (chunk tables included) or the blobs "
         "skopeo added; wire MB: bytes the delay\nproxy sent to the client, "
-        "headers included; RSS: peak of the pulling process"
+        "headers included; conns: TCP connections the client\nopened through "
+        "the proxy; RSS: peak of the pulling process"
     )
     for link in links:
         print_table(link)
@@ -71,13 +75,14 @@ def print_table(link: Link) -> None:
     print(f"\n{link.description}")
     print(
         f"{'scenario':<26} {'seconds':>8} {'MB fetched':>11} {'wire MB':>8} "
-        f"{'RSS MB':>7}"
+        f"{'conns':>6} {'RSS MB':>7}"
     )
     for name, result in link.results.items():
         wire = "-" if result.wire is None else f"{result.wire / 1e6:.2f}"
+        connections = "-" if result.connections is None else result.connections
         print(
             f"{name:<26} {result.seconds:>8.3f} {result.fetched / 1e6:>11.2f} "
-            f"{wire:>8} {result.peak_rss / 1e6:>7.0f}"
+            f"{wire:>8} {connections:>6} {result.peak_rss / 1e6:>7.0f}"
         )
 
 
