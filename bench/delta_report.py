@@ -44,7 +44,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Link:
-    """Results on one link, with a line that says how the link was made."""
+    """Results on one link, with a line that describes how the link was made."""
 
     label: str
     description: str
