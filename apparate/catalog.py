@@ -11,15 +11,21 @@ from apparate.manifest import parse_json, parse_manifest
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory, PullRecord, Totals
 from apparate.store.layout import Store, default_store_path
+from apparate.store.usage import last_used
 
 
 @dataclass(frozen=True)
 class ImageSummary:
-    """One tagged image: its manifest digest and the bytes of its blobs."""
+    """One tagged image: its manifest digest, the bytes of its blobs, last use.
+
+    ``last_used`` is when it was last pulled or imported (seconds since the
+    epoch), else when its manifest was stored.
+    """
 
     reference: str
     digest: Digest
     size: int
+    last_used: float = 0.0
 
 
 def list_images(store_path: Path | None = None) -> list[ImageSummary]:
@@ -27,14 +33,23 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
     if store_path is None and not default_store_path().exists():
         return []
     store = Store(store_path or default_store_path(), create=False)
+    uses = last_used(store.root)
     return [
         ImageSummary(
             image.reference,
             image.source_manifest,
             _image_size(store, image.descriptor.digest),
+            uses.get(image.reference) or _stored_at(store, image.descriptor.digest),
         )
         for image in store.images()
     ]
+
+
+def _stored_at(store: Store, digest: Digest) -> float:
+    try:
+        return store.blob_path(digest).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _image_size(store: Store, digest: Digest) -> int:

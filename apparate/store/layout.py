@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
+import itertools
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +36,9 @@ SOURCE_INDEX = "dev.apparate.source-index"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 PARTIAL_PREFIX = "partial-"
 PARTIAL_MAX_AGE = 7 * 24 * 3600
+# Every open Store holds this file under a shared lock; gc takes it alone.
+USERS_LOCK = ".users.lock"
+_LOCK_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,7 @@ class Store:
         """
         self.root = Path(root)
         self.ingest_dir = self.root / "ingest"
+        self._users_fd: int | None = None
         if not create:
             if not (self.root / "index.json").is_file():
                 raise StoreError(
@@ -214,10 +221,53 @@ class Store:
             return
         try:
             self._create()
+            self._hold_shared()
         except OSError as error:
             raise StoreError(
                 f"cannot create the store at {self.root}: {error}"
             ) from None
+
+    def _hold_shared(self) -> None:
+        """Lock the users file shared for as long as this object lives.
+
+        Blobs a pull has stored but not tagged yet are unreferenced, so gc
+        waits until no other process has the store open. The lock goes with
+        the object, or earlier with ``close``.
+        """
+        fd = self._open_users_lock()
+        self._release = weakref.finalize(self, os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        self._users_fd = fd
+
+    def _open_users_lock(self) -> int:
+        path = self.root / USERS_LOCK
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+
+    def close(self) -> None:
+        """Stop holding the store open, so gc need not wait for this object."""
+        if self._users_fd is not None:
+            self._release()
+            self._users_fd = None
+
+    @contextlib.contextmanager
+    def exclusive(self, wait: float) -> Iterator[None]:
+        """Hold the store alone: no other open Store exists meanwhile.
+
+        Waits up to ``wait`` seconds for other processes to close the store,
+        then raises StoreError. Another Store object of this process on the
+        same directory counts as another user.
+        """
+        own = self._users_fd
+        with _store_errors(f"cannot lock {self.root / USERS_LOCK}"):
+            fd = self._open_users_lock() if own is None else own
+        try:
+            _lock_alone(fd, wait, self.root)
+            yield
+        finally:
+            if own is None:
+                os.close(fd)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_SH)
 
     def _create(self) -> None:
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
@@ -348,6 +398,27 @@ class Store:
             ]
             self._write_index([*entries, entry])
 
+    def untag(self, references: Iterable[str]) -> list[str]:
+        """Remove the entries tagged ``references``; return those that were there."""
+        wanted = set(references)
+        with _store_errors("cannot untag images"), self._locked():
+            entries = self._read_index()
+            kept = [
+                item
+                for item in entries
+                if item.get("annotations", {}).get(REF_NAME) not in wanted
+            ]
+            removed = [
+                item["annotations"][REF_NAME] for item in entries if item not in kept
+            ]
+            if removed:
+                self._write_index(kept)
+        return removed
+
+    def entries(self) -> list[Descriptor]:
+        """Return every entry of ``index.json``, tagged or not."""
+        return [_descriptor(item) for item in self._read_index()]
+
     def images(self) -> list[StoredImage]:
         """List every tagged image, in the order it was tagged."""
         return [_stored_image(item) for item in self._read_index() if _is_tagged(item)]
@@ -418,14 +489,44 @@ def _is_tagged(item: dict[str, Any]) -> bool:
     return bool(item.get("annotations", {}).get(REF_NAME))
 
 
-def _stored_image(item: dict[str, Any]) -> StoredImage:
-    annotations = item.get("annotations", {})
-    descriptor = Descriptor(
+def _lock_alone(fd: int, wait: float, root: Path) -> None:
+    """Lock ``fd`` exclusively, polling for up to ``wait`` seconds.
+
+    The shared lock is dropped first, so two processes that both want the
+    store alone cannot wait for each other.
+    """
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    deadline = time.monotonic() + wait
+    for attempt in itertools.count():
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == 0:
+                # Store objects of this process that only a reference cycle
+                # keeps alive still hold their shared lock until collected.
+                gc.collect()
+                continue
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"the store {root} is in use by another apparate process",
+                    hint="try again once its pull or convert has finished",
+                ) from None
+            time.sleep(_LOCK_POLL_SECONDS)
+
+
+def _descriptor(item: dict[str, Any]) -> Descriptor:
+    return Descriptor(
         media_type=item.get("mediaType", ""),
         digest=Digest.parse(item["digest"]),
         size=int(item.get("size", 0)),
-        annotations=dict(annotations),
+        annotations=dict(item.get("annotations", {})),
     )
+
+
+def _stored_image(item: dict[str, Any]) -> StoredImage:
+    annotations = item.get("annotations", {})
+    descriptor = _descriptor(item)
     manifest = annotations.get(SOURCE_MANIFEST)
     index = annotations.get(SOURCE_INDEX)
     return StoredImage(

@@ -1,0 +1,275 @@
+"""``apparate gc`` and ``apparate rm``: carry out gc's plan on the store.
+
+gc holds the store alone (``Store.exclusive``), so no pull is between
+storing a blob and tagging it. It untags first, then deletes the database
+rows of the blobs it removes in one transaction, then the files: a gc
+killed at any point leaves every kept image whole, and at worst blobs that
+nothing references, which the next gc removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apparate.digest import Digest
+from apparate.errors import ApparateError, NotFound, StoreError
+from apparate.result import PullResult
+from apparate.store.chunk_index import INDEX_FILE
+from apparate.store.gc import GcPlan, Removal, plan_gc
+from apparate.store.layout import Store, default_store_path
+from apparate.store.packs import pack_sources
+from apparate.store.selection import select_images
+from apparate.store.survey import Survey, survey
+from apparate.store.usage import forget_uses, mark_used
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WAIT = 60.0
+# A pull that finishes while another runs does not wait for it: the other
+# pull applies the limit when it finishes.
+AFTER_PULL_WAIT = 2.0
+PARTIAL_MAX_AGE = 24 * 3600.0
+
+
+@dataclass
+class GcOptions:
+    """Settings of a gc that the CLI builds from flags and config.toml."""
+
+    max_size: int | None = None
+    # References never removed, such as the image the running command pulled.
+    protected: Sequence[str] = ()
+    dry_run: bool = False
+    # Seconds to wait for running pulls to close the store.
+    wait: float = DEFAULT_WAIT
+    # Age after which a resumable partial download is deleted.
+    partial_max_age: float = PARTIAL_MAX_AGE
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What a gc or rm removed (or would remove, in a dry run)."""
+
+    store: str
+    untagged: list[str]
+    removed: list[Removal]
+    partial_files: list[str]
+    partial_bytes: int
+    size_before: int
+    size_after: int
+    limit: int | None
+    over_limit_because: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.size_before - self.size_after
+
+    def bytes_of(self, reason: str) -> int:
+        return sum(item.size for item in self.removed if item.reason == reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "dry_run": self.dry_run,
+            "untagged": self.untagged,
+            "removed": [
+                {"digest": str(item.digest), "size": item.size, "reason": item.reason}
+                for item in self.removed
+            ],
+            "partial_files": self.partial_files,
+            "partial_bytes": self.partial_bytes,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "bytes_freed": self.bytes_freed,
+            "limit": self.limit,
+            "over_limit_because": self.over_limit_because,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def collect_garbage(
+    store_path: Path | None = None, options: GcOptions | None = None
+) -> GcResult:
+    """Remove what no kept image needs; with ``max_size``, fit the store to it."""
+    store = Store(store_path or default_store_path(), create=False)
+    return collect(store, options or GcOptions())
+
+
+def remove_images(
+    references: Iterable[str],
+    store_path: Path | None = None,
+    options: GcOptions | None = None,
+) -> GcResult:
+    """Untag images, then remove the blobs no other kept image needs.
+
+    Raises NotFound, before removing anything, if one of them is not stored.
+    """
+    root = store_path or default_store_path()
+    wanted = list(references)
+    if not (root / "index.json").is_file():
+        raise _not_stored(wanted[0], root)
+    store = Store(root, create=False)
+    stored = store.images()
+    untag: list[str] = []
+    for text in wanted:
+        matched = select_images(text, stored)
+        if not matched:
+            raise _not_stored(text, root)
+        untag.extend(ref for ref in matched if ref not in untag)
+    return collect(store, options or GcOptions(), untag)
+
+
+def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcResult:
+    """Plan and carry out a gc of an open store; see the module docstring."""
+    started = time.monotonic()
+    # Reading packs may decompress new ones, so it happens before the store
+    # is held alone; the second call only reads what the first one cached.
+    pack_sources(store)
+    with store.exclusive(options.wait):
+        found = survey(store, pack_sources(store), options.partial_max_age)
+        plan = plan_gc(found.state, options.max_size, options.protected, untag)
+        if not options.dry_run:
+            _apply(store, plan, found)
+    result = _result(store, plan, found, options.dry_run, started)
+    log.info(
+        "%s: gc removed %d images and %d blobs, freed %d bytes",
+        store.root, len(plan.untag), len(plan.remove), result.bytes_freed,
+    )  # fmt: skip
+    return result
+
+
+def after_pull(store: Store, result: PullResult, limit: int | None) -> None:
+    """Mark a pulled image used, fit the store to ``limit`` bytes, close it.
+
+    ``limit`` is ``max_store_size`` from config.toml. The image is tagged by
+    now, so the store is closed: a gc in another process need not wait for
+    this one to let go of it. Neither step may fail the pull that just
+    succeeded, so failures are logged.
+    """
+    try:
+        _mark_and_fit(store, result, limit)
+    finally:
+        store.close()
+
+
+def _mark_and_fit(store: Store, result: PullResult, limit: int | None) -> None:
+    try:
+        mark_used(store.root, result.reference)
+    except StoreError as error:
+        log.warning("%s: last use not recorded: %s", result.reference, error)
+    if limit is None:
+        return
+    try:
+        options = GcOptions(limit, (result.reference,), wait=AFTER_PULL_WAIT)
+        done = collect(store, options)
+    except ApparateError as error:
+        log.warning(
+            "%s: store not fitted to max_store_size: %s", result.reference, error
+        )
+        return
+    if done.over_limit_because:
+        log.warning(
+            "the store holds %d bytes, over max_store_size (%d): the images left "
+            "are in use", done.size_after, limit,
+        )  # fmt: skip
+
+
+def _apply(store: Store, plan: GcPlan, found: Survey) -> None:
+    """Untag, forget the rows of removed blobs, then delete files, in that order."""
+    store.untag(plan.untag)
+    removed = {item.digest for item in plan.remove}
+    present = set(found.state.sizes) - removed
+    _forget(store, present, removed, plan.untag)
+    for digest in removed:
+        with _deleting(f"blob {digest}"):
+            store.blob_path(digest).unlink(missing_ok=True)
+    for path in found.stale:
+        with _deleting(str(path)):
+            path.unlink(missing_ok=True)
+
+
+def _forget(
+    store: Store, present: set[Digest], removed: set[Digest], untagged: Iterable[str]
+) -> None:
+    """Delete, in one transaction, the rows about blobs and images now gone.
+
+    Chunk rows of blobs that are not on disk (left by an earlier crash) go
+    too, so no look-up points at a missing blob.
+    """
+    path = store.root / INDEX_FILE
+    if not path.exists():
+        return
+    try:
+        db = sqlite3.connect(path, timeout=30.0)
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot open {path}: {error}") from None
+    try:
+        with db:
+            gone = [(str(blob),) for blob in _indexed(db) - present] + [
+                (str(blob),) for blob in removed
+            ]
+            _execute(db, "DELETE FROM chunks WHERE blob = ?", gone)
+            _execute(db, "DELETE FROM pack_sources WHERE pack = ?", gone)
+            forget_uses(db, untagged)
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot update {path}: {error}") from None
+    finally:
+        db.close()
+
+
+def _indexed(db: sqlite3.Connection) -> set[Digest]:
+    try:
+        rows = db.execute("SELECT DISTINCT blob FROM chunks").fetchall()
+    except sqlite3.OperationalError:
+        return set()
+    return {Digest.parse(row[0]) for row in rows}
+
+
+def _execute(db: sqlite3.Connection, sql: str, rows: list[tuple[str]]) -> None:
+    """Run a statement for each row; a table that does not exist has no rows."""
+    try:
+        db.executemany(sql, rows)
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+
+
+@contextlib.contextmanager
+def _deleting(subject: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise StoreError(f"cannot delete {subject}: {error.strerror}") from None
+
+
+def _result(
+    store: Store, plan: GcPlan, found: Survey, dry_run: bool, started: float
+) -> GcResult:
+    return GcResult(
+        store=str(store.root),
+        untagged=list(plan.untag),
+        removed=list(plan.remove),
+        partial_files=[path.name for path in found.stale],
+        partial_bytes=found.stale_bytes,
+        size_before=plan.size_before + found.stale_bytes,
+        size_after=plan.size_after,
+        limit=plan.limit,
+        over_limit_because=list(plan.blocked_by),
+        dry_run=dry_run,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _not_stored(reference: str, root: Path) -> NotFound:
+    return NotFound(
+        f"{reference}: no such image in the store {root}",
+        hint="'apparate images' lists the stored images",
+    )

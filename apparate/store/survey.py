@@ -1,0 +1,242 @@
+"""Read what gc needs to know about a store: images, links between blobs, sizes.
+
+Manifests and indexes are read as plain JSON, so entries that other tools
+wrote (an index tagged by skopeo, an artifact manifest) are followed too. A
+manifest that cannot be read leaves its image damaged; gc then keeps nothing
+for it, which cannot break it further.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apparate.digest import Digest
+from apparate.manifest import MAX_MANIFEST_BYTES, Descriptor
+from apparate.store.gc import ImageEntry, PackEntry, StoreState
+from apparate.store.layout import (
+    PARTIAL_PREFIX,
+    REF_NAME,
+    SOURCE_INDEX,
+    SOURCE_MANIFEST,
+    Store,
+)
+from apparate.store.usage import last_used
+
+log = logging.getLogger(__name__)
+
+JOURNAL_SUFFIX = ".ranges"
+# Descriptors naming these kinds of blob are followed to the blobs they name.
+_FOLLOWED = ("manifest", "index")
+
+
+@dataclass(frozen=True)
+class Survey:
+    """The store's state for the planner, plus the partial files gc may delete."""
+
+    state: StoreState
+    stale: tuple[Path, ...]
+    stale_bytes: int
+
+
+def survey(
+    store: Store, packs: dict[Digest, Digest | None], partial_max_age: float
+) -> Survey:
+    """Read the store; the caller holds it alone, so nothing changes meanwhile."""
+    sizes = blob_sizes(store)
+    walker = _Walker(store, sizes)
+    uses = last_used(store.root)
+    images = tuple(_image(store, entry, walker, uses) for entry in store.entries())
+    pack_entries = tuple(
+        PackEntry(pack, frozenset(walker.layers_of(diff_id)))
+        for pack, diff_id in packs.items()
+        if pack in sizes
+    )
+    stale, kept = _partial_files(store, partial_max_age)
+    kept_bytes = sum(_size(path) for path in kept)
+    state = StoreState(images, walker.links, sizes, pack_entries, kept_bytes)
+    return Survey(state, tuple(stale), sum(_size(path) for path in stale))
+
+
+def blob_sizes(store: Store) -> dict[Digest, int]:
+    """Every blob file under ``blobs/`` with its size; other files are left out."""
+    sizes: dict[Digest, int] = {}
+    blobs = store.root / "blobs"
+    for algorithm in sorted(blobs.iterdir()) if blobs.is_dir() else ():
+        for path in algorithm.iterdir():
+            try:
+                digest = Digest.parse(f"{algorithm.name}:{path.name}")
+                sizes[digest] = path.stat().st_size
+            except (ValueError, OSError):
+                continue
+    return sizes
+
+
+def _image(
+    store: Store, entry: Descriptor, walker: _Walker, uses: dict[str, float]
+) -> ImageEntry:
+    """Describe an entry; without a recorded use, its manifest's age stands in."""
+    annotations = entry.annotations
+    reference = annotations.get(REF_NAME, "")
+    walker.follow(entry.digest, reference)
+    roots = {entry.digest}
+    if annotations.get(SOURCE_MANIFEST):
+        source = Digest.parse(annotations[SOURCE_MANIFEST])
+        walker.follow(source, reference)
+        roots.add(source)
+    if annotations.get(SOURCE_INDEX):
+        # The registry's index names other platforms' manifests, which may
+        # be other images of the store: it is kept, not followed.
+        roots.add(Digest.parse(annotations[SOURCE_INDEX]))
+    used = uses.get(reference) or _mtime(store.blob_path(entry.digest))
+    return ImageEntry(reference, entry.digest, frozenset(roots), used)
+
+
+class _Walker:
+    """Follow manifests and indexes from the entries of ``index.json``."""
+
+    def __init__(self, store: Store, sizes: dict[Digest, int]) -> None:
+        self._store = store
+        self._sizes = sizes
+        self.links: dict[Digest, frozenset[Digest]] = {}
+        self.layers_by_diff_id: dict[Digest, set[Digest]] = {}
+
+    def follow(self, digest: Digest, image: str) -> None:
+        pending = [digest]
+        while pending:
+            current = pending.pop()
+            if current in self.links:
+                continue
+            document = self._read(current, image)
+            children = _children(document) if document else []
+            self.links[current] = frozenset(child for child, _ in children)
+            pending.extend(
+                child for child, media_type in children if _followed(media_type)
+            )
+            if document and isinstance(document.get("layers"), list):
+                self._note_diff_ids(document, image)
+
+    def layers_of(self, diff_id: Digest | None) -> set[Digest]:
+        """The layer blobs whose content has this diff_id."""
+        return self.layers_by_diff_id.get(diff_id, set()) if diff_id else set()
+
+    def _read(self, digest: Digest, image: str) -> dict[str, Any] | None:
+        size = self._sizes.get(digest)
+        if size is None or size > MAX_MANIFEST_BYTES:
+            if size is None:
+                log.warning("%s: blob %s is missing from the store", image, digest)
+            return None
+        try:
+            document = json.loads(self._store.blob_path(digest).read_bytes())
+        except (OSError, ValueError) as error:
+            log.warning("%s: blob %s is unreadable: %s", image, digest, error)
+            return None
+        return document if isinstance(document, dict) else None
+
+    def _note_diff_ids(self, manifest: dict[str, Any], image: str) -> None:
+        """Map each layer's diff_id to its blob, to find the packs cut from it."""
+        config = _digest_of(manifest.get("config"))
+        layers = [_digest_of(layer) for layer in manifest["layers"]]
+        document = self._read(config, image) if config else None
+        rootfs = document.get("rootfs") if document else None
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list):
+            return
+        for layer, diff_id in zip(layers, diff_ids, strict=False):
+            with contextlib.suppress(ValueError, TypeError):
+                if layer:
+                    key = Digest.parse(diff_id)
+                    self.layers_by_diff_id.setdefault(key, set()).add(layer)
+
+
+def _children(document: dict[str, Any]) -> list[tuple[Digest, str]]:
+    """The blobs a manifest or index names, with their media types."""
+    items: list[Any] = [document.get("config"), document.get("subject")]
+    for key in ("layers", "manifests", "blobs"):
+        value = document.get(key)
+        if isinstance(value, list):
+            items.extend(value)
+    children = []
+    for item in items:
+        digest = _digest_of(item)
+        if digest:
+            children.append((digest, str(item.get("mediaType", ""))))
+    return children
+
+
+def _digest_of(item: Any) -> Digest | None:
+    if not isinstance(item, dict):
+        return None
+    try:
+        return Digest.parse(item.get("digest", ""))
+    except (ValueError, TypeError):
+        return None
+
+
+def _followed(media_type: str) -> bool:
+    return any(word in media_type for word in _FOLLOWED)
+
+
+def _partial_files(store: Store, max_age: float) -> tuple[list[Path], list[Path]]:
+    """Split ``ingest/`` into files gc deletes and files it keeps.
+
+    A resumable download is deleted once older than ``max_age``, and its
+    journal of written ranges with it; other files there are leftovers of
+    killed pulls. A file that a process holds locked is in use and kept.
+    """
+    stale, kept, journals = [], [], []
+    now = time.time()
+    for path in _listing(store.ingest_dir):
+        if path.name.endswith(JOURNAL_SUFFIX):
+            journals.append(path)
+        elif _held(path) or (
+            path.name.startswith(PARTIAL_PREFIX) and now - _mtime(path) < max_age
+        ):
+            kept.append(path)
+        else:
+            stale.append(path)
+    kept_names = {path.name for path in kept}
+    for journal in journals:
+        partial = journal.name.removesuffix(JOURNAL_SUFFIX)
+        (kept if partial in kept_names else stale).append(journal)
+    return stale, kept
+
+
+def _listing(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except OSError:
+        return []
+
+
+def _held(path: Path) -> bool:
+    """Whether another process holds the file locked, as a running pull does."""
+    try:
+        with open(path, "rb") as file:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -1,0 +1,285 @@
+"""apparate images, rm and gc on stores filled from the real registry."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import apparate
+from apparate.convert import ConvertOptions, convert
+from apparate.pull import PullOptions
+from apparate.store.chunk_index import INDEX_FILE
+from tests.integration.throttle import throttled
+from tests.testbed.registry import RegistryHandle
+from tests.testbed.samples import Samples
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.usefixtures("isolated_environment"),
+]
+
+APPARATE = str(Path(sys.executable).with_name("apparate"))
+SAMPLES = ["base:v1", "base:v2", "base:v1-zstd", "base:v1-docker", "multi:v1"]
+
+
+def cli(*args: str, store: Path, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [APPARATE, *args, "--store", str(store)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+        check=False,
+    )
+
+
+def pull_all(registry: RegistryHandle, store: Path, tags: list[str]) -> None:
+    for tag in tags:
+        apparate.pull(f"{registry.host}/samples/{tag}", PullOptions(store=store))
+
+
+def images(store: Path) -> dict[str, dict]:
+    done = cli("images", "--json", store=store)
+    assert done.returncode == 0, done.stderr
+    return {row["reference"]: row for row in json.loads(done.stdout)}
+
+
+def store_bytes(store: Path) -> int:
+    blobs = store / "blobs" / "sha256"
+    ingest = store / "ingest"
+    return sum(path.stat().st_size for path in [*blobs.iterdir(), *ingest.iterdir()])
+
+
+def assert_every_image_whole(store: Path) -> None:
+    """skopeo reads every kept image, and every blob matches its name."""
+    for reference in images(store):
+        subprocess.run(
+            ["skopeo", "inspect", f"oci:{store}:{reference}"],
+            capture_output=True,
+            check=True,
+        )
+        copy = subprocess.run(
+            ["skopeo", "copy", "--quiet", f"oci:{store}:{reference}",
+             f"dir:{store.parent / 'copy'}"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert copy.returncode == 0, copy.stderr
+        subprocess.run(["rm", "-rf", str(store.parent / "copy")], check=True)
+    for blob in (store / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+def indexed_blobs(store: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(store / INDEX_FILE)) as db:
+        rows = db.execute("SELECT DISTINCT blob FROM chunks").fetchall()
+    return {row[0].split(":", 1)[1] for row in rows}
+
+
+def pack_bytes(store: Path) -> int:
+    with contextlib.closing(sqlite3.connect(store / INDEX_FILE)) as db:
+        rows = db.execute("SELECT DISTINCT blob FROM chunks WHERE kind = 'pack'")
+        packs = [row[0].split(":", 1)[1] for row in rows]
+    return sum((store / "blobs" / "sha256" / pack).stat().st_size for pack in packs)
+
+
+def test_images_show_last_use_and_a_pull_counts(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1", "base:v2"])
+    v1, v2 = (f"{registry_plain.host}/samples/base:{tag}" for tag in ("v1", "v2"))
+    first = images(store)
+
+    pull_all(registry_plain, store, ["base:v1"])
+    again = images(store)
+
+    assert first[v1]["last_used"] < first[v2]["last_used"]
+    assert again[v1]["last_used"] > first[v2]["last_used"]
+    listed = cli("images", store=store).stdout.splitlines()
+    assert listed[0].split() == ["REFERENCE", "DIGEST", "SIZE", "LAST", "USED"]
+    assert "just now" in listed[1]
+
+
+def test_rm_keeps_what_other_images_share(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1", "base:v2"])
+    v1, v2 = (f"{registry_plain.host}/samples/base:{tag}" for tag in ("v1", "v2"))
+    before = store_bytes(store)
+
+    done = cli("rm", v1, store=store)
+
+    assert done.returncode == 0, done.stderr
+    assert f"untagged: {v1}" in done.stdout
+    assert list(images(store)) == [v2]
+    assert store_bytes(store) < before
+    assert_every_image_whole(store)
+    present = {path.name for path in (store / "blobs" / "sha256").iterdir()}
+    assert indexed_blobs(store) <= present
+    again = apparate.pull(v1, PullOptions(store=store))
+    assert 0 < again.bytes_fetched
+    assert_every_image_whole(store)
+
+
+def test_rm_by_digest_and_unknown_image(registry_plain, sample_images, tmp_path):
+    store = tmp_path / "store"
+    digest = sample_images.images["base:v2"].digest
+    by_digest = f"{registry_plain.host}/samples/base@{digest}"
+    pull_all(registry_plain, store, ["base:v1", f"base@{digest}"])
+
+    missing = cli("rm", f"{registry_plain.host}/samples/base:v7", store=store)
+    removed = cli("rm", "--json", by_digest, store=store)
+
+    assert missing.returncode == 4
+    assert missing.stderr.startswith("error: ") and "v7" in missing.stderr
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(removed.stdout)["untagged"] == [by_digest]
+    assert list(images(store)) == [f"{registry_plain.host}/samples/base:v1"]
+    assert_every_image_whole(store)
+
+
+def test_gc_under_a_tight_limit_keeps_kept_images_whole(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, SAMPLES)
+    sizes = images(store)
+    newest = f"{registry_plain.host}/samples/{SAMPLES[-1]}"
+    limit = sizes[newest]["size"] + 4_000_000
+
+    done = cli("gc", "--json", "--max-size", str(limit), store=store)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["size_after"] <= limit
+    assert store_bytes(store) == result["size_after"]
+    assert result["bytes_freed"] == result["size_before"] - result["size_after"]
+    kept = images(store)
+    assert newest in kept
+    assert set(result["untagged"]) == set(sizes) - set(kept)
+    assert_every_image_whole(store)
+
+
+def test_gc_dry_run_removes_nothing(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1", "base:v2"])
+    before = sorted(os.listdir(store / "blobs" / "sha256"))
+
+    done = cli("gc", "--dry-run", "--max-size", "1M", store=store)
+
+    assert done.returncode == 0, done.stderr
+    assert "would remove" in done.stdout
+    assert sorted(os.listdir(store / "blobs" / "sha256")) == before
+    assert len(images(store)) == 2
+
+
+def test_gc_removes_leftovers(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1"])
+    junk = b"a blob no image names"
+    junk_path = store / "blobs" / "sha256" / hashlib.sha256(junk).hexdigest()
+    junk_path.write_bytes(junk)
+    stale = store / "ingest" / f"partial-{'e' * 64}"
+    stale.write_bytes(b"\0" * 1000)
+    os.utime(stale, (time.time() - 3 * 86400, time.time() - 3 * 86400))
+
+    done = cli("gc", store=store)
+
+    assert done.returncode == 0, done.stderr
+    assert "1 blobs no image needs" in done.stdout
+    assert "1 stale partial downloads" in done.stdout
+    assert not junk_path.exists() and not stale.exists()
+    assert_every_image_whole(store)
+
+
+def test_max_store_size_applies_after_each_pull(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    config = tmp_path / "config.toml"
+    config.write_text('max_store_size = "40M"\n')
+    env = {"APPARATE_CONFIG": str(config)}
+    v1, v2 = (f"{registry_plain.host}/samples/base:{tag}" for tag in ("v1", "v2"))
+
+    first = cli("pull", "-q", v1, store=store, env=env)
+    second = cli("pull", "-q", v2, store=store, env=env)
+
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert list(images(store)) == [v2]
+    assert store_bytes(store) <= 40 << 20
+    assert_every_image_whole(store)
+
+
+def test_max_store_size_never_removes_the_pulled_image(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    config = tmp_path / "config.toml"
+    config.write_text("max_store_size = 1000\n")
+    v1 = f"{registry_plain.host}/samples/base:v1"
+
+    done = cli("pull", "-q", v1, store=store, env={"APPARATE_CONFIG": str(config)})
+
+    assert done.returncode == 0, done.stderr
+    assert "over max_store_size" in done.stderr
+    assert list(images(store)) == [v1]
+    assert_every_image_whole(store)
+
+
+def test_gc_waits_for_a_running_pull(registry_plain, sample_images, tmp_path):
+    """A gc never deletes the blobs a running pull has stored but not tagged."""
+    store = tmp_path / "store"
+    v1 = f"{registry_plain.host}/samples/base:v1"
+    pull_all(registry_plain, store, ["base:v1"])
+    limit = sample_images.images["base:v2"].layer_bytes + 1_000_000
+    port = int(registry_plain.host.rsplit(":", 1)[1])
+    with throttled(port, 8 * 1024 * 1024) as slow_port:
+        v2 = f"127.0.0.1:{slow_port}/samples/base:v2"
+        pulling = subprocess.Popen(
+            [APPARATE, "pull", "-q", "--store", str(store), v2],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.5)
+        gc = cli("gc", "--json", "--max-size", str(limit), store=store)
+        _, errors = pulling.communicate(timeout=300)
+
+    assert pulling.returncode == 0, errors
+    assert gc.returncode == 0, gc.stderr
+    assert json.loads(gc.stdout)["untagged"] == [v1]
+    assert list(images(store)) == [v2]
+    assert_every_image_whole(store)
+
+
+@pytest.fixture
+def converted(registry_plain, fresh_registry, tmp_path) -> str:
+    """A registry repository holding converted base:v1 and base:v2."""
+    options = ConvertOptions(store=tmp_path / "convert")
+    repository = f"{fresh_registry.host}/converted/base"
+    for tag in ("v1", "v2"):
+        convert(f"{registry_plain.host}/samples/base:{tag}", f"{repository}:{tag}",
+                options)  # fmt: skip
+    return repository
+
+
+def test_delta_pull_after_packs_are_dropped(registry_plain, converted, tmp_path):
+    """Without packs a delta pull fetches more, and its image is still right."""
+    fetched = {}
+    for name, drop_packs in (("kept", False), ("dropped", True)):
+        store = tmp_path / name
+        pull_all(registry_plain, store, ["base:v1"])
+        if drop_packs:
+            limit = store_bytes(store) - pack_bytes(store)
+            done = cli("gc", "--json", "--max-size", str(limit), store=store)
+            result = json.loads(done.stdout)
+            assert result["untagged"] == [], result
+            assert {item["reason"] for item in result["removed"]} == {"pack"}
+            assert pack_bytes(store) == 0
+        update = apparate.pull(f"{converted}:v2", PullOptions(store=store))
+        fetched[name] = update.bytes_fetched
+        assert_every_image_whole(store)
+
+    assert fetched["dropped"] > fetched["kept"]
+
+
+def test_samples_are_the_ones_expected(sample_images: Samples):
+    assert set(SAMPLES) <= set(sample_images.images)

@@ -1,0 +1,295 @@
+"""gc and rm on stores built by hand: what goes, what stays, locks and crashes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from apparate.catalog import list_images
+from apparate.chunked.packer import LocalPacker
+from apparate.digest import Digest
+from apparate.errors import NotFound, StoreError
+from apparate.manifest import OCI_MANIFEST, Descriptor
+from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from apparate.store.collector import GcOptions, collect, remove_images
+from apparate.store.layout import Store
+from apparate.store.usage import last_used, mark_used
+from tests.unit.test_chunked import make_tar
+
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+
+
+def add_image(store: Store, reference: str, layers: list[bytes]) -> Digest:
+    """Store a small image whose layers are plain tars; return its manifest."""
+    diff_ids = [str(Digest.of(layer)) for layer in layers]
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    descriptors = []
+    for layer in layers:
+        store.put_blob(layer, Digest.of(layer))
+        descriptors.append(
+            {
+                "mediaType": LAYER_TYPE,
+                "digest": str(Digest.of(layer)),
+                "size": len(layer),
+            }
+        )
+    store.put_blob(config, Digest.of(config))
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": str(Digest.of(config)),
+                "size": len(config),
+            },
+            "layers": descriptors,
+        }
+    ).encode()
+    store.put_blob(manifest, Digest.of(manifest))
+    store.tag(reference, Descriptor(OCI_MANIFEST, Digest.of(manifest), len(manifest)))
+    return Digest.of(manifest)
+
+
+def blobs_of(store: Store, manifest: Digest) -> set[Digest]:
+    document = json.loads(store.read_blob(manifest))
+    named = [document["config"], *document["layers"]]
+    return {manifest, *(Digest.parse(item["digest"]) for item in named)}
+
+
+def assert_whole(store: Store, manifest: Digest) -> None:
+    for digest in blobs_of(store, manifest):
+        data = store.blob_path(digest).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest.hex
+
+
+def chunk_blobs(root: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(root / INDEX_FILE)) as db:
+        return {row[0] for row in db.execute("SELECT DISTINCT blob FROM chunks")}
+
+
+BASE = b"base layer " * 1000
+APP1 = b"app one " * 1000
+APP2 = b"app two " * 2000
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """An open store; tests close it before calling what opens it again."""
+    return Store(tmp_path / "store")
+
+
+def test_gc_removes_unreferenced_blobs_only(store):
+    kept = add_image(store, "example.com/app:v1", [BASE, APP1])
+    store.put_blob(b"left over", Digest.of(b"left over"))
+
+    result = collect(store, GcOptions())
+
+    assert [item.digest for item in result.removed] == [Digest.of(b"left over")]
+    assert result.bytes_freed == len(b"left over")
+    assert not store.has_blob(Digest.of(b"left over"))
+    assert_whole(store, kept)
+
+
+def test_rm_keeps_blobs_another_image_needs(store):
+    add_image(store, "example.com/app:v1", [BASE, APP1])
+    second = add_image(store, "example.com/app:v2", [BASE, APP2])
+
+    store.close()
+    result = remove_images(["example.com/app:v1"], store.root)
+
+    assert result.untagged == ["example.com/app:v1"]
+    assert not store.has_blob(Digest.of(APP1))
+    assert store.has_blob(Digest.of(BASE))
+    assert [image.reference for image in store.images()] == ["example.com/app:v2"]
+    assert_whole(store, second)
+
+
+def test_rm_of_an_image_not_stored_removes_nothing(store):
+    add_image(store, "example.com/app:v1", [BASE])
+
+    with pytest.raises(NotFound) as caught:
+        remove_images(["example.com/app:v1", "example.com/app:v9"], store.root)
+
+    assert caught.value.exit_code == 4
+    assert "example.com/app:v9" in str(caught.value)
+    assert len(store.images()) == 1
+
+
+def test_rm_by_digest(store):
+    manifest = add_image(store, "example.com/app:v1", [BASE])
+    store.untag(["example.com/app:v1"])
+    by_digest = f"example.com/app@{manifest}"
+    store.tag(by_digest, Descriptor(OCI_MANIFEST, manifest, 10))
+
+    store.close()
+    result = remove_images([f"example.com/app:v1@{manifest}"], store.root)
+
+    assert result.untagged == [by_digest]
+    assert not store.has_blob(manifest)
+
+
+def test_dry_run_removes_nothing(store):
+    add_image(store, "example.com/app:v1", [BASE])
+    add_image(store, "example.com/app:v2", [APP2])
+    before = sorted(os.listdir(store.root / "blobs" / "sha256"))
+
+    result = collect(store, GcOptions(max_size=1, dry_run=True))
+
+    assert result.dry_run and len(result.untagged) == 2
+    assert sorted(os.listdir(store.root / "blobs" / "sha256")) == before
+    assert len(store.images()) == 2
+
+
+def test_max_size_removes_least_recently_used(store):
+    add_image(store, "example.com/app:v1", [BASE, APP1])
+    add_image(store, "example.com/app:v2", [APP2])
+    add_image(store, "example.com/app:v3", [APP1])
+    mark_used(store.root, "example.com/app:v1", now=300.0)
+    mark_used(store.root, "example.com/app:v2", now=100.0)
+    mark_used(store.root, "example.com/app:v3", now=200.0)
+
+    result = collect(store, GcOptions(max_size=len(BASE) + len(APP1) + 2000))
+
+    assert result.untagged == ["example.com/app:v2"]
+    assert {image.reference for image in store.images()} == {
+        "example.com/app:v1",
+        "example.com/app:v3",
+    }
+    assert "example.com/app:v2" not in last_used(store.root)
+
+
+def test_protected_image_is_kept_over_the_limit(store):
+    add_image(store, "example.com/app:v1", [BASE])
+    mark_used(store.root, "example.com/app:v1", now=1.0)
+
+    result = collect(store, GcOptions(max_size=0, protected=["example.com/app:v1"]))
+
+    assert result.untagged == []
+    assert result.over_limit_because == ["example.com/app:v1"]
+
+
+def test_stale_partial_downloads_go(store):
+    old = store.ingest_dir / f"partial-{'a' * 64}"
+    old.write_bytes(b"x" * 100)
+    (store.ingest_dir / f"{old.name}.ranges").write_text("0-10\n")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fresh = store.ingest_dir / f"partial-{'b' * 64}"
+    fresh.write_bytes(b"y" * 50)
+    orphan_journal = store.ingest_dir / f"partial-delta-{'c' * 64}.ranges"
+    orphan_journal.write_text("0-10\n")
+
+    result = collect(store, GcOptions(partial_max_age=3600))
+
+    assert sorted(result.partial_files) == sorted(
+        [old.name, f"{old.name}.ranges", orphan_journal.name]
+    )
+    assert sorted(path.name for path in store.ingest_dir.iterdir()) == [fresh.name]
+
+
+def test_gc_waits_for_other_users_of_the_store(store):
+    store.put_blob(b"left over", Digest.of(b"left over"))
+    pulling = Store(store.root)
+
+    with pytest.raises(StoreError, match="in use"):
+        collect(store, GcOptions(wait=0.3))
+
+    assert store.has_blob(Digest.of(b"left over"))
+    pulling.close()
+    collect(store, GcOptions(wait=0.3))
+    assert not store.has_blob(Digest.of(b"left over"))
+
+
+def test_killed_gc_leaves_kept_images_whole(store, monkeypatch):
+    add_image(store, "example.com/app:v1", [BASE, APP1])
+    kept = add_image(store, "example.com/app:v2", [BASE, APP2])
+    real_unlink = Path.unlink
+    calls = []
+
+    def unlink_then_die(path: Path, missing_ok: bool = False) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_unlink(path, missing_ok=missing_ok)
+
+    store.close()
+    monkeypatch.setattr(Path, "unlink", unlink_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        remove_images(["example.com/app:v1"], store.root)
+    monkeypatch.undo()
+
+    assert [image.reference for image in store.images()] == ["example.com/app:v2"]
+    assert_whole(store, kept)
+    collect(store, GcOptions())
+    assert not store.has_blob(Digest.of(APP1))
+    assert_whole(store, kept)
+
+
+def pack_of(store: Store, tar: bytes) -> Digest:
+    with ChunkIndex(store.root / INDEX_FILE) as index:
+        packer = LocalPacker(store, index, "layer")
+        packer.feed(tar)
+        digest = packer.finish(Digest.of(tar))
+    assert digest is not None
+    return digest
+
+
+def test_packs_go_with_their_layers(store):
+    tar = make_tar(3)
+    add_image(store, "example.com/app:v1", [tar])
+    add_image(store, "example.com/app:v2", [BASE])
+    pack = pack_of(store, tar)
+
+    collect(store, GcOptions())
+    kept = store.has_blob(pack)
+    store.close()
+    remove_images(["example.com/app:v1"], store.root)
+
+    assert kept
+    assert not store.has_blob(pack)
+    assert str(pack) not in chunk_blobs(store.root)
+
+
+def test_packs_go_before_images(store):
+    tar = make_tar(3)
+    add_image(store, "example.com/app:v1", [tar])
+    pack = pack_of(store, tar)
+    image_bytes = sum(
+        path.stat().st_size
+        for path in (store.root / "blobs" / "sha256").iterdir()
+        if path.name != pack.hex
+    )
+
+    result = collect(store, GcOptions(max_size=image_bytes))
+
+    assert result.untagged == []
+    assert [item.digest for item in result.removed] == [pack]
+    assert chunk_blobs(store.root) == set()
+
+
+def test_chunk_rows_of_missing_blobs_go(store):
+    tar = make_tar(2)
+    add_image(store, "example.com/app:v1", [tar])
+    pack = pack_of(store, tar)
+    store.blob_path(pack).unlink()
+
+    collect(store, GcOptions())
+
+    assert chunk_blobs(store.root) == set()
+
+
+def test_images_show_last_use(store):
+    add_image(store, "example.com/app:v1", [BASE])
+    mark_used(store.root, "example.com/app:v1", now=1234.0)
+    mark_used(store.root, "example.com/app:v1", now=1000.0)
+
+    (image,) = list_images(store.root)
+
+    assert image.last_used == 1234.0
