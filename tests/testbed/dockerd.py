@@ -162,8 +162,10 @@ def _wait_until_ready(
                     f"it served {handle.socket}; log {process.log_path}:\n"
                     f"{process.log_tail()}"
                 )
+            # httpx leaves its socket unclosed when the path does not exist yet.
+            exists = Path(handle.socket).exists()
             try:
-                if client.get("/_ping", timeout=2.0).text == "OK":
+                if exists and client.get("/_ping", timeout=2.0).text == "OK":
                     return
             except httpx.TransportError:
                 pass
