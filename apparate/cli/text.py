@@ -214,7 +214,7 @@ def gc_report(result: GcResult) -> str:
     )
     if result.over_limit_because:
         lines.append(
-            "still over the limit: the images left are in use: "
+            "still over the limit because these images cannot be removed: "
             + ", ".join(result.over_limit_because)
         )
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """``apparate gc`` and ``apparate rm``: carry out gc's plan on the store.
 
-gc holds the store alone (``Store.exclusive``), so no pull is between
+gc locks the store exclusively (``Store.exclusive``), so no pull is between
 storing a blob and tagging it. It untags first, then deletes the database
 rows of the blobs it removes in one transaction, then the files: a gc
 killed at any point leaves every kept image whole, and at worst blobs that
@@ -54,7 +54,7 @@ class GcOptions:
 
 @dataclass(frozen=True)
 class GcResult:
-    """What a gc or rm removed (or would remove, in a dry run)."""
+    """Outcome of a gc or rm: what it removed, or would remove in a dry run."""
 
     store: str
     untagged: list[str]
@@ -113,13 +113,13 @@ def remove_images(
     Raises NotFound, before removing anything, if one of them is not stored.
     """
     root = store_path or default_store_path()
-    wanted = list(references)
+    requested = list(references)
     if not (root / "index.json").is_file():
-        raise _not_stored(wanted[0], root)
+        raise _not_stored(requested[0], root)
     store = Store(root, create=False)
     stored = store.images()
     untag: list[str] = []
-    for text in wanted:
+    for text in requested:
         matched = select_images(text, stored)
         if not matched:
             raise _not_stored(text, root)
@@ -131,7 +131,7 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
     """Plan and carry out a gc of an open store; see the module docstring."""
     started = time.monotonic()
     # Reading packs may decompress new ones, so it happens before the store
-    # is held alone; the second call only reads what the first one cached.
+    # is locked exclusively. The second call only reads what the first cached.
     pack_sources(store)
     with store.exclusive(options.wait):
         found = survey(store, pack_sources(store), options.partial_max_age)
@@ -177,8 +177,9 @@ def _mark_and_fit(store: Store, result: PullResult, limit: int | None) -> None:
         return
     if done.over_limit_because:
         log.warning(
-            "the store holds %d bytes, over max_store_size (%d): the images left "
-            "are in use", done.size_after, limit,
+            "the store is %d bytes, over max_store_size (%d bytes), because "
+            "these images cannot be removed: %s", done.size_after, limit,
+            ", ".join(done.over_limit_because),
         )  # fmt: skip
 
 
@@ -213,11 +214,10 @@ def _forget(
         raise StoreError(f"cannot open {path}: {error}") from None
     try:
         with db:
-            gone = [(str(blob),) for blob in _indexed(db) - present] + [
-                (str(blob),) for blob in removed
-            ]
-            _execute(db, "DELETE FROM chunks WHERE blob = ?", gone)
-            _execute(db, "DELETE FROM pack_sources WHERE pack = ?", gone)
+            absent = (_indexed(db) - present) | removed
+            rows = [(str(blob),) for blob in absent]
+            _execute(db, "DELETE FROM chunks WHERE blob = ?", rows)
+            _execute(db, "DELETE FROM pack_sources WHERE pack = ?", rows)
             forget_uses(db, untagged)
     except sqlite3.Error as error:
         raise StoreError(f"cannot update {path}: {error}") from None

@@ -6,9 +6,9 @@ manifests and indexes name (configs, layers, child manifests) and the
 registry's own manifest and index kept beside an OCI copy. A local pack is
 kept while one of the layers it was cut from is kept. Everything else goes.
 
-With a size limit, packs go first, least recently used image first, since
-they only speed up later delta pulls; then whole images, least recently used
-first, until the store fits. Tags naming one manifest go together, and
+With a size limit, packs go first because they only speed up later delta
+pulls, starting with those of the least recently used images. Then whole
+images go, least recently used first, until the store fits. Tags naming one manifest go together, and
 images that are protected (pulled by the running command) or untagged
 (written by another tool) are never removed.
 """
@@ -49,7 +49,7 @@ class PackEntry:
 
 @dataclass(frozen=True)
 class StoreState:
-    """What gc needs to know about a store, read under its lock."""
+    """Facts about a store that gc plans from, read while gc has it locked."""
 
     images: tuple[ImageEntry, ...]
     # Blobs each manifest or index blob names; blobs absent here name nothing.
@@ -110,8 +110,8 @@ def plan_gc(
         removed_refs |= dropped
         removals += more
     size_after = sum(state.sizes[digest] for digest in present) + state.other_bytes
-    kept = [image for image in images if image.reference not in removed_refs]
-    blocked = () if limit is None or size_after <= limit else _names(kept)
+    remaining = [image for image in images if image.reference not in removed_refs]
+    blocked = () if limit is None or size_after <= limit else _names(remaining)
     order = [image.reference for image in state.images]
     return GcPlan(
         untag=tuple(ref for ref in order if ref and ref in removed_refs),

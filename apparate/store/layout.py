@@ -36,7 +36,7 @@ SOURCE_INDEX = "dev.apparate.source-index"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 PARTIAL_PREFIX = "partial-"
 PARTIAL_MAX_AGE = 7 * 24 * 3600
-# Every open Store holds this file under a shared lock; gc takes it alone.
+# Every open Store locks this file shared, and gc locks it exclusively.
 USERS_LOCK = ".users.lock"
 _LOCK_POLL_SECONDS = 0.1
 
@@ -233,6 +233,10 @@ class Store:
         Blobs a pull has stored but not tagged yet are unreferenced, so gc
         waits until no other process has the store open. The lock goes with
         the object, or earlier with ``close``.
+
+        NOTE: a Store that only a reference cycle keeps alive keeps the lock
+        until Python's cycle collector frees it, so long-running callers
+        should ``close`` stores they are done with.
         """
         fd = self._open_users_lock()
         self._release = weakref.finalize(self, os.close, fd)
@@ -400,19 +404,21 @@ class Store:
 
     def untag(self, references: Iterable[str]) -> list[str]:
         """Remove the entries tagged ``references``; return those that were there."""
-        wanted = set(references)
+        requested = set(references)
         with _store_errors("cannot untag images"), self._locked():
             entries = self._read_index()
-            kept = [
+            remaining = [
                 item
                 for item in entries
-                if item.get("annotations", {}).get(REF_NAME) not in wanted
+                if item.get("annotations", {}).get(REF_NAME) not in requested
             ]
             removed = [
-                item["annotations"][REF_NAME] for item in entries if item not in kept
+                item["annotations"][REF_NAME]
+                for item in entries
+                if item not in remaining
             ]
             if removed:
-                self._write_index(kept)
+                self._write_index(remaining)
         return removed
 
     def entries(self) -> list[Descriptor]:

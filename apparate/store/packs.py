@@ -1,6 +1,6 @@
 """Which layer each local pack was cut from, so gc can drop packs of gone layers.
 
-A pack holds the frames of one plain layer's tar, so the sha256 of its
+A pack contains the frames of one plain layer's tar, so the sha256 of its
 decompressed frames is that layer's ``diff_id``. gc keeps a pack while a kept
 image has a layer with that ``diff_id``. The link is cached in the store's
 database; a pack without a row is decompressed once to learn it.
@@ -35,7 +35,8 @@ _PIECE = 1 << 20
 def record_pack(store_root: Path, pack: Digest, diff_id: Digest) -> None:
     """Record the ``diff_id`` of the layer a new pack was cut from.
 
-    Packers may call it when they commit a pack, so gc need not read it.
+    NOTE: LocalPacker does not call it yet, so gc decompresses each new pack
+    once. A call in ``LocalPacker.finish`` would spare that read.
     """
     db = _connect(store_root / INDEX_FILE)
     try:
@@ -51,7 +52,7 @@ def record_pack(store_root: Path, pack: Digest, diff_id: Digest) -> None:
 
 
 def pack_sources(store: Store) -> dict[Digest, Digest | None]:
-    """Return every stored pack with the diff_id it holds (None: unreadable)."""
+    """Return every stored pack with the diff_id of its content (None: unreadable)."""
     path = store.root / INDEX_FILE
     if not path.exists():
         return {}

@@ -1,4 +1,4 @@
-"""Which stored images a reference given to ``apparate rm`` names. Pure."""
+"""Matching of references given to ``apparate rm`` with stored images. Pure."""
 
 from __future__ import annotations
 
@@ -15,26 +15,26 @@ def select_images(text: str, stored: Iterable[StoredImage]) -> list[str]:
     A reference written exactly as stored names that entry. Otherwise it is
     normalised as ``pull`` does (``debian`` is ``docker.io/library/debian:
     latest``). With a digest, it names every image of that repository with
-    that manifest digest, whether pulled by tag or by digest; without one,
-    the images pulled by that tag (an image pulled by digest is matched by
-    its digest only). Raises InvalidReference for a malformed reference.
+    that manifest digest, whether pulled by tag or by digest. Without one, it
+    names the images pulled by that tag, so an image pulled by digest is
+    matched by its digest only. Raises InvalidReference for a malformed one.
     """
     images = list(stored)
     exact = [image.reference for image in images if image.reference == text]
     if exact:
         return exact
-    wanted = Reference.parse(text)
-    return [image.reference for image in images if _names(wanted, image)]
+    requested = Reference.parse(text)
+    return [image.reference for image in images if _names(requested, image)]
 
 
-def _names(wanted: Reference, image: StoredImage) -> bool:
+def _names(requested: Reference, image: StoredImage) -> bool:
     try:
         have = Reference.parse(image.reference)
     except InvalidReference:
         return False
-    if have.name != wanted.name:
+    if have.name != requested.name:
         return False
-    if wanted.digest:
+    if requested.digest:
         digests = {have.digest, image.source_manifest, image.descriptor.digest}
-        return wanted.digest in digests
-    return have.digest is None and have.tag == wanted.tag
+        return requested.digest in digests
+    return have.digest is None and have.tag == requested.tag

@@ -49,7 +49,7 @@ class Survey:
 def survey(
     store: Store, packs: dict[Digest, Digest | None], partial_max_age: float
 ) -> Survey:
-    """Read the store; the caller holds it alone, so nothing changes meanwhile."""
+    """Read the store, which the caller has locked exclusively."""
     sizes = blob_sizes(store)
     walker = _Walker(store, sizes)
     uses = last_used(store.root)
@@ -66,7 +66,7 @@ def survey(
 
 
 def blob_sizes(store: Store) -> dict[Digest, int]:
-    """Every blob file under ``blobs/`` with its size; other files are left out."""
+    """Return every blob file under ``blobs/`` with its size, other files left out."""
     sizes: dict[Digest, int] = {}
     blobs = store.root / "blobs"
     for algorithm in sorted(blobs.iterdir()) if blobs.is_dir() else ():
@@ -82,7 +82,7 @@ def blob_sizes(store: Store) -> dict[Digest, int]:
 def _image(
     store: Store, entry: Descriptor, walker: _Walker, uses: dict[str, float]
 ) -> ImageEntry:
-    """Describe an entry; without a recorded use, its manifest's age stands in."""
+    """Describe an entry; without a recorded use, its manifest's mtime is used."""
     annotations = entry.annotations
     reference = annotations.get(REF_NAME, "")
     walker.follow(entry.digest, reference)
@@ -124,7 +124,7 @@ class _Walker:
                 self._note_diff_ids(document, image)
 
     def layers_of(self, diff_id: Digest | None) -> set[Digest]:
-        """The layer blobs whose content has this diff_id."""
+        """Return the layer blobs whose content has this diff_id."""
         return self.layers_by_diff_id.get(diff_id, set()) if diff_id else set()
 
     def _read(self, digest: Digest, image: str) -> dict[str, Any] | None:
@@ -157,7 +157,7 @@ class _Walker:
 
 
 def _children(document: dict[str, Any]) -> list[tuple[Digest, str]]:
-    """The blobs a manifest or index names, with their media types."""
+    """Return the blobs a manifest or index names, with their media types."""
     items: list[Any] = [document.get("config"), document.get("subject")]
     for key in ("layers", "manifests", "blobs"):
         value = document.get(key)
@@ -189,9 +189,9 @@ def _partial_files(store: Store, max_age: float) -> tuple[list[Path], list[Path]
 
     A resumable download is deleted once older than ``max_age``, and its
     journal of written ranges with it; other files there are leftovers of
-    killed pulls. A file that a process holds locked is in use and kept.
+    killed pulls. A file that a process has locked is in use and kept.
     """
-    stale, kept, journals = [], [], []
+    stale, in_use, journals = [], [], []
     now = time.time()
     for path in _listing(store.ingest_dir):
         if path.name.endswith(JOURNAL_SUFFIX):
@@ -199,14 +199,14 @@ def _partial_files(store: Store, max_age: float) -> tuple[list[Path], list[Path]
         elif _held(path) or (
             path.name.startswith(PARTIAL_PREFIX) and now - _mtime(path) < max_age
         ):
-            kept.append(path)
+            in_use.append(path)
         else:
             stale.append(path)
-    kept_names = {path.name for path in kept}
+    in_use_names = {path.name for path in in_use}
     for journal in journals:
         partial = journal.name.removesuffix(JOURNAL_SUFFIX)
-        (kept if partial in kept_names else stale).append(journal)
-    return stale, kept
+        (in_use if partial in in_use_names else stale).append(journal)
+    return stale, in_use
 
 
 def _listing(directory: Path) -> list[Path]:
@@ -217,7 +217,7 @@ def _listing(directory: Path) -> list[Path]:
 
 
 def _held(path: Path) -> bool:
-    """Whether another process holds the file locked, as a running pull does."""
+    """Return whether another process has the file locked, as a running pull does."""
     try:
         with open(path, "rb") as file:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)

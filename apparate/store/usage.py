@@ -1,10 +1,11 @@
 """When each stored image was last used, kept in the store's SQLite database.
 
-An image counts as used when it is pulled (even when every blob was already
-stored) or imported. gc removes the least recently used images first. The
-times live in ``apparate.db`` rather than in ``index.json``, so tools that
-rewrite the layout, such as skopeo, cannot lose them; an image tagged by
-such a tool has no row, and its manifest blob's modification time stands in.
+A pull records a use, even when every blob was already stored, and other
+commands (an import) call ``mark_used`` to record theirs. gc removes the
+least recently used images first. The times live in ``apparate.db`` rather
+than in ``index.json``, so tools that rewrite the layout, such as skopeo,
+cannot lose them. An image tagged by such a tool has no row, so its
+manifest blob's modification time is used.
 """
 
 from __future__ import annotations

@@ -215,8 +215,8 @@ def test_plan(case: Case):
     removed = {removal.digest: removal.reason for removal in plan.remove}
     assert removed == {d(name): reason for name, reason in case.want_removed.items()}
     assert plan.fits == case.want_fits
-    kept = set(state.sizes) - set(removed)
-    assert plan.size_after == sum(state.sizes[b] for b in kept) + case.other_bytes
+    remaining = set(state.sizes) - set(removed)
+    assert plan.size_after == sum(state.sizes[b] for b in remaining) + case.other_bytes
     assert plan.size_before == sum(state.sizes.values()) + case.other_bytes
 
 

@@ -87,7 +87,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_gc_removes_unreferenced_blobs_only(store):
-    kept = add_image(store, "example.com/app:v1", [BASE, APP1])
+    manifest = add_image(store, "example.com/app:v1", [BASE, APP1])
     store.put_blob(b"left over", Digest.of(b"left over"))
 
     result = collect(store, GcOptions())
@@ -95,7 +95,7 @@ def test_gc_removes_unreferenced_blobs_only(store):
     assert [item.digest for item in result.removed] == [Digest.of(b"left over")]
     assert result.bytes_freed == len(b"left over")
     assert not store.has_blob(Digest.of(b"left over"))
-    assert_whole(store, kept)
+    assert_whole(store, manifest)
 
 
 def test_rm_keeps_blobs_another_image_needs(store):
@@ -209,7 +209,7 @@ def test_gc_waits_for_other_users_of_the_store(store):
 
 def test_killed_gc_leaves_kept_images_whole(store, monkeypatch):
     add_image(store, "example.com/app:v1", [BASE, APP1])
-    kept = add_image(store, "example.com/app:v2", [BASE, APP2])
+    survivor = add_image(store, "example.com/app:v2", [BASE, APP2])
     real_unlink = Path.unlink
     calls = []
 
@@ -226,10 +226,10 @@ def test_killed_gc_leaves_kept_images_whole(store, monkeypatch):
     monkeypatch.undo()
 
     assert [image.reference for image in store.images()] == ["example.com/app:v2"]
-    assert_whole(store, kept)
+    assert_whole(store, survivor)
     collect(store, GcOptions())
     assert not store.has_blob(Digest.of(APP1))
-    assert_whole(store, kept)
+    assert_whole(store, survivor)
 
 
 def pack_of(store: Store, tar: bytes) -> Digest:
@@ -248,11 +248,11 @@ def test_packs_go_with_their_layers(store):
     pack = pack_of(store, tar)
 
     collect(store, GcOptions())
-    kept = store.has_blob(pack)
+    pack_stayed = store.has_blob(pack)
     store.close()
     remove_images(["example.com/app:v1"], store.root)
 
-    assert kept
+    assert pack_stayed
     assert not store.has_blob(pack)
     assert str(pack) not in chunk_blobs(store.root)
 
