@@ -55,7 +55,18 @@ class Link:
 
 
 def ip(*argv: str) -> None:
-    subprocess.run(["ip", *argv], check=True, capture_output=True)
+    checked(["ip", *argv])
+
+
+def checked(argv: list[str]) -> None:
+    """Run a set-up command; raise with its error output if it fails."""
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed with code {result.returncode}: "
+            f"{result.stderr.strip()} (the shaped link needs root, iproute2 "
+            "from scripts/setup and a valid --rate)"
+        )
 
 
 @contextmanager
@@ -94,10 +105,9 @@ def configure_end(namespace: str, device: str, address: str, rate: str) -> None:
     ip("-n", namespace, "addr", "add", f"{address}/30", "dev", device)
     ip("-n", namespace, "link", "set", device, "up")
     ip("-n", namespace, "link", "set", "lo", "up")
-    subprocess.run(
+    checked(
         ["ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", device,
-         "root", "tbf", "rate", rate, "burst", TBF_BURST, "latency", TBF_LATENCY],
-        check=True, capture_output=True,
+         "root", "tbf", "rate", rate, "burst", TBF_BURST, "latency", TBF_LATENCY]
     )  # fmt: skip
 
 
