@@ -178,9 +178,13 @@ def test_gc_dry_run_removes_nothing(registry_plain, tmp_path):
     assert len(images(store)) == 2
 
 
-def test_gc_removes_leftovers(registry_plain, tmp_path):
+def test_gc_removes_leftovers(registry_plain, sample_images, tmp_path):
     store = tmp_path / "store"
-    pull_all(registry_plain, store, ["base:v1"])
+    pull_all(registry_plain, store, ["base:v1", "base:v1-docker", "multi:v1"])
+    registry_documents = [
+        store / "blobs" / "sha256" / sample_images.images[tag].digest.split(":")[1]
+        for tag in ("base:v1-docker", "multi:v1")
+    ]
     junk = b"a blob no image names"
     junk_path = store / "blobs" / "sha256" / hashlib.sha256(junk).hexdigest()
     junk_path.write_bytes(junk)
@@ -188,13 +192,15 @@ def test_gc_removes_leftovers(registry_plain, tmp_path):
     stale.write_bytes(b"\0" * 1000)
     os.utime(stale, (time.time() - 3 * 86400, time.time() - 3 * 86400))
 
-    done = cli("gc", store=store)
+    done = cli("gc", "--json", store=store)
 
     assert done.returncode == 0, done.stderr
-    assert "1 blobs no image needs" in done.stdout
-    assert "1 stale partial downloads" in done.stdout
+    removed = json.loads(done.stdout)["removed"]
+    assert [item["digest"] for item in removed] == [f"sha256:{junk_path.name}"]
+    assert json.loads(done.stdout)["partial_files"] == [stale.name]
     assert not junk_path.exists()
     assert not stale.exists()
+    assert all(path.exists() for path in registry_documents)
     assert_every_image_whole(store)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from apparate.catalog import list_images
 from apparate.chunked.packer import LocalPacker
+from apparate.cli.text import gc_report
 from apparate.digest import Digest
 from apparate.errors import NotFound, StoreError
 from apparate.manifest import OCI_MANIFEST, Descriptor
@@ -293,3 +294,18 @@ def test_images_show_last_use(store):
     (image,) = list_images(store.root)
 
     assert image.last_used == 1234.0
+
+
+def test_gc_report_names_each_kind(store):
+    add_image(store, "example.com/app:v1", [BASE])
+    add_image(store, "example.com/app:v2", [APP2])
+    store.put_blob(b"left over", Digest.of(b"left over"))
+    (store.ingest_dir / "0123-abandoned").write_bytes(b"x")
+
+    report = gc_report(collect(store, GcOptions(max_size=len(APP2) + 2000)))
+
+    assert "untagged: example.com/app:v1" in report
+    assert "removed 3 blobs of removed images" in report
+    assert "removed 1 blobs no image needs" in report
+    assert "removed 1 stale partial downloads (1 B)" in report
+    assert "freed " in report
