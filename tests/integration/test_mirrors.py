@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 import apparate
 from apparate.config import Config, Mirror
 from apparate.convert import ConvertOptions, convert
+from apparate.errors import RegistryUnreachable
 from apparate.pull import PullOptions
 from apparate.result import PullResult
 from tests.integration.faulty import misbehaving
@@ -220,3 +222,38 @@ def test_redirect_is_followed_once_per_blob(registry_plain, tmp_path):
 
     assert largest.bytes_fetched < largest.size / 2
     assert gets == 1
+
+
+def closed_port_host() -> str:
+    """Return a loopback host:port where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_resolving_mirror_serves_while_origin_is_down(origin, mirror, tmp_path):
+    down = closed_port_host()
+    config = Config(mirrors={down: (Mirror(f"http://{mirror.host}", resolve=True),)})
+    store = tmp_path / "store"
+
+    result = apparate.pull(
+        f"{down}/converted/base:v2", PullOptions(store=store, config=config)
+    )
+
+    assert set(result.bytes_by_source) == {f"http://{mirror.host}"}
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{store}:{down}/converted/base:v2"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(inspected)["Digest"] == str(result.digest)
+
+
+def test_mirror_without_resolve_needs_the_origin(mirror, tmp_path):
+    down = closed_port_host()
+    config = Config(mirrors={down: (Mirror(f"http://{mirror.host}"),)})
+
+    with pytest.raises(RegistryUnreachable):
+        apparate.pull(
+            f"{down}/converted/base:v2",
+            PullOptions(store=tmp_path / "store", config=config),
+        )
