@@ -26,7 +26,7 @@ class ImportResult:
     ``target`` is ``docker``, ``containerd``, ``oci`` (the local store only),
     ``docker-archive:FILE`` or ``oci-archive:FILE``; ``requested`` is what the
     user asked for, such as ``auto``. ``name`` is None when the image was
-    loaded without a tag, and ``note`` then says why.
+    loaded without a tag, and ``note`` then explains why.
     """
 
     target: str

@@ -1,8 +1,8 @@
 """Importers: hand a stored image to docker, containerd or an archive file.
 
-``target`` parses ``--into`` and picks a target for ``auto``; ``archive``
-streams docker- and oci-archives from the store; ``docker`` and
-``containerd`` send them to the daemons; ``run`` ties these together for
+``target`` parses ``--into`` and picks the target of ``auto``. ``archive``
+streams docker- and oci-archives from the store, and ``docker`` and
+``containerd`` send them to the daemons. ``run`` ties these together for
 ``apparate import`` and the end of a pull.
 """
 

@@ -97,7 +97,7 @@ def bytes_member(name: str, data: bytes) -> Member:
 
 
 def blob_member(store: Store, name: str, descriptor: Descriptor) -> Member:
-    """A stored blob, copied as it is."""
+    """Return an entry that copies a stored blob as it is."""
 
     def pieces() -> Iterator[bytes]:
         path = store.blob_path(descriptor.digest)
@@ -112,7 +112,7 @@ def blob_member(store: Store, name: str, descriptor: Descriptor) -> Member:
 
 
 def layer_tar_member(store: Store, name: str, layer: Descriptor, size: int) -> Member:
-    """A stored layer, decompressed on the fly to its ``size``-byte tar."""
+    """Return an entry that decompresses a stored layer to its ``size``-byte tar."""
     if layer.media_type in PLAIN_LAYERS:
         return blob_member(store, name, layer)
 

@@ -1,7 +1,7 @@
 """Import a stored image into containerd with ``ctr images import``.
 
 ctr reads an oci-archive on its standard input, streamed from the store. The
-archive holds the registry's own manifest (and index), so ``ctr images ls``
+archive contains the registry's own manifest (and index), so ``ctr images ls``
 shows the same digest as a plain ``ctr images pull``. containerd 2.x routes
 imports through its transfer service unless ``--local`` is given, so that
 option is passed where the installed ctr offers it.
@@ -56,7 +56,7 @@ def import_command(
     """Return the argv of ``ctr images import`` reading an archive from stdin.
 
     ``--platform`` makes ctr unpack the pulled platform, which need not be
-    this machine's. ``--all-platforms`` is left out: the archive holds one.
+    this machine's. ``--all-platforms`` is left out because the archive contains one platform.
     """
     argv = [ctr, "--address", address, "--namespace", namespace, "images", "import"]
     if local:
@@ -107,7 +107,7 @@ def _run(argv: list[str], archive: Iterator[bytes], reference: str) -> int:
             sent += len(piece)
         process.stdin.close()
     except BrokenPipeError:
-        # ctr stopped reading, so it failed: its output says why.
+        # ctr stopped reading because it failed, and its output explains why.
         pass
     except BaseException:
         process.kill()
@@ -164,13 +164,13 @@ class _Output:
     def _read(self, process: subprocess.Popen[bytes]) -> None:
         """Keep the last ``OUTPUT_LIMIT`` bytes, where ctr prints its error."""
         assert process.stdout is not None
-        kept = 0
+        kept_bytes = 0
         with process.stdout:
             while data := process.stdout.read(4096):
                 self._chunks.append(data)
-                kept += len(data)
-                while kept - len(self._chunks[0]) >= OUTPUT_LIMIT:
-                    kept -= len(self._chunks.pop(0))
+                kept_bytes += len(data)
+                while kept_bytes - len(self._chunks[0]) >= OUTPUT_LIMIT:
+                    kept_bytes -= len(self._chunks.pop(0))
 
     def text(self) -> str:
         """Wait for the end of the output and return it, decoded."""

@@ -1,7 +1,7 @@
 """Load a stored image into docker through the Engine API on its unix socket.
 
 ``POST /images/load`` receives a docker-archive streamed from the store. The
-daemon answers HTTP 200 at once and reports failures later, as JSON lines
+daemon returns HTTP 200 at once and reports failures later, as JSON lines
 with ``errorDetail``, so every line is read and checked. An image whose ID
 (the config digest) docker already holds is only tagged.
 
@@ -9,6 +9,11 @@ Engines that keep images in containerd (the containerd image store of
 Docker 24 and later, the default from Docker 29) report the snapshotter
 driver in ``GET /info``; they load OCI archives, which keep the registry's
 manifest digest, so they get one.
+
+NOTE: only dockerd 20.10 (Debian 12) was tried. The OCI archive path for the
+containerd image store is tested against a fake Engine API only, and such an
+engine might need the ``platform`` query of API 1.48 for a multi-platform
+index whose other platforms are absent.
 """
 
 from __future__ import annotations
@@ -138,7 +143,7 @@ class DockerEngine:
             answer = self._client.request(method, path, **kwargs)
         except httpx.TransportError as error:
             raise DaemonUnreachable(
-                f"docker at {self.socket} did not answer {method} {path} while "
+                f"docker at {self.socket} sent no response to {method} {path} while "
                 f"importing {self.reference}: {error or type(error).__name__}"
             ) from None
         if not (missing_ok and answer.status_code == 404):
@@ -197,7 +202,7 @@ def _load_docker(
     name = f"{reference.name}:{content.tag}" if content.tag else None
     note = "" if name else _untagged_note(content)
     if engine.has_image(image_id):
-        log.info("%s: docker already holds image %s", reference, image_id)
+        log.info("%s: docker already has image %s, not loading it", reference, image_id)
         if content.tag:
             engine.tag(image_id, reference.name, content.tag)
             note = "docker already held this image ID, so it was only tagged"

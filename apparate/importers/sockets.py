@@ -39,7 +39,7 @@ def probe_socket(path: str, timeout: float = CONNECT_TIMEOUT) -> SocketState:
 
 
 def require_socket(path: str, daemon: str, setting: str) -> None:
-    """Raise the error that says why ``daemon`` cannot be reached at ``path``.
+    """Raise an error explaining why ``daemon`` cannot be reached at ``path``.
 
     ``setting`` names how the user points apparate at another socket.
     """

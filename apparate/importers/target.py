@@ -1,7 +1,7 @@
 """Import targets: parse ``--into``, pick one, and find the daemons' sockets.
 
 Everything here is pure: the caller probes the sockets and passes the
-answers in, so the choice of target is tested with tables of cases.
+results in, so the choice of target is tested with tables of cases.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ DEFAULT_NAMESPACE = "default"
 
 @dataclass(frozen=True)
 class ImportTarget:
-    """Where an image goes: a kind, plus a file for the archive kinds."""
+    """An import destination: a kind, plus a file for the archive kinds."""
 
     kind: str
     path: Path | None = None

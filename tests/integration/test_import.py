@@ -1,7 +1,7 @@
 """Import pulled images into the real dockerd and containerd, and into files.
 
 Every test gets a fresh containerd and, where it needs one, a fresh dockerd
-using that containerd, so no daemon holds the layers before the import.
+using that containerd, so no daemon has the layers before the import.
 Each imported image runs `cat /etc/os-release` (docker with `--network
 none`, ctr with the native snapshotter), which needs its whole root
 filesystem. dockerd never pulls: it only gets what apparate loads.

@@ -81,8 +81,8 @@ def start_dockerd(
 
     `containerd` is the socket of a running containerd; without it dockerd
     starts its own. Raises DockerdUnavailable if dockerd is not installed,
-    and RuntimeError with the end of its log if it exits or does not answer
-    `GET /_ping` within `timeout` seconds.
+    and RuntimeError with the end of its log if it exits or does not respond
+    to `GET /_ping` within `timeout` seconds.
     """
     binary = dockerd_binary()
     if binary is None:
@@ -151,7 +151,7 @@ def docker(
 def _wait_until_ready(
     handle: DockerdHandle, process: ServerProcess, timeout: float
 ) -> None:
-    """Poll `GET /_ping` on the daemon's socket until it answers OK."""
+    """Poll `GET /_ping` on the daemon's socket until it returns OK."""
     deadline = time.monotonic() + timeout
     transport = httpx.HTTPTransport(uds=handle.socket)
     with httpx.Client(transport=transport, base_url="http://docker") as client:

@@ -192,7 +192,7 @@ def test_oci_archive_names_registry_manifest(tmp_path):
         assert Digest.of(data) == descriptor.digest
 
 
-def test_oci_archive_of_multi_platform_image_points_at_index(tmp_path):
+def test_oci_archive_multi_platform_index(tmp_path):
     store, facts = make_store(tmp_path, with_index=True)
     content = stored(store)
 
@@ -206,7 +206,7 @@ def test_oci_archive_of_multi_platform_image_points_at_index(tmp_path):
     assert f"blobs/sha256/{Digest.of(b'arm64').hex}" not in entries
 
 
-def test_oci_index_of_digest_pull_has_no_ref_name(tmp_path):
+def test_oci_index_digest_pull_untagged(tmp_path):
     name = "registry.example/team/app@sha256:" + "cd" * 32
     store, _ = make_store(tmp_path, name)
 

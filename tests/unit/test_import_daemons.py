@@ -1,6 +1,6 @@
 """Importer faults: misbehaving daemons played by a fake Engine API and a fake ctr.
 
-The fake docker listens on a unix socket in the test's folder and answers
+The fake docker listens on a unix socket in the test's folder and responds
 as dockerd 20.10 does, including HTTP 200 with ``errorDetail`` lines. The
 fake ctr is a shell script first on PATH.
 """
@@ -41,7 +41,7 @@ APPARATE = str(Path(sys.executable).with_name("apparate"))
 
 @dataclass
 class FakeDocker:
-    """What the fake Engine API received, and how it answers a load."""
+    """What the fake Engine API received, and how it responds to a load."""
 
     load_status: int = 200
     load_lines: list[dict[str, object]] = field(
@@ -294,7 +294,7 @@ def test_socket_permission_denied(tmp_path):
 
 
 def _as_nobody(action: Callable[[], None]) -> str:
-    """Run ``action`` in a child process as user nobody; return the error it raised."""
+    """Run ``action`` in a child process as user nobody (uid 65534); return the error it raised."""
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:
