@@ -95,8 +95,11 @@ def import_line(imported: ImportResult) -> str:
     target = imported.target
     if imported.requested == "auto":
         target += " (detected by auto)"
+    if imported.target == "oci":
+        return f"not imported, target {target}: {imported.note}"
+    verb = "written to" if ":" in imported.target else "imported into"
     name = imported.name or "no name"
-    line = f"imported into {target} as {name}, ID {imported.image_id}"
+    line = f"{verb} {target} as {name}, ID {imported.image_id}"
     if imported.bytes_sent:
         line += f", {human_size(imported.bytes_sent)} sent in {imported.seconds:.1f} s"
     return f"{line}; {imported.note}" if imported.note else line

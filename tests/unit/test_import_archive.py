@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from apparate.cli.text import import_line
 from apparate.digest import Digest
 from apparate.errors import StoreError, UsageError
 from apparate.importers.archive import (
@@ -32,6 +33,7 @@ from apparate.importers.target import (
     requested_target,
 )
 from apparate.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
+from apparate.result import ImportResult
 from apparate.store.layout import Store
 
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -349,3 +351,37 @@ def test_daemons_from_environment():
     assert daemons == Daemons("unix:///d.sock", "/c.sock", "default")
     assert daemons.with_options(None, "k8s.io").containerd_namespace == "k8s.io"
     assert daemons.with_options("/o.sock", None).containerd_address == "/o.sock"
+
+
+DOCKER_LINE = (
+    "imported into docker (detected by auto) as r/a:v1, ID sha256:c, "
+    "2.0 MB sent in 1.2 s"
+)
+FILE_LINE = (
+    "written to oci-archive:/t/a.tar as r/a:v1, ID sha256:m, 4.0 kB sent in 0.5 s"
+)
+FILE_RESULT = ImportResult(
+    "oci-archive:/t/a.tar", "oci-archive:/t/a.tar", "r/a:v1", "sha256:m", 4_000, 0.5
+)
+
+
+@pytest.mark.parametrize(
+    ("imported", "expected"),
+    [
+        (
+            ImportResult("docker", "auto", "r/a:v1", "sha256:c", 2_000_000, 1.25),
+            DOCKER_LINE,
+        ),
+        (
+            ImportResult("docker", "docker", None, "sha256:c", note="pulled by digest"),
+            "imported into docker as no name, ID sha256:c; pulled by digest",
+        ),
+        (
+            ImportResult("oci", "auto", "r/a:v1", "sha256:m", note="kept in /s only"),
+            "not imported, target oci (detected by auto): kept in /s only",
+        ),
+        (FILE_RESULT, FILE_LINE),
+    ],
+)
+def test_import_line(imported, expected):
+    assert import_line(imported) == expected
