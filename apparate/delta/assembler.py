@@ -9,11 +9,11 @@ committed; otherwise the caller fetches the layer whole.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +29,14 @@ from apparate.chunked.format import (
     decode_table,
     footer_from_annotations,
 )
-from apparate.chunked.reader import decompress_frame, verify_blob_chunks
+from apparate.chunked.reader import (
+    decompress_frame,
+    decompress_trusted_frame,
+    verify_blob_chunks,
+)
 from apparate.chunked.writer import Encoder
 from apparate.delta.planner import (
+    FetchRange,
     LocalFrame,
     Plan,
     Source,
@@ -49,7 +54,6 @@ from apparate.store.layout import BlobWriter, Store
 log = logging.getLogger(__name__)
 
 PARALLEL_RANGES = 4
-VERIFY_PIECE = 1 << 20
 
 
 class DeltaUnavailable(Exception):
@@ -197,21 +201,48 @@ class Assembler:
     def assemble(
         self, remote: RemoteTable, plan: Plan, diff_id: Digest, writer: BlobWriter
     ) -> None:
-        """Fill ``writer`` with the layer blob, then check digest and diff_id."""
+        """Fill ``writer`` with the layer blob, checking digest and diff_id.
+
+        A verifier thread walks the frames in order as they become ready, so
+        checking the stored frames overlaps fetching the missing ones.
+        """
         table = remote.table
         journal = RangeJournal(writer.path)
         failed = self._copy_local(table, plan, writer)
-        self._fetch(journal.without_done(plan), table, writer, journal)
-        if failed:
-            log.info(
-                "%s: %d stored frames unusable, fetching them",
-                self._subject,
-                len(failed),
-            )
-            self._fetch(replan_as_fetch(plan, failed, table), table, writer, journal)
-        self._copy_duplicates(table, plan, writer)
+        ready = _ReadyFrames(len(table.entries))
+        ready.mark(
+            position
+            for position, source in enumerate(plan.sources)
+            if source in (Source.LOCAL_FRAME, Source.RECOMPRESS)
+            and position not in failed
+        )
+        remaining = journal.without_done(plan)
+        for done in set(plan.ranges) - set(remaining.ranges):
+            ready.mark(done.entries)
+        untrusted = {p for p, s in enumerate(plan.sources) if s is Source.FETCH}
+        verifier = _InOrderVerifier(
+            self._layer, self._subject, remote, plan, diff_id, writer, ready,
+            untrusted | set(failed),
+        )  # fmt: skip
+        thread = threading.Thread(target=verifier.run, name="verify", daemon=True)
+        thread.start()
+        try:
+            self._fetch(remaining, table, writer, journal, ready)
+            if failed:
+                log.info(
+                    "%s: %d stored frames unusable, fetching them",
+                    self._subject,
+                    len(failed),
+                )
+                again = replan_as_fetch(plan, failed, table)
+                self._fetch(again, table, writer, journal, ready)
+        finally:
+            # Every frame is marked by now unless a fetch failed, and a frame
+            # still unmarked stops the verifier instead of blocking it.
+            ready.close()
+            thread.join()
         writer.write_at(remote.table_offset, remote.tail)
-        self._verify(writer, table, diff_id)
+        verifier.finish()
 
     def _copy_local(
         self, table: ChunkTable, plan: Plan, writer: BlobWriter
@@ -275,7 +306,12 @@ class Assembler:
         return Encoder(int(table.encoder["level"])).compressor().compress(chunk)
 
     def _fetch(
-        self, plan: Plan, table: ChunkTable, writer: BlobWriter, journal: RangeJournal
+        self,
+        plan: Plan,
+        table: ChunkTable,
+        writer: BlobWriter,
+        journal: RangeJournal,
+        ready: _ReadyFrames,
     ) -> None:
         """Fetch the plan's ranges in parallel; the first failure stops the rest.
 
@@ -284,22 +320,29 @@ class Assembler:
         elsewhere. The error raised is the failure itself, not the stops it
         caused.
         """
-        offsets = [entry.frame_offset for entry in table.entries]
 
-        def write(offset: int, data: bytes) -> None:
-            writer.write_at(offset, data)
-            with self._lock:
-                self.bytes_fetched += len(data)
-            self._on_fetched(len(data))
+        def fetch(wanted: FetchRange) -> None:
+            start, end = wanted.start, wanted.end
+            runs = _member_runs(table, wanted)
 
-        def fetch(start: int, end: int) -> None:
+            def write(offset: int, data: bytes) -> None:
+                # Bytes of the gaps between members are not written: those
+                # frames are stored already, and the verifier may be reading them.
+                for run_start, run_end in runs:
+                    low, high = max(offset, run_start), min(offset + len(data), run_end)
+                    if low < high:
+                        writer.write_at(low, data[low - offset : high - offset])
+                with self._lock:
+                    self.bytes_fetched += len(data)
+                self._on_fetched(len(data))
+
             while True:
                 if self._stopped():
                     raise RangeFetchStopped()
                 served = self._client.fetch_range(
                     self._layer, start, end, write, self._subject, self._stopped
                 )
-                wrong = _wrong_frame(table, offsets, start, end, writer)
+                wrong = _wrong_frame(table, wanted.entries, writer)
                 if wrong is None:
                     break
                 mirrors = [source for source in served if source.role != ORIGIN]
@@ -313,9 +356,10 @@ class Assembler:
                         f"failed verification ({wrong})",
                     )  # fmt: skip
             journal.done(start, end)
+            ready.mark(wanted.entries)
 
         pool = ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range")
-        futures = [pool.submit(fetch, r.start, r.end) for r in plan.ranges]
+        futures = [pool.submit(fetch, wanted) for wanted in plan.ranges]
         for future in as_completed(futures):
             if future.exception() is not None:
                 self._failed.set()
@@ -335,60 +379,144 @@ class Assembler:
             self._cancelled is not None and self._cancelled.is_set()
         )
 
-    def _copy_duplicates(
-        self, table: ChunkTable, plan: Plan, writer: BlobWriter
-    ) -> None:
-        with open(writer.path, "rb") as partial:
-            for position, first in plan.duplicates.items():
-                original = table.entries[first]
-                partial.seek(original.frame_offset)
-                frame = partial.read(original.frame_length)
-                writer.write_at(table.entries[position].frame_offset, frame)
 
-    def _verify(self, writer: BlobWriter, table: ChunkTable, diff_id: Digest) -> None:
-        """Check the whole blob in one pass: digest, every chunk, and diff_id.
-
-        Each frame is decompressed alone and checked against its table entry,
-        and the chunks together must hash to the diff_id, so the table is
-        verified too before it is indexed.
-        """
-        blob = DigestVerifier(
-            self._layer.digest, self._subject, "the rebuilt blob", self._layer.size
-        )
-        tar = DigestVerifier(diff_id, f"uncompressed {self._subject}", "rebuilt blob")
-        try:
-            with open(writer.path, "rb") as partial:
-                for entry in table.entries:
-                    frame = partial.read(entry.frame_length)
-                    blob.update(frame)
-                    tar.update(decompress_frame(entry, frame, self._subject))
-                while piece := partial.read(VERIFY_PIECE):
-                    blob.update(piece)
-            blob.verify()
-            tar.verify()
-        except ApparateError as error:
-            raise DeltaUnavailable(f"the rebuilt layer failed verification: {error}")
+def _member_runs(table: ChunkTable, wanted: FetchRange) -> list[tuple[int, int]]:
+    """Return the byte spans of a range's own frames, adjacent ones joined."""
+    runs: list[tuple[int, int]] = []
+    for position in wanted.entries:
+        entry = table.entries[position]
+        start, end = entry.frame_offset, entry.frame_offset + entry.frame_length
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
 
 
 def _wrong_frame(
-    table: ChunkTable, offsets: list[int], start: int, end: int, writer: BlobWriter
+    table: ChunkTable, positions: tuple[int, ...], writer: BlobWriter
 ) -> str | None:
-    """Check the xxh3 of every frame inside ``start``..``end`` as written.
-
-    Returns what is wrong with the first bad frame, or None. Gap frames are
-    checked too, because the fetched bytes overwrote them.
-    """
-    first = bisect.bisect_left(offsets, start)
+    """Check the xxh3 of each fetched frame as written; describe the first bad one."""
     with open(writer.path, "rb") as partial:
-        for position in range(first, len(offsets)):
+        for position in positions:
             entry = table.entries[position]
-            if entry.frame_offset + entry.frame_length > end:
-                break
-            partial.seek(entry.frame_offset)
-            frame = partial.read(entry.frame_length)
+            frame = os.pread(partial.fileno(), entry.frame_length, entry.frame_offset)
             if xxhash.xxh3_64_intdigest(frame) != entry.frame_xxh3:
                 return f"frame at byte {entry.frame_offset} has the wrong xxh3"
     return None
+
+
+class _ReadyFrames:
+    """Which frames of the blob being rebuilt are written, for the verifier."""
+
+    def __init__(self, count: int) -> None:
+        self._ready = [False] * count
+        self._closed = False
+        self._condition = threading.Condition()
+
+    def mark(self, positions: Iterable[int]) -> None:
+        with self._condition:
+            for position in positions:
+                self._ready[position] = True
+            self._condition.notify_all()
+
+    def close(self) -> None:
+        """Say that no more frames will be marked, waking the verifier."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def wait(self, position: int) -> bool:
+        """Wait until a frame is written; False if it never will be."""
+        with self._condition:
+            while not self._ready[position] and not self._closed:
+                self._condition.wait()
+            return self._ready[position]
+
+
+class _InOrderVerifier:
+    """Hash a rebuilt blob frame by frame, in order, as frames become ready.
+
+    Each frame's xxh3 is checked and it is decompressed; the blob's bytes go
+    to its sha256 and the chunks to the diff_id's. Frames that came from the
+    network (``untrusted``) also have their chunk identity checked, so the
+    table is verified before it is indexed; stored frames were checked when
+    they were indexed. Duplicate frames are copied here, from their first
+    occurrence, which the walk has passed already.
+    """
+
+    def __init__(
+        self,
+        layer: Descriptor,
+        subject: str,
+        remote: RemoteTable,
+        plan: Plan,
+        diff_id: Digest,
+        writer: BlobWriter,
+        ready: _ReadyFrames,
+        untrusted: set[int],
+    ) -> None:
+        self._layer = layer
+        self._subject = subject
+        self._remote = remote
+        self._plan = plan
+        self._writer = writer
+        self._ready = ready
+        self._untrusted = untrusted
+        self._blob = DigestVerifier(
+            layer.digest, subject, "the rebuilt blob", layer.size
+        )
+        self._tar = DigestVerifier(diff_id, f"uncompressed {subject}", "rebuilt blob")
+        self._error: ApparateError | None = None
+        self._complete = False
+
+    def run(self) -> None:
+        entries = self._remote.table.entries
+        try:
+            with open(self._writer.path, "rb") as partial:
+                for position, entry in enumerate(entries):
+                    frame = self._frame(partial.fileno(), position)
+                    if frame is None:
+                        return
+                    self._blob.update(frame)
+                    if position in self._untrusted:
+                        chunk = decompress_frame(entry, frame, self._subject)
+                    else:
+                        chunk = decompress_trusted_frame(entry, frame, self._subject)
+                    self._tar.update(chunk)
+            self._complete = True
+        except ApparateError as error:
+            self._error = error
+        except OSError as error:
+            self._error = ApparateError(
+                f"{self._subject}: cannot read it back: {error}"
+            )
+
+    def _frame(self, descriptor: int, position: int) -> bytes | None:
+        entries = self._remote.table.entries
+        entry = entries[position]
+        original = self._plan.duplicates.get(position)
+        if original is None:
+            if not self._ready.wait(position):
+                return None
+            return os.pread(descriptor, entry.frame_length, entry.frame_offset)
+        first = entries[original]
+        frame = os.pread(descriptor, first.frame_length, first.frame_offset)
+        self._writer.write_at(entry.frame_offset, frame)
+        return frame
+
+    def finish(self) -> None:
+        """Hash the table and footer, then check sha256 and diff_id."""
+        try:
+            if self._error is not None:
+                raise self._error
+            if not self._complete:
+                raise ApparateError(f"{self._subject}: the rebuild stopped early")
+            self._blob.update(self._remote.tail)
+            self._blob.verify()
+            self._tar.verify()
+        except ApparateError as error:
+            raise DeltaUnavailable(f"the rebuilt layer failed verification: {error}")
 
 
 def record_layer(

@@ -324,11 +324,15 @@ class RegistryClient:
                     f"{subject}: asked for bytes from {start}, got {content_range!r}"
                 )
             position = start
+            # A body of exactly the requested length is read to its end, so
+            # httpx can reuse the connection; a longer one is cut off.
+            exact = response.headers.get("Content-Length") == str(end - start)
             for piece in response.iter_raw():
                 piece = piece[: end - position]
-                write(position, piece)
-                position += len(piece)
-                if position >= end:
+                if piece:
+                    write(position, piece)
+                    position += len(piece)
+                if position >= end and not exact:
                     break
 
     def _fetch_from(
