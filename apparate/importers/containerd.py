@@ -24,7 +24,7 @@ from apparate.errors import (
 )
 from apparate.importers.archive import oci_members, stream_tar
 from apparate.importers.image import StoredContent
-from apparate.importers.sockets import require_socket
+from apparate.importers.sockets import broken_pipes_raise, require_socket
 from apparate.importers.target import CONTAINERD, Daemons, containerd_socket
 from apparate.result import ImportResult
 from apparate.store.layout import Store
@@ -99,22 +99,13 @@ def _run(argv: list[str], archive: Iterator[bytes], reference: str) -> int:
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     output = _Output(process)
-    sent = 0
-    assert process.stdin is not None
     try:
-        for piece in archive:
-            process.stdin.write(piece)
-            sent += len(piece)
-        process.stdin.close()
-    except BrokenPipeError:
-        # ctr stopped reading because it failed, and its output explains why.
-        pass
+        with broken_pipes_raise():
+            sent = _feed(process, archive)
     except BaseException:
         process.kill()
         process.wait()
         raise
-    finally:
-        _close_quietly(process)
     code = process.wait()
     text = output.text()
     if code != 0:
@@ -123,12 +114,23 @@ def _run(argv: list[str], archive: Iterator[bytes], reference: str) -> int:
     return sent
 
 
-def _close_quietly(process: subprocess.Popen[bytes]) -> None:
+def _feed(process: subprocess.Popen[bytes], archive: Iterator[bytes]) -> int:
+    """Write ``archive`` to the standard input of ctr, then close it."""
+    assert process.stdin is not None
+    sent = 0
     try:
-        if process.stdin:
-            process.stdin.close()
+        for piece in archive:
+            process.stdin.write(piece)
+            sent += len(piece)
     except BrokenPipeError:
+        # ctr stopped reading because it failed, and its output explains why.
         pass
+    finally:
+        try:
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+    return sent
 
 
 def _failure(output: str, reference: str) -> Exception:

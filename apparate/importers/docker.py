@@ -30,7 +30,7 @@ from apparate.errors import DaemonRejected, DaemonUnreachable
 from apparate.importers.archive import docker_members, oci_members, stream_tar
 from apparate.importers.image import StoredContent
 from apparate.importers.sizes import LayerSizes
-from apparate.importers.sockets import require_socket
+from apparate.importers.sockets import broken_pipes_raise, require_socket
 from apparate.importers.target import DOCKER, docker_socket
 from apparate.result import ImportResult
 from apparate.store.layout import Store
@@ -111,7 +111,7 @@ class DockerEngine:
         """Stream an archive to ``/images/load``; raise DaemonRejected on errors."""
         headers = {"Content-Type": "application/x-tar"}
         try:
-            with self._client.stream(
+            with broken_pipes_raise(), self._client.stream(
                 "POST", "/images/load", params={"quiet": "1"}, content=archive,
                 headers=headers,
             ) as answer:  # fmt: skip

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
+import signal
 import socket
+from collections.abc import Iterator
 
 from apparate.errors import DaemonPermissionDenied, DaemonUnreachable
 
@@ -36,6 +39,24 @@ def probe_socket(path: str, timeout: float = CONNECT_TIMEOUT) -> SocketState:
                 return SocketState.REFUSED
             raise DaemonUnreachable(f"cannot connect to {path}: {error}") from None
     return SocketState.ACCEPTS
+
+
+@contextlib.contextmanager
+def broken_pipes_raise() -> Iterator[None]:
+    """Make writes to a closed pipe or socket raise BrokenPipeError in this thread.
+
+    The command line restores the default action of SIGPIPE, which ends the
+    process, so that it stops quietly when a reader such as ``head`` exits. A
+    daemon that closes its end while apparate streams an archive must give an
+    error message instead. The signal is blocked in this thread only and any
+    pending one is consumed before the old mask returns.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+    try:
+        yield
+    finally:
+        signal.sigtimedwait({signal.SIGPIPE}, 0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def require_socket(path: str, daemon: str, setting: str) -> None:

@@ -415,3 +415,25 @@ def test_archive_disk_full_leaves_no_file(registry_plain, tmp_path):
     assert failed.returncode == IMPORT_FAILED
     assert "the disk is full" in failed.stderr
     assert left == []
+
+
+def test_containerd_disk_full_keeps_image(registry_plain, tmp_path):
+    if shutil.which("containerd") is None:
+        pytest.skip("containerd is not installed (Debian package containerd)")
+    reference = f"{registry_plain.host}/samples/base:v1"
+    store = str(tmp_path / "store")
+    apparate("pull", "-q", "--store", store, "--into", "oci", reference)
+
+    with short_folder() as folder, small_tmpfs(folder / "ctd", "12m"):
+        daemon = start_containerd(folder / "ctd")
+        try:
+            failed = apparate("import", "--store", store, "--into", "containerd",
+                              reference, env=containerd_env(daemon, "full"),
+                              check=False)  # fmt: skip
+        finally:
+            daemon.stop()
+
+    assert failed.returncode == IMPORT_FAILED, failed.stderr
+    assert "no space left on device" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert f"apparate import {reference} --into containerd" in failed.stderr

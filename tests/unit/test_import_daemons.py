@@ -473,3 +473,19 @@ def test_load_errors(lines, messages, error):
 )
 def test_uses_containerd_store(info, expected):
     assert uses_containerd_store(info) is expected
+
+
+def test_cli_daemon_closing_mid_load(fake_docker, store, tmp_path):
+    fake, daemons = fake_docker
+    fake.close_during_load = True
+    env = {**os.environ, "DOCKER_HOST": daemons.docker_host, "HOME": str(tmp_path)}
+
+    done = subprocess.run(
+        [APPARATE, "import", "--store", str(store[0].root), REFERENCE, "--into",
+         "docker"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 12, done.stderr
+    assert done.stderr.startswith("error: docker at ")
+    assert "broke off the load" in done.stderr
