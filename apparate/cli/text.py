@@ -191,29 +191,27 @@ def gc_report(result: GcResult) -> str:
     """Format what a gc or rm removed, and the bytes it freed."""
     verb = "would remove" if result.dry_run else "removed"
     lines = [f"untagged: {reference}" for reference in result.untagged]
-    counts = {
-        reason: sum(1 for item in result.removed if item.reason == reason)
-        for reason in (IMAGE, PACK, UNREFERENCED)
+    kinds = {
+        IMAGE: ("blob", "of removed images"),
+        PACK: ("local pack", ""),
+        UNREFERENCED: ("blob", "no image needs"),
     }
-    wording = {
-        IMAGE: "blobs of removed images",
-        PACK: "local packs",
-        UNREFERENCED: "blobs no image needs",
-    }
-    for reason, count in counts.items():
+    for reason, (noun, detail) in kinds.items():
+        count = sum(1 for item in result.removed if item.reason == reason)
         if count:
+            what = " ".join(filter(None, [_counted(count, noun), detail]))
             size = human_size(result.bytes_of(reason))
-            lines.append(f"{verb} {count} {wording[reason]} ({size})")
+            lines.append(f"{verb} {what} ({size})")
     if result.partial_files:
-        lines.append(
-            f"{verb} {len(result.partial_files)} stale partial downloads "
-            f"({human_size(result.partial_bytes)})"
-        )
+        count = _counted(len(result.partial_files), "stale partial download")
+        lines.append(f"{verb} {count} ({human_size(result.partial_bytes)})")
     freed = "would free" if result.dry_run else "freed"
+    limit = ""
+    if result.limit is not None:
+        limit = f" (limit {human_size(result.limit)})"
     lines.append(
         f"{freed} {human_size(result.bytes_freed)}; the store holds "
-        f"{human_size(result.size_after)}"
-        + (f" (limit {human_size(result.limit)})" if result.limit is not None else "")
+        f"{human_size(result.size_after)}{limit}"
     )
     if result.over_limit_because:
         lines.append(
@@ -221,3 +219,7 @@ def gc_report(result: GcResult) -> str:
             + ", ".join(result.over_limit_because)
         )
     return "\n".join(lines)
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -59,9 +59,9 @@ def survey(
         for pack, diff_id in packs.items()
         if pack in sizes
     )
-    stale, kept = _partial_files(store, partial_max_age)
-    kept_bytes = sum(_size(path) for path in kept)
-    state = StoreState(images, walker.links, sizes, pack_entries, kept_bytes)
+    stale, in_use = _partial_files(store, partial_max_age)
+    in_use_bytes = sum(_size(path) for path in in_use)
+    state = StoreState(images, walker.links, sizes, pack_entries, in_use_bytes)
     return Survey(state, tuple(stale), sum(_size(path) for path in stale))
 
 

@@ -306,6 +306,6 @@ def test_gc_report_names_each_kind(store):
 
     assert "untagged: example.com/app:v1" in report
     assert "removed 3 blobs of removed images" in report
-    assert "removed 1 blobs no image needs" in report
-    assert "removed 1 stale partial downloads (1 B)" in report
+    assert "removed 1 blob no image needs" in report
+    assert "removed 1 stale partial download (1 B)" in report
     assert "freed " in report
