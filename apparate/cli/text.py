@@ -190,7 +190,8 @@ def images_report(images: list[ImageSummary], now: float | None = None) -> str:
 def gc_report(result: GcResult) -> str:
     """Format what a gc or rm removed, and the bytes it freed."""
     verb = "would remove" if result.dry_run else "removed"
-    lines = [f"untagged: {reference}" for reference in result.untagged]
+    untag = "would untag" if result.dry_run else "untagged"
+    lines = [f"{untag}: {reference}" for reference in result.untagged]
     kinds = {
         IMAGE: ("blob", "of removed images"),
         PACK: ("local pack", ""),

@@ -174,6 +174,7 @@ def test_gc_dry_run_removes_nothing(registry_plain, tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert "would remove" in done.stdout
+    assert "would untag: " in done.stdout
     assert sorted(os.listdir(store / "blobs" / "sha256")) == before
     assert len(images(store)) == 2
 
