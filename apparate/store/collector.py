@@ -170,7 +170,7 @@ def _mark_and_fit(store: Store, result: PullResult, limit: int | None) -> None:
     try:
         options = GcOptions(limit, (result.reference,), wait=AFTER_PULL_WAIT)
         done = collect(store, options)
-    except ApparateError as error:
+    except (ApparateError, OSError) as error:
         log.warning(
             "%s: store not fitted to max_store_size: %s", result.reference, error
         )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from apparate.digest import Digest
+from apparate.errors import StoreError
 from apparate.manifest import MAX_MANIFEST_BYTES, Descriptor
 from apparate.store.gc import ImageEntry, PackEntry, StoreState
 from apparate.store.layout import (
@@ -53,7 +54,7 @@ def survey(
     sizes = blob_sizes(store)
     walker = _Walker(store, sizes)
     uses = last_used(store.root)
-    images = tuple(_image(store, entry, walker, uses) for entry in store.entries())
+    images = tuple(_image(store, entry, walker, uses) for entry in _entries(store))
     pack_entries = tuple(
         PackEntry(pack, frozenset(walker.layers_of(diff_id)))
         for pack, diff_id in packs.items()
@@ -63,6 +64,16 @@ def survey(
     in_use_bytes = sum(_size(path) for path in in_use)
     state = StoreState(images, walker.links, sizes, pack_entries, in_use_bytes)
     return Survey(state, tuple(stale), sum(_size(path) for path in stale))
+
+
+def _entries(store: Store) -> list[Descriptor]:
+    try:
+        return store.entries()
+    except (KeyError, ValueError) as error:
+        raise StoreError(
+            f"{store.root / 'index.json'} lists an invalid entry: {error}",
+            hint="remove the entry or fix it with the tool that wrote it",
+        ) from None
 
 
 def blob_sizes(store: Store) -> dict[Digest, int]:
@@ -87,16 +98,29 @@ def _image(
     reference = annotations.get(REF_NAME, "")
     walker.follow(entry.digest, reference)
     roots = {entry.digest}
-    if annotations.get(SOURCE_MANIFEST):
-        source = Digest.parse(annotations[SOURCE_MANIFEST])
+    source = _annotated_digest(annotations, SOURCE_MANIFEST, reference)
+    if source:
         walker.follow(source, reference)
         roots.add(source)
-    if annotations.get(SOURCE_INDEX):
+    index = _annotated_digest(annotations, SOURCE_INDEX, reference)
+    if index:
         # The registry's index names other platforms' manifests, which may
         # be other images of the store: it is kept, not followed.
-        roots.add(Digest.parse(annotations[SOURCE_INDEX]))
+        roots.add(index)
     used = uses.get(reference) or _mtime(store.blob_path(entry.digest))
     return ImageEntry(reference, entry.digest, frozenset(roots), used)
+
+
+def _annotated_digest(
+    annotations: dict[str, str], key: str, reference: str
+) -> Digest | None:
+    if not annotations.get(key):
+        return None
+    try:
+        return Digest.parse(annotations[key])
+    except ValueError as error:
+        log.warning("%s: annotation %s is invalid: %s", reference, key, error)
+        return None
 
 
 class _Walker:

@@ -18,8 +18,9 @@ from apparate.cli.text import gc_report
 from apparate.digest import Digest
 from apparate.errors import NotFound, StoreError
 from apparate.manifest import OCI_MANIFEST, Descriptor
+from apparate.result import PullResult
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
-from apparate.store.collector import GcOptions, collect, remove_images
+from apparate.store.collector import GcOptions, after_pull, collect, remove_images
 from apparate.store.layout import Store
 from apparate.store.usage import last_used, mark_used
 from tests.unit.test_chunked import make_tar
@@ -309,3 +310,31 @@ def test_gc_report_names_each_kind(store):
     assert "removed 1 blob no image needs" in report
     assert "removed 1 stale partial download (1 B)" in report
     assert "freed " in report
+
+
+def pulled(reference: str, manifest: Digest) -> PullResult:
+    return PullResult(reference, manifest, "linux/amd64", "", None)
+
+
+def test_after_pull_marks_use_and_fits_limit(store):
+    add_image(store, "example.com/app:v1", [BASE])
+    manifest = add_image(store, "example.com/app:v2", [APP2])
+
+    after_pull(store, pulled("example.com/app:v2", manifest), limit=1)
+
+    assert [image.reference for image in store.images()] == ["example.com/app:v2"]
+    assert "example.com/app:v2" in last_used(store.root)
+    assert_whole(store, manifest)
+
+
+def test_after_pull_failure_only_warns(store, monkeypatch, caplog):
+    manifest = add_image(store, "example.com/app:v1", [BASE])
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise StoreError("disk on fire")
+
+    monkeypatch.setattr("apparate.store.collector.collect", fail)
+    after_pull(store, pulled("example.com/app:v1", manifest), limit=1)
+
+    assert "disk on fire" in caplog.text
+    assert len(store.images()) == 1
