@@ -192,6 +192,7 @@ def gc_report(result: GcResult) -> str:
     verb = "would remove" if result.dry_run else "removed"
     untag = "would untag" if result.dry_run else "untagged"
     lines = [f"{untag}: {reference}" for reference in result.untagged]
+
     kinds = {
         IMAGE: ("blob", "of removed images"),
         PACK: ("local pack", ""),
@@ -200,12 +201,13 @@ def gc_report(result: GcResult) -> str:
     for reason, (noun, detail) in kinds.items():
         count = sum(1 for item in result.removed if item.reason == reason)
         if count:
-            what = " ".join(filter(None, [_counted(count, noun), detail]))
+            removed = " ".join(filter(None, [_counted(count, noun), detail]))
             size = human_size(result.bytes_of(reason))
-            lines.append(f"{verb} {what} ({size})")
+            lines.append(f"{verb} {removed} ({size})")
     if result.partial_files:
-        count = _counted(len(result.partial_files), "stale partial download")
-        lines.append(f"{verb} {count} ({human_size(result.partial_bytes)})")
+        partials = _counted(len(result.partial_files), "stale partial download")
+        lines.append(f"{verb} {partials} ({human_size(result.partial_bytes)})")
+
     freed = "would free" if result.dry_run else "freed"
     limit = ""
     if result.limit is not None:
