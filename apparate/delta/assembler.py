@@ -407,7 +407,7 @@ def _wrong_frame(
 
 
 class _ReadyFrames:
-    """Which frames of the blob being rebuilt are written, for the verifier."""
+    """The set of frames already written into the blob being rebuilt."""
 
     def __init__(self, count: int) -> None:
         self._ready = [False] * count
@@ -440,7 +440,7 @@ class _InOrderVerifier:
     Each frame's xxh3 is checked and it is decompressed; the blob's bytes go
     to its sha256 and the chunks to the diff_id's. Frames that came from the
     network (``untrusted``) also have their chunk identity checked, so the
-    table is verified before it is indexed; stored frames were checked when
+    table is verified before it is indexed. Stored frames were checked when
     they were indexed. Duplicate frames are copied here, from their first
     occurrence, which the walk has passed already.
     """
