@@ -37,7 +37,7 @@ from apparate.config import load_config, parse_size
 from apparate.convert import ConvertOptions, LayerConversion, convert
 from apparate.errors import ApparateError, UsageError
 from apparate.importers import Daemons, ImportOptions, import_image
-from apparate.importers.run import chosen_target
+from apparate.importers.run import check_target
 from apparate.importers.target import TARGET_HELP
 from apparate.platform import Platform
 from apparate.progress import PullObserver
@@ -251,8 +251,8 @@ def import_command(
 
 
 def _checked_target(into: str | None) -> str | None:
-    """Check --into, APPARATE_INTO and config.toml's into before any work."""
-    chosen_target(into)
+    """Check --into, APPARATE_INTO, config.toml's into and DOCKER_HOST up front."""
+    check_target(into, Daemons.from_environment())
     return into
 
 

@@ -65,6 +65,16 @@ def chosen_target(into: str | None, configured: str | None = None) -> ImportTarg
     return requested_target(into, os.environ, configured)
 
 
+def check_target(into: str | None, daemons: Daemons) -> None:
+    """Raise UsageError for a target or DOCKER_HOST that the import would reject.
+
+    The command line calls this before a pull, so a typo fails before any
+    byte is fetched.
+    """
+    if chosen_target(into).kind == DOCKER:
+        docker_socket(daemons.docker_host)
+
+
 def import_stored(
     store: Store,
     reference: str,

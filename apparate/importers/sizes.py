@@ -45,11 +45,25 @@ class LayerSizes:
         self._store = store
         self._path = store.root / INDEX_FILE
         try:
-            self._db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_SECONDS)
-            with self._db:
-                self._db.executescript(SCHEMA)
+            self._db = self._open(str(self._path))
         except sqlite3.Error as error:
-            raise StoreError(f"cannot open {self._path}: {error}") from None
+            # An import from a store whose database this user cannot write
+            # still works, and the sizes are counted again next time.
+            log.warning(
+                "sizes of layers not kept: cannot open %s: %s", self._path, error
+            )
+            self._db = self._open(":memory:")
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            with connection:
+                connection.executescript(SCHEMA)
+        except sqlite3.Error:
+            connection.close()
+            raise
+        return connection
 
     def close(self) -> None:
         self._db.close()

@@ -385,3 +385,12 @@ FILE_RESULT = ImportResult(
 )
 def test_import_line(imported, expected):
     assert import_line(imported) == expected
+
+
+def test_sizes_with_damaged_database(tmp_path):
+    store, facts = make_store(tmp_path)
+    (store.root / "apparate.db").write_bytes(b"not a database")
+
+    sizes = LayerSizes(store)
+
+    assert sizes.size_of(facts["layers"][0], "layer") == len(facts["tars"][0])
