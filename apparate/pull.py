@@ -99,6 +99,15 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     started = time.monotonic()
     ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
     store = Store(options.store or default_store_path())
+    try:
+        return _pull(store, ref, options, started)
+    finally:
+        store.close()
+
+
+def _pull(
+    store: Store, ref: Reference, options: PullOptions, started: float
+) -> PullResult:
     settings = TransportSettings.from_environment(options.insecure_registries)
     credentials = CredentialStore.from_environment(options.credentials)
     wanted = options.platform or Platform.host()
@@ -134,16 +143,19 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
         bytes_by_source=pool.bytes_by_source(),
         warnings=list(pool.warnings),
     )
-    if not options.dry_run:
-        _record(store, result)
-        after_pull(store, result, config.max_store_size)
-        # Stored and recorded first, so a failed import can be retried with
-        # ``apparate import`` without fetching.
+    if options.dry_run:
+        return result
+    _record(store, result)
+    # Stored and recorded first, so a failed import can be retried with
+    # ``apparate import`` without fetching. The store is fitted to its size
+    # limit after the import, which then reads a store no gc changes.
+    try:
         imported = import_stored(
             store, str(ref), options.into, options.daemons, config.into
         )
-        result = dataclasses.replace(result, imported=imported)
-    return result
+    finally:
+        after_pull(store, result, config.max_store_size)
+    return dataclasses.replace(result, imported=imported)
 
 
 def _resolve(

@@ -79,6 +79,12 @@ class PullResult:
         return sum(max(layer.size - layer.bytes_fetched, 0) for layer in self.layers)
 
     @property
+    def bytes_saved(self) -> int:
+        """Bytes not fetched against downloading each missing layer whole."""
+        missing = sum(layer.size for layer in self.layers if layer.fetched)
+        return max(missing - self.bytes_fetched, 0)
+
+    @property
     def layers_fetched(self) -> int:
         return sum(1 for layer in self.layers if layer.fetched)
 
@@ -92,6 +98,7 @@ class PullResult:
             "store": self.store,
             "bytes_fetched": self.bytes_fetched,
             "bytes_reused": self.bytes_reused,
+            "bytes_saved": self.bytes_saved,
             "sources": dict(self.bytes_by_source),
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),

@@ -54,9 +54,12 @@ class LineObserver(PullObserver):
 
 def summary_line(result: PullResult) -> str:
     """Format one sentence stating what the pull fetched and reused."""
+    saved = ""
+    if result.bytes_saved:
+        saved = f" ({human_size(result.bytes_saved)} less than whole layers)"
     return (
-        f"{result.reference}: fetched {human_size(result.bytes_fetched)}, reused "
-        f"{human_size(result.bytes_reused)} of stored chunks and layers "
+        f"{result.reference}: fetched {human_size(result.bytes_fetched)}{saved}, "
+        f"reused {human_size(result.bytes_reused)} of stored chunks and layers "
         f"({result.layers_fetched} of {len(result.layers)} layers were missing), "
         f"{result.seconds:.1f} s; digest {result.digest}"
     )

@@ -188,6 +188,8 @@ class SourcePool:
             except RangeFetchStopped:
                 raise
             except RangesUnsupported as error:
+                if single:
+                    raise
                 self._refuse_ranges(source, descriptor.digest, subject, error)
             except _SOURCE_FAILURES as error:
                 if single:
@@ -258,7 +260,9 @@ class SourcePool:
     ) -> None:
         with self._lock:
             self._no_ranges.setdefault(digest, set()).add(source)
-        log.info("%s: %s; sending its ranges elsewhere", subject, error)
+        message = f"{subject}: {error}; its other ranges go to other sources"
+        self.warnings.append(message)
+        log.warning("%s", message)
 
     def _counting(
         self, source: Source, write: Callable[[bytes], None]

@@ -200,6 +200,7 @@ def test_pull_through_cache_gets_one_request(origin, tmp_path):
 
     assert_correct_image(origin, store, result)
     assert gets == 1
+    assert any(f"{handle.host} responded 200" in w for w in result.warnings)
     assert result.bytes_by_source.get(f"http://{handle.host}", 0) < 1024 * 1024
 
 
