@@ -1,6 +1,7 @@
 """Time an update pull (v1 held, v2 wanted) with apparate and with skopeo.
 
-The sample images are converted once into a test-bed registry. Then, on
+The sample images are converted once into a test-bed registry, at zstd
+level 3 (the default) and 19 (smaller frames, slower to convert). Then, on
 loopback and across a shaped link (see ``bench.link``: two network
 namespaces, ``tbf`` at 100 Mbit/s and a 20 ms round-trip delay proxy),
 apparate pulls converted v2 into a store that contains converted v1, and
@@ -36,19 +37,22 @@ from pathlib import Path
 from apparate.convert import ConvertOptions, convert
 from bench import casync_delta, link
 from bench.delta_report import (
-    APPARATE_COLD,
-    APPARATE_V1_TO_V2,
     LOOPBACK,
     SHAPED,
     SKOPEO_FULL,
     SKOPEO_REUSE,
     Link,
     Result,
+    cold_name,
     print_report,
+    update_name,
 )
 from tests.testbed.registry import start_registry
 
 APPARATE = str(Path(sys.executable).with_name("apparate"))
+# zstd levels the samples are converted at: the default, and the smallest
+# frames, for an image converted once and pulled many times.
+LEVELS = (3, 19)
 GNU_TIME = "/usr/bin/time"
 
 
@@ -143,7 +147,6 @@ def scenarios(
     """Return each scenario: how to set up its destination, and the timed pull."""
     store, layout = scratch / "store", scratch / "layout"
     original = f"{puller.host}/samples/base"
-    converted = f"{puller.host}/converted/base"
 
     def fresh(
         path: Path, seed: Callable[[], object] | None = None
@@ -155,20 +158,25 @@ def scenarios(
 
         return prepare
 
+    chosen = {}
+    for level in LEVELS:
+        converted = f"{puller.host}/converted-{level}/base"
+        chosen[update_name(level)] = (
+            fresh(store, lambda image=converted: puller.apparate(f"{image}:v1", store)),
+            lambda image=converted: puller.apparate(f"{image}:v2", store),
+        )
+        chosen[cold_name(level)] = (
+            fresh(store),
+            lambda image=converted: puller.apparate(f"{image}:v2", store),
+        )
     return {
-        APPARATE_V1_TO_V2: (
-            fresh(store, lambda: puller.apparate(f"{converted}:v1", store)),
-            lambda: puller.apparate(f"{converted}:v2", store),
-        ),
+        **chosen,
         SKOPEO_FULL: (
             fresh(layout), lambda: puller.skopeo(f"{original}:v2", layout)
         ),
         SKOPEO_REUSE: (
             fresh(layout, lambda: puller.skopeo(f"{original}:v1", layout)),
             lambda: puller.skopeo(f"{original}:v2", layout),
-        ),
-        APPARATE_COLD: (
-            fresh(store), lambda: puller.apparate(f"{converted}:v2", store)
         ),
     }  # fmt: skip
 
@@ -192,13 +200,18 @@ def measure(puller: Puller, scratch: Path, rounds: int) -> dict[str, Result]:
 
 @contextmanager
 def converted_registry(scratch: Path) -> Iterator[str]:
-    """Run the loopback registry with v1 and v2 converted into ``converted/``."""
+    """Run the loopback registry with v1 and v2 converted at each of ``LEVELS``."""
     registry = start_registry("plain", scratch / "registry")
     try:
-        for tag in ("v1", "v2"):
-            convert(f"{registry.host}/samples/base:{tag}",
-                    f"{registry.host}/converted/base:{tag}",
-                    ConvertOptions(store=scratch / "convert"))  # fmt: skip
+        for level in LEVELS:
+            converted = f"{registry.host}/converted-{level}/base"
+            # v2 reuses v1's frames, as a publisher converting updates would.
+            for tag, reuse in (("v1", None), ("v2", [f"{converted}:v1"])):
+                options = ConvertOptions(
+                    store=scratch / "convert", level=level, reuse_from=reuse
+                )
+                convert(f"{registry.host}/samples/base:{tag}",
+                        f"{converted}:{tag}", options)  # fmt: skip
         yield registry.host
     finally:
         registry.stop()
@@ -252,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             links.append(Link(SHAPED, description, results))
         casync = casync_delta.measure(scratch / "casync")
-    print_report(links, casync, args.rounds)
+    print_report(links, casync, args.rounds, LEVELS)
     return 0
 
 
