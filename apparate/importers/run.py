@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apparate.config import load_config
-from apparate.errors import ApparateError
+from apparate.errors import ApparateError, StoreError
 from apparate.importers.archive import docker_members, oci_members, stream_tar
 from apparate.importers.containerd import import_into_containerd
 from apparate.importers.docker import import_into_docker
@@ -32,8 +32,10 @@ from apparate.importers.target import (
     docker_socket,
     requested_target,
 )
+from apparate.reference import Reference
 from apparate.result import ImportResult
 from apparate.store.layout import Store, default_store_path
+from apparate.store.usage import mark_used
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,15 @@ def import_image(reference: str, options: ImportOptions | None = None) -> Import
     """Import an image that is already in the local store, without fetching."""
     options = options or ImportOptions()
     store = Store(options.store or default_store_path(), create=False)
-    return import_stored(store, reference, options.into, options.daemons)
+    try:
+        result = import_stored(store, reference, options.into, options.daemons)
+    finally:
+        store.close()
+    try:
+        mark_used(store.root, str(Reference.parse(reference)))
+    except StoreError as error:
+        log.info("%s: last use not recorded: %s", reference, error)
+    return result
 
 
 def chosen_target(into: str | None, configured: str | None = None) -> ImportTarget:

@@ -13,13 +13,17 @@ from tests.testbed.samples import Samples
 
 @pytest.fixture
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep this machine's docker config, CA folders and store out of a test."""
+    """Keep this machine's docker config, CA folders, store, settings and daemons out."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("DOCKER_CONFIG", str(home / ".docker"))
     monkeypatch.setenv("APPARATE_CERTS_D", str(tmp_path / "no-certs"))
     monkeypatch.delenv("APPARATE_STORE", raising=False)
+    # A docker or containerd of this machine must not receive test images.
+    monkeypatch.setenv("APPARATE_INTO", "oci")
+    monkeypatch.setenv("APPARATE_CONFIG", str(tmp_path / "no-config.toml"))
+    monkeypatch.setenv("APPARATE_HOSTS_DIR", str(tmp_path / "no-hosts"))
 
 
 @pytest.fixture

@@ -308,7 +308,11 @@ def test_auto_picks_docker_then_containerd(
 ):
     reference = f"{registry_plain.host}/samples/base:v1"
     store = str(tmp_path / "store")
-    env = {**docker_env(dockerd_daemon), **containerd_env(containerd_daemon, "auto")}
+    env = {
+        **docker_env(dockerd_daemon),
+        **containerd_env(containerd_daemon, "auto"),
+        "APPARATE_INTO": "auto",
+    }
     no_docker = {**env, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
 
     first = pull_json("--store", store, reference, env=env)
