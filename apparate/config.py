@@ -118,7 +118,7 @@ def _size(value: object, path: Path | None) -> int:
             return parse_size(value)
         except ValueError as error:
             raise _invalid(path, f"max_store_size: {error}") from None
-    raise _invalid(path, "max_store_size must be a size such as \"20G\"")
+    raise _invalid(path, 'max_store_size must be a size such as "20G"')
 
 
 def _registries(value: object, path: Path | None) -> dict[str, tuple[Mirror, ...]]:
@@ -144,7 +144,9 @@ def _mirror(entry: object, host: str, path: Path | None) -> Mirror:
         raise _invalid(path, f"a mirror of {host} takes only url and resolve")
     url = entry["url"].rstrip("/")
     if not url.startswith(("https://", "http://")):
-        raise _invalid(path, f"mirror {url!r} of {host} must start with https:// or http://")
+        raise _invalid(
+            path, f"mirror {url!r} of {host} must start with https:// or http://"
+        )
     return Mirror(url, bool(entry.get("resolve", False)))
 
 

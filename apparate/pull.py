@@ -32,6 +32,7 @@ from apparate.errors import (
     DiffIDMismatch,
     DigestMismatch,
     NotFound,
+    PlatformNotFound,
     RegistryError,
     ServerError,
     StoreError,
@@ -177,7 +178,9 @@ def _resolve(
                 source.client, store, ref, wanted, options.platform is not None,
                 options.check_platform,
             )  # fmt: skip
-        except (AuthError, NotFound, RegistryError, VerificationError) as error:
+        except (
+            AuthError, NotFound, PlatformNotFound, RegistryError, VerificationError,
+        ) as error:  # fmt: skip
             if source is pool.origin:
                 raise
             message = f"{ref}: mirror {source.name} could not resolve it ({error})"

@@ -157,9 +157,17 @@ class RangeJournal:
     def covered(self, start: int, end: int) -> bool:
         return any(first <= start and end <= last for first, last in self._done)
 
-    def without_done(self, plan: Plan) -> Plan:
-        """Return the plan minus the ranges an earlier pull already wrote."""
-        remaining = [r for r in plan.ranges if not self.covered(r.start, r.end)]
+    def without_done(self, plan: Plan, table: ChunkTable) -> Plan:
+        """Return the plan minus the ranges an earlier pull already wrote.
+
+        A range's own frames are journalled, not the gaps between them,
+        whose bytes are not written, so a range is done when its frames are.
+        """
+        remaining = [
+            r
+            for r in plan.ranges
+            if not all(self.covered(*run) for run in member_runs(table, r))
+        ]
         if len(remaining) < len(plan.ranges):
             log.info("resuming a rebuild: %d of %d ranges already written",
                      len(plan.ranges) - len(remaining), len(plan.ranges))  # fmt: skip
@@ -216,7 +224,7 @@ class Assembler:
             if source in (Source.LOCAL_FRAME, Source.RECOMPRESS)
             and position not in failed
         )
-        remaining = journal.without_done(plan)
+        remaining = journal.without_done(plan, table)
         for done in set(plan.ranges) - set(remaining.ranges):
             ready.mark(done.entries)
         untrusted = {p for p, s in enumerate(plan.sources) if s is Source.FETCH}
@@ -323,7 +331,7 @@ class Assembler:
 
         def fetch(wanted: FetchRange) -> None:
             start, end = wanted.start, wanted.end
-            runs = _member_runs(table, wanted)
+            runs = member_runs(table, wanted)
 
             def write(offset: int, data: bytes) -> None:
                 # Bytes of the gaps between members are not written: those
@@ -355,7 +363,8 @@ class Assembler:
                         source, f"bytes {start}-{end - 1} of {self._layer.digest} "
                         f"failed verification ({wrong})",
                     )  # fmt: skip
-            journal.done(start, end)
+            for run_start, run_end in runs:
+                journal.done(run_start, run_end)
             ready.mark(wanted.entries)
 
         pool = ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range")
@@ -380,7 +389,7 @@ class Assembler:
         )
 
 
-def _member_runs(table: ChunkTable, wanted: FetchRange) -> list[tuple[int, int]]:
+def member_runs(table: ChunkTable, wanted: FetchRange) -> list[tuple[int, int]]:
     """Return the byte spans of a range's own frames, adjacent ones joined."""
     runs: list[tuple[int, int]] = []
     for position in wanted.entries:

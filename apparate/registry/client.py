@@ -7,6 +7,7 @@ connection, including against servers that ignore ranges.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -400,14 +401,19 @@ class RegistryClient:
         """
         location = self._locations.get(digest)
         if location is not None:
-            with self._stream(
-                "GET", location, headers, subject, redirects=False
-            ) as response:
-                if response.status_code in (200, 206, 416):
+            with contextlib.ExitStack() as stack:
+                try:
+                    response = stack.enter_context(
+                        self._stream("GET", location, headers, subject, redirects=False)
+                    )
+                    problem = f"responded {response.status_code}"
+                except (RegistryUnreachable, *_RETRYABLE) as error:
+                    response, problem = None, f"failed ({error})"
+                if response is not None and response.status_code in (200, 206, 416):
                     yield response
                     return
-            log.debug("%s: %s responded %s, asking the registry again",
-                      subject, location, response.status_code)  # fmt: skip
+            log.debug("%s: %s %s, asking the registry again",
+                      subject, location, problem)  # fmt: skip
             self._locations.pop(digest, None)
         url = self._path(f"blobs/{digest}")
         for _ in range(MAX_REDIRECTS + 1):
@@ -441,8 +447,8 @@ class RegistryClient:
                 method, url, headers=headers, content=content
             )
             if not url.startswith(base_url + "/"):
-                # As httpx does on redirects: credentials stay with their origin.
-                # The auth flow still adds a token that this host itself issued.
+                # Only a header set on the client could be here: the auth flow
+                # adds credentials per host, after that host asked for them.
                 request.headers.pop("Authorization", None)
             try:
                 response = self._http.send(

@@ -82,7 +82,8 @@ class SourcePool:
         self._failed: dict[Digest, set[Source]] = {}
         self._no_ranges: dict[Digest, set[Source]] = {}
         self._queued: dict[Source, int] = dict.fromkeys(sources, 0)
-        self._last_served: dict[Digest, Source] = {}
+        # The sources that wrote bytes of each whole-blob download.
+        self._served_blob: dict[Digest, set[Source]] = {}
 
     @property
     def origin(self) -> Source:
@@ -130,7 +131,10 @@ class SourcePool:
             candidates = self._candidates(descriptor.digest, ranges=False)
             source = candidates[0]
             verifier.source = source.name
-            self._last_served[descriptor.digest] = source
+            served = self._served_blob.setdefault(descriptor.digest, set())
+            if verifier.bytes_read == 0:
+                served.clear()
+            served.add(source)
             started, before = time.monotonic(), verifier.bytes_read
             try:
                 source.client.fetch_blob(
@@ -138,13 +142,13 @@ class SourcePool:
                     self._counting(source, write),
                     subject,
                     verifier,
-                    failover=len(candidates) > 1,
+                    failover=candidates != [self.origin],
                 )
                 return
             except DigestMismatch:
                 raise
             except _SOURCE_FAILURES as error:
-                if len(candidates) == 1:
+                if candidates == [self.origin]:
                     raise
                 self._leave(source, descriptor.digest, subject, error)
             finally:
@@ -202,18 +206,21 @@ class SourcePool:
         return served
 
     def blame(self, digest: Digest, error: ApparateError) -> bool:
-        """Drop the source that served a blob that failed verification.
+        """Drop the mirrors that served a blob that failed verification.
 
-        Returns whether another source is left to fetch the blob from. The
-        origin is never dropped: its bytes failing means the image is bad.
+        Returns whether one was dropped, so the blob is worth fetching again.
+        The origin is never dropped: its bytes alone failing means the image
+        is bad.
         """
-        source = self._last_served.get(digest)
-        if source is None or source.role == ORIGIN:
-            return False
-        self.drop(
-            source, f"served {digest} with bytes that failed verification ({error})"
-        )
-        return True
+        mirrors = [
+            source
+            for source in self._served_blob.pop(digest, set())
+            if source.role != ORIGIN and source.dropped is None
+        ]
+        for source in mirrors:
+            reason = f"served {digest} with bytes that failed verification ({error})"
+            self.drop(source, reason)
+        return bool(mirrors)
 
     def drop(self, source: Source, reason: str) -> None:
         """Stop using a source for the rest of the pull, with a warning."""
@@ -229,20 +236,26 @@ class SourcePool:
             failed = self._failed.get(digest, set())
             refused = self._no_ranges.get(digest, set()) if ranges else set()
             usable = [s for s in self.ranked() if s not in failed and s not in refused]
-        if not usable:
-            if ranges:
-                raise RangesUnsupported(f"no source serves ranges of {digest}")
-            return [self.origin]
-        return usable
+        if usable:
+            return usable
+        if ranges and self.origin in refused:
+            raise RangesUnsupported(f"no source serves ranges of {digest}")
+        # Every source failed once: the origin gets the request again, now
+        # with its usual retries, as a pull without mirrors would.
+        return [self.origin]
 
     def _choose(self, digest: Digest, size: int) -> tuple[Source, bool]:
-        """Pick the source for one range, and whether it is the only one left."""
+        """Pick the source for one range, and whether it is the last resort.
+
+        The last resort is the origin with no other source left; a request
+        there retries as a pull without mirrors would, instead of failing over.
+        """
         candidates = self._candidates(digest, ranges=True)
         with self._lock:
             queued = [self._queued[s] for s in candidates]
             source = candidates[pick([s.measure for s in candidates], queued, size)]
             self._queued[source] += size
-        return source, len(candidates) == 1
+        return source, candidates == [self.origin]
 
     def _leave(
         self, source: Source, digest: Digest, subject: str, error: Exception

@@ -118,25 +118,38 @@ def measure_sources(
     stats_path: Path | None,
     refresh: bool = False,
 ) -> None:
-    """Fill in each source's figures: kept ones while fresh, else probe now."""
+    """Fill in each source's figures: kept ones while fresh, else probe now.
+
+    Figures that cannot be read or kept cost a warning, never the pull.
+    """
     stats = _open_stats(stats_path)
+    stale = sources
     try:
-        stale = []
-        for source in sources:
-            if stats is not None:
-                source.measure, fresh = stats.measure(source.name)
-                if fresh and not refresh:
-                    continue
-            stale.append(source)
+        if stats is not None:
+            stale = _fill_kept(sources, stats, refresh)
         with ThreadPoolExecutor(max(1, len(stale)), thread_name_prefix="probe") as pool:
             rtts = list(pool.map(lambda s: probe_rtt(s.endpoint, settings), stale))
         for source, rtt in zip(stale, rtts, strict=True):
             source.measure = Measure(rtt, source.measure.throughput)
             if rtt is not None and stats is not None:
                 stats.save_rtt(source.name, rtt)
+    except StoreError as error:
+        log.warning("source figures not kept: %s", error)
     finally:
         if stats is not None:
             stats.close()
+
+
+def _fill_kept(
+    sources: list[Source], stats: SourceStats, refresh: bool
+) -> list[Source]:
+    """Give each source its kept figures; return those whose round trip is stale."""
+    stale = []
+    for source in sources:
+        source.measure, fresh = stats.measure(source.name)
+        if refresh or not fresh:
+            stale.append(source)
+    return stale
 
 
 def save_figures(pool: SourcePool, stats_path: Path | None) -> None:
@@ -151,6 +164,8 @@ def save_figures(pool: SourcePool, stats_path: Path | None) -> None:
     try:
         for name, rate in observed:
             stats.save_throughput(name, rate)
+    except StoreError as error:
+        log.warning("source figures not kept: %s", error)
     finally:
         stats.close()
 

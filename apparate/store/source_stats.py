@@ -6,8 +6,10 @@ Throughputs are blended from what pulls observed and kept until replaced.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from apparate.errors import StoreError
@@ -43,12 +45,20 @@ class SourceStats:
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise StoreError(f"source figures in {self.path}: {error}") from None
+
     def measure(self, url: str, now: float | None = None) -> tuple[Measure, bool]:
         """Return what is known of ``url`` and whether its round trip is fresh."""
         now = time.time() if now is None else now
-        row = self._db.execute(
-            "SELECT rtt, probed, throughput FROM sources WHERE url = ?", (url,)
-        ).fetchone()
+        with self._errors():
+            row = self._db.execute(
+                "SELECT rtt, probed, throughput FROM sources WHERE url = ?", (url,)
+            ).fetchone()
         if row is None:
             return Measure(), False
         rtt, probed, throughput = row
@@ -57,7 +67,7 @@ class SourceStats:
 
     def save_rtt(self, url: str, rtt: float | None, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._db:
+        with self._errors(), self._db:
             self._db.execute(
                 "INSERT INTO sources (url, rtt, probed) VALUES (?, ?, ?) "
                 "ON CONFLICT(url) DO UPDATE SET rtt = excluded.rtt, "
@@ -72,7 +82,7 @@ class SourceStats:
         now = time.time() if now is None else now
         known, _ = self.measure(url, now)
         blended = blend_throughput(known.throughput, observed)
-        with self._db:
+        with self._errors(), self._db:
             self._db.execute(
                 "INSERT INTO sources (url, throughput, timed) VALUES (?, ?, ?) "
                 "ON CONFLICT(url) DO UPDATE SET throughput = excluded.throughput, "

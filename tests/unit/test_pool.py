@@ -1,0 +1,142 @@
+"""Failover of the source pool, with stand-in clients that fail on cue."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from apparate.digest import Digest, DigestVerifier
+from apparate.errors import DigestMismatch, ServerError, TruncatedBody
+from apparate.manifest import Descriptor
+from apparate.registry.client import Endpoint, RangesUnsupported
+from apparate.sources.pool import MIRROR, ORIGIN, Source, SourcePool
+from apparate.sources.ranking import Measure
+
+BLOB = bytes(range(256)) * 64
+DESCRIPTOR = Descriptor(
+    "application/octet-stream",
+    Digest("sha256", hashlib.sha256(BLOB).hexdigest()),
+    len(BLOB),
+)
+
+
+class StandIn:
+    """A client serving BLOB, or misbehaving as ``mode`` says.
+
+    ``corrupt`` serves flipped bytes, ``truncate`` stops after 100 bytes,
+    ``error`` answers 500, ``whole`` ignores ranges, ``flaky`` fails its first
+    call only.
+    """
+
+    def __init__(self, mode: str = "good") -> None:
+        self.mode = mode
+        self.calls = 0
+        self.host = mode
+
+    def fetch_blob(self, descriptor, write, subject, verifier, failover=False):
+        self.calls += 1
+        start = verifier.bytes_read
+        body = BLOB[start:]
+        if self.mode == "corrupt":
+            body = bytes(b ^ 0xFF for b in body)
+        if self.mode == "truncate":
+            body = body[:100]
+        if self.mode == "error":
+            raise ServerError("HTTP 500")
+        verifier.update(body)
+        write(body)
+        if self.mode == "truncate":
+            raise TruncatedBody("stalled")
+        verifier.verify()
+
+    def fetch_range(self, descriptor, start, end, write, subject, stopped, failover):
+        self.calls += 1
+        if self.mode == "whole":
+            raise RangesUnsupported("responded 200 to a range")
+        if self.mode == "error" or (self.mode == "flaky" and self.calls == 1):
+            raise ServerError("HTTP 500")
+        write(start, BLOB[start:end])
+
+    def close(self) -> None:
+        pass
+
+
+def pool_of(*clients: StandIn, origin_first: bool = False) -> SourcePool:
+    """Make the last client the origin; earlier ones rank first unless told."""
+    sources = []
+    for position, client in enumerate(clients):
+        role = ORIGIN if position == len(clients) - 1 else MIRROR
+        endpoint = Endpoint(f"{client.mode}-{position}.example")
+        rank = len(clients) - position if origin_first else position + 1
+        measure = Measure(0.001 * rank, 1e8)
+        sources.append(Source(endpoint, role, False, client, measure))
+    return SourcePool(sources)
+
+
+def fetch_whole(pool: SourcePool) -> bytes:
+    received: list[bytes] = []
+    verifier = DigestVerifier(DESCRIPTOR.digest, "blob", "x", DESCRIPTOR.size)
+    pool.fetch_blob(DESCRIPTOR, received.append, "blob", verifier)
+    return b"".join(received)
+
+
+def fetch_span(pool: SourcePool, start: int, end: int) -> bytes:
+    received = bytearray(end - start)
+
+    def place(offset: int, data: bytes) -> None:
+        received[offset - start : offset - start + len(data)] = data
+
+    pool.fetch_range(DESCRIPTOR, start, end, place, "blob")
+    return bytes(received)
+
+
+def test_failed_mirror_resumes_at_origin():
+    pool = pool_of(StandIn("truncate"), StandIn())
+
+    assert fetch_whole(pool) == BLOB
+    assert len(pool.warnings) == 1
+
+
+def test_mirror_that_wrote_part_of_a_bad_blob_is_blamed():
+    pool = pool_of(StandIn("corrupt"), StandIn())
+
+    with pytest.raises(DigestMismatch) as caught:
+        fetch_whole(pool)
+
+    assert pool.blame(DESCRIPTOR.digest, caught.value)
+    assert pool.sources[0].dropped is not None
+    assert fetch_whole(pool) == BLOB
+
+
+def test_origin_alone_is_not_blamed():
+    pool = pool_of(StandIn("corrupt"))
+
+    with pytest.raises(DigestMismatch) as caught:
+        fetch_whole(pool)
+
+    assert not pool.blame(DESCRIPTOR.digest, caught.value)
+
+
+def test_range_ignored_by_mirror_goes_to_origin():
+    mirror = StandIn("whole")
+    pool = pool_of(mirror, StandIn())
+
+    assert fetch_span(pool, 0, 1000) == BLOB[:1000]
+    assert fetch_span(pool, 1000, 2000) == BLOB[1000:2000]
+    assert mirror.calls == 1
+
+
+def test_every_source_failing_once_retries_origin():
+    origin = StandIn("flaky")
+    pool = pool_of(StandIn("error"), origin, origin_first=True)
+
+    assert fetch_span(pool, 0, 1000) == BLOB[:1000]
+    assert origin.calls == 2
+
+
+def test_no_source_serving_ranges_raises():
+    pool = pool_of(StandIn("whole"), StandIn("whole"))
+
+    with pytest.raises(RangesUnsupported):
+        fetch_span(pool, 0, 1000)
