@@ -22,10 +22,10 @@ DESCRIPTOR = Descriptor(
 
 
 class StandIn:
-    """A client serving BLOB, or misbehaving as ``mode`` says.
+    """A client serving BLOB, or misbehaving in the way ``mode`` names.
 
     ``corrupt`` serves flipped bytes, ``truncate`` stops after 100 bytes,
-    ``error`` answers 500, ``whole`` ignores ranges, ``flaky`` fails its first
+    ``error`` fails with a 500, ``whole`` ignores ranges, ``flaky`` fails its first
     call only.
     """
 
@@ -63,7 +63,7 @@ class StandIn:
 
 
 def pool_of(*clients: StandIn, origin_first: bool = False) -> SourcePool:
-    """Make the last client the origin; earlier ones rank first unless told."""
+    """Make the last client the origin; earlier ones rank first unless ``origin_first``."""
     sources = []
     for position, client in enumerate(clients):
         role = ORIGIN if position == len(clients) - 1 else MIRROR
@@ -98,7 +98,7 @@ def test_failed_mirror_resumes_at_origin():
     assert len(pool.warnings) == 1
 
 
-def test_mirror_that_wrote_part_of_a_bad_blob_is_blamed():
+def test_corrupt_mirror_is_blamed():
     pool = pool_of(StandIn("corrupt"), StandIn())
 
     with pytest.raises(DigestMismatch) as caught:
