@@ -166,10 +166,10 @@ def _resolve(
     wanted: Platform,
     options: PullOptions,
 ) -> ResolvedImage:
-    """Resolve the image at the first source allowed to that answers.
+    """Resolve the image at the first source that may resolve tags and succeeds.
 
-    Mirrors allowed to resolve tags are asked first, the origin last. A
-    mirror that fails is left with a warning.
+    Mirrors allowed to resolve tags are tried first, the origin last. A
+    mirror that fails is skipped with a warning.
     """
     resolvers = pool.resolvers()
     for source in resolvers:
@@ -439,7 +439,7 @@ class _LayerFetcher:
             with self._store.resumable(layer.digest, layer.size, "delta-") as writer:
                 journal = RangeJournal(writer.path)
                 try:
-                    assembler.assemble(remote, plan, diff_id, writer)
+                    assembler.assemble(remote, plan, diff_id, writer, journal)
                     writer.commit()
                 except DeltaUnavailable:
                     writer.discard()

@@ -207,15 +207,20 @@ class Assembler:
         self.bytes_fetched = 0
 
     def assemble(
-        self, remote: RemoteTable, plan: Plan, diff_id: Digest, writer: BlobWriter
+        self,
+        remote: RemoteTable,
+        plan: Plan,
+        diff_id: Digest,
+        writer: BlobWriter,
+        journal: RangeJournal,
     ) -> None:
         """Fill ``writer`` with the layer blob, checking digest and diff_id.
 
+        ``journal`` lists the ranges an earlier, killed pull already wrote.
         A verifier thread walks the frames in order as they become ready, so
         checking the stored frames overlaps fetching the missing ones.
         """
         table = remote.table
-        journal = RangeJournal(writer.path)
         failed = self._copy_local(table, plan, writer)
         ready = _ReadyFrames(len(table.entries))
         ready.mark(

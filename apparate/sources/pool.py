@@ -55,8 +55,8 @@ class Source:
     measure: Measure = field(default_factory=Measure)
     dropped: str | None = None
     bytes_fetched: int = 0
-    timed_bytes: int = 0
-    timed_seconds: float = 0.0
+    # Seconds spent on the requests that fetched ``bytes_fetched``.
+    seconds_fetching: float = 0.0
 
     @property
     def name(self) -> str:
@@ -65,9 +65,9 @@ class Source:
     @property
     def observed_throughput(self) -> float | None:
         """Bytes per second over this pull's timed requests, if enough were timed."""
-        if self.timed_bytes < _MIN_TIMED_BYTES or self.timed_seconds <= 0:
+        if self.bytes_fetched < _MIN_TIMED_BYTES or self.seconds_fetching <= 0:
             return None
-        return self.timed_bytes / self.timed_seconds
+        return self.bytes_fetched / self.seconds_fetching
 
 
 class SourcePool:
@@ -139,7 +139,7 @@ class SourcePool:
             try:
                 source.client.fetch_blob(
                     descriptor,
-                    self._counting(source, write),
+                    write,
                     subject,
                     verifier,
                     failover=candidates != [self.origin],
@@ -176,7 +176,7 @@ class SourcePool:
             position[0] = offset + len(data)
 
         while position[0] < end:
-            source, single = self._choose(descriptor.digest, end - position[0])
+            source, last_resort = self._choose(descriptor.digest, end - position[0])
             served.append(source)
             started, before = time.monotonic(), position[0]
             try:
@@ -184,19 +184,19 @@ class SourcePool:
                     descriptor,
                     position[0],
                     end,
-                    self._counting_at(source, track),
+                    track,
                     subject,
                     stopped,
-                    failover=not single,
+                    failover=not last_resort,
                 )
             except RangeFetchStopped:
                 raise
             except RangesUnsupported as error:
-                if single:
+                if last_resort:
                     raise
-                self._refuse_ranges(source, descriptor.digest, subject, error)
+                self._stop_ranges(source, descriptor.digest, subject, error)
             except _SOURCE_FAILURES as error:
-                if single:
+                if last_resort:
                     raise
                 self._leave(source, descriptor.digest, subject, error)
             finally:
@@ -234,11 +234,13 @@ class SourcePool:
     def _candidates(self, digest: Digest, ranges: bool) -> list[Source]:
         with self._lock:
             failed = self._failed.get(digest, set())
-            refused = self._no_ranges.get(digest, set()) if ranges else set()
-            usable = [s for s in self.ranked() if s not in failed and s not in refused]
+            rangeless = self._no_ranges.get(digest, set()) if ranges else set()
+            usable = [
+                s for s in self.ranked() if s not in failed and s not in rangeless
+            ]
         if usable:
             return usable
-        if ranges and self.origin in refused:
+        if ranges and self.origin in rangeless:
             raise RangesUnsupported(f"no source serves ranges of {digest}")
         # Every source failed once: the origin gets the request again, now
         # with its usual retries, as a pull without mirrors would.
@@ -268,7 +270,7 @@ class SourcePool:
         self.warnings.append(message)
         log.warning("%s", message)
 
-    def _refuse_ranges(
+    def _stop_ranges(
         self, source: Source, digest: Digest, subject: str, error: Exception
     ) -> None:
         with self._lock:
@@ -277,32 +279,12 @@ class SourcePool:
         self.warnings.append(message)
         log.warning("%s", message)
 
-    def _counting(
-        self, source: Source, write: Callable[[bytes], None]
-    ) -> Callable[[bytes], None]:
-        def counted(data: bytes) -> None:
-            write(data)
-            with self._lock:
-                source.bytes_fetched += len(data)
-
-        return counted
-
-    def _counting_at(
-        self, source: Source, write: Callable[[int, bytes], None]
-    ) -> Callable[[int, bytes], None]:
-        def counted(offset: int, data: bytes) -> None:
-            write(offset, data)
-            with self._lock:
-                source.bytes_fetched += len(data)
-
-        return counted
-
     def _time(self, source: Source, received: int, started: float) -> None:
-        """Count a request's bytes and seconds toward the source's throughput."""
+        """Add a request's bytes and seconds to the source's figures."""
         elapsed = time.monotonic() - started
         with self._lock:
-            source.timed_bytes += received
-            source.timed_seconds += elapsed
+            source.bytes_fetched += received
+            source.seconds_fetching += elapsed
             observed = source.observed_throughput
             if observed is not None:
                 source.measure = Measure(source.measure.rtt, observed)
