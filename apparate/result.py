@@ -21,11 +21,11 @@ class LayerResult:
 
 @dataclass(frozen=True)
 class ImportResult:
-    """Where a stored image was handed on, and under which name and ID.
+    """The outcome of handing a stored image on: target, name and image ID.
 
     ``target`` is ``docker``, ``containerd``, ``oci`` (the local store only),
-    ``docker-archive:FILE`` or ``oci-archive:FILE``; ``requested`` is what the
-    user asked for, such as ``auto``. ``name`` is None when the image was
+    ``docker-archive:FILE`` or ``oci-archive:FILE``. ``requested`` is the
+    target the user requested, such as ``auto``. ``name`` is None when the image was
     loaded without a tag, and ``note`` then explains why.
     """
 

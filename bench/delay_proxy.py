@@ -12,10 +12,10 @@ handshake a real link would cost. Data is stamped when it arrives and
 written once its stamp is due, while newer data keeps arriving, so the
 delay does not limit throughput.
 
-TCP between the proxy and the registry still sees the short round trip of
-the veth pair, so slow start ramps up faster than on a real 20 ms path: the
-figures favour the tool that opens more connections or sends more requests
-less than a real link would.
+TCP between the proxy and the registry still runs over the short round trip
+of the veth pair, so slow start ramps up faster than on a real 20 ms path.
+A real link would therefore penalise a tool that opens more connections or
+sends more requests more than these figures do.
 
 On start it waits for the upstream to accept a connection, listens on a free
 port, and prints ``{"port": N}``. Each line ``count`` on standard input is

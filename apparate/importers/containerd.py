@@ -154,7 +154,7 @@ def _failure(output: str, reference: str) -> Exception:
 
 
 class _Output:
-    """Read a process's output on a thread, so it never blocks on a full pipe."""
+    """A reader of a process's output on its own thread, so a full pipe cannot block ctr."""
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self._chunks: list[bytes] = []

@@ -3,7 +3,7 @@
 ``POST /images/load`` receives a docker-archive streamed from the store. The
 daemon returns HTTP 200 at once and reports failures later, as JSON lines
 with ``errorDetail``, so every line is read and checked. An image whose ID
-(the config digest) docker already holds is only tagged.
+(the config digest) docker already has is only tagged.
 
 Engines that keep images in containerd (the containerd image store of
 Docker 24 and later, the default from Docker 29) report the snapshotter

@@ -51,7 +51,7 @@ class FetchedManifest:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a registry's API is served: a host, an optional scheme and a root.
+    """The location of a registry's API: a host, an optional scheme and a root.
 
     Without a scheme, https is tried first and plain http second where it is
     allowed. ``api_root`` is ``/v2`` unless a mirror serves it under a path.
@@ -66,8 +66,8 @@ class Endpoint:
         """Read a base URL such as ``https://mirror:5000/prefix``.
 
         The API is at ``<path>/v2``, as containerd's ``hosts.toml`` has it,
-        unless the path already ends with ``/v2`` or ``override_path`` says
-        the path is the API root itself.
+        unless the path already ends with ``/v2`` or ``override_path`` makes
+        the path the API root itself.
         """
         scheme, separator, rest = url.partition("://")
         if not separator:

@@ -2,9 +2,9 @@
 
 gc locks the store exclusively (``Store.exclusive``), so no pull is between
 storing a blob and tagging it. It untags first, then deletes the database
-rows of the blobs it removes in one transaction, then the files: a gc
-killed at any point leaves every kept image whole, and at worst blobs that
-nothing references, which the next gc removes.
+rows of the blobs it removes in one transaction, then the files. So a gc
+killed at any point leaves every kept image whole. At worst it leaves blobs
+that nothing references, which the next gc removes.
 """
 
 from __future__ import annotations

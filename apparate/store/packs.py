@@ -1,4 +1,4 @@
-"""Which layer each local pack was cut from, so gc can drop packs of gone layers.
+"""The layer each local pack was cut from, so gc can drop packs of removed layers.
 
 A pack contains the frames of one plain layer's tar, so the sha256 of its
 decompressed frames is that layer's ``diff_id``. gc keeps a pack while a kept

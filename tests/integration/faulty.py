@@ -43,13 +43,19 @@ def misbehaving(upstream: str, digest: str, mode: str) -> Iterator[str]:
         def _forward(self, method: str) -> None:
             faulty = method == "GET" and self.path.endswith(f"/blobs/{digest}")
             if faulty and mode == "error":
-                body = json.dumps({"errors": [{"code": "UNKNOWN", "message": "boom"}]})
-                self.send_response(500)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-                return
+                self._fail()
+            else:
+                self._relay(method, stall=faulty and mode == "stall")
+
+        def _fail(self) -> None:
+            body = json.dumps({"errors": [{"code": "UNKNOWN", "message": "boom"}]})
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def _relay(self, method: str, stall: bool) -> None:
             connection = http.client.HTTPConnection(upstream, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
             connection.request(method, self.path, headers=headers)
@@ -62,7 +68,7 @@ def misbehaving(upstream: str, digest: str, mode: str) -> Iterator[str]:
             if method == "HEAD":
                 connection.close()
                 return
-            if faulty and mode == "stall":
+            if stall:
                 self.wfile.write(response.read(STALL_AFTER))
                 self.wfile.flush()
                 released.wait(MAX_STALL_SECONDS)

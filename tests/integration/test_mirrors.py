@@ -2,10 +2,10 @@
 
 The origin is reached through a forwarder that adds a round trip, so the
 mirror ranks first, as a nearby mirror would. The mirror starts as a copy of
-the origin's storage, then misbehaves in the way each test needs: it lacks
-the new layer, its storage is damaged, a forwarder in front of it responds
-500 or stalls, or it is a pull-through cache that has not cached the layer
-yet.
+the origin's storage and then misbehaves in the way each test needs. It
+lacks the new layer, or its storage is damaged, or a forwarder in front of
+it responds 500 or stalls. Or it is a pull-through cache that has not cached
+the layer yet.
 """
 
 from __future__ import annotations

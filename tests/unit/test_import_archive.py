@@ -92,6 +92,7 @@ def make_store(
         (tars[2], PLAIN_LAYER),
     ]
     layers = [put(store, blob, media_type) for blob, media_type in blobs]
+
     diff_ids = [str(Digest.of(tar)) for tar in tars]
     config_body = json.dumps(
         {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
@@ -103,6 +104,7 @@ def make_store(
          "layers": [as_json(layer) for layer in layers]}
     ).encode()  # fmt: skip
     manifest = put(store, manifest_body, OCI_MANIFEST)
+
     index = None
     if with_index:
         entry = {**as_json(manifest), "platform": {"os": "linux",
@@ -113,6 +115,7 @@ def make_store(
             {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry, other]}
         ).encode()
         index = put(store, index_body, OCI_INDEX)
+
     store.tag(reference, manifest, manifest.digest, index.digest if index else None)
     facts = {
         "tars": tars, "layers": layers, "diff_ids": diff_ids, "config": config,
