@@ -20,6 +20,7 @@ from apparate.digest import Digest
 from apparate.errors import ApparateError
 from apparate.store.chunk_index import PACK, ChunkIndex
 from apparate.store.layout import BlobWriter, Store
+from apparate.store.packs import record_pack
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,15 @@ class LocalPacker:
     def finish(self, diff_id: Digest) -> Digest | None:
         """Commit the pack of a verified layer and index it; return its digest.
 
-        A pack is an optimisation: when it cannot be written the pull goes
-        on, so failures are logged, not raised.
+        The caller checked that the tar it fed has ``diff_id``, so the
+        packer does not hash the tar again. A pack is an optimisation: when
+        it cannot be written the pull goes on, so failures are logged, not
+        raised.
         """
         self._pipe.put(None)
         self._thread.join()
         result = self._result
-        if self._error is not None or result is None or result.diff_id != diff_id:
+        if self._error is not None or result is None:
             log.warning("%s: no local pack written: %s", self._subject, self._error)
             self._blob.discard()
             return None
@@ -126,6 +129,11 @@ class LocalPacker:
         except ApparateError as error:
             log.warning("%s: no local pack written: %s", self._subject, error)
             return None
+        try:
+            record_pack(self._store.root, result.digest, diff_id)
+        except ApparateError as error:
+            # gc learns it by decompressing the pack once.
+            log.info("%s: the pack's layer is not recorded: %s", self._subject, error)
         log.info("%s: packed %d chunks", self._subject, len(result.table.entries))
         return result.digest
 
@@ -146,6 +154,7 @@ class LocalPacker:
                 Encoder(PACK_LEVEL),
                 StoredFrames(self._store, self._index),
                 workers=1,
+                hash_tar=False,
             )
         except BaseException as error:  # noqa: BLE001 - reported by finish()
             self._error = error

@@ -7,7 +7,7 @@ import logging
 from apparate.chunked.format import ChunkEntry
 from apparate.chunked.reader import decompress_frame
 from apparate.digest import Digest
-from apparate.errors import ChunkCorrupt
+from apparate.errors import ChunkCorrupt, StoreError
 from apparate.store.chunk_index import LAYER, PACK, ChunkIndex, FrameLocation
 from apparate.store.layout import Store
 
@@ -34,14 +34,17 @@ class StoredFrames:
         self._index = index
         self._kinds = kinds
         self._blobs = blobs
+        self._missing: set[Digest] = set()
 
     def frame_for(self, identity: bytes, length: int) -> bytes | None:
         for location in self._index.locate(identity, self._kinds):
-            if location.length != length:
+            if location.length != length or location.blob in self._missing:
                 continue
             if self._blobs is not None and location.blob not in self._blobs:
                 continue
             frame = self._read(location)
+            if frame is None:
+                continue
             entry = ChunkEntry(
                 identity, length, location.frame_length, location.frame_xxh3,
                 location.frame_offset,
@@ -54,10 +57,23 @@ class StoredFrames:
             return frame
         return None
 
-    def _read(self, location: FrameLocation) -> bytes:
+    def _read(self, location: FrameLocation) -> bytes | None:
         try:
             with open(self._store.blob_path(location.blob), "rb") as blob:
                 blob.seek(location.frame_offset)
                 return blob.read(location.frame_length)
+        except FileNotFoundError:
+            self._forget(location.blob)
+            return None
         except OSError:
             return b""
+
+    def _forget(self, blob: Digest) -> None:
+        """Stop offering the frames of a blob that left the store."""
+        self._missing.add(blob)
+        log.warning("blob %s is indexed but no longer in the store; "
+                    "its chunks are forgotten", blob)  # fmt: skip
+        try:
+            self._index.forget_blob(blob)
+        except StoreError as error:
+            log.warning("%s", error)

@@ -66,11 +66,14 @@ class FrameSource(Protocol):
 
 @dataclass(frozen=True)
 class ConvertedLayer:
-    """The writer's output: the blob's digest and size, and its table."""
+    """The writer's output: the blob's digest and size, and its table.
+
+    ``diff_id`` is None when the writer was told not to hash the tar.
+    """
 
     digest: Digest
     size: int
-    diff_id: Digest
+    diff_id: Digest | None
     footer: Footer
     table: ChunkTable
     frames_reused: int = 0
@@ -100,8 +103,13 @@ def write_chunked_layer(
     encoder: Encoder,
     reuse: FrameSource | None = None,
     workers: int = 2,
+    hash_tar: bool = True,
 ) -> ConvertedLayer:
-    """Convert the tar read from ``tar`` and hand the blob's bytes to ``sink``."""
+    """Convert the tar read from ``tar`` and hand the blob's bytes to ``sink``.
+
+    Without ``hash_tar`` the tar's sha256 is left to a caller that checks it
+    already.
+    """
     totals = _Totals()
 
     def emit(data: bytes) -> None:
@@ -109,7 +117,10 @@ def write_chunked_layer(
         totals.blob.update(data)
         totals.size += len(data)
 
-    for frame in _frames(_hashed(chunker.chunks(tar), totals), encoder, reuse, workers):
+    chunks = chunker.chunks(tar)
+    if hash_tar:
+        chunks = _hashed(chunks, totals)
+    for frame in _frames(chunks, encoder, reuse, workers):
         entry = ChunkEntry(
             frame.identity, frame.length, len(frame.data),
             xxhash.xxh3_64_intdigest(frame.data), totals.size,
@@ -128,7 +139,7 @@ def write_chunked_layer(
     return ConvertedLayer(
         digest=Digest("sha256", totals.blob.hexdigest()),
         size=totals.size,
-        diff_id=Digest("sha256", totals.tar.hexdigest()),
+        diff_id=Digest("sha256", totals.tar.hexdigest()) if hash_tar else None,
         footer=footer,
         table=table,
         frames_reused=totals.reused,

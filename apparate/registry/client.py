@@ -82,13 +82,20 @@ class Endpoint:
             path += "/v2"
         return cls(host, scheme or None, path)
 
-    def base_urls(self, settings: TransportSettings) -> list[str]:
+    def base_urls(
+        self, settings: TransportSettings, plain_first: bool = False
+    ) -> list[str]:
+        """Return the base URLs to try in order.
+
+        ``plain_first`` puts plain http first where it is allowed, for a
+        registry that responded on it before.
+        """
         if self.scheme:
             return [f"{self.scheme}://{self.host}"]
-        urls = [f"https://{self.host}"]
-        if settings.allows_plain_http(self.host):
-            urls.append(f"http://{self.host}")
-        return urls
+        if not settings.allows_plain_http(self.host):
+            return [f"https://{self.host}"]
+        urls = [f"https://{self.host}", f"http://{self.host}"]
+        return urls[::-1] if plain_first else urls
 
     def __str__(self) -> str:
         root = "" if self.api_root == "/v2" else self.api_root.removesuffix("/v2")
@@ -101,7 +108,8 @@ class RegistryClient:
 
     ``endpoint`` serves the repository from elsewhere than the reference's
     registry, as a mirror does. ``read_timeout`` bounds the wait for each
-    piece of a body, so a stalled source is left sooner.
+    piece of a body, so a stalled source is left sooner. ``plain_http_first``
+    tries plain http before https, for a registry known to respond on it.
     """
 
     def __init__(
@@ -113,6 +121,7 @@ class RegistryClient:
         scopes: list[str] | None = None,
         endpoint: Endpoint | None = None,
         read_timeout: float | None = None,
+        plain_http_first: bool = False,
     ) -> None:
         self.reference = reference
         self._sleep = sleep
@@ -129,6 +138,7 @@ class RegistryClient:
                 connect=limits.connect, read=read_timeout, write=limits.write,
                 pool=limits.pool,
             )  # fmt: skip
+        self.plain_http_first = plain_http_first
         self._base_url: str | None = None
         # Where each blob's GET was last redirected, so later ranges of the
         # blob go there directly instead of paying the redirect again.
@@ -440,33 +450,66 @@ class RegistryClient:
         redirects: bool = True,
     ) -> httpx.Response:
         candidates = [self._base_url] if self._base_url else self._base_urls()
+        # A TLS port responds to plain HTTP with 400. When https then fails too,
+        # the 400 was the registry's own response.
+        plain_400: str | None = None
         for position, base_url in enumerate(candidates):
-            # Upload locations may be absolute URLs on another host.
-            url = path if path.startswith(("https://", "http://")) else base_url + path
-            request = self._http.build_request(
-                method, url, headers=headers, content=content
-            )
-            if not url.startswith(base_url + "/"):
-                # Only a header set on the client could be here: the auth flow
-                # adds credentials per host, after that host asked for them.
-                request.headers.pop("Authorization", None)
             try:
-                response = self._http.send(
-                    request, stream=True, follow_redirects=redirects
+                response = self._send_to(
+                    base_url, method, path, headers, content, redirects
                 )
             except _RETRYABLE:
                 raise
             except httpx.HTTPError as error:
                 if position + 1 < len(candidates):
-                    log.debug("%s failed (%s), trying plain http", base_url, error)
+                    log.debug("%s failed (%s), trying the next scheme", base_url, error)
                     continue
-                raise transport_error(error, self.host, subject) from None
+                if plain_400 is None:
+                    raise transport_error(error, self.host, subject) from None
+                base_url = plain_400
+                try:
+                    response = self._send_to(
+                        base_url, method, path, headers, content, redirects
+                    )
+                except httpx.HTTPError as error:
+                    raise transport_error(error, self.host, subject) from None
+            else:
+                if _wrong_scheme(response) and position + 1 < len(candidates):
+                    log.debug("%s responded 400, trying https", base_url)
+                    response.close()
+                    plain_400 = base_url
+                    continue
             self._base_url = base_url
             return response
         raise AssertionError("no base URL to try")
 
+    def _send_to(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        content: bytes | Iterable[bytes] | None,
+        redirects: bool,
+    ) -> httpx.Response:
+        # Upload locations may be absolute URLs on another host.
+        url = path if path.startswith(("https://", "http://")) else base_url + path
+        request = self._http.build_request(
+            method, url, headers=headers, content=content
+        )
+        if not url.startswith(base_url + "/"):
+            # Only a header set on the client could be here: the auth flow
+            # adds credentials per host, after that host asked for them.
+            request.headers.pop("Authorization", None)
+        return self._http.send(request, stream=True, follow_redirects=redirects)
+
     def _base_urls(self) -> list[str]:
-        return self.endpoint.base_urls(self._settings)
+        return self.endpoint.base_urls(self._settings, self.plain_http_first)
+
+    @property
+    def scheme(self) -> str | None:
+        """The scheme the registry responded on, once a request went through."""
+        return self._base_url.partition("://")[0] if self._base_url else None
 
 
 class RangesUnsupported(Exception):
@@ -525,3 +568,7 @@ def _parse_header_digest(header: str) -> Digest | None:
         return Digest.parse(header) if header else None
     except ValueError:
         return None
+
+
+def _wrong_scheme(response: httpx.Response) -> bool:
+    return response.status_code == 400 and response.url.scheme == "http"

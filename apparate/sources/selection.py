@@ -96,6 +96,7 @@ def open_pool(
         settings = dataclasses.replace(
             settings, insecure_registries=settings.insecure_registries | plain
         )
+    plain_before = _answered_on_plain_http(specs, settings, stats_path)
     sources = []
     for spec in specs:
         mirror = spec.role == MIRROR
@@ -105,11 +106,34 @@ def open_pool(
             credentials,
             endpoint=spec.endpoint,
             read_timeout=stall_timeout if mirror or len(specs) > 1 else None,
+            plain_http_first=spec.endpoint.host in plain_before,
         )
         sources.append(Source(spec.endpoint, spec.role, spec.resolve, client))
     if len(sources) > 1 or refresh:
         measure_sources(sources, settings, stats_path, refresh)
     return SourcePool(sources)
+
+
+def _answered_on_plain_http(
+    specs: list[SourceSpec], settings: TransportSettings, stats_path: Path | None
+) -> set[str]:
+    """Return the hosts, among those that may use either scheme, kept as plain."""
+    hosts = {
+        spec.endpoint.host
+        for spec in specs
+        if spec.endpoint.scheme is None
+        and settings.allows_plain_http(spec.endpoint.host)
+    }
+    stats = _open_stats(stats_path) if hosts else None
+    if stats is None:
+        return set()
+    try:
+        return {host for host in hosts if stats.scheme(host) == "http"}
+    except StoreError as error:
+        log.warning("source figures not read: %s", error)
+        return set()
+    finally:
+        stats.close()
 
 
 def measure_sources(
@@ -153,10 +177,20 @@ def _fill_kept(
 
 
 def save_figures(pool: SourcePool, stats_path: Path | None) -> None:
-    """Keep the throughputs this pull observed, for the ranking of later pulls."""
+    """Keep the throughputs this pull observed, for the ranking of later pulls.
+
+    The scheme a registry responded on is kept when it was not the one tried
+    first, so the next pull tries that one first.
+    """
     observed = [(s.name, s.observed_throughput) for s in pool.sources]
     observed = [(name, rate) for name, rate in observed if rate is not None]
-    if not observed:
+    schemes = {
+        source.endpoint.host: scheme
+        for source in pool.sources
+        if (scheme := source.client.scheme)
+        and (scheme == "http") != source.client.plain_http_first
+    }
+    if not observed and not schemes:
         return
     stats = _open_stats(stats_path)
     if stats is None:
@@ -164,6 +198,8 @@ def save_figures(pool: SourcePool, stats_path: Path | None) -> None:
     try:
         for name, rate in observed:
             stats.save_throughput(name, rate)
+        for host, scheme in schemes.items():
+            stats.save_scheme(host, scheme)
     except StoreError as error:
         log.warning("source figures not kept: %s", error)
     finally:

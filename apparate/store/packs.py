@@ -33,11 +33,7 @@ _PIECE = 1 << 20
 
 
 def record_pack(store_root: Path, pack: Digest, diff_id: Digest) -> None:
-    """Record the ``diff_id`` of the layer a new pack was cut from.
-
-    NOTE: LocalPacker does not call it yet, so gc decompresses each new pack
-    once. A call in ``LocalPacker.finish`` would spare that read.
-    """
+    """Record the ``diff_id`` of the layer a new pack was cut from."""
     db = _connect(store_root / INDEX_FILE)
     try:
         with db:

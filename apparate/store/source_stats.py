@@ -2,6 +2,8 @@
 
 Round trips are probed again once they are older than a time to live.
 Throughputs are blended from what pulls observed and kept until replaced.
+The scheme each registry last responded on is kept too, so a registry
+reached over plain HTTP is not tried with https first on every pull.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ CREATE TABLE IF NOT EXISTS sources (
     probed REAL,
     throughput REAL,
     timed REAL
+);
+CREATE TABLE IF NOT EXISTS schemes (
+    host TEXT PRIMARY KEY,
+    scheme TEXT NOT NULL
 );
 """
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -88,4 +94,19 @@ class SourceStats:
                 "ON CONFLICT(url) DO UPDATE SET throughput = excluded.throughput, "
                 "timed = excluded.timed",
                 (url, blended, now),
+            )
+
+    def scheme(self, host: str) -> str | None:
+        """Return the scheme ``host`` last responded on, if one was kept."""
+        with self._errors():
+            row = self._db.execute(
+                "SELECT scheme FROM schemes WHERE host = ?", (host,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def save_scheme(self, host: str, scheme: str) -> None:
+        with self._errors(), self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO schemes (host, scheme) VALUES (?, ?)",
+                (host, scheme),
             )

@@ -10,6 +10,7 @@ import zstandard
 
 from apparate.digest import Digest
 from apparate.errors import (
+    ApparateError,
     DigestMismatch,
     InsecureRedirect,
     InvalidResponse,
@@ -439,10 +440,15 @@ def test_redirect_on_same_origin_keeps_authorization(client):
     assert target.calls[0].request.headers["Authorization"] == "Bearer secret"
 
 
-def loopback_client(tmp_path, host: str, insecure: frozenset = frozenset()):
+def loopback_client(
+    tmp_path, host: str, insecure: frozenset = frozenset(), plain_first: bool = False
+):
     credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
     settings = TransportSettings(insecure_registries=insecure, certs_dirs=())
-    return RegistryClient(Reference.parse(f"{host}/app:v1"), settings, credentials)
+    return RegistryClient(
+        Reference.parse(f"{host}/app:v1"), settings, credentials,
+        plain_http_first=plain_first,
+    )  # fmt: skip
 
 
 @respx.mock
@@ -478,6 +484,57 @@ def test_plain_http_only_when_allowed(tmp_path):
         assert c.get_manifest("v1", None).body == MANIFEST
 
     assert plain.call_count == 1
+
+
+@respx.mock
+def test_registry_known_as_plain_is_asked_on_http_first(tmp_path):
+    secure = respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        side_effect=httpx.ConnectError("wrong version number")
+    )
+    plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=manifest_answer()
+    )
+
+    with loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True) as client:
+        assert client.get_manifest("v1", None).body == MANIFEST
+        assert client.scheme == "http"
+
+    assert (secure.call_count, plain.call_count) == (0, 1)
+
+
+@respx.mock
+def test_registry_known_as_plain_that_moved_to_tls_is_asked_on_https(tmp_path):
+    # A TLS port answers a plain HTTP request with 400, as Go servers do.
+    plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=httpx.Response(400, text="Client sent an HTTP request")
+    )
+    secure = respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=manifest_answer()
+    )
+
+    with loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True) as client:
+        assert client.get_manifest("v1", None).body == MANIFEST
+        assert client.scheme == "https"
+
+    assert (plain.call_count, secure.call_count) == (1, 1)
+
+
+@respx.mock
+def test_plain_registry_answering_400_keeps_its_answer(tmp_path):
+    plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=httpx.Response(
+            400, json={"errors": [{"code": "NAME_INVALID", "message": "bad name"}]}
+        )
+    )
+    respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        side_effect=httpx.ConnectError("wrong version number")
+    )
+
+    with loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True) as client:
+        with pytest.raises(ApparateError, match="bad name"):
+            client.get_manifest("v1", None)
+
+    assert plain.call_count == 2
 
 
 def fetch_range(client: RegistryClient, start: int, end: int) -> bytes:

@@ -1,4 +1,5 @@
 import io
+import sqlite3
 
 from apparate.chunked.format import FOOTER_SIZE
 from apparate.chunked.packer import LocalPacker
@@ -42,15 +43,18 @@ def test_pack_of_verified_layer_is_stored_and_indexed(tmp_path):
     assert list(store.ingest_dir.iterdir()) == []
 
 
-def test_pack_with_wrong_diff_id_is_dropped(tmp_path):
+def test_pack_records_the_layer_it_was_cut_from(tmp_path):
     store = Store(tmp_path)
-    with ChunkIndex(tmp_path / "chunks.db") as index:
+    with ChunkIndex(tmp_path / "apparate.db") as index:
         packer = LocalPacker(store, index, "layer x")
         feed_all(packer, TAR)
 
-        assert packer.finish(Digest.of(b"other")) is None
-    assert list(store.ingest_dir.iterdir()) == []
-    assert list((tmp_path / "blobs" / "sha256").iterdir()) == []
+        digest = packer.finish(Digest.of(TAR))
+
+    # Recorded at once, so gc need not decompress the pack to learn it.
+    with sqlite3.connect(tmp_path / "apparate.db") as db:
+        rows = db.execute("SELECT pack, diff_id FROM pack_sources").fetchall()
+    assert rows == [(str(digest), str(Digest.of(TAR)))]
 
 
 def test_aborted_pack_leaves_nothing(tmp_path):
@@ -82,3 +86,22 @@ def test_pack_of_changed_layer_round_trips(tmp_path):
     assert first_digest != second_digest
     assert read_pack(store, second_digest) == changed
     assert store.blob_path(second_digest).stat().st_size > FOOTER_SIZE
+
+
+def test_indexed_pack_gone_from_the_store_is_forgotten(tmp_path, caplog):
+    store = Store(tmp_path)
+    with ChunkIndex(tmp_path / "apparate.db") as index:
+        first = LocalPacker(store, index, "layer x")
+        feed_all(first, TAR)
+        gone = first.finish(Digest.of(TAR))
+        store.blob_path(gone).unlink()
+
+        second = LocalPacker(store, index, "layer x")
+        feed_all(second, TAR)
+        again = second.finish(Digest.of(TAR))
+
+    # The same tar gives the same pack, written again in full.
+    assert again == gone
+    assert read_pack(store, again) == TAR
+    missing = [r for r in caplog.records if "no longer in the store" in r.message]
+    assert len(missing) == 1
