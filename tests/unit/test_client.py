@@ -530,9 +530,9 @@ def test_plain_registry_answering_400_keeps_its_answer(tmp_path):
         side_effect=httpx.ConnectError("wrong version number")
     )
 
-    with loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True) as client:
-        with pytest.raises(ApparateError, match="bad name"):
-            client.get_manifest("v1", None)
+    client = loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True)
+    with client, pytest.raises(ApparateError, match="bad name"):
+        client.get_manifest("v1", None)
 
     assert plain.call_count == 2
 
