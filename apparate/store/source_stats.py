@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS schemes (
     scheme TEXT NOT NULL
 );
 """
+TABLES = {"sources", "schemes"}
 BUSY_TIMEOUT_SECONDS = 30.0
 RTT_TTL_SECONDS = 600.0
 
@@ -41,8 +42,11 @@ class SourceStats:
         self.path = path
         try:
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
-            with self._db:
-                self._db.executescript(SCHEMA)
+            # Creating the tables commits, which syncs the file: skip it
+            # when they are there, as they are after the first pull.
+            if self._tables() != TABLES:
+                with self._db:
+                    self._db.executescript(SCHEMA)
         except sqlite3.Error as error:
             raise StoreError(
                 f"cannot open the source figures in {path}: {error}"
@@ -50,6 +54,12 @@ class SourceStats:
 
     def close(self) -> None:
         self._db.close()
+
+    def _tables(self) -> set[str]:
+        rows = self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        ).fetchall()
+        return {name for (name,) in rows} & TABLES
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
