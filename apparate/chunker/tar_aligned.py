@@ -313,6 +313,9 @@ def parse_number(field: bytes, block_offset: int) -> int:
     return value
 
 
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
 def verify_checksum(block: bytes, block_offset: int) -> None:
     """Raise ValueError unless the header block's checksum field matches.
 
@@ -322,8 +325,10 @@ def verify_checksum(block: bytes, block_offset: int) -> None:
     stored = parse_number(block[148:156], block_offset)
     rest = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(rest)
-    signed = unsigned - 256 * sum(1 for byte in rest if byte >= 0x80)
-    if stored not in (unsigned, signed):
+    if stored == unsigned:
+        return
+    high_bytes = len(rest) - len(rest.translate(None, _HIGH_BYTES))
+    if stored != unsigned - 256 * high_bytes:
         raise MalformedTar(
             f"invalid tar header checksum at offset {block_offset}: "
             f"stored {stored}, computed {unsigned}"

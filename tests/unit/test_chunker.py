@@ -320,6 +320,26 @@ def test_verify_checksum_accepts_valid_header() -> None:
     verify_checksum(header, 0)
 
 
+def test_verify_checksum_accepts_signed_sum() -> None:
+    # Old writers summed the header's bytes as signed chars.
+    header = bytearray(
+        tarfile.TarInfo("etc/h\xe9llo").tobuf(tarfile.USTAR_FORMAT, "latin-1")
+    )
+    header[148:156] = b" " * 8
+    signed = sum(byte - 256 if byte >= 0x80 else byte for byte in header)
+    header[148:156] = b"%06o\0 " % signed
+
+    verify_checksum(bytes(header), 0)
+
+
+def test_verify_checksum_rejects_other_sum() -> None:
+    header = bytearray(tarfile.TarInfo("etc/hostname").tobuf(tarfile.USTAR_FORMAT))
+    header[148:156] = b"%06o\0 " % 1234
+
+    with pytest.raises(ValueError, match="stored 1234"):
+        verify_checksum(bytes(header), 0)
+
+
 @pytest.mark.parametrize("keep", [700, 1500, 512 + 100])
 def test_tar_truncated_raises(keep: int) -> None:
     data = tar_of([("etc/a", b"a" * 2000), ("etc/b", b"b" * 10)])
