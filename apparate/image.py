@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from apparate.digest import Digest, verify_bytes
@@ -54,11 +55,13 @@ def resolve_image(
     wanted: Platform,
     explicit_platform: bool = False,
     check_platform: bool = True,
+    on_manifest: Callable[[Manifest], None] | None = None,
 ) -> ResolvedImage:
     """Fetch (or read from the store) the manifest and config of ``reference``.
 
     An image whose config names another platform than ``wanted`` is an error
     when the user asked for that platform, else only a warning, as in docker.
+    ``on_manifest`` sees the manifest before the config is fetched.
     """
     image = str(reference)
     top = fetch_manifest(client, store, reference.lookup, reference.digest)
@@ -85,6 +88,8 @@ def resolve_image(
         )
 
     manifest = parse_manifest(document, f"manifest of {image}")
+    if on_manifest is not None:
+        on_manifest(manifest)
     config = _fetch_config(client, store, manifest.config, image)
     config_document = parse_json(config, f"config of {image}")
     if not platform:

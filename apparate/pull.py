@@ -20,10 +20,10 @@ from apparate.delta.assembler import (
     Assembler,
     DeltaUnavailable,
     RangeJournal,
-    fetch_table,
     plan_remote,
     record_layer,
 )
+from apparate.delta.prefetch import TablePrefetch
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import (
     ApparateError,
@@ -117,13 +117,17 @@ def _pull(
     specs = list_sources(ref, options.mirrors, config)
     pool = open_pool(ref, specs, settings, credentials, config.stall_timeout, figures)
 
-    with contextlib.closing(pool), ChunkIndex(store.root / INDEX_FILE) as index:
-        image = _resolve(pool, store, ref, wanted, options)
+    with (
+        contextlib.closing(pool),
+        ChunkIndex(store.root / INDEX_FILE) as index,
+        TablePrefetch(pool, store, str(ref)) as tables,
+    ):
+        image = _resolve(pool, store, ref, wanted, options, tables)
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
         if options.dry_run:
-            layers = _plan_layers(pool, store, index, image)
+            layers = _plan_layers(store, index, image, tables)
         else:
-            layers = _fetch_layers(pool, store, index, image, options)
+            layers = _fetch_layers(pool, store, index, image, options, tables)
         save_figures(pool, figures)
 
     if not options.dry_run:
@@ -165,18 +169,20 @@ def _resolve(
     ref: Reference,
     wanted: Platform,
     options: PullOptions,
+    tables: TablePrefetch,
 ) -> ResolvedImage:
     """Resolve the image at the first source that may resolve tags and succeeds.
 
     Mirrors allowed to resolve tags are tried first, the origin last. A
-    mirror that fails is skipped with a warning.
+    mirror that fails is skipped with a warning. The chunk tables of the
+    manifest found start downloading while its config is fetched.
     """
     resolvers = pool.resolvers()
     for source in resolvers:
         try:
             return resolve_image(
                 source.client, store, ref, wanted, options.platform is not None,
-                options.check_platform,
+                options.check_platform, tables.start,
             )  # fmt: skip
         except (
             AuthError, NotFound, PlatformNotFound, RegistryError, VerificationError,
@@ -226,6 +232,7 @@ def _fetch_layers(
     index: ChunkIndex,
     image: ResolvedImage,
     options: PullOptions,
+    tables: TablePrefetch,
 ) -> list[LayerResult]:
     """Fetch the layers the store lacks, several at once; stop all on a failure."""
     observer = options.observer
@@ -244,7 +251,7 @@ def _fetch_layers(
     _check_repeated_layers(layers, image.diff_ids, str(image.reference))
     cancelled = threading.Event()
     fetcher = _LayerFetcher(
-        pool, store, index, str(image.reference), observer, cancelled
+        pool, store, index, str(image.reference), observer, cancelled, tables
     )
     unique = list(
         {layer.digest: (layer, diff_id) for layer, diff_id in missing}.values()
@@ -270,7 +277,7 @@ def _fetch_layers(
 
 
 def _plan_layers(
-    pool: SourcePool, store: Store, index: ChunkIndex, image: ResolvedImage
+    store: Store, index: ChunkIndex, image: ResolvedImage, tables: TablePrefetch
 ) -> list[LayerResult]:
     """Report what a pull would fetch per layer, fetching only chunk tables.
 
@@ -284,9 +291,7 @@ def _plan_layers(
     for layer in image.parsed.layers:
         if layer.digest in planned or store.has_blob(layer.digest, layer.size):
             continue
-        planned[layer.digest] = _planned_bytes(
-            pool, store, index, layer, str(image.reference)
-        )
+        planned[layer.digest] = _planned_bytes(store, index, layer, tables)
     return [
         LayerResult(
             layer.digest,
@@ -309,17 +314,13 @@ def _kept_bytes(store: Store, layer: Descriptor) -> int:
 
 
 def _planned_bytes(
-    pool: SourcePool,
-    store: Store,
-    index: ChunkIndex,
-    layer: Descriptor,
-    image: str,
+    store: Store, index: ChunkIndex, layer: Descriptor, tables: TablePrefetch
 ) -> int:
     if not is_chunked_layer(layer.media_type, layer.annotations):
         return layer.size - _kept_bytes(store, layer)
-    subject = f"layer {layer.digest} of {image}"
+    subject = tables.subject(layer)
     try:
-        remote = fetch_table(pool, layer, subject)
+        remote = tables.take(layer)
     except (ChunkedLayerError, RangesUnsupported) as error:
         log.warning("%s: would fetch the whole layer: %s", subject, error)
         return layer.size
@@ -388,8 +389,10 @@ class _LayerFetcher:
         image: str,
         observer: PullObserver,
         cancelled: threading.Event,
+        tables: TablePrefetch,
     ) -> None:
         self._pool = pool
+        self._tables = tables
         self._store = store
         self._index = index
         self._image = image
@@ -433,7 +436,7 @@ class _LayerFetcher:
             self._cancelled,
         )  # fmt: skip
         try:
-            remote = fetch_table(self._pool, layer, subject)
+            remote = self._tables.take(layer)
             fetched = len(remote.tail)
             plan = plan_remote(self._index, remote)
             with self._store.resumable(layer.digest, layer.size, "delta-") as writer:

@@ -1,0 +1,79 @@
+"""Fetch the chunk tables of an image's layers while its config is fetched.
+
+A delta pull needs each chunked layer's table before it can plan, and the
+manifest alone says where the tables are. Starting their range requests as
+soon as the manifest is known saves the config's round trip, and more where
+the config's GET is redirected.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Self
+
+from apparate.chunked.format import is_chunked_layer
+from apparate.delta.assembler import RemoteTable, fetch_table
+from apparate.digest import Digest
+from apparate.manifest import Descriptor, Manifest
+from apparate.sources.pool import SourcePool
+from apparate.store.layout import Store
+
+log = logging.getLogger(__name__)
+
+MAX_PARALLEL_TABLES = 4
+
+
+class TablePrefetch:
+    """Table fetches started early, held in a context around the pull.
+
+    ``start`` begins fetching the tables of the chunked layers the store
+    lacks; ``take`` hands a table over, or raises what its fetch raised.
+    A layer not started here is fetched when taken. Leaving the context
+    waits for fetches still running, so none outlives the pool.
+    """
+
+    def __init__(self, pool: SourcePool, store: Store, image: str) -> None:
+        self._pool = pool
+        self._store = store
+        self._image = image
+        self._executor: ThreadPoolExecutor | None = None
+        self._started: dict[Digest, tuple[Descriptor, Future[RemoteTable]]] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, manifest: Manifest) -> None:
+        """Begin fetching the tables of ``manifest``'s chunked layers; once only."""
+        if self._executor is not None:
+            return
+        missing = {
+            layer.digest: layer
+            for layer in manifest.layers
+            if is_chunked_layer(layer.media_type, layer.annotations)
+            and not self._store.has_blob(layer.digest, layer.size)
+        }
+        if not missing:
+            return
+        self._executor = ThreadPoolExecutor(
+            min(MAX_PARALLEL_TABLES, len(missing)), thread_name_prefix="table"
+        )
+        for digest, layer in missing.items():
+            future = self._executor.submit(
+                fetch_table, self._pool, layer, self.subject(layer)
+            )
+            self._started[digest] = (layer, future)
+
+    def take(self, layer: Descriptor) -> RemoteTable:
+        """Return the table of ``layer``, fetched now if it was not started."""
+        started = self._started.pop(layer.digest, None)
+        if started is not None and started[0].annotations == layer.annotations:
+            return started[1].result()
+        return fetch_table(self._pool, layer, self.subject(layer))
+
+    def subject(self, layer: Descriptor) -> str:
+        return f"layer {layer.digest} of {self._image}"

@@ -1,0 +1,101 @@
+"""Chunk tables fetched while the config is: handed over once, or fetched again."""
+
+import io
+
+import pytest
+
+from apparate.chunked.format import ZSTD_LAYER_TYPES, table_annotations
+from apparate.chunked.writer import write_chunked_layer
+from apparate.delta.prefetch import TablePrefetch
+from apparate.digest import Digest
+from apparate.errors import ChunkTableCorrupt
+from apparate.manifest import Descriptor, Manifest
+from apparate.store.layout import Store
+from tests.unit.test_chunked import CHUNKER, DEFAULT_ENCODER, make_tar
+
+
+class BlobServer:
+    """Serves ranges of one blob, as a source pool does, counting requests."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        self.requests = 0
+
+    def fetch_range(self, layer, start, end, place, subject) -> None:
+        self.requests += 1
+        place(start, self.blob[start:end])
+
+
+def chunked_layer() -> tuple[Descriptor, bytes]:
+    output = io.BytesIO()
+    converted = write_chunked_layer(
+        io.BytesIO(make_tar(3)), output.write, CHUNKER, DEFAULT_ENCODER
+    )
+    blob = output.getvalue()
+    layer = Descriptor(
+        ZSTD_LAYER_TYPES[0], Digest.of(blob), len(blob),
+        annotations=table_annotations(converted.footer),
+    )  # fmt: skip
+    return layer, blob
+
+
+def manifest_of(layer: Descriptor) -> Manifest:
+    config = Descriptor("application/vnd.oci.image.config.v1+json", Digest.of(b"{}"), 2)
+    return Manifest("application/vnd.oci.image.manifest.v1+json", config, [layer])
+
+
+def test_prefetch_started_table_is_taken_once(tmp_path):
+    layer, blob = chunked_layer()
+    server = BlobServer(blob)
+
+    with TablePrefetch(server, Store(tmp_path), "app:v2") as tables:
+        tables.start(manifest_of(layer))
+        first = tables.take(layer)
+        second = tables.take(layer)
+
+    assert first == second
+    assert first.table_offset == int(
+        layer.annotations["dev.apparate.chunked.table-offset"]
+    )
+    assert server.requests == 2
+
+
+def test_prefetch_other_annotations_fetch_again(tmp_path):
+    layer, blob = chunked_layer()
+    server = BlobServer(blob)
+    damaged = dict(layer.annotations)
+    damaged["dev.apparate.chunked.table-digest"] = str(Digest.of(b"other"))
+    relabelled = Descriptor(
+        layer.media_type, layer.digest, layer.size, annotations=damaged
+    )
+
+    with TablePrefetch(server, Store(tmp_path), "app:v2") as tables:
+        tables.start(manifest_of(layer))
+        with pytest.raises(ChunkTableCorrupt):
+            tables.take(relabelled)
+
+    assert server.requests == 2
+
+
+def test_prefetch_failure_is_raised_at_take(tmp_path):
+    layer, blob = chunked_layer()
+    server = BlobServer(blob[:-1] + bytes([blob[-1] ^ 1]))
+
+    with TablePrefetch(server, Store(tmp_path), "app:v2") as tables:
+        tables.start(manifest_of(layer))
+        with pytest.raises(ChunkTableCorrupt):
+            tables.take(layer)
+
+    assert server.requests == 1
+
+
+def test_prefetch_skips_stored_layers(tmp_path):
+    layer, blob = chunked_layer()
+    server = BlobServer(blob)
+    store = Store(tmp_path)
+    store.put_blob(blob, layer.digest)
+
+    with TablePrefetch(server, store, "app:v2") as tables:
+        tables.start(manifest_of(layer))
+
+    assert server.requests == 0
