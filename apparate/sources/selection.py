@@ -18,7 +18,7 @@ from pathlib import Path
 
 from apparate.config import Config, Mirror
 from apparate.errors import StoreError, UsageError
-from apparate.reference import Reference
+from apparate.reference import Reference, is_loopback
 from apparate.registry.client import Endpoint, RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
@@ -96,7 +96,7 @@ def open_pool(
         settings = dataclasses.replace(
             settings, insecure_registries=settings.insecure_registries | plain
         )
-    plain_before = _answered_on_plain_http(specs, settings, stats_path)
+    plain_first = _plain_http_first(specs, settings, stats_path)
     sources = []
     for spec in specs:
         mirror = spec.role == MIRROR
@@ -106,7 +106,7 @@ def open_pool(
             credentials,
             endpoint=spec.endpoint,
             read_timeout=stall_timeout if mirror or len(specs) > 1 else None,
-            plain_http_first=spec.endpoint.host in plain_before,
+            plain_http_first=spec.endpoint.host in plain_first,
         )
         sources.append(Source(spec.endpoint, spec.role, spec.resolve, client))
     if len(sources) > 1 or refresh:
@@ -114,26 +114,36 @@ def open_pool(
     return SourcePool(sources)
 
 
-def _answered_on_plain_http(
+def _plain_http_first(
     specs: list[SourceSpec], settings: TransportSettings, stats_path: Path | None
 ) -> set[str]:
-    """Return the hosts, among those that may use either scheme, kept as plain."""
+    """Return the hosts to ask over plain HTTP before https.
+
+    Among hosts that may use either scheme, these are those that responded
+    on plain HTTP before, and loopback hosts not known to use https, whose
+    traffic never leaves the machine (containerd's resolver can match them
+    the same way, with ``docker.MatchLocalhost``).
+    """
     hosts = {
         spec.endpoint.host
         for spec in specs
         if spec.endpoint.scheme is None
         and settings.allows_plain_http(spec.endpoint.host)
     }
+    remembered: dict[str, str | None] = dict.fromkeys(hosts)
     stats = _open_stats(stats_path) if hosts else None
-    if stats is None:
-        return set()
-    try:
-        return {host for host in hosts if stats.scheme(host) == "http"}
-    except StoreError as error:
-        log.warning("source figures not read: %s", error)
-        return set()
-    finally:
-        stats.close()
+    if stats is not None:
+        try:
+            remembered = {host: stats.scheme(host) for host in hosts}
+        except StoreError as error:
+            log.warning("source figures not read: %s", error)
+        finally:
+            stats.close()
+    return {
+        host
+        for host, scheme in remembered.items()
+        if scheme == "http" or (scheme is None and is_loopback(host))
+    }
 
 
 def measure_sources(

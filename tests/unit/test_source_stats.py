@@ -11,9 +11,13 @@ from apparate.sources.selection import list_sources, open_pool, save_figures
 from apparate.store.source_stats import SourceStats
 
 HOST = "127.0.0.1:5000"
-PING_HTTPS = f"https://{HOST}/v2/app/manifests/v1"
-PING_HTTP = f"http://{HOST}/v2/app/manifests/v1"
+INSECURE = "registry.lan:5000"
 DIGEST = "sha256:" + "a" * 64
+FOUND = httpx.Response(200, headers={"Docker-Content-Digest": DIGEST})
+
+
+def manifest_url(scheme: str, host: str) -> str:
+    return f"{scheme}://{host}/v2/app/manifests/v1"
 
 
 def test_scheme_kept_is_read_back_and_replaced(tmp_path):
@@ -28,31 +32,68 @@ def test_scheme_kept_is_read_back_and_replaced(tmp_path):
         stats.close()
 
 
-def open_origin(tmp_path):
-    reference = Reference.parse(f"{HOST}/app:v1")
+def open_origin(tmp_path, host: str = HOST):
+    reference = Reference.parse(f"{host}/app:v1")
     credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
-    settings = TransportSettings(insecure_registries=frozenset(), certs_dirs=())
+    settings = TransportSettings(
+        insecure_registries=frozenset({INSECURE}), certs_dirs=()
+    )
     specs = list_sources(reference, [], Config(), tmp_path / "no-hosts")
     return open_pool(
         reference, specs, settings, credentials, 10.0, tmp_path / "apparate.db"
     )
 
 
+def head_once(tmp_path, host: str) -> str | None:
+    """Ask the origin for the manifest digest, keep the figures; return the scheme."""
+    pool = open_origin(tmp_path, host)
+    try:
+        (origin,) = pool.sources
+        assert str(origin.client.head_manifest("v1")) == DIGEST
+        save_figures(pool, tmp_path / "apparate.db")
+        return origin.client.scheme
+    finally:
+        pool.close()
+
+
+def asks_plain_first(tmp_path, host: str) -> bool:
+    pool = open_origin(tmp_path, host)
+    try:
+        return pool.sources[0].client.plain_http_first
+    finally:
+        pool.close()
+
+
 @respx.mock
-def test_plain_http_registry_is_asked_there_first(tmp_path):
-    respx.head(PING_HTTPS).mock(side_effect=httpx.ConnectError("wrong version"))
-    plain = respx.head(PING_HTTP).mock(
-        return_value=httpx.Response(200, headers={"Docker-Content-Digest": DIGEST})
+def test_loopback_registry_is_asked_on_plain_http_first(tmp_path):
+    secure = respx.head(manifest_url("https", HOST)).mock(return_value=FOUND)
+    plain = respx.head(manifest_url("http", HOST)).mock(return_value=FOUND)
+
+    assert head_once(tmp_path, HOST) == "http"
+
+    assert (plain.call_count, secure.call_count) == (1, 0)
+
+
+@respx.mock
+def test_loopback_registry_on_tls_is_then_asked_on_https_first(tmp_path):
+    # A TLS port responds to plain HTTP with 400, as Go servers do.
+    respx.head(manifest_url("http", HOST)).mock(return_value=httpx.Response(400))
+    respx.head(manifest_url("https", HOST)).mock(return_value=FOUND)
+
+    assert head_once(tmp_path, HOST) == "https"
+
+    assert not asks_plain_first(tmp_path, HOST)
+
+
+@respx.mock
+def test_insecure_registry_is_asked_where_it_responded(tmp_path):
+    respx.head(manifest_url("https", INSECURE)).mock(
+        side_effect=httpx.ConnectError("wrong version number")
     )
+    plain = respx.head(manifest_url("http", INSECURE)).mock(return_value=FOUND)
+    assert not asks_plain_first(tmp_path, INSECURE)
 
-    pool = open_origin(tmp_path)
-    (origin,) = pool.sources
-    assert not origin.client.plain_http_first
-    assert str(origin.client.head_manifest("v1")) == DIGEST
-    save_figures(pool, tmp_path / "apparate.db")
-    pool.close()
+    assert head_once(tmp_path, INSECURE) == "http"
 
-    again = open_origin(tmp_path)
-    assert again.sources[0].client.plain_http_first
-    again.close()
+    assert asks_plain_first(tmp_path, INSECURE)
     assert plain.call_count == 1
