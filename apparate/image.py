@@ -64,7 +64,9 @@ def resolve_image(
     ``on_manifest`` sees the manifest before the config is fetched.
     """
     image = str(reference)
-    top = fetch_manifest(client, store, reference.lookup, reference.digest)
+    top = fetch_manifest(
+        client, store, reference.lookup, reference.digest, store.has_reference(image)
+    )
     document = parse_json(top.body, f"manifest of {image}")
     media_type = media_type_of(document, top.media_type)
 
@@ -106,14 +108,20 @@ def resolve_image(
 
 
 def fetch_manifest(
-    client: RegistryClient, store: Store, lookup: str, expected: Digest | None
+    client: RegistryClient,
+    store: Store,
+    lookup: str,
+    expected: Digest | None,
+    tag_stored: bool = True,
 ) -> FetchedManifest:
     """Read a manifest from the store when its digest is known, else GET it.
 
-    For a tag, a HEAD request returns the digest it points to first, so
-    an unchanged image costs no GET (Docker Hub counts GETs against limits).
+    For a tag the store holds (``tag_stored``), a HEAD request returns the
+    digest it points to first, so an unchanged image costs no GET (Docker
+    Hub counts GETs against limits). For a tag new to the store, that HEAD
+    would most likely only add a round trip before the GET.
     """
-    digest = expected or client.head_manifest(lookup)
+    digest = expected or (client.head_manifest(lookup) if tag_stored else None)
     if digest and store.has_blob(digest):
         log.debug("manifest %s is in the store", digest)
         body = store.read_blob(digest)

@@ -421,6 +421,13 @@ class Store:
                 self._write_index(remaining)
         return removed
 
+    def has_reference(self, reference: str) -> bool:
+        """Tell whether an image is tagged ``reference`` in the store."""
+        return any(
+            item.get("annotations", {}).get(REF_NAME) == reference
+            for item in self._read_index()
+        )
+
     def entries(self) -> list[Descriptor]:
         """Return every entry of ``index.json``, tagged or not."""
         return [_descriptor(item) for item in self._read_index()]

@@ -1,0 +1,66 @@
+"""A tag's manifest: HEAD first only when the store holds that tag already."""
+
+import httpx
+import pytest
+import respx
+
+from apparate.digest import Digest
+from apparate.image import fetch_manifest
+from apparate.manifest import OCI_MANIFEST, Descriptor
+from apparate.reference import Reference
+from apparate.registry.client import RegistryClient
+from apparate.registry.credentials import CredentialStore
+from apparate.registry.transport import TransportSettings
+from apparate.store.layout import Store
+from tests.unit.test_client import HOST, MANIFEST, MANIFEST_DIGEST, MANIFEST_URL
+
+FOUND = httpx.Response(200, headers={"Docker-Content-Digest": str(MANIFEST_DIGEST)})
+
+
+@pytest.fixture
+def client(tmp_path):
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    settings = TransportSettings(certs_dirs=())
+    reference = Reference.parse(f"{HOST}/team/app:v1")
+    with RegistryClient(reference, settings, credentials) as opened:
+        yield opened
+
+
+def answer_manifest() -> httpx.Response:
+    return httpx.Response(200, content=MANIFEST, headers={"Content-Type": OCI_MANIFEST})
+
+
+@respx.mock
+def test_new_tag_is_fetched_without_head(client, tmp_path):
+    head = respx.head(MANIFEST_URL).mock(return_value=FOUND)
+    get = respx.get(MANIFEST_URL).mock(return_value=answer_manifest())
+
+    fetched = fetch_manifest(client, Store(tmp_path), "v1", None, tag_stored=False)
+
+    assert fetched.digest == MANIFEST_DIGEST
+    assert (head.call_count, get.call_count) == (0, 1)
+
+
+@respx.mock
+def test_stored_tag_unchanged_costs_one_head(client, tmp_path):
+    store = Store(tmp_path)
+    store.put_blob(MANIFEST, MANIFEST_DIGEST)
+    head = respx.head(MANIFEST_URL).mock(return_value=FOUND)
+    get = respx.get(MANIFEST_URL).mock(return_value=answer_manifest())
+
+    fetched = fetch_manifest(client, store, "v1", None, tag_stored=True)
+
+    assert fetched.body == MANIFEST
+    assert (head.call_count, get.call_count) == (1, 0)
+
+
+def test_store_knows_its_tagged_references(tmp_path):
+    store = Store(tmp_path)
+    store.put_blob(MANIFEST, MANIFEST_DIGEST)
+    descriptor = Descriptor(OCI_MANIFEST, MANIFEST_DIGEST, len(MANIFEST))
+
+    store.tag("registry.example/team/app:v1", descriptor)
+
+    assert store.has_reference("registry.example/team/app:v1")
+    assert not store.has_reference("registry.example/team/app:v2")
+    assert not store.has_reference(str(Digest.of(b"other")))
