@@ -46,6 +46,7 @@ from apparate.delta.planner import (
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import ApparateError, ChunkCorrupt, ChunkTableCorrupt
 from apparate.manifest import Descriptor
+from apparate.pipeline import Stage
 from apparate.registry.client import RangeFetchStopped
 from apparate.sources.pool import ORIGIN, SourcePool
 from apparate.store.chunk_index import LAYER, ChunkIndex
@@ -485,6 +486,10 @@ class _InOrderVerifier:
         self._complete = False
 
     def run(self) -> None:
+        # The two digests are computed on threads of their own, so hashing
+        # overlaps decompressing on a second core.
+        blob_hash = Stage("verify-blob", self._blob.update, _nothing)
+        tar_hash = Stage("verify-tar", self._tar.update, _nothing)
         entries = self._remote.table.entries
         try:
             with open(self._writer.path, "rb") as partial:
@@ -492,12 +497,14 @@ class _InOrderVerifier:
                     frame = self._frame(partial.fileno(), position)
                     if frame is None:
                         return
-                    self._blob.update(frame)
+                    blob_hash.put(frame)
                     if position in self._untrusted:
                         chunk = decompress_frame(entry, frame, self._subject)
                     else:
                         chunk = decompress_trusted_frame(entry, frame, self._subject)
-                    self._tar.update(chunk)
+                    tar_hash.put(chunk)
+            blob_hash.end()
+            tar_hash.end()
             self._complete = True
         except ApparateError as error:
             self._error = error
@@ -505,6 +512,9 @@ class _InOrderVerifier:
             self._error = ApparateError(
                 f"{self._subject}: cannot read it back: {error}"
             )
+        finally:
+            blob_hash.abort()
+            tar_hash.abort()
 
     def _frame(self, descriptor: int, position: int) -> bytes | None:
         entries = self._remote.table.entries
@@ -548,3 +558,7 @@ def record_layer(
     if not checked:
         verify_blob_chunks(store.blob_path(layer.digest), table, subject)
     index.add_table(layer.digest, table, LAYER)
+
+
+def _nothing() -> None:
+    pass
