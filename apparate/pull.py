@@ -41,6 +41,7 @@ from apparate.errors import (
 )
 from apparate.image import ResolvedImage, resolve_image
 from apparate.importers import Daemons, import_stored
+from apparate.importers.sizes import LayerSizes
 from apparate.layers import DiffIDVerifier
 from apparate.manifest import (
     DOCKER_MANIFEST,
@@ -264,6 +265,7 @@ def _fetch_layers(
             _wait_all(futures, cancelled)
         for (layer, _), future in zip(unique, futures, strict=True):
             fetched[layer.digest] = future.result()
+        _record_tar_sizes(store, layers, fetcher.tar_sizes)
     return [
         LayerResult(
             layer.digest,
@@ -274,6 +276,21 @@ def _fetch_layers(
         )
         for layer in layers
     ]
+
+
+def _record_tar_sizes(
+    store: Store, layers: list[Descriptor], sizes: dict[Digest, int]
+) -> None:
+    """Keep the tar sizes the diff_id checks counted, so imports need not count."""
+    if not sizes:
+        return
+    known = LayerSizes(store)
+    try:
+        for layer in layers:
+            if layer.digest in sizes:
+                known.record(layer, sizes[layer.digest])
+    finally:
+        known.close()
 
 
 def _plan_layers(
@@ -398,6 +415,8 @@ class _LayerFetcher:
         self._image = image
         self._observer = observer
         self._cancelled = cancelled
+        # The tar size of each layer verified whole, for docker imports.
+        self.tar_sizes: dict[Digest, int] = {}
 
     def fetch(self, layer: Descriptor, diff_id: Digest) -> int:
         """Store one layer, verified; return the bytes that crossed the network."""
@@ -542,6 +561,7 @@ class _LayerFetcher:
                         layer, subject, writer, diff_verifier, stopped, verifier
                     )
                     diff_verifier.verify()
+                    self.tar_sizes[layer.digest] = diff_verifier.uncompressed_size
                     writer.commit()
             except VerificationError as error:
                 # Wrong bytes are dropped; a transfer that only broke off is

@@ -96,8 +96,10 @@ class Bench:
 def measure(bench: Bench, reference: str, scratch: Path, rounds: int) -> list[list]:
     """Return one row per daemon: archive size and the median seconds of both ways.
 
-    The two ways alternate, so a change of machine load hits both alike, and
-    the image is removed before each run and after the last.
+    The two ways alternate, and which goes first swaps each round, so a
+    change of machine load hits both alike. Before each run the image is
+    removed and the removal's writes are flushed (``sync``), so no run pays
+    for the one before it.
     """
     docker_file, oci_file = scratch / "docker.tar", scratch / "oci.tar"
     bench.apparate_import(reference, f"docker-archive:{docker_file}")
@@ -108,12 +110,17 @@ def measure(bench: Bench, reference: str, scratch: Path, rounds: int) -> list[li
     ]
     rows = []
     for target, forget, path, load in cases:
-        streamed, from_file = [], []
-        for _ in range(rounds):
-            forget(reference)
-            streamed.append(timed(partial(bench.apparate_import, reference, target)))
-            forget(reference)
-            from_file.append(timed(partial(load, path)))
+        streamed: list[float] = []
+        from_file: list[float] = []
+        ways = [
+            (streamed, partial(bench.apparate_import, reference, target)),
+            (from_file, partial(load, path)),
+        ]
+        for round_number in range(rounds):
+            for seconds, action in ways[:: 1 if round_number % 2 == 0 else -1]:
+                forget(reference)
+                os.sync()
+                seconds.append(timed(action))
         forget(reference)
         rows.append([
             reference.split("/", 1)[1], target, path.stat().st_size,

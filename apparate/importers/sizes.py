@@ -4,12 +4,8 @@ A tar header carries its entry's size, so a docker-archive can stream a
 decompressed layer only when the size of the decompressed tar is known
 before the first byte. Sizes are kept in the store's database by layer
 digest. A size that is missing is read from the chunk table of a chunked
-layer, or counted by decompressing the layer once.
-
-NOTE: the pull decompresses every layer to check its diff_id, so it could
-record the size then and spare the importer the counting pass. The fetch
-code does not hand the size out yet (``DiffIDVerifier.uncompressed_size``
-has it).
+layer, or counted by decompressing the layer once. A pull records the size
+of each layer it verified whole, since its diff_id check counted it.
 """
 
 from __future__ import annotations

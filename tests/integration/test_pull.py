@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import sqlite3
@@ -94,6 +95,21 @@ def test_pull_packs_plain_layers(registry_plain, tmp_path):
         packed = database.execute(query).fetchone()[0]
     assert layer_blobs == [False, False]
     assert packed == 2
+
+
+def test_pull_keeps_tar_sizes_for_imports(registry_plain, tmp_path):
+    store = tmp_path / "store"
+
+    result = apparate.pull(
+        f"{registry_plain.host}/samples/base:v1", options_for(registry_plain, store)
+    )
+
+    with contextlib.closing(sqlite3.connect(store / INDEX_FILE)) as database:
+        kept = dict(database.execute("SELECT blob, size FROM uncompressed_sizes"))
+    for layer in result.layers:
+        with open(store / "blobs" / "sha256" / layer.digest.hex, "rb") as blob:
+            tar = gzip.decompress(blob.read())
+        assert kept[str(layer.digest)] == len(tar)
 
 
 def test_pull_again_fetches_nothing(registry_plain, tmp_path):
