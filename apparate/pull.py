@@ -118,17 +118,21 @@ def _pull(
     specs = list_sources(ref, options.mirrors, config)
     pool = open_pool(ref, specs, settings, credentials, config.stall_timeout, figures)
 
+    # Set when one layer fails or the pull is interrupted, to stop the rest.
+    cancelled = threading.Event()
     with (
         contextlib.closing(pool),
         ChunkIndex(store.root / INDEX_FILE) as index,
-        TablePrefetch(pool, store, str(ref)) as tables,
+        TablePrefetch(pool, store, str(ref), cancelled) as tables,
     ):
         image = _resolve(pool, store, ref, wanted, options, tables)
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
         if options.dry_run:
             layers = _plan_layers(store, index, image, tables)
         else:
-            layers = _fetch_layers(pool, store, index, image, options, tables)
+            layers = _fetch_layers(
+                pool, store, index, image, options, tables, cancelled
+            )
         save_figures(pool, figures)
 
     if not options.dry_run:
@@ -234,6 +238,7 @@ def _fetch_layers(
     image: ResolvedImage,
     options: PullOptions,
     tables: TablePrefetch,
+    cancelled: threading.Event,
 ) -> list[LayerResult]:
     """Fetch the layers the store lacks, several at once; stop all on a failure."""
     observer = options.observer
@@ -250,7 +255,6 @@ def _fetch_layers(
         )
 
     _check_repeated_layers(layers, image.diff_ids, str(image.reference))
-    cancelled = threading.Event()
     fetcher = _LayerFetcher(
         pool, store, index, str(image.reference), observer, cancelled, tables
     )

@@ -70,8 +70,16 @@ class RemoteTable:
     tail: bytes
 
 
-def fetch_table(client: SourcePool, layer: Descriptor, subject: str) -> RemoteTable:
-    """Fetch the table frame and footer of a chunked layer with one range request."""
+def fetch_table(
+    client: SourcePool,
+    layer: Descriptor,
+    subject: str,
+    stopped: Callable[[], bool] | None = None,
+) -> RemoteTable:
+    """Fetch the table frame and footer of a chunked layer with one range request.
+
+    When ``stopped()`` turns true the fetch ends with RangeFetchStopped.
+    """
     footer = footer_from_annotations(layer.annotations)
     if footer is None:
         raise ChunkTableCorrupt(f"{subject}: no chunk table annotations")
@@ -82,13 +90,7 @@ def fetch_table(client: SourcePool, layer: Descriptor, subject: str) -> RemoteTa
         start = offset - footer.table_offset
         tail[start : start + len(data)] = data
 
-    client.fetch_range(
-        layer,
-        footer.table_offset,
-        layer.size,
-        place,
-        subject,
-    )
+    client.fetch_range(layer, footer.table_offset, layer.size, place, subject, stopped)
     tail = bytes(tail)
     table = decode_table(tail[: footer.table_length], footer.table_digest, subject)
     if decode_footer(tail[footer.table_length :], layer.size, subject) != footer:

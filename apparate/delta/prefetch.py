@@ -1,7 +1,7 @@
 """Fetch the chunk tables of an image's layers while its config is fetched.
 
 A delta pull needs each chunked layer's table before it can plan, and the
-manifest alone says where the tables are. Starting their range requests as
+manifest alone gives where the tables are. Starting their range requests as
 soon as the manifest is known saves the config's round trip, and more where
 the config's GET is redirected.
 """
@@ -9,6 +9,7 @@ the config's GET is redirected.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Self
 
@@ -16,12 +17,14 @@ from apparate.chunked.format import is_chunked_layer
 from apparate.delta.assembler import RemoteTable, fetch_table
 from apparate.digest import Digest
 from apparate.manifest import Descriptor, Manifest
+from apparate.registry.client import RangeFetchStopped
 from apparate.sources.pool import SourcePool
 from apparate.store.layout import Store
 
 log = logging.getLogger(__name__)
 
 MAX_PARALLEL_TABLES = 4
+_POLL_SECONDS = 0.1
 
 
 class TablePrefetch:
@@ -29,21 +32,28 @@ class TablePrefetch:
 
     ``start`` begins fetching the tables of the chunked layers the store
     lacks; ``take`` hands a table over, or raises what its fetch raised.
-    A layer not started here is fetched when taken. Leaving the context
-    waits for fetches still running, so none outlives the pool.
+    A layer not started here is fetched when taken. Setting ``cancelled``
+    stops the fetches and makes ``take`` raise RangeFetchStopped. Leaving
+    the context after an error sets it, then waits for the fetches, so none
+    outlives the pool.
     """
 
-    def __init__(self, pool: SourcePool, store: Store, image: str) -> None:
+    def __init__(
+        self, pool: SourcePool, store: Store, image: str, cancelled: threading.Event
+    ) -> None:
         self._pool = pool
         self._store = store
         self._image = image
+        self._cancelled = cancelled
         self._executor: ThreadPoolExecutor | None = None
         self._started: dict[Digest, tuple[Descriptor, Future[RemoteTable]]] = {}
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
+        if error_type is not None:
+            self._cancelled.set()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -64,16 +74,25 @@ class TablePrefetch:
         )
         for digest, layer in missing.items():
             future = self._executor.submit(
-                fetch_table, self._pool, layer, self.subject(layer)
-            )
+                fetch_table, self._pool, layer, self.subject(layer),
+                self._cancelled.is_set,
+            )  # fmt: skip
             self._started[digest] = (layer, future)
 
     def take(self, layer: Descriptor) -> RemoteTable:
         """Return the table of ``layer``, fetched now if it was not started."""
         started = self._started.pop(layer.digest, None)
-        if started is not None and started[0].annotations == layer.annotations:
-            return started[1].result()
-        return fetch_table(self._pool, layer, self.subject(layer))
+        if started is None or started[0].annotations != layer.annotations:
+            return fetch_table(
+                self._pool, layer, self.subject(layer), self._cancelled.is_set
+            )
+        while True:
+            if self._cancelled.is_set():
+                raise RangeFetchStopped()
+            try:
+                return started[1].result(timeout=_POLL_SECONDS)
+            except TimeoutError:
+                continue
 
     def subject(self, layer: Descriptor) -> str:
         return f"layer {layer.digest} of {self._image}"

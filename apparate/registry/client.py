@@ -53,8 +53,9 @@ class FetchedManifest:
 class Endpoint:
     """The location of a registry's API: a host, an optional scheme and a root.
 
-    Without a scheme, https is tried first and plain http second where it is
-    allowed. ``api_root`` is ``/v2`` unless a mirror serves it under a path.
+    Without a scheme, https and, where it is allowed, plain http are tried
+    (see ``base_urls``). ``api_root`` is ``/v2`` unless a mirror serves it
+    under a path.
     """
 
     host: str
@@ -87,8 +88,8 @@ class Endpoint:
     ) -> list[str]:
         """Return the base URLs to try in order.
 
-        ``plain_first`` puts plain http first where it is allowed, for a
-        registry that responded on it before.
+        ``plain_first`` puts plain http first where it is allowed, as for
+        loopback registries.
         """
         if self.scheme:
             return [f"{self.scheme}://{self.host}"]
@@ -109,7 +110,7 @@ class RegistryClient:
     ``endpoint`` serves the repository from elsewhere than the reference's
     registry, as a mirror does. ``read_timeout`` bounds the wait for each
     piece of a body, so a stalled source is left sooner. ``plain_http_first``
-    tries plain http before https, for a registry known to respond on it.
+    tries plain http before https, as for loopback registries.
     """
 
     def __init__(
@@ -386,9 +387,10 @@ class RegistryClient:
     ) -> Iterator[httpx.Response]:
         """Send a request and yield the streamed response, closed on exit.
 
-        The first request tries https and, where plain HTTP is allowed, falls
-        back to http as docker does. Read errors that a resume can mend are
-        raised as they are; every other httpx error is translated.
+        The first request tries the schemes ``Endpoint.base_urls`` lists, in
+        order, and later requests use the one that worked. Read errors that a
+        resume can mend are raised as they are; every other httpx error is
+        translated.
         """
         response = self._send(method, path, headers, subject, content, redirects)
         try:
@@ -450,21 +452,24 @@ class RegistryClient:
         redirects: bool = True,
     ) -> httpx.Response:
         candidates = [self._base_url] if self._base_url else self._base_urls()
-        # A TLS port responds to plain HTTP with 400. When https then fails too,
-        # the 400 was the registry's own response.
+        # A TLS port responds to plain HTTP with 400 (or drops it). When https
+        # then fails too, the 400 was the registry's own response.
         plain_400: str | None = None
         for position, base_url in enumerate(candidates):
+            last = position + 1 == len(candidates)
             try:
                 response = self._send_to(
                     base_url, method, path, headers, content, redirects
                 )
-            except _RETRYABLE:
-                raise
             except httpx.HTTPError as error:
-                if position + 1 < len(candidates):
+                # Before any scheme worked, a dropped connection also means
+                # "try the next scheme".
+                if not last:
                     log.debug("%s failed (%s), trying the next scheme", base_url, error)
                     continue
                 if plain_400 is None:
+                    if isinstance(error, _RETRYABLE):
+                        raise  # the caller may resume
                     raise transport_error(error, self.host, subject) from None
                 base_url = plain_400
                 try:
@@ -474,7 +479,7 @@ class RegistryClient:
                 except httpx.HTTPError as error:
                     raise transport_error(error, self.host, subject) from None
             else:
-                if _wrong_scheme(response) and position + 1 < len(candidates):
+                if _wrong_scheme(response) and not last:
                     log.debug("%s responded 400, trying https", base_url)
                     response.close()
                     plain_400 = base_url

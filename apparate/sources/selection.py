@@ -96,7 +96,7 @@ def open_pool(
         settings = dataclasses.replace(
             settings, insecure_registries=settings.insecure_registries | plain
         )
-    plain_first = _plain_http_first(specs, settings, stats_path)
+    plain_first = _plain_http_first(specs, stats_path)
     sources = []
     for spec in specs:
         mirror = spec.role == MIRROR
@@ -114,21 +114,20 @@ def open_pool(
     return SourcePool(sources)
 
 
-def _plain_http_first(
-    specs: list[SourceSpec], settings: TransportSettings, stats_path: Path | None
-) -> set[str]:
+def _plain_http_first(specs: list[SourceSpec], stats_path: Path | None) -> set[str]:
     """Return the hosts to ask over plain HTTP before https.
 
-    Among hosts that may use either scheme, these are those that responded
-    on plain HTTP before, and loopback hosts not known to use https, whose
-    traffic never leaves the machine (containerd's resolver can match them
-    the same way, with ``docker.MatchLocalhost``).
+    These are loopback hosts, whose traffic never leaves the machine
+    (containerd's resolver can match them the same way, with
+    ``docker.MatchLocalhost``), unless one responded on https before. Other
+    hosts allowed plain HTTP are asked over https first on every pull, as
+    docker does, so a registry whose TLS failed once is not left on plain
+    HTTP.
     """
     hosts = {
         spec.endpoint.host
         for spec in specs
-        if spec.endpoint.scheme is None
-        and settings.allows_plain_http(spec.endpoint.host)
+        if spec.endpoint.scheme is None and is_loopback(spec.endpoint.host)
     }
     remembered: dict[str, str | None] = dict.fromkeys(hosts)
     stats = _open_stats(stats_path) if hosts else None
@@ -139,11 +138,7 @@ def _plain_http_first(
             log.warning("source figures not read: %s", error)
         finally:
             stats.close()
-    return {
-        host
-        for host, scheme in remembered.items()
-        if scheme == "http" or (scheme is None and is_loopback(host))
-    }
+    return {host for host, scheme in remembered.items() if scheme != "https"}
 
 
 def measure_sources(
@@ -189,15 +184,17 @@ def _fill_kept(
 def save_figures(pool: SourcePool, stats_path: Path | None) -> None:
     """Keep the throughputs this pull observed, for the ranking of later pulls.
 
-    The scheme a registry responded on is kept when it was not the one tried
-    first, so the next pull tries that one first.
+    The scheme a loopback registry responded on is kept when it was not the
+    one tried first, so the next pull tries that one first.
     """
     observed = [(s.name, s.observed_throughput) for s in pool.sources]
     observed = [(name, rate) for name, rate in observed if rate is not None]
     schemes = {
         source.endpoint.host: scheme
         for source in pool.sources
-        if (scheme := source.client.scheme)
+        if source.endpoint.scheme is None
+        and is_loopback(source.endpoint.host)
+        and (scheme := source.client.scheme)
         and (scheme == "http") != source.client.plain_http_first
     }
     if not observed and not schemes:

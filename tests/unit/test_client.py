@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import ssl
 
 import httpx
 import pytest
@@ -520,6 +521,23 @@ def test_registry_known_as_plain_that_moved_to_tls_is_asked_on_https(tmp_path):
 
 
 @respx.mock
+def test_registry_known_as_plain_that_drops_http_is_asked_on_https(tmp_path):
+    # A TLS server that closes a plain HTTP connection instead of responding.
+    respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        side_effect=httpx.ReadError("connection reset by peer")
+    )
+    secure = respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=manifest_answer()
+    )
+
+    with loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True) as client:
+        assert client.get_manifest("v1", None).body == MANIFEST
+        assert client.scheme == "https"
+
+    assert secure.call_count == 1
+
+
+@respx.mock
 def test_plain_registry_answering_400_keeps_its_answer(tmp_path):
     plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
         return_value=httpx.Response(
@@ -641,3 +659,15 @@ def test_mirror_endpoint_with_path_prefix():
     with RegistryClient(reference, settings, credentials, endpoint=endpoint) as mirror:
         assert fetch(mirror) == BLOB
     assert route.called
+
+
+def test_tls_context_loads_system_trust_at_first_handshake(tmp_path):
+    context = TransportSettings(certs_dirs=()).ssl_context("registry.example")
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert context.cert_store_stats()["x509_ca"] == 0
+
+    context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=HOST)
+
+    assert context.cert_store_stats()["x509_ca"] == system
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname

@@ -1,12 +1,15 @@
 """A tag's manifest: HEAD first only when the store holds that tag already."""
 
+import json
+
 import httpx
 import pytest
 import respx
 
 from apparate.digest import Digest
-from apparate.image import fetch_manifest
-from apparate.manifest import OCI_MANIFEST, Descriptor
+from apparate.image import fetch_manifest, resolve_image
+from apparate.manifest import OCI_MANIFEST, Descriptor, Manifest
+from apparate.platform import Platform
 from apparate.reference import Reference
 from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import CredentialStore
@@ -64,3 +67,49 @@ def test_store_knows_its_tagged_references(tmp_path):
     assert store.has_reference("registry.example/team/app:v1")
     assert not store.has_reference("registry.example/team/app:v2")
     assert not store.has_reference(str(Digest.of(b"other")))
+
+
+CONFIG = json.dumps(
+    {"os": "linux", "architecture": "amd64", "rootfs": {"diff_ids": []}}
+).encode()
+IMAGE_MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": str(Digest.of(CONFIG)),
+            "size": len(CONFIG),
+        },
+        "layers": [],
+    }
+).encode()
+
+
+@respx.mock
+def test_resolve_new_tag_skips_head_and_sees_manifest_first(client, tmp_path):
+    head = respx.head(MANIFEST_URL).mock(return_value=FOUND)
+    respx.get(MANIFEST_URL).mock(
+        return_value=httpx.Response(
+            200, content=IMAGE_MANIFEST, headers={"Content-Type": OCI_MANIFEST}
+        )
+    )
+    seen: list[Manifest] = []
+
+    def serve_config(request: httpx.Request) -> httpx.Response:
+        # The manifest is handed on before the config is asked for.
+        assert len(seen) == 1
+        return httpx.Response(200, content=CONFIG)
+
+    respx.get(f"https://{HOST}/v2/team/app/blobs/{Digest.of(CONFIG)}").mock(
+        side_effect=serve_config
+    )
+
+    image = resolve_image(
+        client, Store(tmp_path), client.reference, Platform.parse("linux/amd64"),
+        on_manifest=seen.append,
+    )  # fmt: skip
+
+    assert image.manifest.digest == Digest.of(IMAGE_MANIFEST)
+    assert seen == [image.parsed]
+    assert head.call_count == 0

@@ -1,6 +1,8 @@
 """Chunk tables fetched while the config is: handed over once, or fetched again."""
 
 import io
+import threading
+import time
 
 import pytest
 
@@ -10,6 +12,7 @@ from apparate.delta.prefetch import TablePrefetch
 from apparate.digest import Digest
 from apparate.errors import ChunkTableCorrupt
 from apparate.manifest import Descriptor, Manifest
+from apparate.registry.client import RangeFetchStopped
 from apparate.store.layout import Store
 from tests.unit.test_chunked import CHUNKER, DEFAULT_ENCODER, make_tar
 
@@ -21,9 +24,24 @@ class BlobServer:
         self.blob = blob
         self.requests = 0
 
-    def fetch_range(self, layer, start, end, place, subject) -> None:
+    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> None:
         self.requests += 1
         place(start, self.blob[start:end])
+
+
+class StalledServer:
+    """A source that sends nothing until the fetch is stopped."""
+
+    def __init__(self) -> None:
+        self.stopped_early = threading.Event()
+
+    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> None:
+        for _ in range(200):
+            if stopped is not None and stopped():
+                self.stopped_early.set()
+                raise RangeFetchStopped()
+            time.sleep(0.05)
+        raise AssertionError("the fetch was never stopped")
 
 
 def chunked_layer() -> tuple[Descriptor, bytes]:
@@ -48,7 +66,7 @@ def test_prefetch_started_table_is_taken_once(tmp_path):
     layer, blob = chunked_layer()
     server = BlobServer(blob)
 
-    with TablePrefetch(server, Store(tmp_path), "app:v2") as tables:
+    with TablePrefetch(server, Store(tmp_path), "app:v2", threading.Event()) as tables:
         tables.start(manifest_of(layer))
         first = tables.take(layer)
         second = tables.take(layer)
@@ -69,7 +87,7 @@ def test_prefetch_other_annotations_fetch_again(tmp_path):
         layer.media_type, layer.digest, layer.size, annotations=damaged
     )
 
-    with TablePrefetch(server, Store(tmp_path), "app:v2") as tables:
+    with TablePrefetch(server, Store(tmp_path), "app:v2", threading.Event()) as tables:
         tables.start(manifest_of(layer))
         with pytest.raises(ChunkTableCorrupt):
             tables.take(relabelled)
@@ -81,7 +99,7 @@ def test_prefetch_failure_is_raised_at_take(tmp_path):
     layer, blob = chunked_layer()
     server = BlobServer(blob[:-1] + bytes([blob[-1] ^ 1]))
 
-    with TablePrefetch(server, Store(tmp_path), "app:v2") as tables:
+    with TablePrefetch(server, Store(tmp_path), "app:v2", threading.Event()) as tables:
         tables.start(manifest_of(layer))
         with pytest.raises(ChunkTableCorrupt):
             tables.take(layer)
@@ -95,7 +113,37 @@ def test_prefetch_skips_stored_layers(tmp_path):
     store = Store(tmp_path)
     store.put_blob(blob, layer.digest)
 
-    with TablePrefetch(server, store, "app:v2") as tables:
+    with TablePrefetch(server, store, "app:v2", threading.Event()) as tables:
         tables.start(manifest_of(layer))
 
     assert server.requests == 0
+
+
+def test_prefetch_cancelled_take_stops_waiting(tmp_path):
+    layer, _ = chunked_layer()
+    server = StalledServer()
+    cancelled = threading.Event()
+
+    with TablePrefetch(server, Store(tmp_path), "app:v2", cancelled) as tables:
+        tables.start(manifest_of(layer))
+        threading.Timer(0.2, cancelled.set).start()
+        with pytest.raises(RangeFetchStopped):
+            tables.take(layer)
+
+    assert server.stopped_early.is_set()
+
+
+def test_prefetch_failed_pull_stops_running_fetches(tmp_path):
+    layer, _ = chunked_layer()
+    server = StalledServer()
+    cancelled = threading.Event()
+
+    with (
+        pytest.raises(KeyError),
+        TablePrefetch(server, Store(tmp_path), "app:v2", cancelled) as tables,
+    ):
+        tables.start(manifest_of(layer))
+        raise KeyError("the config named another platform")
+
+    assert cancelled.is_set()
+    assert server.stopped_early.is_set()

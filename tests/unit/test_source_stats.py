@@ -86,14 +86,18 @@ def test_loopback_registry_on_tls_is_then_asked_on_https_first(tmp_path):
 
 
 @respx.mock
-def test_insecure_registry_is_asked_where_it_responded(tmp_path):
-    respx.head(manifest_url("https", INSECURE)).mock(
+def test_insecure_registry_is_always_asked_on_https_first(tmp_path):
+    secure = respx.head(manifest_url("https", INSECURE)).mock(
         side_effect=httpx.ConnectError("wrong version number")
     )
-    plain = respx.head(manifest_url("http", INSECURE)).mock(return_value=FOUND)
-    assert not asks_plain_first(tmp_path, INSECURE)
+    respx.head(manifest_url("http", INSECURE)).mock(return_value=FOUND)
 
     assert head_once(tmp_path, INSECURE) == "http"
 
-    assert asks_plain_first(tmp_path, INSECURE)
-    assert plain.call_count == 1
+    # A registry whose TLS failed once is not left on plain HTTP, whatever
+    # the store's database says.
+    stats = SourceStats(tmp_path / "apparate.db")
+    stats.save_scheme(INSECURE, "http")
+    stats.close()
+    assert not asks_plain_first(tmp_path, INSECURE)
+    assert secure.call_count == 1
