@@ -120,6 +120,9 @@ def fetch_manifest(
     digest it points to first, so an unchanged image costs no GET (Docker
     Hub counts GETs against limits). For a tag new to the store, that HEAD
     would most likely only add a round trip before the GET.
+    NOTE: a new tag whose manifest the store holds under another name (the
+    same image pulled by digest or by another tag) then costs a GET where a
+    HEAD would have done.
     """
     digest = expected or (client.head_manifest(lookup) if tag_stored else None)
     if digest and store.has_blob(digest):

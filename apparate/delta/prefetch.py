@@ -58,7 +58,12 @@ class TablePrefetch:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
     def start(self, manifest: Manifest) -> None:
-        """Begin fetching the tables of ``manifest``'s chunked layers; once only."""
+        """Begin fetching the tables of ``manifest``'s chunked layers; once only.
+
+        NOTE: when a resolving mirror fails after its manifest started the
+        fetches, the origin's manifest starts none, and the first fetches run
+        on unused; their failures can still add warnings to the pull.
+        """
         if self._executor is not None:
             return
         missing = {
