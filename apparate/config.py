@@ -41,6 +41,11 @@ class Mirror:
     resolve: bool = False
     # The URL's path is the API root itself, not a prefix before /v2.
     override_path: bool = False
+    # From hosts.toml: CA files to trust for this host, whether to skip
+    # checking its certificate, and headers to send it.
+    ca_files: tuple[str, ...] = ()
+    skip_verify: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

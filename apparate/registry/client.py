@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Self
@@ -110,7 +110,8 @@ class RegistryClient:
     ``endpoint`` serves the repository from elsewhere than the reference's
     registry, as a mirror does. ``read_timeout`` bounds the wait for each
     piece of a body, so a stalled source is left sooner. ``plain_http_first``
-    tries plain http before https, as for loopback registries.
+    tries plain http before https, as for loopback registries. ``headers``
+    go with every request, as hosts.toml's ``header`` tables ask.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class RegistryClient:
         endpoint: Endpoint | None = None,
         read_timeout: float | None = None,
         plain_http_first: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.reference = reference
         self._sleep = sleep
@@ -132,7 +134,7 @@ class RegistryClient:
         self._settings = settings
         scopes = scopes or [f"repository:{reference.repository}:pull"]
         auth = RegistryAuth(credentials, scopes, self.image)
-        self._http = settings.client(self.host, auth)
+        self._http = settings.client(self.host, auth, headers)
         if read_timeout is not None:
             limits = settings.timeout
             self._http.timeout = httpx.Timeout(

@@ -35,6 +35,10 @@ class TransportSettings:
         default_factory=lambda: httpx.Timeout(30.0, read=60.0)
     )
     max_connections: int = 16
+    # (host, CA file) pairs and hosts whose certificate is not checked, both
+    # from containerd's hosts.toml.
+    extra_ca_files: tuple[tuple[str, str], ...] = ()
+    skip_verify: frozenset[str] = frozenset()
 
     @classmethod
     def from_environment(
@@ -65,6 +69,10 @@ class TransportSettings:
         whose certificate is signed by the registry's CA is trusted too.
         """
         context = _TrustLoadedOnUse()
+        if host in self.skip_verify:
+            log.debug("not checking the certificate of %s (skip_verify)", host)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         for ca_file in self.ca_files(host):
             log.debug("trusting CA file %s for %s", ca_file, host)
             try:
@@ -90,15 +98,23 @@ class TransportSettings:
             )
 
     def ca_files(self, host: str) -> list[Path]:
-        found: list[Path] = []
+        found = [Path(path) for name, path in self.extra_ca_files if name == host]
         for certs_dir in self.certs_dirs:
             host_dir = Path(certs_dir) / host
             if host_dir.is_dir():
                 found.extend(sorted(host_dir.glob("*.crt")))
         return found
 
-    def client(self, host: str, auth: httpx.Auth | None = None) -> httpx.Client:
-        """Build an HTTP/2-capable client for one registry host."""
+    def client(
+        self,
+        host: str,
+        auth: httpx.Auth | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Client:
+        """Build an HTTP/2-capable client for one registry host.
+
+        ``headers`` are sent with every request, after apparate's own.
+        """
         limits = httpx.Limits(
             max_connections=self.max_connections,
             max_keepalive_connections=self.max_connections,
@@ -113,7 +129,7 @@ class TransportSettings:
             limits=limits,
             auth=auth,
             follow_redirects=True,
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT, **(headers or {})},
         )
 
 

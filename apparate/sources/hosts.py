@@ -1,10 +1,12 @@
 """Read containerd's ``hosts.toml`` mirror files.
 
-containerd looks for ``<dir>/<registry>/hosts.toml``, with ``_default`` as a
-fallback folder, and tries the ``[host."URL"]`` entries in file order before
-the registry itself. An entry serves content when its capabilities include
+containerd looks for ``<dir>/<registry>/hosts.toml`` (``host_port_`` first
+for a registry with a port), with ``_default`` as a fallback folder, and
+tries the ``[host."URL"]`` entries in file order before the registry itself. An entry serves content when its capabilities include
 ``pull``, and resolves tags when they include ``resolve``; without a
-``capabilities`` key containerd allows both.
+``capabilities`` key containerd allows both. An entry's ``ca`` files
+(relative paths start at the file's folder), ``skip_verify`` and ``header``
+table apply to that host.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 DEFAULT_CAPABILITIES = ("pull", "resolve")
 # Keys of a host entry that apparate does not apply; a warning lists them.
-_IGNORED_KEYS = ("skip_verify", "ca", "client", "header", "dial_timeout")
+_IGNORED_KEYS = ("client", "dial_timeout")
 
 
 def hosts_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -35,7 +37,7 @@ def hosts_dir(env: Mapping[str, str] = os.environ) -> Path:
 def read_hosts_mirrors(registry: str, directory: Path | None = None) -> list[Mirror]:
     """Return the mirrors that ``hosts.toml`` lists for ``registry``, in order."""
     directory = directory or hosts_dir()
-    for folder in (registry, "_default"):
+    for folder in _folders(registry):
         path = directory / folder / "hosts.toml"
         try:
             text = path.read_text()
@@ -50,12 +52,28 @@ def read_hosts_mirrors(registry: str, directory: Path | None = None) -> list[Mir
             raise UsageError(
                 f"{path}: invalid TOML: {error}", hint="fix or remove the file"
             ) from None
-        return parse_hosts(data, str(path))
+        return parse_hosts(data, str(path), path.parent)
     return []
 
 
-def parse_hosts(data: Mapping[str, Any], where: str) -> list[Mirror]:
-    """Turn the ``host`` tables of one ``hosts.toml`` into mirrors."""
+def _folders(registry: str) -> list[str]:
+    """Return the folders containerd looks in, in its order.
+
+    A registry with a port is looked up as ``host_port_`` first, since
+    ``:`` is awkward in file names, then as ``host:port``.
+    """
+    host, colon, port = registry.rpartition(":")
+    folders = [f"{host}_{port}_"] if colon and host and "]" not in port else []
+    return [*folders, registry, "_default"]
+
+
+def parse_hosts(
+    data: Mapping[str, Any], where: str, folder: Path | None = None
+) -> list[Mirror]:
+    """Turn the ``host`` tables of one ``hosts.toml`` into mirrors.
+
+    Relative ``ca`` paths are read from ``folder``, the file's own.
+    """
     hosts = data.get("host", {})
     if not isinstance(hosts, dict):
         raise UsageError(
@@ -73,16 +91,59 @@ def parse_hosts(data: Mapping[str, Any], where: str) -> list[Mirror]:
         ignored = [key for key in _IGNORED_KEYS if key in settings]
         if ignored:
             log.warning(
-                "%s: %s of %s not applied by apparate; put CA files in "
-                "/etc/docker/certs.d/HOST/ instead", where, ", ".join(ignored), url,
+                "%s: %s of %s not applied by apparate",
+                where, ", ".join(ignored), url,
             )  # fmt: skip
         if "://" not in url:
             url = f"https://{url}"
+        subject = f"{where}: host.{url!r}"
         mirrors.append(
             Mirror(
                 url.rstrip("/"),
                 resolve="resolve" in capabilities,
                 override_path=bool(settings.get("override_path", False)),
+                ca_files=_ca_files(settings.get("ca", ()), folder, subject),
+                skip_verify=_flag(settings.get("skip_verify", False), subject),
+                headers=_headers(settings.get("header", {}), subject),
             )
         )
     return mirrors
+
+
+def _ca_files(value: Any, folder: Path | None, subject: str) -> tuple[str, ...]:
+    """Read ``ca``: one path or a list of paths."""
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, list | tuple) or not all(
+        isinstance(path, str) for path in paths
+    ):
+        raise _invalid(f"{subject}: ca must be a path or a list of paths")
+    return tuple(
+        str(folder / path) if folder and not Path(path).is_absolute() else path
+        for path in paths
+    )
+
+
+def _flag(value: Any, subject: str) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(f"{subject}: skip_verify must be true or false")
+    return value
+
+
+def _headers(value: Any, subject: str) -> tuple[tuple[str, str], ...]:
+    """Read a ``header`` table: each name to one value or a list of values."""
+    if not isinstance(value, dict):
+        raise _invalid(f"{subject}: header must be a table")
+    headers = []
+    for name, values in value.items():
+        values = [values] if isinstance(values, str) else values
+        if not isinstance(values, list) or not all(
+            isinstance(item, str) for item in values
+        ):
+            raise _invalid(f"{subject}: header {name!r} must be text or a list")
+        # HTTP joins repeated header fields with commas.
+        headers.append((name, ", ".join(values)))
+    return tuple(headers)
+
+
+def _invalid(message: str) -> UsageError:
+    return UsageError(message, hint="fix or remove the file")

@@ -18,16 +18,18 @@ PROBE_TIMEOUT = httpx.Timeout(2.0)
 
 def probe_rtt(
     endpoint: Endpoint, settings: TransportSettings, probes: int = PROBES
-) -> float | None:
+) -> tuple[float | None, str | None]:
     """Return the shortest of a few round trips to ``endpoint``, in seconds.
 
     Any HTTP status counts, a 401 included: it shows the server is up. The
     first request also opens the connection, so later ones are nearer the
-    link's own round trip. None means no request got a response.
+    link's own round trip. A round trip of None means no request got a
+    response, and the second value then gives the last error.
     """
     client = settings.client(endpoint.host)
     client.timeout = PROBE_TIMEOUT
     best: float | None = None
+    failure: str | None = None
     try:
         for base_url in endpoint.base_urls(settings):
             url = f"{base_url}{endpoint.api_root}/"
@@ -37,11 +39,12 @@ def probe_rtt(
                     client.get(url, follow_redirects=False).close()
                 except httpx.HTTPError as error:
                     log.debug("probe of %s failed: %s", url, error)
+                    failure = str(error) or type(error).__name__
                     break
                 elapsed = time.monotonic() - started
                 best = elapsed if best is None else min(best, elapsed)
             if best is not None:
-                return best
+                return best, None
     finally:
         client.close()
-    return best
+    return best, failure

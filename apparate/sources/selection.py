@@ -39,6 +39,10 @@ class SourceSpec:
     role: str
     resolve: bool
     configured_in: str
+    # TLS and header settings of a hosts.toml entry (see config.Mirror).
+    ca_files: tuple[str, ...] = ()
+    skip_verify: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def list_sources(
@@ -71,7 +75,11 @@ def list_sources(
             ) from None
         if endpoint not in seen:
             seen.add(endpoint)
-            specs.append(SourceSpec(endpoint, MIRROR, mirror.resolve, configured_in))
+            spec = SourceSpec(
+                endpoint, MIRROR, mirror.resolve, configured_in,
+                mirror.ca_files, mirror.skip_verify, mirror.headers,
+            )  # fmt: skip
+            specs.append(spec)
     specs.append(SourceSpec(Endpoint(reference.api_host), ORIGIN, True, "reference"))
     return specs
 
@@ -91,11 +99,15 @@ def open_pool(
     round trip is still fresh.
     """
     plain = {spec.endpoint.host for spec in specs if spec.endpoint.scheme == "http"}
-    if plain:
-        # A mirror written with http:// was marked plain HTTP by its user.
-        settings = dataclasses.replace(
-            settings, insecure_registries=settings.insecure_registries | plain
-        )
+    # A mirror written with http:// was marked plain HTTP by its user.
+    settings = dataclasses.replace(
+        settings,
+        insecure_registries=settings.insecure_registries | plain,
+        extra_ca_files=settings.extra_ca_files
+        + tuple((spec.endpoint.host, path) for spec in specs for path in spec.ca_files),
+        skip_verify=settings.skip_verify
+        | {spec.endpoint.host for spec in specs if spec.skip_verify},
+    )
     plain_first = _plain_http_first(specs, stats_path)
     sources = []
     for spec in specs:
@@ -107,11 +119,17 @@ def open_pool(
             endpoint=spec.endpoint,
             read_timeout=stall_timeout if mirror or len(specs) > 1 else None,
             plain_http_first=spec.endpoint.host in plain_first,
+            headers=dict(spec.headers),
         )
         sources.append(Source(spec.endpoint, spec.role, spec.resolve, client))
+    warnings = []
     if len(sources) > 1 or refresh:
-        measure_sources(sources, settings, stats_path, refresh)
-    return SourcePool(sources)
+        warnings = measure_sources(sources, settings, stats_path, refresh)
+    pool = SourcePool(sources)
+    for warning in warnings:
+        log.warning("%s", warning)
+        pool.warnings.append(warning)
+    return pool
 
 
 def _plain_http_first(specs: list[SourceSpec], stats_path: Path | None) -> set[str]:
@@ -146,20 +164,27 @@ def measure_sources(
     settings: TransportSettings,
     stats_path: Path | None,
     refresh: bool = False,
-) -> None:
+) -> list[str]:
     """Fill in each source's figures: kept ones while fresh, else probe now.
 
-    Figures that cannot be read or kept cost a warning, never the pull.
+    Return a warning for each mirror that no probe reached. Figures that
+    cannot be read or kept cost a warning, never the pull.
     """
     stats = _open_stats(stats_path)
     stale = sources
+    unreached = []
     try:
         if stats is not None:
             stale = _fill_kept(sources, stats, refresh)
         with ThreadPoolExecutor(max(1, len(stale)), thread_name_prefix="probe") as pool:
-            rtts = list(pool.map(lambda s: probe_rtt(s.endpoint, settings), stale))
-        for source, rtt in zip(stale, rtts, strict=True):
+            probes = list(pool.map(lambda s: probe_rtt(s.endpoint, settings), stale))
+        for source, (rtt, failure) in zip(stale, probes, strict=True):
             source.measure = Measure(rtt, source.measure.throughput)
+            if rtt is None and source.role == MIRROR:
+                unreached.append(
+                    f"mirror {source.name} could not be reached ({failure}); it "
+                    "is asked only when no other source is left"
+                )
             if rtt is not None and stats is not None:
                 stats.save_rtt(source.name, rtt)
     except StoreError as error:
@@ -167,6 +192,7 @@ def measure_sources(
     finally:
         if stats is not None:
             stats.close()
+    return unreached
 
 
 def _fill_kept(

@@ -131,6 +131,40 @@ def test_healthy_mirror_serves_ranges(origin, mirror, tmp_path):
     assert result.warnings == []
 
 
+@pytest.mark.parametrize("trust", ["ca", "skip_verify", "nothing"])
+def test_tls_mirror_from_hosts_toml(origin, tmp_path, trust):
+    handle = start_registry(
+        "tls", tmp_path / "mirror", storage_from=origin.registry.storage_dir
+    )
+    folder = tmp_path / "no-hosts" / f"{origin.host.replace(':', '_')}_"
+    folder.mkdir(parents=True)
+    (folder / "mirror-ca.crt").write_bytes(handle.ca_file.read_bytes())
+    settings = {"ca": 'ca = "mirror-ca.crt"', "skip_verify": "skip_verify = true",
+                "nothing": ""}[trust]  # fmt: skip
+    (folder / "hosts.toml").write_text(
+        f'[host."https://{handle.host}"]\ncapabilities = ["pull"]\n{settings}\n'
+    )
+    store = tmp_path / "store"
+    try:
+        apparate.pull(f"{origin.repository}:v1", PullOptions(store=store))
+        result = apparate.pull(
+            f"{origin.repository}:v2",
+            PullOptions(store=store, config=Config(stall_timeout=STALL_TIMEOUT)),
+        )
+    finally:
+        handle.stop()
+
+    assert_correct_image(origin, store, result)
+    mirror_bytes = result.bytes_by_source.get(f"https://{handle.host}", 0)
+    if trust == "nothing":
+        # Its certificate is not trusted, so the mirror is left with a warning.
+        assert mirror_bytes == 0
+        assert any(handle.host in warning for warning in result.warnings)
+    else:
+        assert mirror_bytes > 0
+        assert result.warnings == []
+
+
 def test_mirror_lacking_layer_moves_to_origin(origin, tmp_path):
     handle = start_mirror(origin, tmp_path / "mirror")
     try:

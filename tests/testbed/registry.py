@@ -38,7 +38,7 @@ from .tokenserver import TokenServer
 log = logging.getLogger(__name__)
 
 REGISTRY_BINARY = "docker-registry"
-KINDS = ("plain", "basic", "token", "redirect", "proxy")
+KINDS = ("plain", "basic", "token", "redirect", "proxy", "tls")
 TEST_USERNAME = "tester"
 TEST_PASSWORD = "apparate-test-password"
 TOKEN_SERVICE = "apparate-test-registry"
@@ -64,7 +64,8 @@ class RegistryHandle:
 
     `certs_dir` is a docker-style certs.d folder with `<host:port>/ca.crt` for
     the registry and, for `token`, for the token server. It is empty for the
-    plain-HTTP kinds, whose `ca_file` is None.
+    plain-HTTP kinds, whose `ca_file` is None. The `tls` kind serves over
+    https without auth.
     """
 
     kind: str
@@ -192,6 +193,9 @@ def _launch(handle: RegistryHandle, binary: str) -> None:
         _configure_redirect(handle, config)
     elif handle.kind == "proxy":
         config["proxy"] = {"remoteurl": handle.proxy_of}
+    elif handle.kind == "tls":
+        _configure_tls(handle, config)
+        scheme = "https"
     handle.url = f"{scheme}://{handle.host}"
 
     # JSON is valid YAML, and it needs no quoting rules of its own.
@@ -265,6 +269,19 @@ def _configure_token(handle: RegistryHandle, config: dict[str, Any]) -> None:
             "issuer": TOKEN_ISSUER,
             "rootcertbundle": str(ca.cert_path),
         }
+    }
+
+
+def _configure_tls(handle: RegistryHandle, config: dict[str, Any]) -> None:
+    """Serve over https with a certificate of the test bed's own CA, no auth."""
+    pki = handle.workdir / "pki"
+    ca = certs.create_ca(pki)
+    server = certs.issue_server_cert(ca, pki, "registry")
+    handle.ca_file = ca.cert_path
+    certs.install_ca(handle.certs_dir, handle.host, ca.cert_path)
+    config["http"]["tls"] = {
+        "certificate": str(server.cert_path),
+        "key": str(server.key_path),
     }
 
 

@@ -26,6 +26,7 @@ from apparate.reference import Reference
 from apparate.registry.client import Endpoint, RangesUnsupported, RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
+from tests.testbed import certs
 
 HOST = "registry.example"
 BLOB = bytes(range(256)) * 2000
@@ -671,3 +672,38 @@ def test_tls_context_loads_system_trust_at_first_handshake(tmp_path):
     assert context.cert_store_stats()["x509_ca"] == system
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
+
+
+def test_tls_context_of_skip_verify_host_checks_nothing():
+    settings = TransportSettings(certs_dirs=(), skip_verify=frozenset({HOST}))
+
+    context = settings.ssl_context(HOST)
+
+    assert context.verify_mode == ssl.CERT_NONE
+    assert not context.check_hostname
+    assert settings.ssl_context("other.example").verify_mode == ssl.CERT_REQUIRED
+
+
+def test_tls_context_trusts_ca_files_given_for_host(tmp_path):
+    ca = certs.create_ca(tmp_path)
+    settings = TransportSettings(
+        certs_dirs=(), extra_ca_files=((HOST, str(ca.cert_path)),)
+    )
+
+    assert settings.ssl_context(HOST).cert_store_stats()["x509_ca"] == 1
+    assert settings.ssl_context("other.example").cert_store_stats()["x509_ca"] == 0
+
+
+@respx.mock
+def test_configured_headers_go_with_every_request(tmp_path):
+    route = respx.get(MANIFEST_URL).mock(return_value=manifest_answer())
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    settings = TransportSettings(certs_dirs=())
+    reference = Reference.parse(f"{HOST}/team/app:v1")
+
+    with RegistryClient(
+        reference, settings, credentials, headers={"X-Mirror-Token": "abc"}
+    ) as client:
+        client.get_manifest("v1", None)
+
+    assert route.calls.last.request.headers["X-Mirror-Token"] == "abc"

@@ -139,12 +139,61 @@ def test_parse_hosts():
     ]
 
 
+TLS_HOSTS = """
+[host."https://mirror.example"]
+  ca = "mirror-ca.crt"
+  skip_verify = false
+  [host."https://mirror.example".header]
+    X-Mirror-Token = "abc"
+    Accept-Language = ["en", "fr"]
+
+[host."https://lab.example"]
+  ca = ["/etc/lab/root.crt", "lab/intermediate.crt"]
+  skip_verify = true
+"""
+
+
+def test_parse_hosts_tls_and_headers(tmp_path):
+    mirror, lab = parse_hosts(tomllib.loads(TLS_HOSTS), "hosts.toml", tmp_path)
+
+    assert mirror.ca_files == (str(tmp_path / "mirror-ca.crt"),)
+    assert not mirror.skip_verify
+    assert mirror.headers == (("X-Mirror-Token", "abc"), ("Accept-Language", "en, fr"))
+    assert lab.ca_files == ("/etc/lab/root.crt", str(tmp_path / "lab/intermediate.crt"))
+    assert lab.skip_verify
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ("ca = 5", "ca must be a path"),
+        ('skip_verify = "yes"', "skip_verify must be true or false"),
+        ('header = "X-A: b"', "header must be a table"),
+        ("header = { X-A = 1 }", "header 'X-A' must be text"),
+    ],
+)
+def test_parse_hosts_rejects_bad_tls_keys(entry, words):
+    data = tomllib.loads(f'[host."https://m.example"]\n{entry}\n')
+
+    with pytest.raises(UsageError, match=words):
+        parse_hosts(data, "hosts.toml")
+
+
 def test_read_hosts_falls_back_to_default(tmp_path):
     (tmp_path / "_default").mkdir()
     (tmp_path / "_default" / "hosts.toml").write_text(HOSTS)
 
     assert len(read_hosts_mirrors("quay.io", tmp_path)) == 3
     assert read_hosts_mirrors("quay.io", tmp_path / "absent") == []
+
+
+def test_read_hosts_of_registry_with_port_prefers_underscore_folder(tmp_path):
+    (tmp_path / "127.0.0.1_5000_").mkdir()
+    (tmp_path / "127.0.0.1_5000_" / "hosts.toml").write_text(HOSTS)
+    (tmp_path / "127.0.0.1:5000").mkdir()
+    (tmp_path / "127.0.0.1:5000" / "hosts.toml").write_text(TLS_HOSTS)
+
+    assert len(read_hosts_mirrors("127.0.0.1:5000", tmp_path)) == 3
 
 
 def test_list_sources_orders_flag_config_hosts_origin(tmp_path):
