@@ -42,12 +42,18 @@ class SourceStats:
         self.path = path
         try:
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"cannot open the source figures in {path}: {error}"
+            ) from None
+        try:
             # Creating the tables commits, which syncs the file: skip it
             # when they are there, as they are after the first pull.
             if self._tables() != TABLES:
                 with self._db:
                     self._db.executescript(SCHEMA)
         except sqlite3.Error as error:
+            self._db.close()
             raise StoreError(
                 f"cannot open the source figures in {path}: {error}"
             ) from None
