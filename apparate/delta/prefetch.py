@@ -33,9 +33,9 @@ class TablePrefetch:
     ``start`` begins fetching the tables of the chunked layers the store
     lacks; ``take`` hands a table over, or raises what its fetch raised.
     A layer not started here is fetched when taken. Setting ``cancelled``
-    stops the fetches and makes ``take`` raise RangeFetchStopped. Leaving
-    the context after an error sets it, then waits for the fetches, so none
-    outlives the pool.
+    stops the fetches before their next piece or attempt, and makes
+    ``take`` raise RangeFetchStopped. Leaving the context sets it, then
+    waits for the fetches, so none outlives the pool.
     """
 
     def __init__(
@@ -52,8 +52,9 @@ class TablePrefetch:
         return self
 
     def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
-        if error_type is not None:
-            self._cancelled.set()
+        # After an error the pull stops; after success, no one takes the
+        # tables still left (those of a mirror's manifest that failed).
+        self._cancelled.set()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 

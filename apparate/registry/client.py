@@ -297,6 +297,8 @@ class RegistryClient:
 
         stalled = 0
         while position[0] < end:
+            if stopped is not None and stopped():
+                raise RangeFetchStopped()
             before = position[0]
             try:
                 self._read_range(descriptor, position[0], end, track, subject)
@@ -464,9 +466,7 @@ class RegistryClient:
                     base_url, method, path, headers, content, redirects
                 )
             except httpx.HTTPError as error:
-                # Before any scheme worked, a dropped connection also means
-                # "try the next scheme".
-                if not last:
+                if not last and _tells_wrong_scheme(error, base_url):
                     log.debug("%s failed (%s), trying the next scheme", base_url, error)
                     continue
                 if plain_400 is None:
@@ -579,3 +579,17 @@ def _parse_header_digest(header: str) -> Digest | None:
 
 def _wrong_scheme(response: httpx.Response) -> bool:
     return response.status_code == 400 and response.url.scheme == "http"
+
+
+def _tells_wrong_scheme(error: httpx.HTTPError, base_url: str) -> bool:
+    """Tell whether a failed first request says to try the next scheme.
+
+    Failures to connect or to agree on TLS do. A dropped connection does
+    only on plain http, where a TLS port drops it; on https it is a read
+    error, which the caller resumes with the same scheme. A timeout is a
+    slow server, not a wrong scheme.
+    """
+    if not isinstance(error, _RETRYABLE):
+        return True
+    plain = base_url.startswith("http://")
+    return plain and not isinstance(error, httpx.TimeoutException)

@@ -113,7 +113,8 @@ class TransportSettings:
     ) -> httpx.Client:
         """Build an HTTP/2-capable client for one registry host.
 
-        ``headers`` are sent with every request, after apparate's own.
+        ``headers`` are sent with every request, redirects included; those
+        a request sets itself (``Accept``, ``Range``) take precedence.
         """
         limits = httpx.Limits(
             max_connections=self.max_connections,

@@ -27,6 +27,8 @@ DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 DEFAULT_CAPABILITIES = ("pull", "resolve")
 # Keys of a host entry that apparate does not apply; a warning lists them.
 _IGNORED_KEYS = ("client", "dial_timeout")
+# Keys applied to host entries, though not at the file's top level.
+_TLS_KEYS = ("ca", "skip_verify", "header")
 
 
 def hosts_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -37,12 +39,20 @@ def hosts_dir(env: Mapping[str, str] = os.environ) -> Path:
 def read_hosts_mirrors(registry: str, directory: Path | None = None) -> list[Mirror]:
     """Return the mirrors that ``hosts.toml`` lists for ``registry``, in order."""
     directory = directory or hosts_dir()
-    for folder in _folders(registry):
+    # containerd stops at the first folder that exists, hosts.toml or not.
+    found = [folder for folder in _folders(registry) if (directory / folder).is_dir()]
+    for folder in found[:1]:
         path = directory / folder / "hosts.toml"
         try:
             text = path.read_text()
         except FileNotFoundError:
-            continue
+            if any((directory / folder).glob("*.crt")):
+                log.warning(
+                    "%s: certificate files without hosts.toml are not read by "
+                    "apparate; put them in /etc/docker/certs.d/%s/",
+                    directory / folder, registry,
+                )  # fmt: skip
+            return []
         except OSError as error:
             log.warning("%s: not read: %s", path, error.strerror)
             return []
@@ -74,6 +84,12 @@ def parse_hosts(
 
     Relative ``ca`` paths are read from ``folder``, the file's own.
     """
+    top_level = [key for key in ("server", *_TLS_KEYS, *_IGNORED_KEYS) if key in data]
+    if top_level:
+        log.warning(
+            "%s: top-level %s not applied by apparate; the registry itself is "
+            "reached as the image reference names it", where, ", ".join(top_level),
+        )  # fmt: skip
     hosts = data.get("host", {})
     if not isinstance(hosts, dict):
         raise UsageError(

@@ -103,8 +103,15 @@ class SourcePool:
         return [live[position] for position in rank([s.measure for s in live])]
 
     def resolvers(self) -> list[Source]:
-        """Return the sources that may resolve tags: allowed mirrors, then the origin."""
-        mirrors = [s for s in self.ranked() if s.resolve and s.role == MIRROR]
+        """Return the sources that may resolve tags: allowed mirrors, then the origin.
+
+        A mirror that no probe reached is left out, so it costs no timeout.
+        """
+        mirrors = [
+            source
+            for source in self.ranked()
+            if source.resolve and source.role == MIRROR and source.measure.reachable
+        ]
         return [*mirrors, self.origin]
 
     def bytes_by_source(self) -> dict[str, int]:
@@ -176,6 +183,8 @@ class SourcePool:
             position[0] = offset + len(data)
 
         while position[0] < end:
+            if stopped is not None and stopped():
+                raise RangeFetchStopped()
             source, last_resort = self._choose(descriptor.digest, end - position[0])
             served.append(source)
             started, before = time.monotonic(), position[0]

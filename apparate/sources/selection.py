@@ -73,13 +73,20 @@ def list_sources(
                 f"mirror of {registry} from {configured_in}: {error}",
                 hint="write it as https://HOST[:PORT][/PATH]",
             ) from None
+        spec = SourceSpec(
+            endpoint, MIRROR, mirror.resolve, configured_in,
+            mirror.ca_files, mirror.skip_verify, mirror.headers,
+        )  # fmt: skip
         if endpoint not in seen:
             seen.add(endpoint)
-            spec = SourceSpec(
-                endpoint, MIRROR, mirror.resolve, configured_in,
-                mirror.ca_files, mirror.skip_verify, mirror.headers,
-            )  # fmt: skip
             specs.append(spec)
+        else:
+            # The same mirror listed again, as in --mirror and hosts.toml:
+            # its first place counts, and its TLS and header settings add up.
+            position = next(
+                n for n, kept in enumerate(specs) if kept.endpoint == endpoint
+            )
+            specs[position] = _merged(specs[position], spec)
     specs.append(SourceSpec(Endpoint(reference.api_host), ORIGIN, True, "reference"))
     return specs
 
@@ -130,6 +137,15 @@ def open_pool(
         log.warning("%s", warning)
         pool.warnings.append(warning)
     return pool
+
+
+def _merged(first: SourceSpec, again: SourceSpec) -> SourceSpec:
+    return dataclasses.replace(
+        first,
+        ca_files=first.ca_files + again.ca_files,
+        skip_verify=first.skip_verify or again.skip_verify,
+        headers=first.headers + again.headers,
+    )
 
 
 def _plain_http_first(specs: list[SourceSpec], stats_path: Path | None) -> set[str]:
@@ -183,7 +199,8 @@ def measure_sources(
             if rtt is None and source.role == MIRROR:
                 unreached.append(
                     f"mirror {source.name} could not be reached ({failure}); it "
-                    "is asked only when no other source is left"
+                    "is not asked for tags, and asked for content only when no "
+                    "other source is left"
                 )
             if rtt is not None and stats is not None:
                 stats.save_rtt(source.name, rtt)

@@ -23,7 +23,12 @@ from apparate.errors import (
 )
 from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.reference import Reference
-from apparate.registry.client import Endpoint, RangesUnsupported, RegistryClient
+from apparate.registry.client import (
+    Endpoint,
+    RangeFetchStopped,
+    RangesUnsupported,
+    RegistryClient,
+)
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
 from tests.testbed import certs
@@ -707,3 +712,51 @@ def test_configured_headers_go_with_every_request(tmp_path):
         client.get_manifest("v1", None)
 
     assert route.calls.last.request.headers["X-Mirror-Token"] == "abc"
+
+
+@respx.mock
+def test_https_read_error_is_resumed_not_moved_to_http(tmp_path):
+    # A TLS port responds 400 to plain HTTP; a dropped https read must not
+    # move the client there for good.
+    respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        side_effect=httpx.ReadError("connection reset by peer")
+    )
+    plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=httpx.Response(400, text="Client sent an HTTP request")
+    )
+
+    with loopback_client(tmp_path, "127.0.0.1:5000") as client:
+        with pytest.raises((httpx.ReadError, ApparateError)):
+            client.get_manifest("v1", None)
+        assert client.scheme is None
+
+    assert plain.call_count == 0
+
+
+@respx.mock
+def test_plain_http_timeout_is_not_a_wrong_scheme(tmp_path):
+    respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        side_effect=httpx.ReadTimeout("timed out")
+    )
+    secure = respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=manifest_answer()
+    )
+
+    client = loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True)
+    with client, pytest.raises((httpx.ReadTimeout, ApparateError)):
+        client.get_manifest("v1", None)
+
+    assert secure.call_count == 0
+
+
+@respx.mock
+def test_stopped_range_fetch_sends_nothing(client):
+    route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(206))
+
+    with pytest.raises(RangeFetchStopped):
+        client.fetch_range(
+            blob_descriptor(), 0, 10, lambda offset, data: None, "blob x",
+            stopped=lambda: True,
+        )  # fmt: skip
+
+    assert route.call_count == 0

@@ -140,3 +140,19 @@ def test_no_source_serving_ranges_raises():
 
     with pytest.raises(RangesUnsupported):
         fetch_span(pool, 0, 1000)
+
+
+def test_unreached_mirror_is_not_asked_for_tags():
+    reached, unreached, origin = StandIn(), StandIn(), StandIn()
+    sources = [
+        Source(Endpoint("reached.example"), MIRROR, True, reached, Measure(0.01)),
+        Source(Endpoint("unreached.example"), MIRROR, True, unreached, Measure()),
+        Source(Endpoint("origin.example"), ORIGIN, True, origin, Measure(0.02)),
+    ]
+
+    resolvers = SourcePool(sources).resolvers()
+
+    assert [source.name for source in resolvers] == [
+        "reached.example",
+        "origin.example",
+    ]

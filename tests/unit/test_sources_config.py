@@ -196,6 +196,27 @@ def test_read_hosts_of_registry_with_port_prefers_underscore_folder(tmp_path):
     assert len(read_hosts_mirrors("127.0.0.1:5000", tmp_path)) == 3
 
 
+def test_read_hosts_stops_at_first_existing_folder(tmp_path):
+    (tmp_path / "127.0.0.1_5000_").mkdir()
+    (tmp_path / "_default").mkdir()
+    (tmp_path / "_default" / "hosts.toml").write_text(HOSTS)
+
+    assert read_hosts_mirrors("127.0.0.1:5000", tmp_path) == []
+
+
+def test_list_sources_merges_settings_of_repeated_mirror(tmp_path):
+    (tmp_path / "docker.io").mkdir()
+    (tmp_path / "docker.io" / "hosts.toml").write_text(TLS_HOSTS)
+
+    specs = list_sources(
+        Reference.parse("alpine"), ["https://mirror.example"], Config(), tmp_path
+    )
+
+    assert specs[0].configured_in == "--mirror"
+    assert specs[0].ca_files == (str(tmp_path / "docker.io" / "mirror-ca.crt"),)
+    assert ("X-Mirror-Token", "abc") in specs[0].headers
+
+
 def test_list_sources_orders_flag_config_hosts_origin(tmp_path):
     (tmp_path / "docker.io").mkdir()
     (tmp_path / "docker.io" / "hosts.toml").write_text(HOSTS)
