@@ -62,8 +62,8 @@ class TablePrefetch:
         """Begin fetching the tables of ``manifest``'s chunked layers; once only.
 
         NOTE: when a resolving mirror fails after its manifest started the
-        fetches, the origin's manifest starts none, and the first fetches run
-        on unused; their failures can still add warnings to the pull.
+        fetches, the origin's manifest starts none. The mirror's fetches run
+        on until the pull ends, and their failures can add warnings.
         """
         if self._executor is not None:
             return

@@ -582,7 +582,7 @@ def _wrong_scheme(response: httpx.Response) -> bool:
 
 
 def _tells_wrong_scheme(error: httpx.HTTPError, base_url: str) -> bool:
-    """Tell whether a failed first request says to try the next scheme.
+    """Tell whether a failed first request means the next scheme is worth a try.
 
     Failures to connect or to agree on TLS do. A dropped connection does
     only on plain http, where a TLS port drops it; on https it is a read
