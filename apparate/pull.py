@@ -15,7 +15,7 @@ from pathlib import Path
 from apparate.chunked.format import is_chunked_layer
 from apparate.chunked.packer import LocalPacker
 from apparate.chunked.reader import read_stored_table
-from apparate.config import Config, load_config
+from apparate.config import Config, Mirror, load_config
 from apparate.delta.assembler import (
     Assembler,
     DeltaUnavailable,
@@ -84,8 +84,9 @@ class PullOptions:
     # Work out what would be fetched (chunk tables included) without
     # fetching layers or changing the store.
     dry_run: bool = False
-    # Mirrors given on the command line, tried before those of config.toml.
-    mirrors: Iterable[str] = ()
+    # Mirrors given on the command line, tried before those of config.toml:
+    # URLs of mirrors that serve by digest, or Mirror settings.
+    mirrors: Iterable[str | Mirror] = ()
     # Settings from config.toml; None reads the file.
     config: Config | None = None
     observer: PullObserver = field(default_factory=PullObserver)

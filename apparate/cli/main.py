@@ -33,7 +33,7 @@ from apparate.cli.text import (
     stats_report,
     summary_line,
 )
-from apparate.config import load_config, parse_size
+from apparate.config import Mirror, load_config, parse_size
 from apparate.convert import ConvertOptions, LayerConversion, convert
 from apparate.errors import ApparateError, UsageError
 from apparate.importers import Daemons, ImportOptions, import_image
@@ -123,6 +123,21 @@ MirrorOption = Annotated[
         "(repeatable; tried with those of config.toml and hosts.toml).",
     ),
 ]
+ResolvingMirrorOption = Annotated[
+    list[str],
+    typer.Option(
+        "--resolving-mirror",
+        help="Mirror URL also trusted to resolve tags, before the registry "
+        "itself (repeatable; as hosts.toml's resolve capability).",
+    ),
+]
+
+
+def _flag_mirrors(digest_only: list[str], resolving: list[str]) -> list[Mirror]:
+    return [
+        *(Mirror(url) for url in digest_only),
+        *(Mirror(url, resolve=True) for url in resolving),
+    ]
 
 
 def _print_version(value: bool) -> None:
@@ -169,6 +184,7 @@ def pull_command(
     password_stdin: PasswordStdinOption = False,
     insecure: InsecureOption = [],  # noqa: B006 - typer reads it, never mutates it
     mirror: MirrorOption = [],  # noqa: B006 - typer reads it, never mutates it
+    resolving_mirror: ResolvingMirrorOption = [],  # noqa: B006 - as above
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -193,7 +209,7 @@ def pull_command(
             insecure_registries=insecure,
             credentials=_explicit_credentials(ref, username, password_stdin),
             dry_run=dry_run,
-            mirrors=mirror,
+            mirrors=_flag_mirrors(mirror, resolving_mirror),
             into=_checked_target(into),
             daemons=_daemons(containerd_address, namespace),
         )
@@ -439,6 +455,7 @@ def sources_command(
         str, typer.Argument(help="Image reference whose sources to rank.")
     ],
     mirror: MirrorOption = [],  # noqa: B006 - typer reads it, never mutates it
+    resolving_mirror: ResolvingMirrorOption = [],  # noqa: B006 - as above
     insecure: InsecureOption = [],  # noqa: B006 - typer reads it, never mutates it
     store: StoreOption = None,
     as_json: JsonOption = False,
@@ -452,7 +469,7 @@ def sources_command(
         figures = root / INDEX_FILE if root.is_dir() else None
         rows = describe_sources(
             ref,
-            mirror,
+            _flag_mirrors(mirror, resolving_mirror),
             load_config(),
             TransportSettings.from_environment(insecure),
             CredentialStore.from_environment(),

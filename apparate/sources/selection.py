@@ -47,14 +47,21 @@ class SourceSpec:
 
 def list_sources(
     reference: Reference,
-    flag_mirrors: Iterable[str],
+    flag_mirrors: Iterable[str | Mirror],
     config: Config,
     hosts_directory: Path | None = None,
 ) -> list[SourceSpec]:
-    """Return the mirrors of ``reference``'s registry, then its origin."""
+    """Return the mirrors of ``reference``'s registry, then its origin.
+
+    ``flag_mirrors`` are URLs of mirrors that serve by digest, or Mirror
+    settings, as ``--resolving-mirror`` gives.
+    """
     registry = reference.registry
     found: list[tuple[Mirror, str]] = [
-        (Mirror(url), "--mirror") for url in flag_mirrors
+        (Mirror(item), "--mirror")
+        if isinstance(item, str)
+        else (item, "--resolving-mirror" if item.resolve else "--mirror")
+        for item in flag_mirrors
     ]
     where = str(config.path) if config.path else "config.toml"
     found += [(mirror, where) for mirror in config.mirrors_of(registry)]
@@ -274,7 +281,7 @@ class SourceFigures:
 
 def describe_sources(
     reference: Reference,
-    flag_mirrors: Iterable[str],
+    flag_mirrors: Iterable[str | Mirror],
     config: Config,
     settings: TransportSettings,
     credentials: CredentialStore,

@@ -14,6 +14,7 @@ import hashlib
 import json
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ pytestmark = [
     pytest.mark.usefixtures("isolated_environment"),
 ]
 
+APPARATE = str(Path(sys.executable).with_name("apparate"))
 STALL_TIMEOUT = 1.0
 ORIGIN_DELAY = 0.03
 
@@ -281,6 +283,21 @@ def test_resolving_mirror_serves_while_origin_is_down(origin, mirror, tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert json.loads(inspected)["Digest"] == str(result.digest)
+
+
+def test_resolving_mirror_flag_serves_while_origin_is_down(mirror, tmp_path):
+    down = closed_port_host()
+    store = tmp_path / "store"
+
+    done = subprocess.run(
+        [APPARATE, "pull", "--json", "--store", str(store),
+         "--resolving-mirror", f"http://{mirror.host}", f"{down}/converted/base:v2"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert set(summary["sources"]) == {f"http://{mirror.host}"}
 
 
 def test_mirror_without_resolve_needs_the_origin(mirror, tmp_path):

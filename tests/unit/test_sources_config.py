@@ -240,6 +240,17 @@ def test_list_sources_orders_flag_config_hosts_origin(tmp_path):
     assert specs[0].configured_in == "--mirror"
 
 
+def test_list_sources_takes_resolving_flag_mirror(tmp_path):
+    flags = ["https://digest.example", Mirror("https://tags.example", resolve=True)]
+
+    specs = list_sources(Reference.parse("alpine"), flags, Config(), tmp_path)
+
+    assert [(s.endpoint.host, s.resolve, s.configured_in) for s in specs[:2]] == [
+        ("digest.example", False, "--mirror"),
+        ("tags.example", True, "--resolving-mirror"),
+    ]
+
+
 def test_list_sources_rejects_bad_flag_url(tmp_path):
     with pytest.raises(UsageError, match="--mirror"):
         list_sources(Reference.parse("r.example/a"), ["ftp://m"], Config(), tmp_path)
