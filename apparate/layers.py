@@ -165,7 +165,7 @@ class DiffIDVerifier:
         self._batch = bytearray()
         self._closed = False
         self._tar_sink = tar_sink
-        self._hasher = Stage("diff-id-hash", self._hash, _nothing)
+        self._hasher = Stage("diff-id-hash", self._hash)
         self._decompressor = decompressor_for(media_type, self._hasher.put)
         self._inflater = Stage(
             "diff-id-inflate", self._decompressor.write, self._end_of_stream
@@ -218,7 +218,3 @@ class DiffIDVerifier:
     def _end_of_stream(self) -> None:
         self._decompressor.finish()
         self._hasher.end()
-
-
-def _nothing() -> None:
-    pass

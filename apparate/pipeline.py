@@ -23,6 +23,8 @@ class StageClosed(Exception):
 class Stage:
     """A thread that passes each queued item to ``consume``, then calls ``finish``.
 
+    ``finish`` is optional: a stage that only consumes has nothing to end.
+
     The first exception ``consume`` or ``finish`` raises is kept: ``put``
     re-raises it to the producer at once, and ``end`` after the thread ends.
     """
@@ -31,7 +33,7 @@ class Stage:
         self,
         name: str,
         consume: Callable[[bytes], None],
-        finish: Callable[[], None],
+        finish: Callable[[], None] | None = None,
     ) -> None:
         self._consume = consume
         self._finish = finish
@@ -83,7 +85,7 @@ class Stage:
         while (item := self._queue.get()) is not None:
             if self._error is None and not self._closed:
                 self._call(self._consume, item)
-        if self._error is None and not self._closed:
+        if self._error is None and not self._closed and self._finish is not None:
             self._call(self._finish)
 
     def _call(self, function: Callable[..., None], *args: bytes) -> None:

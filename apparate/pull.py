@@ -425,7 +425,7 @@ class _LayerFetcher:
 
     def fetch(self, layer: Descriptor, diff_id: Digest) -> int:
         """Store one layer, verified; return the bytes that crossed the network."""
-        subject = f"layer {layer.digest} of {self._image}"
+        subject = self._tables.subject(layer)
         stopped = _Cancelled(f"{subject}: stopped because another layer failed")
         if self._cancelled.is_set():
             raise stopped

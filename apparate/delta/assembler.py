@@ -490,8 +490,8 @@ class _InOrderVerifier:
     def run(self) -> None:
         # The two digests are computed on threads of their own, so hashing
         # overlaps decompressing on a second core.
-        blob_hash = Stage("verify-blob", self._blob.update, _nothing)
-        tar_hash = Stage("verify-tar", self._tar.update, _nothing)
+        blob_hash = Stage("verify-blob", self._blob.update)
+        tar_hash = Stage("verify-tar", self._tar.update)
         entries = self._remote.table.entries
         try:
             with open(self._writer.path, "rb") as partial:
@@ -560,7 +560,3 @@ def record_layer(
     if not checked:
         verify_blob_chunks(store.blob_path(layer.digest), table, subject)
     index.add_table(layer.digest, table, LAYER)
-
-
-def _nothing() -> None:
-    pass

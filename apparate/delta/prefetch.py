@@ -101,4 +101,5 @@ class TablePrefetch:
                 continue
 
     def subject(self, layer: Descriptor) -> str:
+        """Name a layer of the image in messages, as the whole pull does."""
         return f"layer {layer.digest} of {self._image}"

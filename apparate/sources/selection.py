@@ -122,7 +122,28 @@ def open_pool(
         skip_verify=settings.skip_verify
         | {spec.endpoint.host for spec in specs if spec.skip_verify},
     )
-    plain_first = _plain_http_first(specs, stats_path)
+    measured = len(specs) > 1 or refresh
+    loopback = any(_remembers_scheme(spec.endpoint) for spec in specs)
+    stats = _open_stats(stats_path) if measured or loopback else None
+    try:
+        return _open_sources(
+            reference, specs, settings, credentials, stall_timeout, stats, refresh
+        )
+    finally:
+        if stats is not None:
+            stats.close()
+
+
+def _open_sources(
+    reference: Reference,
+    specs: list[SourceSpec],
+    settings: TransportSettings,
+    credentials: CredentialStore,
+    stall_timeout: float,
+    stats: SourceStats | None,
+    refresh: bool,
+) -> SourcePool:
+    plain_first = _plain_http_first(specs, stats)
     sources = []
     for spec in specs:
         mirror = spec.role == MIRROR
@@ -138,7 +159,7 @@ def open_pool(
         sources.append(Source(spec.endpoint, spec.role, spec.resolve, client))
     warnings = []
     if len(sources) > 1 or refresh:
-        warnings = measure_sources(sources, settings, stats_path, refresh)
+        warnings = measure_sources(sources, settings, stats, refresh)
     pool = SourcePool(sources)
     for warning in warnings:
         log.warning("%s", warning)
@@ -155,7 +176,12 @@ def _merged(first: SourceSpec, again: SourceSpec) -> SourceSpec:
     )
 
 
-def _plain_http_first(specs: list[SourceSpec], stats_path: Path | None) -> set[str]:
+def _remembers_scheme(endpoint: Endpoint) -> bool:
+    """Tell whether the scheme this endpoint responded on is kept for next time."""
+    return endpoint.scheme is None and is_loopback(endpoint.host)
+
+
+def _plain_http_first(specs: list[SourceSpec], stats: SourceStats | None) -> set[str]:
     """Return the hosts to ask over plain HTTP before https.
 
     These are loopback hosts, whose traffic never leaves the machine
@@ -165,27 +191,20 @@ def _plain_http_first(specs: list[SourceSpec], stats_path: Path | None) -> set[s
     docker does, so a registry whose TLS failed once is not left on plain
     HTTP.
     """
-    hosts = {
-        spec.endpoint.host
-        for spec in specs
-        if spec.endpoint.scheme is None and is_loopback(spec.endpoint.host)
-    }
+    hosts = {spec.endpoint.host for spec in specs if _remembers_scheme(spec.endpoint)}
     remembered: dict[str, str | None] = dict.fromkeys(hosts)
-    stats = _open_stats(stats_path) if hosts else None
     if stats is not None:
         try:
             remembered = {host: stats.scheme(host) for host in hosts}
         except StoreError as error:
             log.warning("source figures not read: %s", error)
-        finally:
-            stats.close()
     return {host for host, scheme in remembered.items() if scheme != "https"}
 
 
 def measure_sources(
     sources: list[Source],
     settings: TransportSettings,
-    stats_path: Path | None,
+    stats: SourceStats | None,
     refresh: bool = False,
 ) -> list[str]:
     """Fill in each source's figures: kept ones while fresh, else probe now.
@@ -193,7 +212,6 @@ def measure_sources(
     Return a warning for each mirror that no probe reached. Figures that
     cannot be read or kept cost a warning, never the pull.
     """
-    stats = _open_stats(stats_path)
     stale = sources
     unreached = []
     try:
@@ -213,9 +231,6 @@ def measure_sources(
                 stats.save_rtt(source.name, rtt)
     except StoreError as error:
         log.warning("source figures not kept: %s", error)
-    finally:
-        if stats is not None:
-            stats.close()
     return unreached
 
 
@@ -242,8 +257,7 @@ def save_figures(pool: SourcePool, stats_path: Path | None) -> None:
     schemes = {
         source.endpoint.host: scheme
         for source in pool.sources
-        if source.endpoint.scheme is None
-        and is_loopback(source.endpoint.host)
+        if _remembers_scheme(source.endpoint)
         and (scheme := source.client.scheme)
         and (scheme == "http") != source.client.plain_http_first
     }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from apparate.convert import ConvertOptions, convert
 from tests.testbed.registry import RegistryHandle, start_registry
 from tests.testbed.samples import Samples
 
@@ -36,3 +37,16 @@ def private_registry(
         yield handle
     finally:
         handle.stop()
+
+
+@pytest.fixture
+def converted(
+    registry_plain: RegistryHandle, fresh_registry: RegistryHandle, tmp_path: Path
+) -> str:
+    """Convert base:v1 and base:v2 into a fresh registry; return the repository."""
+    options = ConvertOptions(store=tmp_path / "convert")
+    repository = f"{fresh_registry.host}/converted/base"
+    for tag in ("v1", "v2"):
+        convert(f"{registry_plain.host}/samples/base:{tag}", f"{repository}:{tag}",
+                options)  # fmt: skip
+    return repository

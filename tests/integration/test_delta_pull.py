@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import apparate
-from apparate.convert import ConvertOptions, convert
 from apparate.pull import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.integration.throttle import throttled
@@ -22,17 +21,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.usefixtures("isolated_environment"),
 ]
-
-
-@pytest.fixture
-def converted(registry_plain, fresh_registry, tmp_path) -> str:
-    """A registry repository holding converted base:v1 and base:v2."""
-    options = ConvertOptions(store=tmp_path / "convert")
-    repository = f"{fresh_registry.host}/converted/base"
-    for tag in ("v1", "v2"):
-        convert(f"{registry_plain.host}/samples/base:{tag}", f"{repository}:{tag}",
-                options)  # fmt: skip
-    return repository
 
 
 def assert_store_verified(store: Path) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from apparate.convert import ConvertOptions, convert
 from tests.testbed.containerd import ContainerdHandle, ctr, start_containerd
 from tests.testbed.dockerd import (
     DockerdHandle,
@@ -238,17 +237,6 @@ def test_arm64_image_into_containerd(
 
     images = containerd_images(containerd_daemon, "arm64")
     assert images == {reference: sample_images.images["multi:v1"].digest}
-
-
-@pytest.fixture
-def converted(registry_plain, fresh_registry, tmp_path) -> str:
-    """Converted base:v1 and base:v2 in a fresh registry; return the repository."""
-    options = ConvertOptions(store=tmp_path / "convert")
-    repository = f"{fresh_registry.host}/converted/base"
-    for tag in ("v1", "v2"):
-        convert(f"{registry_plain.host}/samples/base:{tag}", f"{repository}:{tag}",
-                options)  # fmt: skip
-    return repository
 
 
 def test_delta_pulled_image_into_both_daemons(

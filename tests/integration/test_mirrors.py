@@ -58,12 +58,8 @@ class Origin:
 
 
 @pytest.fixture
-def origin(registry_plain, fresh_registry, tmp_path) -> Iterator[Origin]:
-    options = ConvertOptions(store=tmp_path / "convert")
-    repository = f"{fresh_registry.host}/converted/base"
-    for tag in ("v1", "v2"):
-        convert(f"{registry_plain.host}/samples/base:{tag}", f"{repository}:{tag}",
-                options)  # fmt: skip
+def origin(converted, fresh_registry) -> Iterator[Origin]:
+    repository = converted
     command = ["skopeo", "inspect", "--raw", "--tls-verify=false",
                f"docker://{repository}:v2"]  # fmt: skip
     raw = subprocess.run(command, capture_output=True, text=True, check=True)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import apparate
-from apparate.convert import ConvertOptions, convert
 from apparate.pull import PullOptions
 from apparate.store.chunk_index import INDEX_FILE
 from tests.integration.throttle import throttled
@@ -258,17 +257,6 @@ def test_gc_waits_for_a_running_pull(registry_plain, sample_images, tmp_path):
     assert json.loads(gc.stdout)["untagged"] == [v1]
     assert list(images(store)) == [v2]
     assert_every_image_whole(store)
-
-
-@pytest.fixture
-def converted(registry_plain, fresh_registry, tmp_path) -> str:
-    """A registry repository holding converted base:v1 and base:v2."""
-    options = ConvertOptions(store=tmp_path / "convert")
-    repository = f"{fresh_registry.host}/converted/base"
-    for tag in ("v1", "v2"):
-        convert(f"{registry_plain.host}/samples/base:{tag}", f"{repository}:{tag}",
-                options)  # fmt: skip
-    return repository
 
 
 def test_delta_pull_after_packs_are_dropped(registry_plain, converted, tmp_path):
