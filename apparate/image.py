@@ -116,11 +116,11 @@ def fetch_manifest(
 ) -> FetchedManifest:
     """Read a manifest from the store when its digest is known, else GET it.
 
-    For a tag the store holds (``tag_stored``), a HEAD request returns the
+    For a tag the store contains (``tag_stored``), a HEAD request returns the
     digest it points to first, so an unchanged image costs no GET (Docker
     Hub counts GETs against limits). For a tag new to the store, that HEAD
     would most likely only add a round trip before the GET.
-    NOTE: a new tag whose manifest the store holds under another name (the
+    NOTE: a new tag whose manifest the store contains under another name (the
     same image pulled by digest or by another tag) then costs a GET where a
     HEAD would have done.
     """

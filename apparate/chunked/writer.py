@@ -68,7 +68,7 @@ class FrameSource(Protocol):
 class ConvertedLayer:
     """The writer's output: the blob's digest and size, and its table.
 
-    ``diff_id`` is None when the writer was told not to hash the tar.
+    ``diff_id`` is None when ``hash_tar`` was false.
     """
 
     digest: Digest

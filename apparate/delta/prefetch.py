@@ -52,8 +52,8 @@ class TablePrefetch:
         return self
 
     def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
-        # After an error the pull stops; after success, no one takes the
-        # tables still left (those of a mirror's manifest that failed).
+        # After an error the pull stops. After success, the tables still left
+        # (those of a mirror's manifest that failed) are of no use.
         self._cancelled.set()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)

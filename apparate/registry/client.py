@@ -111,7 +111,7 @@ class RegistryClient:
     registry, as a mirror does. ``read_timeout`` bounds the wait for each
     piece of a body, so a stalled source is left sooner. ``plain_http_first``
     tries plain http before https, as for loopback registries. ``headers``
-    go with every request, as hosts.toml's ``header`` tables ask.
+    go with every request, as hosts.toml's ``header`` tables set.
     """
 
     def __init__(
@@ -466,7 +466,7 @@ class RegistryClient:
                     base_url, method, path, headers, content, redirects
                 )
             except httpx.HTTPError as error:
-                if not last and _tells_wrong_scheme(error, base_url):
+                if not last and _next_scheme_worth_trying(error, base_url):
                     log.debug("%s failed (%s), trying the next scheme", base_url, error)
                     continue
                 if plain_400 is None:
@@ -581,12 +581,12 @@ def _wrong_scheme(response: httpx.Response) -> bool:
     return response.status_code == 400 and response.url.scheme == "http"
 
 
-def _tells_wrong_scheme(error: httpx.HTTPError, base_url: str) -> bool:
+def _next_scheme_worth_trying(error: httpx.HTTPError, base_url: str) -> bool:
     """Tell whether a failed first request means the next scheme is worth a try.
 
-    Failures to connect or to agree on TLS do. A dropped connection does
-    only on plain http, where a TLS port drops it; on https it is a read
-    error, which the caller resumes with the same scheme. A timeout is a
+    Failures to connect or to agree on TLS do. A dropped connection does only
+    on plain http, because a TLS port drops plain requests. On https it is a
+    read error, which the caller resumes with the same scheme. A timeout is a
     slow server, not a wrong scheme.
     """
     if not isinstance(error, _RETRYABLE):

@@ -187,7 +187,7 @@ def _plain_http_first(specs: list[SourceSpec], stats: SourceStats | None) -> set
     These are loopback hosts, whose traffic never leaves the machine
     (containerd's resolver can match them the same way, with
     ``docker.MatchLocalhost``), unless one responded on https before. Other
-    hosts allowed plain HTTP are asked over https first on every pull, as
+    hosts allowed plain HTTP are tried over https first on every pull, as
     docker does, so a registry whose TLS failed once is not left on plain
     HTTP.
     """
@@ -224,8 +224,8 @@ def measure_sources(
             if rtt is None and source.role == MIRROR:
                 unreached.append(
                     f"mirror {source.name} could not be reached ({failure}); it "
-                    "is not asked for tags, and asked for content only when no "
-                    "other source is left"
+                    "does not resolve tags, and serves content only when no other "
+                    "source is left"
                 )
             if rtt is not None and stats is not None:
                 stats.save_rtt(source.name, rtt)

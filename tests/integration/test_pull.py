@@ -105,11 +105,11 @@ def test_pull_keeps_tar_sizes_for_imports(registry_plain, tmp_path):
     )
 
     with contextlib.closing(sqlite3.connect(store / INDEX_FILE)) as database:
-        kept = dict(database.execute("SELECT blob, size FROM uncompressed_sizes"))
+        recorded = dict(database.execute("SELECT blob, size FROM uncompressed_sizes"))
     for layer in result.layers:
         with open(store / "blobs" / "sha256" / layer.digest.hex, "rb") as blob:
             tar = gzip.decompress(blob.read())
-        assert kept[str(layer.digest)] == len(tar)
+        assert recorded[str(layer.digest)] == len(tar)
 
 
 def test_pull_again_fetches_nothing(registry_plain, tmp_path):

@@ -494,7 +494,7 @@ def test_plain_http_only_when_allowed(tmp_path):
 
 
 @respx.mock
-def test_registry_known_as_plain_is_asked_on_http_first(tmp_path):
+def test_plain_first_client_uses_http(tmp_path):
     secure = respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
         side_effect=httpx.ConnectError("wrong version number")
     )
@@ -510,8 +510,8 @@ def test_registry_known_as_plain_is_asked_on_http_first(tmp_path):
 
 
 @respx.mock
-def test_registry_known_as_plain_that_moved_to_tls_is_asked_on_https(tmp_path):
-    # A TLS port answers a plain HTTP request with 400, as Go servers do.
+def test_plain_first_400_moves_to_https(tmp_path):
+    # A TLS port responds to a plain HTTP request with 400, as Go servers do.
     plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
         return_value=httpx.Response(400, text="Client sent an HTTP request")
     )
@@ -527,7 +527,7 @@ def test_registry_known_as_plain_that_moved_to_tls_is_asked_on_https(tmp_path):
 
 
 @respx.mock
-def test_registry_known_as_plain_that_drops_http_is_asked_on_https(tmp_path):
+def test_plain_first_dropped_moves_to_https(tmp_path):
     # A TLS server that closes a plain HTTP connection instead of responding.
     respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
         side_effect=httpx.ReadError("connection reset by peer")
@@ -544,7 +544,7 @@ def test_registry_known_as_plain_that_drops_http_is_asked_on_https(tmp_path):
 
 
 @respx.mock
-def test_plain_registry_answering_400_keeps_its_answer(tmp_path):
+def test_plain_400_kept_when_https_fails(tmp_path):
     plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
         return_value=httpx.Response(
             400, json={"errors": [{"code": "NAME_INVALID", "message": "bad name"}]}
@@ -715,7 +715,7 @@ def test_configured_headers_go_with_every_request(tmp_path):
 
 
 @respx.mock
-def test_https_read_error_is_resumed_not_moved_to_http(tmp_path):
+def test_https_read_error_stays_on_https(tmp_path):
     # A TLS port responds 400 to plain HTTP; a dropped https read must not
     # move the client there for good.
     respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
@@ -734,7 +734,7 @@ def test_https_read_error_is_resumed_not_moved_to_http(tmp_path):
 
 
 @respx.mock
-def test_plain_http_timeout_is_not_a_wrong_scheme(tmp_path):
+def test_plain_timeout_stays_on_http(tmp_path):
     respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
         side_effect=httpx.ReadTimeout("timed out")
     )

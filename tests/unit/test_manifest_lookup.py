@@ -1,4 +1,4 @@
-"""A tag's manifest: HEAD first only when the store holds that tag already."""
+"""A tag's manifest: HEAD first only when the store already contains that tag."""
 
 import json
 
@@ -87,7 +87,7 @@ IMAGE_MANIFEST = json.dumps(
 
 
 @respx.mock
-def test_resolve_new_tag_skips_head_and_sees_manifest_first(client, tmp_path):
+def test_resolve_new_tag_skips_head(client, tmp_path):
     head = respx.head(MANIFEST_URL).mock(return_value=FOUND)
     respx.get(MANIFEST_URL).mock(
         return_value=httpx.Response(
@@ -97,7 +97,7 @@ def test_resolve_new_tag_skips_head_and_sees_manifest_first(client, tmp_path):
     seen: list[Manifest] = []
 
     def serve_config(request: httpx.Request) -> httpx.Response:
-        # The manifest is handed on before the config is asked for.
+        # The manifest is handed on before the config is requested.
         assert len(seen) == 1
         return httpx.Response(200, content=CONFIG)
 

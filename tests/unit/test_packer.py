@@ -88,20 +88,20 @@ def test_pack_of_changed_layer_round_trips(tmp_path):
     assert store.blob_path(second_digest).stat().st_size > FOOTER_SIZE
 
 
-def test_indexed_pack_gone_from_the_store_is_forgotten(tmp_path, caplog):
+def test_pack_missing_from_store_is_forgotten(tmp_path, caplog):
     store = Store(tmp_path)
     with ChunkIndex(tmp_path / "apparate.db") as index:
         first = LocalPacker(store, index, "layer x")
         feed_all(first, TAR)
-        gone = first.finish(Digest.of(TAR))
-        store.blob_path(gone).unlink()
+        removed = first.finish(Digest.of(TAR))
+        store.blob_path(removed).unlink()
 
         second = LocalPacker(store, index, "layer x")
         feed_all(second, TAR)
         again = second.finish(Digest.of(TAR))
 
     # The same tar gives the same pack, written again in full.
-    assert again == gone
+    assert again == removed
     assert read_pack(store, again) == TAR
     missing = [r for r in caplog.records if "no longer in the store" in r.message]
     assert len(missing) == 1

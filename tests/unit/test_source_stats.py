@@ -75,7 +75,7 @@ def test_loopback_registry_is_asked_on_plain_http_first(tmp_path):
 
 
 @respx.mock
-def test_loopback_registry_on_tls_is_then_asked_on_https_first(tmp_path):
+def test_loopback_tls_registry_then_https_first(tmp_path):
     # A TLS port responds to plain HTTP with 400, as Go servers do.
     respx.head(manifest_url("http", HOST)).mock(return_value=httpx.Response(400))
     respx.head(manifest_url("https", HOST)).mock(return_value=FOUND)
@@ -94,8 +94,8 @@ def test_insecure_registry_is_always_asked_on_https_first(tmp_path):
 
     assert head_once(tmp_path, INSECURE) == "http"
 
-    # A registry whose TLS failed once is not left on plain HTTP, whatever
-    # the store's database says.
+    # A registry whose TLS failed once is not left on plain HTTP, even with
+    # a row in the store's database that names plain http.
     stats = SourceStats(tmp_path / "apparate.db")
     stats.save_scheme(INSECURE, "http")
     stats.close()

@@ -187,7 +187,7 @@ def test_read_hosts_falls_back_to_default(tmp_path):
     assert read_hosts_mirrors("quay.io", tmp_path / "absent") == []
 
 
-def test_read_hosts_of_registry_with_port_prefers_underscore_folder(tmp_path):
+def test_read_hosts_prefers_underscore_folder(tmp_path):
     (tmp_path / "127.0.0.1_5000_").mkdir()
     (tmp_path / "127.0.0.1_5000_" / "hosts.toml").write_text(HOSTS)
     (tmp_path / "127.0.0.1:5000").mkdir()
