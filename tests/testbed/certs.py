@@ -134,6 +134,14 @@ def issue_server_cert(ca: KeyPair, directory: Path, stem: str) -> KeyPair:
     return _issue(ca, directory, stem, extensions)
 
 
+def issue_client_cert(ca: KeyPair, directory: Path, stem: str) -> KeyPair:
+    """Issue a TLS client certificate, for servers that require mutual TLS."""
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+    ]
+    return _issue(ca, directory, stem, extensions)
+
+
 def issue_signing_cert(ca: KeyPair, directory: Path, stem: str) -> KeyPair:
     """Issue the certificate of the key that signs registry bearer tokens.
 

@@ -7,6 +7,9 @@ Kinds:
 - `token`: TLS and bearer tokens from a `TokenServer` on another port.
 - `redirect`: plain HTTP whose blob GETs and HEADs return a 307 to an nginx
   serving the storage folder, which honours Range.
+- `tls`: https without auth.
+- `mtls`: https that requires a client certificate of the test bed's CA
+  (distribution's `http.tls.clientcas`), without auth.
 
 A registry starts either empty or holding the samples: a copy of registry
 storage into which the sample layouts were pushed once with skopeo and which
@@ -20,6 +23,7 @@ import logging
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -38,7 +42,7 @@ from .tokenserver import TokenServer
 log = logging.getLogger(__name__)
 
 REGISTRY_BINARY = "docker-registry"
-KINDS = ("plain", "basic", "token", "redirect", "proxy", "tls")
+KINDS = ("plain", "basic", "token", "redirect", "proxy", "tls", "mtls")
 TEST_USERNAME = "tester"
 TEST_PASSWORD = "apparate-test-password"
 TOKEN_SERVICE = "apparate-test-registry"
@@ -65,7 +69,8 @@ class RegistryHandle:
     `certs_dir` is a docker-style certs.d folder with `<host:port>/ca.crt` for
     the registry and, for `token`, for the token server. It is empty for the
     plain-HTTP kinds, whose `ca_file` is None. The `tls` kind serves over
-    https without auth.
+    https without auth. The `mtls` kind also requires the client certificate
+    `client_cert`, whose PEM files a test hands to the client.
     """
 
     kind: str
@@ -80,6 +85,7 @@ class RegistryHandle:
     token_server: TokenServer | None = None
     redirect_target: str | None = None
     proxy_of: str | None = None
+    client_cert: certs.KeyPair | None = None
     _stoppers: list[Any] = field(default_factory=list, repr=False)
 
     @property
@@ -193,7 +199,7 @@ def _launch(handle: RegistryHandle, binary: str) -> None:
         _configure_redirect(handle, config)
     elif handle.kind == "proxy":
         config["proxy"] = {"remoteurl": handle.proxy_of}
-    elif handle.kind == "tls":
+    elif handle.kind in ("tls", "mtls"):
         _configure_tls(handle, config)
         scheme = "https"
     handle.url = f"{scheme}://{handle.host}"
@@ -207,7 +213,12 @@ def _launch(handle: RegistryHandle, binary: str) -> None:
         handle.workdir / "registry.log",
     )
     handle._stoppers.append(process)
-    verify = certs.client_context(handle.ca_file) if handle.ca_file else False
+    verify: ssl.SSLContext | bool = False
+    if handle.ca_file:
+        verify = certs.client_context(handle.ca_file)
+        if handle.client_cert:
+            pair = handle.client_cert
+            verify.load_cert_chain(pair.cert_path, pair.key_path)
     wait_for_http(handle.url + "/v2/", process, verify=verify)
     log.info("registry %s (%s) ready, pid %d", handle.url, handle.kind, process.pid)
 
@@ -273,7 +284,10 @@ def _configure_token(handle: RegistryHandle, config: dict[str, Any]) -> None:
 
 
 def _configure_tls(handle: RegistryHandle, config: dict[str, Any]) -> None:
-    """Serve over https with a certificate of the test bed's own CA, no auth."""
+    """Serve over https with a certificate of the test bed's own CA, no auth.
+
+    The `mtls` kind also rejects clients without a certificate of that CA.
+    """
     pki = handle.workdir / "pki"
     ca = certs.create_ca(pki)
     server = certs.issue_server_cert(ca, pki, "registry")
@@ -283,6 +297,9 @@ def _configure_tls(handle: RegistryHandle, config: dict[str, Any]) -> None:
         "certificate": str(server.cert_path),
         "key": str(server.key_path),
     }
+    if handle.kind == "mtls":
+        handle.client_cert = certs.issue_client_cert(ca, pki, "client")
+        config["http"]["tls"]["clientcas"] = [str(ca.cert_path)]
 
 
 def _configure_redirect(handle: RegistryHandle, config: dict[str, Any]) -> None:
