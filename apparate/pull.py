@@ -20,9 +20,9 @@ from apparate.delta.assembler import (
     Assembler,
     DeltaUnavailable,
     RangeJournal,
-    plan_remote,
     record_layer,
 )
+from apparate.delta.image_plan import ImagePlans
 from apparate.delta.prefetch import TablePrefetch
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import (
@@ -65,6 +65,9 @@ from apparate.store.history import PullHistory
 from apparate.store.layout import BlobWriter, Store, default_store_path
 
 log = logging.getLogger(__name__)
+
+# How often a layer waiting for another one checks whether the pull stopped.
+_POLL_SECONDS = 0.1
 
 DEFAULT_PARALLEL_LAYERS = 4
 
@@ -256,12 +259,14 @@ def _fetch_layers(
         )
 
     _check_repeated_layers(layers, image.diff_ids, str(image.reference))
-    fetcher = _LayerFetcher(
-        pool, store, index, str(image.reference), observer, cancelled, tables
-    )
     unique = list(
         {layer.digest: (layer, diff_id) for layer, diff_id in missing}.values()
     )
+    plans = ImagePlans(index, tables, [layer for layer, _ in unique])
+    fetcher = _LayerFetcher(
+        pool, store, index, str(image.reference), observer, cancelled, plans,
+        [layer.digest for layer, _ in unique],
+    )  # fmt: skip
     fetched: dict[Digest, int] = {}
     if unique:
         workers = max(1, min(options.parallel_layers, len(unique)))
@@ -303,17 +308,19 @@ def _plan_layers(
 ) -> list[LayerResult]:
     """Report what a pull would fetch per layer, fetching only chunk tables.
 
-    The figures are what the pull fetches unless stored frames turn out to
-    be damaged or a rebuilt layer fails verification, when it fetches more.
-    NOTE: a pull records each layer's chunks as soon as it is stored. When
-    layers of one image share chunks, a later layer may then fetch less than
-    planned here. Planning all layers against one snapshot would fix it.
+    The plans are the ones a pull makes, so the figures are what it fetches,
+    unless stored frames turn out to be damaged or a rebuilt layer fails
+    verification, when it fetches more.
     """
-    planned: dict[Digest, int] = {}
-    for layer in image.parsed.layers:
-        if layer.digest in planned or store.has_blob(layer.digest, layer.size):
-            continue
-        planned[layer.digest] = _planned_bytes(store, index, layer, tables)
+    missing = list(
+        {
+            layer.digest: layer
+            for layer in image.parsed.layers
+            if not store.has_blob(layer.digest, layer.size)
+        }.values()
+    )
+    plans = ImagePlans(index, tables, missing)
+    planned = {layer.digest: _planned_bytes(store, layer, plans) for layer in missing}
     return [
         LayerResult(
             layer.digest,
@@ -335,18 +342,15 @@ def _kept_bytes(store: Store, layer: Descriptor) -> int:
         return 0
 
 
-def _planned_bytes(
-    store: Store, index: ChunkIndex, layer: Descriptor, tables: TablePrefetch
-) -> int:
+def _planned_bytes(store: Store, layer: Descriptor, plans: ImagePlans) -> int:
     if not is_chunked_layer(layer.media_type, layer.annotations):
         return layer.size - _kept_bytes(store, layer)
-    subject = tables.subject(layer)
     try:
-        remote = tables.take(layer)
+        remote, plan = plans.plan_for(layer)
     except (ChunkedLayerError, RangesUnsupported) as error:
-        log.warning("%s: would fetch the whole layer: %s", subject, error)
+        log.warning("%s: would fetch the whole layer: %s", plans.subject(layer), error)
         return layer.size
-    return len(remote.tail) + plan_remote(index, remote).bytes_to_fetch
+    return len(remote.tail) + plan.bytes_to_fetch
 
 
 def _check_repeated_layers(
@@ -411,10 +415,11 @@ class _LayerFetcher:
         image: str,
         observer: PullObserver,
         cancelled: threading.Event,
-        tables: TablePrefetch,
+        plans: ImagePlans,
+        fetching: list[Digest],
     ) -> None:
         self._pool = pool
-        self._tables = tables
+        self._plans = plans
         self._store = store
         self._index = index
         self._image = image
@@ -422,10 +427,30 @@ class _LayerFetcher:
         self._cancelled = cancelled
         # The tar size of each layer verified whole, for docker imports.
         self.tar_sizes: dict[Digest, int] = {}
+        # Set when a layer's fetch ends, stored or not, for the layers that
+        # copy frames from it.
+        self._ended = {digest: threading.Event() for digest in fetching}
 
     def fetch(self, layer: Descriptor, diff_id: Digest) -> int:
         """Store one layer, verified; return the bytes that crossed the network."""
-        subject = self._tables.subject(layer)
+        try:
+            return self._fetch(layer, diff_id)
+        finally:
+            self._ended[layer.digest].set()
+
+    def _sibling_stored(self, blob: Digest) -> bool:
+        """Wait until another layer's fetch ends; return whether it was stored.
+
+        Returns False at once when the pull stops.
+        """
+        ended = self._ended.get(blob)
+        while ended is not None and not ended.wait(_POLL_SECONDS):
+            if self._cancelled.is_set():
+                return False
+        return self._store.has_blob(blob)
+
+    def _fetch(self, layer: Descriptor, diff_id: Digest) -> int:
+        subject = self._plans.subject(layer)
         stopped = _Cancelled(f"{subject}: stopped because another layer failed")
         if self._cancelled.is_set():
             raise stopped
@@ -457,12 +482,11 @@ class _LayerFetcher:
         assembler = Assembler(
             self._pool, self._store, layer, subject,
             lambda count: self._observer.layer_progress(layer.digest, count),
-            self._cancelled,
+            self._cancelled, self._sibling_stored,
         )  # fmt: skip
         try:
-            remote = self._tables.take(layer)
+            remote, plan = self._plans.plan_for(layer)
             fetched = len(remote.tail)
-            plan = plan_remote(self._index, remote)
             with self._store.resumable(layer.digest, layer.size, "delta-") as writer:
                 journal = RangeJournal(writer.path)
                 try:

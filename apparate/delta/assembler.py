@@ -40,7 +40,6 @@ from apparate.delta.planner import (
     LocalFrame,
     Plan,
     Source,
-    plan_layer,
     replan_as_fetch,
 )
 from apparate.digest import Digest, DigestVerifier
@@ -55,6 +54,16 @@ from apparate.store.layout import BlobWriter, Store
 log = logging.getLogger(__name__)
 
 PARALLEL_RANGES = 4
+# The sources of frames that are in the store when the rebuild starts.
+_STORED_SOURCES = (Source.LOCAL_FRAME, Source.RECOMPRESS)
+
+
+@dataclass(frozen=True)
+class _Copied:
+    """Positions whose frames were copied into the blob, and those that failed."""
+
+    written: list[int]
+    failed: list[int]
 
 
 class DeltaUnavailable(Exception):
@@ -126,11 +135,6 @@ def can_recompress(table: ChunkTable) -> bool:
     return isinstance(level, int) and Encoder(level).record() == table.encoder
 
 
-def plan_remote(index: ChunkIndex, remote: RemoteTable) -> Plan:
-    table = remote.table
-    return plan_layer(table, known_frames(index, table), can_recompress(table))
-
-
 class RangeJournal:
     """The ranges already written into a partial rebuilt blob, one per line.
 
@@ -196,8 +200,12 @@ class Assembler:
         subject: str,
         on_fetched: Callable[[int], None],
         cancelled: threading.Event | None = None,
+        sibling_stored: Callable[[Digest], bool] | None = None,
     ) -> None:
+        """``sibling_stored(blob)`` waits until the fetch of another layer of
+        the image ends and returns whether it stored that layer's blob."""
         self._client = client
+        self._sibling_stored = sibling_stored
         self._store = store
         self._layer = layer
         self._subject = subject
@@ -222,20 +230,22 @@ class Assembler:
         ``journal`` lists the ranges an earlier, killed pull already wrote.
         A verifier thread walks the frames in order as they become ready, so
         checking the stored frames overlaps fetching the missing ones.
+        Frames planned as SIBLING are copied last, once their layer is stored.
         """
         table = remote.table
-        failed = self._copy_local(table, plan, writer)
+        failed = self._copy_local(table, plan, writer, _STORED_SOURCES)
         ready = _ReadyFrames(len(table.entries))
         ready.mark(
             position
             for position, source in enumerate(plan.sources)
-            if source in (Source.LOCAL_FRAME, Source.RECOMPRESS)
-            and position not in failed
+            if source in _STORED_SOURCES and position not in failed
         )
         remaining = journal.without_done(plan, table)
         for done in set(plan.ranges) - set(remaining.ranges):
             ready.mark(done.entries)
-        untrusted = {p for p, s in enumerate(plan.sources) if s is Source.FETCH}
+        untrusted = {
+            p for p, s in enumerate(plan.sources) if s in (Source.FETCH, Source.SIBLING)
+        }
         verifier = _InOrderVerifier(
             self._layer, self._subject, remote, plan, diff_id, writer, ready,
             untrusted | set(failed),
@@ -244,6 +254,9 @@ class Assembler:
         thread.start()
         try:
             self._fetch(remaining, table, writer, journal, ready)
+            copied = self._copy_siblings(table, plan, writer)
+            failed += copied.failed
+            ready.mark(copied.written)
             if failed:
                 log.info(
                     "%s: %d stored frames unusable, fetching them",
@@ -261,14 +274,27 @@ class Assembler:
         verifier.finish()
 
     def _copy_local(
-        self, table: ChunkTable, plan: Plan, writer: BlobWriter
+        self,
+        table: ChunkTable,
+        plan: Plan,
+        writer: BlobWriter,
+        sources: tuple[Source, ...],
+        stored_blobs: set[Digest] | None = None,
     ) -> list[int]:
-        """Write stored frames into place; return the positions that failed."""
+        """Write stored frames of ``sources`` into place; return those that failed.
+
+        With ``stored_blobs``, frames in other blobs fail without a read.
+        """
         failed = []
         with contextlib.ExitStack() as files:
             opened: dict[Digest, BinaryIO | None] = {}
             for position, source in enumerate(plan.sources):
-                if source not in (Source.LOCAL_FRAME, Source.RECOMPRESS):
+                if source not in sources:
+                    continue
+                if stored_blobs is not None and (
+                    plan.local[position].blob not in stored_blobs
+                ):
+                    failed.append(position)
                     continue
                 entry, stored = table.entries[position], plan.local[position]
                 if stored.blob not in opened:
@@ -280,6 +306,27 @@ class Assembler:
                 else:
                     writer.write_at(entry.frame_offset, frame)
         return failed
+
+    def _copy_siblings(
+        self, table: ChunkTable, plan: Plan, writer: BlobWriter
+    ) -> _Copied:
+        """Copy the frames other layers of the image fetched, once they are stored.
+
+        Frames of a layer that failed count as failed, so they are fetched.
+        Raises RangeFetchStopped when the pull stops while waiting.
+        """
+        positions = [p for p, s in enumerate(plan.sources) if s is Source.SIBLING]
+        if not positions:
+            return _Copied([], [])
+        stored = {
+            blob
+            for blob in {plan.local[position].blob for position in positions}
+            if self._sibling_stored is not None and self._sibling_stored(blob)
+        }
+        if self._stopped():
+            raise RangeFetchStopped()
+        failed = self._copy_local(table, plan, writer, (Source.SIBLING,), stored)
+        return _Copied([p for p in positions if p not in failed], failed)
 
     def _open(self, blob: Digest, files: contextlib.ExitStack) -> BinaryIO | None:
         try:

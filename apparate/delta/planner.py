@@ -4,7 +4,9 @@ This is pure logic. A chunk table and the frames the local chunk index lists
 go in, and the source of every frame and the byte ranges to request come out. Ranges are
 single ranges only (many registries and CDNs reject multi-range requests):
 adjacent frames are merged, and a small gap between two missing frames is
-fetched rather than split into two requests.
+fetched rather than split into two requests. When the layers of one image
+are planned together, a frame that several of them lack is fetched once, by
+the first, and the others copy it from that layer's blob.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Source(enum.Enum):
     LOCAL_FRAME = "local frame"  # the same frame bytes are in the store
     RECOMPRESS = "recompress"  # the chunk's bytes are in the store, in another frame
     DUPLICATE = "duplicate"  # an earlier frame of this blob has the same bytes
+    SIBLING = "sibling"  # an earlier layer of the image fetches the same frame
     FETCH = "fetch"
 
 
@@ -54,9 +57,24 @@ class FetchRange:
         return self.end - self.start
 
 
+@dataclass(frozen=True)
+class LayerToPlan:
+    """One layer of an image: its blob, its table and its chunks in the store."""
+
+    blob: Digest
+    table: ChunkTable
+    known: dict[bytes, list[LocalFrame]]
+    can_recompress: bool
+
+
 @dataclass
 class Plan:
-    """The source of each table entry, and the requests for missing frames."""
+    """The source of each table entry, and the requests for missing frames.
+
+    ``local`` gives the frame to copy for LOCAL_FRAME, RECOMPRESS and
+    SIBLING entries. A SIBLING's frame is in the blob of another layer of
+    the image, which that layer fetches.
+    """
 
     sources: list[Source] = field(default_factory=list)
     local: dict[int, LocalFrame] = field(default_factory=dict)
@@ -74,15 +92,19 @@ def plan_layer(
     can_recompress: bool,
     max_gap: int = DEFAULT_MAX_GAP,
     max_range: int = DEFAULT_MAX_RANGE,
+    siblings: dict[tuple[bytes, int], LocalFrame] | None = None,
 ) -> Plan:
     """Decide the source of every frame of ``table``.
 
     ``known`` maps chunk identities to their stored frames. A stored frame
     with the same xxh3 is copied as it is. A chunk stored only in another
     frame is recompressed when ``can_recompress`` is true, because the
-    table's encoder record equals this machine's, and fetched otherwise.
+    table's encoder record equals this machine's. ``siblings`` maps an
+    (identity, frame xxh3) pair to the same frame in a blob another layer
+    of the image fetches. Any other frame is fetched.
     """
     plan = Plan()
+    siblings = siblings or {}
     first_of: dict[tuple[bytes, int], int] = {}
     for position, entry in enumerate(table.entries):
         frames = known.get(entry.identity, [])
@@ -97,11 +119,40 @@ def plan_layer(
         elif frames and can_recompress:
             plan.sources.append(Source.RECOMPRESS)
             plan.local[position] = frames[0]
+        elif key in siblings and siblings[key].length == entry.frame_length:
+            plan.sources.append(Source.SIBLING)
+            plan.local[position] = siblings[key]
         else:
             plan.sources.append(Source.FETCH)
         first_of.setdefault(key, position)
     plan.ranges = merge_ranges(table, plan.sources, max_gap, max_range)
     return plan
+
+
+def plan_image(layers: list[LayerToPlan]) -> list[Plan]:
+    """Plan the layers of one image in order, fetching each missing frame once.
+
+    A frame that an earlier layer fetches is a SIBLING in later ones: they
+    copy it from that layer's blob once it is stored.
+    """
+    fetched: dict[tuple[bytes, int], LocalFrame] = {}
+    plans = []
+    for layer in layers:
+        plan = plan_layer(
+            layer.table, layer.known, layer.can_recompress, siblings=fetched
+        )
+        for position, source in enumerate(plan.sources):
+            if source is Source.FETCH:
+                entry = layer.table.entries[position]
+                fetched.setdefault(
+                    (entry.identity, entry.frame_xxh3),
+                    LocalFrame(
+                        layer.blob, entry.frame_offset, entry.frame_length,
+                        entry.frame_xxh3,
+                    ),
+                )  # fmt: skip
+        plans.append(plan)
+    return plans
 
 
 def merge_ranges(

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
 import apparate
+from apparate.convert import ConvertOptions, convert
 from apparate.pull import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from tests.integration.push import Pusher, tar_of
 from tests.integration.throttle import throttled
+from tests.testbed.samples import Samples
 
 pytestmark = [
     pytest.mark.integration,
@@ -89,6 +94,61 @@ def test_dry_run_equals_following_pull(converted, tmp_path):
         f"{converted}:v1",
         f"{converted}:v2",
     ]
+
+
+def large_sample_files(samples: Samples, count: int) -> dict[str, bytes]:
+    """Return the ``count`` largest regular files of the base:v1 sample's first layer."""
+    layout = samples.layout
+    index = json.loads((layout / "index.json").read_text())
+    (descriptor,) = [
+        manifest
+        for manifest in index["manifests"]
+        if manifest["annotations"]["org.opencontainers.image.ref.name"] == "base:v1"
+    ]
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / descriptor["digest"].split(":")[1]).read_bytes())
+    layer = blobs / manifest["layers"][0]["digest"].split(":")[1]
+    with tarfile.open(layer, mode="r:gz") as tar:
+        members = sorted(
+            (member for member in tar if member.isfile()),
+            key=lambda member: (-member.size, member.name),
+        )[:count]
+        return {
+            member.name: tar.extractfile(member).read()  # type: ignore[union-attr]
+            for member in members
+        }
+
+
+def test_layers_sharing_chunks_fetch_them_once(sample_images, fresh_registry, tmp_path):
+    """A layer holding copies of an earlier layer's files takes their frames from it."""
+    files = large_sample_files(sample_images, 8)
+    first = tar_of(files)
+    second = tar_of({f"copy/{name}": data for name, data in files.items()})
+    host = fresh_registry.host
+    Pusher(host).image(
+        "plain/shared", "v1",
+        [(tar, gzip.compress(tar, mtime=0)) for tar in (first, second)],
+    )  # fmt: skip
+    reference = f"{host}/converted/shared:v1"
+    convert(f"{host}/plain/shared:v1", reference,
+            ConvertOptions(store=tmp_path / "convert"))  # fmt: skip
+    store = tmp_path / "pull"
+
+    planned = apparate.pull(reference, PullOptions(store=store, dry_run=True))
+    pulled = apparate.pull(reference, PullOptions(store=store))
+
+    assert [layer.bytes_fetched for layer in planned.layers] == [
+        layer.bytes_fetched for layer in pulled.layers
+    ]
+    shared, copies = pulled.layers
+    assert shared.bytes_fetched > shared.size * 0.9
+    assert copies.bytes_fetched < copies.size / 10
+    assert_store_verified(store)
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{store}:{reference}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(inspected)["Digest"] == str(pulled.digest)
 
 
 def test_stats_report_recorded_pulls(converted, tmp_path):

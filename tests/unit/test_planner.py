@@ -5,8 +5,10 @@ import pytest
 from apparate.chunked.format import ChunkEntry, ChunkTable
 from apparate.delta.planner import (
     FetchRange,
+    LayerToPlan,
     LocalFrame,
     Source,
+    plan_image,
     plan_layer,
     replan_as_fetch,
 )
@@ -14,6 +16,7 @@ from apparate.digest import Digest
 
 STORED = Digest.of(b"stored blob")
 F, L, R, D = Source.FETCH, Source.LOCAL_FRAME, Source.RECOMPRESS, Source.DUPLICATE
+S = Source.SIBLING
 
 
 def make_table(sizes: list[int], names: str) -> ChunkTable:
@@ -146,3 +149,84 @@ def test_replan_fetches_only_failed_frames():
 
     assert second.sources == [F, F, F]
     assert second.ranges == [FetchRange(0, 50, (0,))]
+
+
+def layer_to_plan(blob: str, names: str, stored: str = "") -> LayerToPlan:
+    """A layer of 50-byte frames; ``stored`` as in CASES.
+
+    Entry n contains chunk names[n].lower() in a frame whose hash is
+    ord(names[n]): an upper-case name is the same chunk in another frame.
+    """
+    known = {
+        name.lower().encode() * 16: [frame(name.lower(), name.isupper())]
+        for name in stored
+    }
+    entries = [
+        ChunkEntry(name.lower().encode() * 16, 150, 50, ord(name), 50 * n)
+        for n, name in enumerate(names)
+    ]
+    return LayerToPlan(Digest.of(blob.encode()), ChunkTable(1, {}, {}, entries),
+                       known, True)  # fmt: skip
+
+
+# Each row: the layers in image order, as (blob, names, stored names), then
+# the expected sources per layer. The last column maps each SIBLING, as
+# (layer, position), to the layer it copies from.
+IMAGE_CASES = {
+    "a frame two layers lack is fetched by the first": (
+        [("one", "ab", ""), ("two", "bc", "")],
+        [[F, F], [S, F]],
+        {(1, 0): 0},
+    ),
+    "a stored frame is copied, not taken from a sibling": (
+        [("one", "ab", ""), ("two", "ab", "A")],
+        [[F, F], [L, S]],
+        {(1, 1): 0},
+    ),
+    "the third layer takes from the first that fetches": (
+        [("one", "a", ""), ("two", "ab", ""), ("three", "ba", "")],
+        [[F], [S, F], [S, S]],
+        {(1, 0): 0, (2, 0): 1, (2, 1): 0},
+    ),
+    "the same chunk in another frame is fetched": (
+        [("one", "ab", ""), ("two", "Ab", "")],
+        [[F, F], [F, S]],
+        {(1, 1): 0},
+    ),
+    "a duplicate inside a layer stays a duplicate": (
+        [("one", "a", ""), ("two", "aa", "")],
+        [[F], [S, D]],
+        {(1, 0): 0},
+    ),
+    "a locally stored chunk is recompressed, not waited for": (
+        [("one", "a", ""), ("two", "a", "a")],
+        [[F], [R]],
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("layers, sources, copied_from", IMAGE_CASES.values(),
+                         ids=IMAGE_CASES)  # fmt: skip
+def test_plan_image(layers, sources, copied_from):
+    planned = [layer_to_plan(*layer) for layer in layers]
+
+    plans = plan_image(planned)
+
+    assert [plan.sources for plan in plans] == sources
+    blobs = [layer.blob for layer in planned]
+    siblings = {
+        (number, position): blobs.index(plan.local[position].blob)
+        for number, plan in enumerate(plans)
+        for position, source in enumerate(plan.sources)
+        if source is S
+    }
+    assert siblings == copied_from
+    for plan, layer in zip(plans, planned, strict=True):
+        fetched = [p for p, source in enumerate(plan.sources) if source is F]
+        assert [p for r in plan.ranges for p in r.entries] == fetched
+        for position, source in enumerate(plan.sources):
+            if source is S:
+                assert plan.local[position].frame_xxh3 == (
+                    layer.table.entries[position].frame_xxh3
+                )
