@@ -46,6 +46,11 @@ class Mirror:
     ca_files: tuple[str, ...] = ()
     skip_verify: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    # Also from hosts.toml: client certificates as (certificate file, key
+    # file) pairs, where an empty key file means the key is in the
+    # certificate file, and the connect timeout in seconds (0 for none).
+    client_certs: tuple[tuple[str, str], ...] = ()
+    dial_timeout: float | None = None
 
 
 @dataclass(frozen=True)

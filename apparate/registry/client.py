@@ -136,7 +136,7 @@ class RegistryClient:
         auth = RegistryAuth(credentials, scopes, self.image)
         self._http = settings.client(self.host, auth, headers)
         if read_timeout is not None:
-            limits = settings.timeout
+            limits = self._http.timeout
             self._http.timeout = httpx.Timeout(
                 connect=limits.connect, read=read_timeout, write=limits.write,
                 pool=limits.pool,

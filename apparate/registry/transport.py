@@ -39,6 +39,12 @@ class TransportSettings:
     # from containerd's hosts.toml.
     extra_ca_files: tuple[tuple[str, str], ...] = ()
     skip_verify: frozenset[str] = frozenset()
+    # Also from hosts.toml: (host, certificate file, key file) client
+    # certificates, where an empty key file means the key is in the
+    # certificate file, and (host, seconds) connect timeouts, 0 for none.
+    # Where a host is listed more than once, its first entry counts.
+    client_certs: tuple[tuple[str, str, str], ...] = ()
+    connect_timeouts: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_environment(
@@ -82,7 +88,21 @@ class TransportSettings:
                     f"cannot load the CA certificate {ca_file} for {host}: {error}",
                     hint="replace it with a PEM certificate or remove it",
                 ) from None
+        for name, certificate, key in self.client_certs:
+            if name == host:
+                _load_client_cert(context, host, certificate, key)
+                break
         return context
+
+    def timeout_for(self, host: str) -> httpx.Timeout:
+        """Return the timeouts for ``host``: its own connect timeout, if it has one."""
+        connect = [seconds for name, seconds in self.connect_timeouts if name == host]
+        if not connect:
+            return self.timeout
+        return httpx.Timeout(
+            connect=connect[0] or None, read=self.timeout.read,
+            write=self.timeout.write, pool=self.timeout.pool,
+        )  # fmt: skip
 
     def _check_scheme(self, request: httpx.Request) -> None:
         """Reject plain HTTP to a host not allowed it, redirect targets included.
@@ -126,12 +146,48 @@ class TransportSettings:
             event_hooks={"request": [self._check_scheme]},
             http2=not self.allows_plain_http(host),
             verify=self.ssl_context(host),
-            timeout=self.timeout,
+            timeout=self.timeout_for(host),
             limits=limits,
             auth=auth,
             follow_redirects=True,
             headers={"User-Agent": USER_AGENT, **(headers or {})},
         )
+
+
+def _load_client_cert(
+    context: ssl.SSLContext, host: str, certificate: str, key: str
+) -> None:
+    """Load the client certificate that ``context`` sends when a server requests one.
+
+    The context serves every connection of ``host``'s client, so a token
+    realm or redirect target that requests one receives the certificate
+    too, as with containerd's per-host client. An encrypted key raises UsageError at
+    once, because OpenSSL would otherwise prompt on the terminal for its
+    password.
+    """
+    files = f"{certificate} (key {key})" if key else certificate
+    log.debug("presenting the client certificate %s to %s", files, host)
+    try:
+        context.load_cert_chain(certificate, key or None, password=_no_password)
+    except _EncryptedKey:
+        raise UsageError(
+            f"the client certificate key {key or certificate} for {host} is encrypted",
+            hint="give apparate an unencrypted PEM key, as containerd needs too",
+        ) from None
+    except (ssl.SSLError, OSError) as error:
+        raise UsageError(
+            f"cannot load the client certificate {files} for {host}: {error}",
+            hint="give a PEM certificate and its PEM key, in one file or as "
+            "[certificate, key]",
+        ) from None
+
+
+class _EncryptedKey(Exception):
+    """OpenSSL requested the password of an encrypted client certificate key."""
+
+
+def _no_password() -> bytes:
+    raise _EncryptedKey()
 
 
 class _TrustLoadedOnUse(ssl.SSLContext):

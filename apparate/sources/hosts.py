@@ -2,33 +2,93 @@
 
 containerd looks for ``<dir>/<registry>/hosts.toml`` (``host_port_`` first
 for a registry with a port), with ``_default`` as a fallback folder, and
-tries the ``[host."URL"]`` entries in file order before the registry itself. An entry serves content when its capabilities include
-``pull``, and resolves tags when they include ``resolve``; without a
-``capabilities`` key containerd allows both. An entry's ``ca`` files
-(relative paths start at the file's folder), ``skip_verify`` and ``header``
-table apply to that host.
+tries the ``[host."URL"]`` entries in file order before the registry itself.
+An entry serves content when its capabilities include ``pull``, and resolves
+tags when they include ``resolve``; without a ``capabilities`` key
+containerd allows both.
+
+These keys apply to the host of an entry, or at the file's top level to the
+registry itself:
+
+- ``ca``: CA files to trust, one path or a list.
+- ``client``: client certificates for mutual TLS. The value is one PEM file
+  holding the certificate and its unencrypted key, a list of such files, or
+  a list of ``[certificate, key]`` pairs, where an empty key path means the
+  key is in the certificate file. Python's ssl module cannot pick among
+  several certificates by the CAs a server accepts, as Go does, so apparate
+  presents the first and warns about the rest.
+- ``skip_verify``: do not check the host's certificate.
+- ``header``: a table of headers sent with every request to the host.
+- ``dial_timeout``: a Go duration such as ``"500ms"`` or ``"1m30s"`` that
+  bounds connecting to the host. In apparate it bounds the TLS handshake
+  too, as httpx's connect timeout does, and ``"0"`` means no limit.
+
+Relative paths start at the file's folder, as containerd reads them.
+
+The top-level ``server`` is where the registry itself is reached, after the
+entries, in place of ``https://<registry>`` (``registry-1.docker.io`` for
+docker.io). Without a scheme it is https. Its path, if any, is a prefix
+before ``/v2``, or the API root itself with a top-level ``override_path``,
+as in containerd. Tags resolve there, since it is the registry, but the
+image keeps the name the reference gives it. Credentials for it are looked
+up under the server's host, as containerd does.
+
+NOTE: ``--username`` credentials are stored under the reference's registry
+host, so they are not sent to a ``server`` on another host. Keying them
+to the origin source instead of a host name would fix that.
+
+A ``server`` with a query, fragment or user name, or with a scheme other
+than http and https, is rejected, because containerd would drop those parts
+or fail at the first request.
+
+A ``proxy`` key, and top-level ``capabilities`` that leave out ``pull`` or
+``resolve``, are not applied, and a warning names them: apparate always
+pulls and resolves tags at the registry itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from apparate.config import Mirror
 from apparate.errors import UsageError
+from apparate.registry.client import Endpoint
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 DEFAULT_CAPABILITIES = ("pull", "resolve")
-# Keys of a host entry that apparate does not apply; a warning lists them.
-_IGNORED_KEYS = ("client", "dial_timeout")
-# Keys applied to host entries, though not at the file's top level.
-_TLS_KEYS = ("ca", "skip_verify", "header")
+# Keys that apparate does not apply at either level. A warning lists them.
+_IGNORED_KEYS = ("proxy",)
+# Top-level keys that set how the registry itself is reached.
+_ORIGIN_KEYS = (
+    "server", "override_path", "ca", "client", "skip_verify", "header",
+    "dial_timeout",
+)  # fmt: skip
+# Units of Go's time.ParseDuration, in seconds.
+_DURATION_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
+    "s": 1.0, "m": 60.0, "h": 3600.0,
+}  # fmt: skip
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)([^\d.]*)")
+
+
+@dataclass(frozen=True)
+class HostsFile:
+    """The settings of one ``hosts.toml``: its mirrors and the registry's own."""
+
+    mirrors: tuple[Mirror, ...] = ()
+    # The top-level settings, or None when the file has none. The url is
+    # the server's, or empty when the file has no server key, so that the
+    # registry is reached where the reference names it.
+    origin: Mirror | None = None
 
 
 def hosts_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -36,8 +96,8 @@ def hosts_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(env.get("APPARATE_HOSTS_DIR") or DEFAULT_HOSTS_DIR)
 
 
-def read_hosts_mirrors(registry: str, directory: Path | None = None) -> list[Mirror]:
-    """Return the mirrors that ``hosts.toml`` lists for ``registry``, in order."""
+def read_hosts(registry: str, directory: Path | None = None) -> HostsFile:
+    """Read the ``hosts.toml`` that applies to ``registry``, if there is one."""
     directory = directory or hosts_dir()
     # containerd stops at the first folder that exists, hosts.toml or not.
     found = [folder for folder in _folders(registry) if (directory / folder).is_dir()]
@@ -52,10 +112,10 @@ def read_hosts_mirrors(registry: str, directory: Path | None = None) -> list[Mir
                     "apparate; put them in /etc/docker/certs.d/%s/",
                     directory / folder, registry,
                 )  # fmt: skip
-            return []
+            return HostsFile()
         except OSError as error:
             log.warning("%s: not read: %s", path, error.strerror)
-            return []
+            return HostsFile()
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
@@ -63,7 +123,7 @@ def read_hosts_mirrors(registry: str, directory: Path | None = None) -> list[Mir
                 f"{path}: invalid TOML: {error}", hint="fix or remove the file"
             ) from None
         return parse_hosts(data, str(path), path.parent)
-    return []
+    return HostsFile()
 
 
 def _folders(registry: str) -> list[str]:
@@ -79,51 +139,112 @@ def _folders(registry: str) -> list[str]:
 
 def parse_hosts(
     data: Mapping[str, Any], where: str, folder: Path | None = None
-) -> list[Mirror]:
-    """Turn the ``host`` tables of one ``hosts.toml`` into mirrors.
+) -> HostsFile:
+    """Read one ``hosts.toml``: its ``host`` tables and its top-level settings.
 
-    Relative ``ca`` paths are read from ``folder``, the file's own.
+    ``where`` names the file in errors. Relative paths are read from
+    ``folder``, the file's own.
     """
-    top_level = [key for key in ("server", *_TLS_KEYS, *_IGNORED_KEYS) if key in data]
-    if top_level:
-        log.warning(
-            "%s: top-level %s not applied by apparate; the registry itself is "
-            "reached as the image reference names it", where, ", ".join(top_level),
-        )  # fmt: skip
     hosts = data.get("host", {})
     if not isinstance(hosts, dict):
-        raise UsageError(
-            f"{where}: host must be a table", hint="fix or remove the file"
-        )
+        raise _invalid(f"{where}: host must be a table")
     mirrors = []
     for url, settings in hosts.items():
         if not isinstance(settings, dict):
-            raise UsageError(
-                f"{where}: host.{url!r} must be a table", hint="fix or remove the file"
-            )
-        capabilities = settings.get("capabilities", DEFAULT_CAPABILITIES)
-        if "pull" not in capabilities:
-            continue
-        ignored = [key for key in _IGNORED_KEYS if key in settings]
-        if ignored:
-            log.warning(
-                "%s: %s of %s not applied by apparate",
-                where, ", ".join(ignored), url,
-            )  # fmt: skip
-        if "://" not in url:
-            url = f"https://{url}"
-        subject = f"{where}: host.{url!r}"
-        mirrors.append(
-            Mirror(
-                url.rstrip("/"),
-                resolve="resolve" in capabilities,
-                override_path=bool(settings.get("override_path", False)),
-                ca_files=_ca_files(settings.get("ca", ()), folder, subject),
-                skip_verify=_flag(settings.get("skip_verify", False), subject),
-                headers=_headers(settings.get("header", {}), subject),
-            )
+            raise _invalid(f"{where}: host.{url!r} must be a table")
+        mirror = _parse_mirror(url, settings, where, folder)
+        if mirror is not None:
+            mirrors.append(mirror)
+    return HostsFile(tuple(mirrors), _parse_origin(data, where, folder))
+
+
+def _parse_mirror(
+    url: str, settings: Mapping[str, Any], where: str, folder: Path | None
+) -> Mirror | None:
+    """Read one ``host`` table, or return None when it does not serve pulls."""
+    capabilities = _capabilities(settings, f"{where}: host.{url!r}")
+    if "pull" not in capabilities:
+        return None
+    ignored = _ignored_keys(settings)
+    if ignored:
+        log.warning("%s: %s of %s not applied by apparate", where, ignored, url)
+    if "://" not in url:
+        url = f"https://{url}"
+    subject = f"{where}: host.{url!r}"
+    return Mirror(
+        url.rstrip("/"),
+        resolve="resolve" in capabilities,
+        override_path=_flag(settings, "override_path", subject),
+        **_host_settings(settings, subject, folder),
+    )
+
+
+def _parse_origin(
+    data: Mapping[str, Any], where: str, folder: Path | None
+) -> Mirror | None:
+    """Read the top-level keys, which apply to the registry itself."""
+    ignored = _ignored_keys(data)
+    if ignored:
+        log.warning("%s: top-level %s not applied by apparate", where, ignored)
+    capabilities = _capabilities(data, where)
+    if not {"pull", "resolve"} <= set(capabilities):
+        log.warning(
+            "%s: top-level capabilities %s not applied by apparate, which "
+            "always pulls and resolves tags at the registry itself",
+            where, list(capabilities),
+        )  # fmt: skip
+    if not any(key in data for key in _ORIGIN_KEYS):
+        return None
+    override_path = _flag(data, "override_path", where)
+    server = data.get("server")
+    return Mirror(
+        "" if server is None else _server_url(server, override_path, where),
+        resolve=True,
+        override_path=override_path,
+        **_host_settings(data, where, folder),
+    )
+
+
+def _capabilities(settings: Mapping[str, Any], subject: str) -> list[str]:
+    value = settings.get("capabilities", list(DEFAULT_CAPABILITIES))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _invalid(f'{subject}: capabilities must be a list such as ["pull"]')
+    return value
+
+
+def _ignored_keys(settings: Mapping[str, Any]) -> str:
+    return ", ".join(key for key in _IGNORED_KEYS if key in settings)
+
+
+def _host_settings(
+    settings: Mapping[str, Any], subject: str, folder: Path | None
+) -> dict[str, Any]:
+    """Read the TLS, header and timeout keys that an entry and the top level share."""
+    return {
+        "ca_files": _ca_files(settings.get("ca", ()), folder, subject),
+        "skip_verify": _flag(settings, "skip_verify", subject),
+        "headers": _headers(settings.get("header", {}), subject),
+        "client_certs": _client_certs(settings.get("client", ()), folder, subject),
+        "dial_timeout": _dial_timeout(settings.get("dial_timeout", ""), subject),
+    }
+
+
+def _server_url(value: Any, override_path: bool, where: str) -> str:
+    """Read ``server``, a base URL whose scheme is https when it has none."""
+    if not isinstance(value, str) or not value.strip("/ "):
+        raise _invalid(f'{where}: server must be a URL such as "https://host:5000"')
+    url = value if "://" in value else f"https://{value}"
+    if any(mark in url for mark in "?#@"):
+        raise _invalid(
+            f"{where}: server {value!r} must not have a query, a fragment or a "
+            "user name",
+            hint="remove them, and store credentials in docker's config.json",
         )
-    return mirrors
+    try:
+        Endpoint.parse(url, override_path)
+    except ValueError as error:
+        raise _invalid(f"{where}: server {value!r} is invalid: {error}") from None
+    return url.rstrip("/")
 
 
 def _ca_files(value: Any, folder: Path | None, subject: str) -> tuple[str, ...]:
@@ -133,15 +254,62 @@ def _ca_files(value: Any, folder: Path | None, subject: str) -> tuple[str, ...]:
         isinstance(path, str) for path in paths
     ):
         raise _invalid(f"{subject}: ca must be a path or a list of paths")
-    return tuple(
-        str(folder / path) if folder and not Path(path).is_absolute() else path
-        for path in paths
+    return tuple(_in_folder(path, folder) for path in paths)
+
+
+def _client_certs(
+    value: Any, folder: Path | None, subject: str
+) -> tuple[tuple[str, str], ...]:
+    """Read ``client``: a file, a list of files, or a list of [cert, key] pairs.
+
+    Return (certificate, key) pairs, where an empty key means the key is in
+    the certificate file.
+    """
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list | tuple):
+        raise _invalid(
+            f"{subject}: client must be a path, a list of paths or a list of "
+            "[certificate, key] pairs"
+        )
+    pairs = []
+    for entry in entries:
+        if isinstance(entry, str) and entry:
+            pairs.append((_in_folder(entry, folder), ""))
+        elif _is_path_pair(entry):
+            certificate, key = entry
+            key = _in_folder(key, folder) if key else ""
+            pairs.append((_in_folder(certificate, folder), key))
+        else:
+            raise _invalid(
+                f"{subject}: client entry {entry!r} must be a path or a "
+                "[certificate, key] pair of paths"
+            )
+    if len(pairs) > 1:
+        log.warning(
+            "%s: client lists %d certificates, but apparate presents only the "
+            "first, %s", subject, len(pairs), pairs[0][0],
+        )  # fmt: skip
+    return tuple(pairs)
+
+
+def _is_path_pair(entry: Any) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and all(isinstance(path, str) for path in entry)
+        and bool(entry[0])
     )
 
 
-def _flag(value: Any, subject: str) -> bool:
+def _in_folder(path: str, folder: Path | None) -> str:
+    """Resolve a relative path against the hosts.toml folder, as containerd does."""
+    return str(folder / path) if folder and not Path(path).is_absolute() else path
+
+
+def _flag(settings: Mapping[str, Any], key: str, subject: str) -> bool:
+    value = settings.get(key, False)
     if not isinstance(value, bool):
-        raise _invalid(f"{subject}: skip_verify must be true or false")
+        raise _invalid(f"{subject}: {key} must be true or false")
     return value
 
 
@@ -161,5 +329,50 @@ def _headers(value: Any, subject: str) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
-def _invalid(message: str) -> UsageError:
-    return UsageError(message, hint="fix or remove the file")
+def _dial_timeout(value: Any, subject: str) -> float | None:
+    """Read ``dial_timeout`` in seconds. An empty string leaves the default."""
+    if not isinstance(value, str):
+        raise _invalid(f'{subject}: dial_timeout must be a string such as "3s"')
+    if not value:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise _invalid(
+            f"{subject}: dial_timeout {value!r} is invalid: {error}",
+            hint='write it as a Go duration such as "500ms", "3s" or "1m30s"',
+        ) from None
+
+
+def parse_duration(text: str) -> float:
+    """Read a Go duration such as ``500ms``, ``3s`` or ``1m30s``, in seconds.
+
+    The syntax is that of Go's ``time.ParseDuration``: numbers, each with a
+    unit of ns, us (or µs), ms, s, m or h, and a bare ``0``. A negative
+    duration raises ValueError, since no timeout can be negative.
+    """
+    body = text.removeprefix("+")
+    if body.startswith("-"):
+        raise ValueError("a timeout cannot be negative")
+    if body == "0":
+        return 0.0
+    if not body:
+        raise ValueError("no number")
+    seconds = 0.0
+    position = 0
+    while position < len(body):
+        part = _DURATION_PART.match(body, position)
+        if part is None:
+            raise ValueError(f"no number before {body[position:]!r}")
+        number, unit = part.groups()
+        if not unit:
+            raise ValueError(f"no unit after {number}")
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"unknown unit {unit!r}")
+        seconds += float(number) * _DURATION_UNITS[unit]
+        position = part.end()
+    return seconds
+
+
+def _invalid(message: str, hint: str = "fix or remove the file") -> UsageError:
+    return UsageError(message, hint=hint)

@@ -1,7 +1,8 @@
 """List the sources of a reference's content and open them for one pull.
 
 Mirrors come from ``--mirror``, from ``config.toml`` and from containerd's
-``hosts.toml``, in that order, and the origin registry comes last. With
+``hosts.toml``, in that order, and the origin registry comes last: where the
+reference names it, or at the ``server`` of ``hosts.toml``. With
 mirrors, each source's round trip is probed (or read from the store's
 figures while they are fresh), so the pool can rank them.
 """
@@ -22,7 +23,7 @@ from apparate.reference import Reference, is_loopback
 from apparate.registry.client import Endpoint, RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
-from apparate.sources.hosts import read_hosts_mirrors
+from apparate.sources.hosts import read_hosts
 from apparate.sources.pool import MIRROR, ORIGIN, Source, SourcePool
 from apparate.sources.probe import probe_rtt
 from apparate.sources.ranking import Measure
@@ -39,10 +40,12 @@ class SourceSpec:
     role: str
     resolve: bool
     configured_in: str
-    # TLS and header settings of a hosts.toml entry (see config.Mirror).
+    # TLS, header and timeout settings from hosts.toml (see config.Mirror).
     ca_files: tuple[str, ...] = ()
     skip_verify: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    client_certs: tuple[tuple[str, str], ...] = ()
+    dial_timeout: float | None = None
 
 
 def list_sources(
@@ -57,6 +60,7 @@ def list_sources(
     settings, as ``--resolving-mirror`` gives.
     """
     registry = reference.registry
+    hosts = read_hosts(registry, hosts_directory)
     found: list[tuple[Mirror, str]] = [
         (Mirror(item), "--mirror")
         if isinstance(item, str)
@@ -65,10 +69,7 @@ def list_sources(
     ]
     where = str(config.path) if config.path else "config.toml"
     found += [(mirror, where) for mirror in config.mirrors_of(registry)]
-    found += [
-        (mirror, "hosts.toml")
-        for mirror in read_hosts_mirrors(registry, hosts_directory)
-    ]
+    found += [(mirror, "hosts.toml") for mirror in hosts.mirrors]
 
     specs: list[SourceSpec] = []
     seen: set[Endpoint] = set()
@@ -80,10 +81,7 @@ def list_sources(
                 f"mirror of {registry} from {configured_in}: {error}",
                 hint="write it as https://HOST[:PORT][/PATH]",
             ) from None
-        spec = SourceSpec(
-            endpoint, MIRROR, mirror.resolve, configured_in,
-            mirror.ca_files, mirror.skip_verify, mirror.headers,
-        )  # fmt: skip
+        spec = _spec(endpoint, MIRROR, configured_in, mirror)
         if endpoint not in seen:
             seen.add(endpoint)
             specs.append(spec)
@@ -94,8 +92,32 @@ def list_sources(
                 n for n, kept in enumerate(specs) if kept.endpoint == endpoint
             )
             specs[position] = _merged(specs[position], spec)
-    specs.append(SourceSpec(Endpoint(reference.api_host), ORIGIN, True, "reference"))
+    specs.append(_origin_spec(reference, hosts.origin))
     return specs
+
+
+def _origin_spec(reference: Reference, settings: Mirror | None) -> SourceSpec:
+    """Return the registry itself, with the top-level settings of hosts.toml.
+
+    Those settings name no URL unless the file sets ``server``.
+    """
+    if settings is None:
+        return SourceSpec(Endpoint(reference.api_host), ORIGIN, True, "reference")
+    if not settings.url:
+        return _spec(Endpoint(reference.api_host), ORIGIN, "reference", settings)
+    # hosts.py checked the URL.
+    endpoint = Endpoint.parse(settings.url, settings.override_path)
+    return _spec(endpoint, ORIGIN, "hosts.toml", settings)
+
+
+def _spec(
+    endpoint: Endpoint, role: str, configured_in: str, mirror: Mirror
+) -> SourceSpec:
+    return SourceSpec(
+        endpoint, role, mirror.resolve, configured_in,
+        mirror.ca_files, mirror.skip_verify, mirror.headers, mirror.client_certs,
+        mirror.dial_timeout,
+    )  # fmt: skip
 
 
 def open_pool(
@@ -112,16 +134,7 @@ def open_pool(
     ``refresh`` probes every source, even a lone origin or one whose kept
     round trip is still fresh.
     """
-    plain = {spec.endpoint.host for spec in specs if spec.endpoint.scheme == "http"}
-    # A mirror written with http:// was marked plain HTTP by its user.
-    settings = dataclasses.replace(
-        settings,
-        insecure_registries=settings.insecure_registries | plain,
-        extra_ca_files=settings.extra_ca_files
-        + tuple((spec.endpoint.host, path) for spec in specs for path in spec.ca_files),
-        skip_verify=settings.skip_verify
-        | {spec.endpoint.host for spec in specs if spec.skip_verify},
-    )
+    settings = _with_host_settings(settings, specs)
     measured = len(specs) > 1 or refresh
     loopback = any(_remembers_scheme(spec.endpoint) for spec in specs)
     stats = _open_stats(stats_path) if measured or loopback else None
@@ -167,13 +180,46 @@ def _open_sources(
     return pool
 
 
+def _with_host_settings(
+    settings: TransportSettings, specs: list[SourceSpec]
+) -> TransportSettings:
+    """Add each source's plain HTTP, TLS and timeout settings, keyed by its host."""
+    # A source written with http:// was marked plain HTTP by its user.
+    plain = {spec.endpoint.host for spec in specs if spec.endpoint.scheme == "http"}
+    ca_files = [(spec.endpoint.host, path) for spec in specs for path in spec.ca_files]
+    client_certs = [
+        (spec.endpoint.host, certificate, key)
+        for spec in specs
+        for certificate, key in spec.client_certs
+    ]
+    connect_timeouts = [
+        (spec.endpoint.host, spec.dial_timeout)
+        for spec in specs
+        if spec.dial_timeout is not None
+    ]
+    return dataclasses.replace(
+        settings,
+        insecure_registries=settings.insecure_registries | plain,
+        extra_ca_files=settings.extra_ca_files + tuple(ca_files),
+        skip_verify=settings.skip_verify
+        | {spec.endpoint.host for spec in specs if spec.skip_verify},
+        client_certs=settings.client_certs + tuple(client_certs),
+        connect_timeouts=settings.connect_timeouts + tuple(connect_timeouts),
+    )
+
+
 def _merged(first: SourceSpec, again: SourceSpec) -> SourceSpec:
     return dataclasses.replace(
         first,
         ca_files=first.ca_files + again.ca_files,
         skip_verify=first.skip_verify or again.skip_verify,
         headers=first.headers + again.headers,
-    )
+        client_certs=first.client_certs + again.client_certs,
+        dial_timeout=(
+            first.dial_timeout if first.dial_timeout is not None
+            else again.dial_timeout
+        ),
+    )  # fmt: skip
 
 
 def _remembers_scheme(endpoint: Endpoint) -> bool:
@@ -225,13 +271,26 @@ def measure_sources(
                 unreached.append(
                     f"mirror {source.name} could not be reached ({failure}); it "
                     "does not resolve tags, and serves content only when no other "
-                    "source is left"
+                    f"source is left{_client_cert_hint(failure)}"
                 )
             if rtt is not None and stats is not None:
                 stats.save_rtt(source.name, rtt)
     except StoreError as error:
         log.warning("source figures not kept: %s", error)
     return unreached
+
+
+def _client_cert_hint(failure: str | None) -> str:
+    """Return a hint when a TLS alert shows that a client certificate is required.
+
+    Go servers such as distribution's registry send bad_certificate for a
+    missing or untrusted client certificate; others send TLS 1.3's
+    certificate_required.
+    """
+    alerts = ("ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_REQUIRED")
+    if failure and any(alert in failure for alert in alerts):
+        return "; it may require a client certificate, set by client in hosts.toml"
+    return ""
 
 
 def _fill_kept(

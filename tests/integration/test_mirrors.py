@@ -163,6 +163,47 @@ def test_tls_mirror_from_hosts_toml(origin, tmp_path, trust):
         assert result.warnings == []
 
 
+@pytest.mark.parametrize("client", ["pair", "one file", "missing"])
+def test_mutual_tls_mirror_from_hosts_toml(origin, tmp_path, client):
+    handle = start_registry(
+        "mtls", tmp_path / "mirror", storage_from=origin.registry.storage_dir
+    )
+    folder = tmp_path / "no-hosts" / f"{origin.host.replace(':', '_')}_"
+    folder.mkdir(parents=True)
+    (folder / "mirror-ca.crt").write_bytes(handle.ca_file.read_bytes())
+    pair = handle.client_cert
+    (folder / "client.crt").write_bytes(pair.cert_path.read_bytes())
+    (folder / "client.pem").write_bytes(
+        pair.cert_path.read_bytes() + pair.key_path.read_bytes()
+    )
+    settings = {"pair": f'client = [["client.crt", "{pair.key_path}"]]',
+                "one file": 'client = "client.pem"', "missing": ""}[client]  # fmt: skip
+    (folder / "hosts.toml").write_text(
+        f'[host."https://{handle.host}"]\ncapabilities = ["pull"]\n'
+        f'ca = "mirror-ca.crt"\ndial_timeout = "3s"\n{settings}\n'
+    )
+    store = tmp_path / "store"
+    try:
+        apparate.pull(f"{origin.repository}:v1", PullOptions(store=store))
+        result = apparate.pull(
+            f"{origin.repository}:v2",
+            PullOptions(store=store, config=Config(stall_timeout=STALL_TIMEOUT)),
+        )
+    finally:
+        handle.stop()
+
+    assert_correct_image(origin, store, result)
+    mirror_bytes = result.bytes_by_source.get(f"https://{handle.host}", 0)
+    if client == "missing":
+        # The mirror rejects the handshake, so it is left with a warning.
+        assert mirror_bytes == 0
+        (warning,) = [w for w in result.warnings if handle.host in w]
+        assert "may require a client certificate" in warning
+    else:
+        assert mirror_bytes > 0
+        assert result.warnings == []
+
+
 def test_mirror_lacking_layer_moves_to_origin(origin, tmp_path):
     handle = start_mirror(origin, tmp_path / "mirror")
     try:

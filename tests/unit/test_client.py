@@ -8,6 +8,7 @@ import httpx
 import pytest
 import respx
 import zstandard
+from cryptography.hazmat.primitives import serialization
 
 from apparate.digest import Digest
 from apparate.errors import (
@@ -20,6 +21,7 @@ from apparate.errors import (
     RegistryUnreachable,
     ServerError,
     TruncatedBody,
+    UsageError,
 )
 from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.reference import Reference
@@ -697,6 +699,113 @@ def test_tls_context_trusts_ca_files_given_for_host(tmp_path):
 
     assert settings.ssl_context(HOST).cert_store_stats()["x509_ca"] == 1
     assert settings.ssl_context("other.example").cert_store_stats()["x509_ca"] == 0
+
+
+def handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> dict:
+    """Run a TLS handshake in memory and return the certificate the server received."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_side = client.wrap_bio(to_client, to_server, server_hostname="localhost")
+    server_side = server.wrap_bio(to_server, to_client, server_side=True)
+    done = set()
+    for _ in range(10):
+        for side in (client_side, server_side):
+            try:
+                side.do_handshake()
+                done.add(side)
+            except ssl.SSLWantReadError:
+                pass
+        if len(done) == 2:
+            return server_side.getpeercert()
+    raise AssertionError("the handshake did not finish")
+
+
+@pytest.fixture
+def mutual_tls(tmp_path):
+    """A CA, a server context that requires a client certificate, and a client pair."""
+    ca = certs.create_ca(tmp_path / "ca")
+    server = certs.server_context(certs.issue_server_cert(ca, tmp_path, "server"))
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_verify_locations(cafile=ca.cert_path)
+    return ca, server, certs.issue_client_cert(ca, tmp_path, "client")
+
+
+@pytest.mark.parametrize("form", ["pair", "one file"])
+def test_tls_context_presents_client_cert(tmp_path, mutual_tls, form):
+    ca, server, client = mutual_tls
+    certificate, key = str(client.cert_path), str(client.key_path)
+    if form == "one file":
+        combined = tmp_path / "client.pem"
+        combined.write_bytes(
+            client.cert_path.read_bytes() + client.key_path.read_bytes()
+        )
+        certificate, key = str(combined), ""
+    settings = TransportSettings(
+        certs_dirs=(),
+        extra_ca_files=((HOST, str(ca.cert_path)),),
+        client_certs=((HOST, certificate, key), (HOST, "/absent.pem", "")),
+    )
+
+    presented = handshake(settings.ssl_context(HOST), server)
+
+    assert presented["subject"] == ((("commonName", "client"),),)
+
+
+def test_client_cert_only_for_its_host(mutual_tls):
+    ca, server, client = mutual_tls
+    settings = TransportSettings(
+        certs_dirs=(),
+        extra_ca_files=(("other.example", str(ca.cert_path)),),
+        client_certs=((HOST, str(client.cert_path), str(client.key_path)),),
+    )
+
+    with pytest.raises(ssl.SSLError):
+        handshake(settings.ssl_context("other.example"), server)
+
+
+def test_tls_context_rejects_encrypted_client_key(tmp_path, mutual_tls):
+    client = mutual_tls[2]
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        client.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    settings = TransportSettings(
+        certs_dirs=(), client_certs=((HOST, str(client.cert_path), str(encrypted)),)
+    )
+
+    with pytest.raises(UsageError, match=f"key {encrypted} for {HOST} is encrypted"):
+        settings.ssl_context(HOST)
+
+
+@pytest.mark.parametrize("missing", ["key", "file"])
+def test_tls_context_rejects_unloadable_client_cert(tmp_path, mutual_tls, missing):
+    client = mutual_tls[2]
+    certificate = str(client.cert_path) if missing == "key" else "/absent/client.pem"
+    settings = TransportSettings(certs_dirs=(), client_certs=((HOST, certificate, ""),))
+
+    with pytest.raises(UsageError, match=f"client certificate {certificate} for"):
+        settings.ssl_context(HOST)
+
+
+@pytest.mark.parametrize(
+    "timeouts, connect",
+    [((), 30.0), (((HOST, 0.5), (HOST, 9.0)), 0.5), (((HOST, 0.0),), None),
+     ((("other.example", 0.5),), 30.0)],
+)  # fmt: skip
+def test_connect_timeout_per_host(tmp_path, timeouts, connect):
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    settings = TransportSettings(certs_dirs=(), connect_timeouts=timeouts)
+    reference = Reference.parse(f"{HOST}/team/app:v1")
+
+    with settings.client(HOST) as plain:
+        assert plain.timeout.connect == connect
+        assert plain.timeout.read == 60.0
+    with RegistryClient(reference, settings, credentials, read_timeout=2.0) as client:
+        assert client._http.timeout.connect == connect
+        assert client._http.timeout.read == 2.0
 
 
 @respx.mock

@@ -10,8 +10,8 @@ from apparate.config import Config, Mirror, load_config, parse_config, parse_siz
 from apparate.errors import UsageError
 from apparate.reference import Reference
 from apparate.registry.client import Endpoint
-from apparate.sources.hosts import parse_hosts, read_hosts_mirrors
-from apparate.sources.selection import list_sources
+from apparate.sources.hosts import parse_duration, parse_hosts, read_hosts
+from apparate.sources.selection import SourceSpec, list_sources
 
 ENDPOINT_CASES = {
     "host only": ("https://mirror.example", False, Endpoint("mirror.example", "https")),
@@ -130,13 +130,13 @@ server = "https://registry-1.docker.io"
 
 
 def test_parse_hosts():
-    mirrors = parse_hosts(tomllib.loads(HOSTS), "hosts.toml")
+    mirrors = parse_hosts(tomllib.loads(HOSTS), "hosts.toml").mirrors
 
-    assert mirrors == [
+    assert mirrors == (
         Mirror("https://resolver.example", resolve=True),
         Mirror("https://content.example:5000", resolve=False),
         Mirror("https://api.example/custom", resolve=True, override_path=True),
-    ]
+    )
 
 
 TLS_HOSTS = """
@@ -154,7 +154,8 @@ TLS_HOSTS = """
 
 
 def test_parse_hosts_tls_and_headers(tmp_path):
-    mirror, lab = parse_hosts(tomllib.loads(TLS_HOSTS), "hosts.toml", tmp_path)
+    hosts = parse_hosts(tomllib.loads(TLS_HOSTS), "hosts.toml", tmp_path)
+    mirror, lab = hosts.mirrors
 
     assert mirror.ca_files == (str(tmp_path / "mirror-ca.crt"),)
     assert not mirror.skip_verify
@@ -183,8 +184,8 @@ def test_read_hosts_falls_back_to_default(tmp_path):
     (tmp_path / "_default").mkdir()
     (tmp_path / "_default" / "hosts.toml").write_text(HOSTS)
 
-    assert len(read_hosts_mirrors("quay.io", tmp_path)) == 3
-    assert read_hosts_mirrors("quay.io", tmp_path / "absent") == []
+    assert len(read_hosts("quay.io", tmp_path).mirrors) == 3
+    assert read_hosts("quay.io", tmp_path / "absent").mirrors == ()
 
 
 def test_read_hosts_prefers_underscore_folder(tmp_path):
@@ -193,7 +194,7 @@ def test_read_hosts_prefers_underscore_folder(tmp_path):
     (tmp_path / "127.0.0.1:5000").mkdir()
     (tmp_path / "127.0.0.1:5000" / "hosts.toml").write_text(TLS_HOSTS)
 
-    assert len(read_hosts_mirrors("127.0.0.1:5000", tmp_path)) == 3
+    assert len(read_hosts("127.0.0.1:5000", tmp_path).mirrors) == 3
 
 
 def test_read_hosts_stops_at_first_existing_folder(tmp_path):
@@ -201,7 +202,7 @@ def test_read_hosts_stops_at_first_existing_folder(tmp_path):
     (tmp_path / "_default").mkdir()
     (tmp_path / "_default" / "hosts.toml").write_text(HOSTS)
 
-    assert read_hosts_mirrors("127.0.0.1:5000", tmp_path) == []
+    assert read_hosts("127.0.0.1:5000", tmp_path).mirrors == ()
 
 
 def test_list_sources_merges_settings_of_repeated_mirror(tmp_path):
@@ -254,3 +255,234 @@ def test_list_sources_takes_resolving_flag_mirror(tmp_path):
 def test_list_sources_rejects_bad_flag_url(tmp_path):
     with pytest.raises(UsageError, match="--mirror"):
         list_sources(Reference.parse("r.example/a"), ["ftp://m"], Config(), tmp_path)
+
+
+CLIENT_CASES = {
+    "one file": ('"client.pem"', [("client.pem", "")]),
+    "absolute file": ('"/etc/certs/client.pem"', [("/etc/certs/client.pem", "")]),
+    "list of files": ('["a.pem", "/b.pem"]', [("a.pem", ""), ("/b.pem", "")]),
+    "pairs": (
+        '[["c.crt", "keys/c.key"], ["/d.pem", ""]]',
+        [("c.crt", "keys/c.key"), ("/d.pem", "")],
+    ),
+}
+
+
+@pytest.mark.parametrize("value, expected", CLIENT_CASES.values(), ids=CLIENT_CASES)
+def test_parse_hosts_client_forms(tmp_path, value, expected):
+    data = tomllib.loads(f'[host."https://m.example"]\nclient = {value}\n')
+
+    (mirror,) = parse_hosts(data, "hosts.toml", tmp_path).mirrors
+
+    in_folder = [
+        tuple(str(tmp_path / path) if path and path[0] != "/" else path
+              for path in pair)
+        for pair in expected
+    ]  # fmt: skip
+    assert mirror.client_certs == tuple(in_folder)
+
+
+def test_parse_hosts_warns_of_second_client_cert(caplog):
+    data = tomllib.loads('[host."https://m.example"]\nclient = ["/a.pem", "/b.pem"]')
+
+    parse_hosts(data, "hosts.toml")
+
+    assert "presents only the first, /a.pem" in caplog.text
+
+
+DURATION_CASES = {
+    "500ms": 0.5,
+    "3s": 3.0,
+    "1m30s": 90.0,
+    "1.5h": 5400.0,
+    "1h2m3.5s": 3723.5,
+    "250us": 0.00025,
+    "250µs": 0.00025,
+    "100ns": 1e-7,
+    "+2s": 2.0,
+    "0": 0.0,
+    "0s": 0.0,
+    ".5s": 0.5,
+}
+
+
+@pytest.mark.parametrize("text, seconds", DURATION_CASES.items(), ids=DURATION_CASES)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+BAD_DURATIONS = {
+    "5": "no unit after 5",
+    "3 s": "unknown unit ' s'",
+    "1d": "unknown unit 'd'",
+    "-1s": "cannot be negative",
+    "s": "no number before 's'",
+    "1.2.3s": "no unit after 1.2",
+    "+": "no number",
+}
+
+
+@pytest.mark.parametrize("text, words", BAD_DURATIONS.items(), ids=BAD_DURATIONS)
+def test_parse_duration_rejects(text, words):
+    with pytest.raises(ValueError, match=words):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ('dial_timeout = "5"', "dial_timeout '5' is invalid: no unit after 5"),
+        ('dial_timeout = "-3s"', "dial_timeout '-3s' is invalid: .* negative"),
+        ("dial_timeout = 3", "dial_timeout must be a string"),
+        ("client = 5", "client must be a path"),
+        ('client = [["only.pem"]]', r"client entry \['only.pem'\] must be"),
+        ('client = [["a", "b", "c"]]', "client entry .* must be"),
+        ('client = [["", "k.pem"]]', "client entry .* must be"),
+        ("client = [5]", "client entry 5 must be"),
+        ('client = ""', "client entry '' must be"),
+        ("override_path = 1", "override_path must be true or false"),
+        ('capabilities = "pull"', "capabilities must be a list"),
+    ],
+)
+def test_parse_hosts_rejects_bad_host_keys(entry, words):
+    data = tomllib.loads(f'[host."https://m.example"]\n{entry}\n')
+
+    with pytest.raises(UsageError, match=f"certs.d/hosts.toml: host.* {words}"):
+        parse_hosts(data, "certs.d/hosts.toml")
+
+
+def test_parse_hosts_reads_dial_timeout_of_entry():
+    data = tomllib.loads(
+        '[host."https://a.example"]\ndial_timeout = "1m30s"\n'
+        '[host."https://b.example"]\ndial_timeout = ""\n'
+    )
+
+    a, b = parse_hosts(data, "hosts.toml").mirrors
+
+    assert a.dial_timeout == 90.0
+    assert b.dial_timeout is None
+
+
+def test_parse_hosts_top_level_settings(tmp_path, caplog):
+    text = """
+server = "https://registry.example:5000"
+ca = "registry-ca.crt"
+client = [["client.crt", "client.key"]]
+skip_verify = true
+dial_timeout = "2s"
+[header]
+  X-Registry-Token = "abc"
+"""
+
+    hosts = parse_hosts(tomllib.loads(text), "hosts.toml", tmp_path)
+
+    assert hosts.mirrors == ()
+    assert hosts.origin == Mirror(
+        "https://registry.example:5000",
+        resolve=True,
+        ca_files=(str(tmp_path / "registry-ca.crt"),),
+        skip_verify=True,
+        headers=(("X-Registry-Token", "abc"),),
+        client_certs=((str(tmp_path / "client.crt"), str(tmp_path / "client.key")),),
+        dial_timeout=2.0,
+    )
+    assert "not applied" not in caplog.text
+
+
+def test_parse_hosts_origin_absent():
+    hosts = parse_hosts(tomllib.loads(TLS_HOSTS), "hosts.toml")
+
+    assert hosts.origin is None
+
+
+def test_parse_hosts_warns_of_keys_not_applied(caplog):
+    text = """
+proxy = "http://proxy.example:3128"
+capabilities = ["pull"]
+[host."https://m.example"]
+  proxy = "http://proxy.example:3128"
+"""
+
+    parse_hosts(tomllib.loads(text), "hosts.toml")
+
+    assert "hosts.toml: top-level proxy not applied" in caplog.text
+    assert "hosts.toml: proxy of https://m.example not applied" in caplog.text
+    assert "top-level capabilities ['pull'] not applied" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ('server = "ftp://registry.example"', "unsupported scheme"),
+        ('server = "https://user@registry.example"', "user name"),
+        ('server = "https://registry.example/?ns=x"', "query"),
+        ('server = "https:///v2"', "no host"),
+        ('server = ""', "server must be a URL"),
+        ("server = 5000", "server must be a URL"),
+        ('ca = ["a.crt", 1]', "ca must be a path"),
+        ('dial_timeout = "soon"', "dial_timeout 'soon' is invalid"),
+        ('client = {cert = "a"}', "client must be a path"),
+        ('skip_verify = "no"', "skip_verify must be true or false"),
+        ("capabilities = [1]", "capabilities must be a list"),
+    ],
+)
+def test_parse_hosts_rejects_bad_top_level_keys(entry, words):
+    data = tomllib.loads(f"{entry}\n")
+
+    with pytest.raises(UsageError, match=f"certs.d/hosts.toml: .*{words}"):
+        parse_hosts(data, "certs.d/hosts.toml")
+
+
+SERVER_CASES = {
+    "https": ('server = "https://registry-1.docker.io"',
+              Endpoint("registry-1.docker.io", "https", "/v2")),
+    "no scheme": ('server = "10.0.0.5:5000"', Endpoint("10.0.0.5:5000", "https")),
+    "plain http": ('server = "http://127.0.0.1:5000/"',
+                   Endpoint("127.0.0.1:5000", "http")),
+    "path prefix": ('server = "https://r.example/prefix"',
+                    Endpoint("r.example", "https", "/prefix/v2")),
+    "override_path": ('server = "https://r.example/api"\noverride_path = true',
+                      Endpoint("r.example", "https", "/api")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("text, endpoint", SERVER_CASES.values(), ids=SERVER_CASES)
+def test_list_sources_reaches_origin_at_server(tmp_path, text, endpoint):
+    (tmp_path / "registry.invalid_5000_").mkdir()
+    (tmp_path / "registry.invalid_5000_" / "hosts.toml").write_text(text)
+    reference = Reference.parse("registry.invalid:5000/team/app:v1")
+
+    *_, origin = list_sources(reference, [], Config(), tmp_path)
+
+    assert origin.endpoint == endpoint
+    assert origin.role == "origin"
+    assert origin.resolve
+    assert origin.configured_in == "hosts.toml"
+    assert str(reference) == "registry.invalid:5000/team/app:v1"
+
+
+def test_list_sources_applies_top_level_tls_to_origin(tmp_path):
+    (tmp_path / "docker.io").mkdir()
+    (tmp_path / "docker.io" / "hosts.toml").write_text(
+        'ca = "hub-ca.crt"\nclient = "hub-client.pem"\ndial_timeout = "500ms"\n'
+        '[header]\nX-Trace = "1"\n' + HOSTS.replace("server =", "# server =")
+    )
+
+    specs = list_sources(Reference.parse("alpine"), [], Config(), tmp_path)
+
+    folder = tmp_path / "docker.io"
+    origin = specs[-1]
+    assert origin.endpoint == Endpoint("registry-1.docker.io")
+    assert origin.configured_in == "reference"
+    assert origin.ca_files == (str(folder / "hub-ca.crt"),)
+    assert origin.client_certs == ((str(folder / "hub-client.pem"), ""),)
+    assert origin.dial_timeout == 0.5
+    assert origin.headers == (("X-Trace", "1"),)
+    assert all(spec.client_certs == () for spec in specs[:-1])
+
+
+def test_list_sources_keeps_origin_without_hosts_file(tmp_path):
+    specs = list_sources(Reference.parse("alpine"), [], Config(), tmp_path)
+
+    assert specs == [SourceSpec(Endpoint("registry-1.docker.io"), "origin", True,
+                                "reference")]  # fmt: skip
