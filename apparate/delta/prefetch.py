@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Self
 
 from apparate.chunked.format import is_chunked_layer
@@ -27,6 +28,15 @@ MAX_PARALLEL_TABLES = 4
 _POLL_SECONDS = 0.1
 
 
+@dataclass(frozen=True)
+class _Started:
+    """A table fetch under way, and the event that stops it alone."""
+
+    layer: Descriptor
+    future: Future[RemoteTable]
+    stop: threading.Event
+
+
 class TablePrefetch:
     """Table fetches started early, held in a context around the pull.
 
@@ -35,7 +45,9 @@ class TablePrefetch:
     A layer not started here is fetched when taken. Setting ``cancelled``
     stops the fetches before their next piece or attempt, and makes
     ``take`` raise RangeFetchStopped. Leaving the context sets it, then
-    waits for the fetches, so none outlives the pool.
+    waits for the fetches, so none outlives the pool. A second ``start``,
+    after a mirror's manifest failed, stops the fetches its manifest does
+    not need.
     """
 
     def __init__(
@@ -46,49 +58,56 @@ class TablePrefetch:
         self._image = image
         self._cancelled = cancelled
         self._executor: ThreadPoolExecutor | None = None
-        self._started: dict[Digest, tuple[Descriptor, Future[RemoteTable]]] = {}
+        self._started: dict[Digest, _Started] = {}
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
         # After an error the pull stops. After success, the tables still left
-        # (those of a mirror's manifest that failed) are of no use.
+        # are of no use.
         self._cancelled.set()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
     def start(self, manifest: Manifest) -> None:
-        """Begin fetching the tables of ``manifest``'s chunked layers; once only.
+        """Begin fetching the tables of ``manifest``'s chunked layers.
 
-        NOTE: when a resolving mirror fails after its manifest started the
-        fetches, the origin's manifest starts none. The mirror's fetches run
-        on until the pull ends, and their failures can add warnings.
+        Called again with another manifest, it stops the fetches of tables
+        that manifest does not list, and starts those it lacks.
         """
-        if self._executor is not None:
-            return
         missing = {
             layer.digest: layer
             for layer in manifest.layers
             if is_chunked_layer(layer.media_type, layer.annotations)
             and not self._store.has_blob(layer.digest, layer.size)
         }
-        if not missing:
+        for digest, started in list(self._started.items()):
+            needed = missing.get(digest)
+            if needed is None or needed.annotations != started.layer.annotations:
+                started.stop.set()
+                del self._started[digest]
+        new = [
+            layer for digest, layer in missing.items() if digest not in self._started
+        ]
+        if not new:
             return
-        self._executor = ThreadPoolExecutor(
-            min(MAX_PARALLEL_TABLES, len(missing)), thread_name_prefix="table"
-        )
-        for digest, layer in missing.items():
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                min(MAX_PARALLEL_TABLES, len(new)), thread_name_prefix="table"
+            )
+        for layer in new:
+            stop = threading.Event()
             future = self._executor.submit(
                 fetch_table, self._pool, layer, self.subject(layer),
-                self._cancelled.is_set,
+                lambda stop=stop: stop.is_set() or self._cancelled.is_set(),
             )  # fmt: skip
-            self._started[digest] = (layer, future)
+            self._started[layer.digest] = _Started(layer, future, stop)
 
     def take(self, layer: Descriptor) -> RemoteTable:
         """Return the table of ``layer``, fetched now if it was not started."""
         started = self._started.pop(layer.digest, None)
-        if started is None or started[0].annotations != layer.annotations:
+        if started is None or started.layer.annotations != layer.annotations:
             return fetch_table(
                 self._pool, layer, self.subject(layer), self._cancelled.is_set
             )
@@ -96,7 +115,7 @@ class TablePrefetch:
             if self._cancelled.is_set():
                 raise RangeFetchStopped()
             try:
-                return started[1].result(timeout=_POLL_SECONDS)
+                return started.future.result(timeout=_POLL_SECONDS)
             except TimeoutError:
                 continue
 

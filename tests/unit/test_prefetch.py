@@ -44,10 +44,25 @@ class StalledServer:
         raise AssertionError("the fetch was never stopped")
 
 
-def chunked_layer() -> tuple[Descriptor, bytes]:
+class StalledForOneLayer(StalledServer):
+    """Stalls on the ranges of ``stalled`` and serves those of ``blob``."""
+
+    def __init__(self, stalled: Digest, blob: bytes) -> None:
+        super().__init__()
+        self.stalled = stalled
+        self.served = BlobServer(blob)
+
+    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> None:
+        if layer.digest == self.stalled:
+            super().fetch_range(layer, start, end, place, subject, stopped)
+        else:
+            self.served.fetch_range(layer, start, end, place, subject, stopped)
+
+
+def chunked_layer(seed: int = 3) -> tuple[Descriptor, bytes]:
     output = io.BytesIO()
     converted = write_chunked_layer(
-        io.BytesIO(make_tar(3)), output.write, CHUNKER, DEFAULT_ENCODER
+        io.BytesIO(make_tar(seed)), output.write, CHUNKER, DEFAULT_ENCODER
     )
     blob = output.getvalue()
     layer = Descriptor(
@@ -147,3 +162,20 @@ def test_prefetch_failed_pull_stops_running_fetches(tmp_path):
 
     assert cancelled.is_set()
     assert server.stopped_early.is_set()
+
+
+def test_second_manifest_stops_unneeded_fetches(tmp_path):
+    mirror_layer, _ = chunked_layer(3)
+    origin_layer, origin_blob = chunked_layer(4)
+    server = StalledForOneLayer(mirror_layer.digest, origin_blob)
+
+    with TablePrefetch(server, Store(tmp_path), "app:v2", threading.Event()) as tables:
+        tables.start(manifest_of(mirror_layer))
+        tables.start(manifest_of(origin_layer))
+        table = tables.take(origin_layer)
+        assert server.stopped_early.wait(5)
+
+    assert table.table_offset == int(
+        origin_layer.annotations["dev.apparate.chunked.table-offset"]
+    )
+    assert server.served.requests == 1
