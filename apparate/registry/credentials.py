@@ -93,6 +93,19 @@ class CredentialStore:
         """Build a store over ``explicit`` and the Docker config that env selects."""
         return cls(explicit or {}, docker_config_path(env), env)
 
+    def reaching(self, registry: str, server: str) -> CredentialStore:
+        """Return a store that also gives ``registry``'s explicit credentials to ``server``.
+
+        ``server`` is the host where the registry is reached, such as the
+        ``server`` of ``hosts.toml``. Credentials from Docker's config stay
+        keyed by the host they were saved for.
+        """
+        explicit = dict(self._explicit)
+        for key, credentials in self._explicit.items():
+            if same_registry(key, registry):
+                explicit.setdefault(server, credentials)
+        return CredentialStore(explicit, self._config_path, self._env)
+
     def lookup(self, host: str) -> Credentials | None:
         """Return the credentials for a registry host (``host[:port]``), if any.
 

@@ -30,12 +30,10 @@ entries, in place of ``https://<registry>`` (``registry-1.docker.io`` for
 docker.io). Without a scheme it is https. Its path, if any, is a prefix
 before ``/v2``, or the API root itself with a top-level ``override_path``,
 as in containerd. Tags resolve there, since it is the registry, but the
-image keeps the name the reference gives it. Credentials for it are looked
-up under the server's host, as containerd does.
-
-NOTE: ``--username`` credentials are stored under the reference's registry
-host, so they are not sent to a ``server`` on another host. Keying them
-to the origin source instead of a host name would fix that.
+image keeps the name the reference gives it. Credentials from Docker's
+config are looked up under the server's host, as containerd does, and
+``--username`` credentials, given for the image's registry, go to the
+server too.
 
 A ``server`` with a query, fragment or user name, or with a scheme other
 than http and https, is rejected, because containerd would drop those parts

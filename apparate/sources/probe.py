@@ -13,7 +13,15 @@ from apparate.registry.transport import TransportSettings
 log = logging.getLogger(__name__)
 
 PROBES = 3
-PROBE_TIMEOUT = httpx.Timeout(2.0)
+PROBE_SECONDS = 2.0
+
+
+def probe_timeout(settings: TransportSettings, host: str) -> httpx.Timeout:
+    """Return a probe's timeouts: PROBE_SECONDS, or the host's shorter connect timeout."""
+    connect = settings.timeout_for(host).connect
+    return httpx.Timeout(
+        PROBE_SECONDS, connect=min(connect or PROBE_SECONDS, PROBE_SECONDS)
+    )
 
 
 def probe_rtt(
@@ -27,7 +35,7 @@ def probe_rtt(
     response, and the second value then gives the last error.
     """
     client = settings.client(endpoint.host)
-    client.timeout = PROBE_TIMEOUT
+    client.timeout = probe_timeout(settings, endpoint.host)
     best: float | None = None
     failure: str | None = None
     try:

@@ -147,6 +147,15 @@ def open_pool(
             stats.close()
 
 
+def _credentials_for(
+    spec: SourceSpec, reference: Reference, credentials: CredentialStore
+) -> CredentialStore:
+    """Give the origin, wherever ``server`` puts it, the registry's explicit credentials."""
+    if spec.role != ORIGIN or spec.endpoint.host == reference.api_host:
+        return credentials
+    return credentials.reaching(reference.api_host, spec.endpoint.host)
+
+
 def _open_sources(
     reference: Reference,
     specs: list[SourceSpec],
@@ -163,7 +172,7 @@ def _open_sources(
         client = RegistryClient(
             reference,
             settings,
-            credentials,
+            _credentials_for(spec, reference, credentials),
             endpoint=spec.endpoint,
             read_timeout=stall_timeout if mirror or len(specs) > 1 else None,
             plain_http_first=spec.endpoint.host in plain_first,

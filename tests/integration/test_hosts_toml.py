@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 import apparate
-from apparate.errors import RegistryUnreachable
+from apparate.errors import AuthError, RegistryUnreachable
 from apparate.pull import PullOptions
+from apparate.registry.credentials import Credentials
 from tests.testbed.registry import RegistryHandle, start_registry
 
 pytestmark = [
@@ -125,3 +126,26 @@ def test_top_level_tls_applies_without_server(https_registry, tmp_path, trust):
 
     assert stored_digest(store, image) == str(result.digest)
     assert sum(result.bytes_by_source.values()) > 0
+
+
+def test_explicit_credentials_reach_the_server(registry_basic, tmp_path):
+    write_hosts(tmp_path, UNREACHABLE, f'server = "http://{registry_basic.host}"\n')
+    image = f"{UNREACHABLE}/samples/base:v1"
+    login = Credentials(registry_basic.username, registry_basic.password, None)
+    store = tmp_path / "store"
+
+    result = apparate.pull(
+        image, PullOptions(store=store, credentials={UNREACHABLE: login})
+    )
+
+    assert set(result.bytes_by_source) == {f"http://{registry_basic.host}"}
+    assert stored_digest(store, image) == str(result.digest)
+
+
+def test_server_without_credentials_is_refused(registry_basic, tmp_path):
+    write_hosts(tmp_path, UNREACHABLE, f'server = "http://{registry_basic.host}"\n')
+
+    with pytest.raises(AuthError):
+        apparate.pull(
+            f"{UNREACHABLE}/samples/base:v1", PullOptions(store=tmp_path / "store")
+        )

@@ -424,3 +424,28 @@ def test_credentials_repr_hides_secrets() -> None:
     assert "ann" in text
     assert "hunter2" not in text
     assert "refresh-me" not in text
+
+
+def test_reaching_gives_explicit_credentials_to_server(
+    home: Path, env: dict[str, str]
+) -> None:
+    write_config(home, {"auths": {}})
+    given = Credentials("given", "two")
+    explicit = CredentialStore.from_environment({"registry.example": given}, env)
+
+    reaching = explicit.reaching("registry.example", "mirror.example:5000")
+
+    assert reaching.lookup("mirror.example:5000") == given
+    assert reaching.lookup("registry.example") == given
+    assert explicit.lookup("mirror.example:5000") is None
+
+
+def test_reaching_keeps_saved_credentials_of_server(
+    home: Path, env: dict[str, str]
+) -> None:
+    saved = {"auths": {"server.example": {"auth": basic_auth("saved", "one")}}}
+    store = store_with(home, env, saved)
+
+    reaching = store.reaching("registry.example", "server.example")
+
+    assert reaching.lookup("server.example") == Credentials("saved", "one")

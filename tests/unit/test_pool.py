@@ -10,7 +10,9 @@ from apparate.digest import Digest, DigestVerifier
 from apparate.errors import DigestMismatch, ServerError, TruncatedBody
 from apparate.manifest import Descriptor
 from apparate.registry.client import Endpoint, RangesUnsupported
+from apparate.registry.transport import TransportSettings
 from apparate.sources.pool import MIRROR, ORIGIN, Source, SourcePool
+from apparate.sources.probe import PROBE_SECONDS, probe_timeout
 from apparate.sources.ranking import Measure
 
 BLOB = bytes(range(256)) * 64
@@ -156,3 +158,25 @@ def test_unreached_mirror_is_not_asked_for_tags():
         "reached.example",
         "origin.example",
     ]
+
+
+# Each row: the host's connect timeout (None: not set, 0: no limit), then the
+# probe's connect timeout.
+PROBE_TIMEOUT_CASES = {
+    "host without its own timeout": (None, PROBE_SECONDS),
+    "shorter dial_timeout": (0.5, 0.5),
+    "longer dial_timeout": (30.0, PROBE_SECONDS),
+    "no limit": (0.0, PROBE_SECONDS),
+}
+
+
+@pytest.mark.parametrize("own, expected", PROBE_TIMEOUT_CASES.values(),
+                         ids=PROBE_TIMEOUT_CASES)  # fmt: skip
+def test_probe_connect_timeout(own, expected):
+    timeouts = () if own is None else (("mirror.test:5000", own),)
+    settings = TransportSettings(connect_timeouts=timeouts)
+
+    timeout = probe_timeout(settings, "mirror.test:5000")
+
+    assert timeout.connect == expected
+    assert timeout.read == PROBE_SECONDS
