@@ -68,6 +68,12 @@ log = logging.getLogger(__name__)
 
 # How often a layer waiting for another one checks whether the pull stopped.
 _POLL_SECONDS = 0.1
+# Failures of a delta rebuild, or of fetching its table, after which the
+# layer is fetched whole.
+_WHOLE_LAYER_INSTEAD = (
+    ChunkedLayerError, DeltaUnavailable, RangesUnsupported, TruncatedBody,
+    ServerError,
+)  # fmt: skip
 
 DEFAULT_PARALLEL_LAYERS = 4
 
@@ -347,7 +353,7 @@ def _planned_bytes(store: Store, layer: Descriptor, plans: ImagePlans) -> int:
         return layer.size - _kept_bytes(store, layer)
     try:
         remote, plan = plans.plan_for(layer)
-    except (ChunkedLayerError, RangesUnsupported) as error:
+    except _WHOLE_LAYER_INSTEAD as error:
         log.warning("%s: would fetch the whole layer: %s", plans.subject(layer), error)
         return layer.size
     return len(remote.tail) + plan.bytes_to_fetch
@@ -370,9 +376,14 @@ def _wait_all(futures: list[Future[int]], cancelled: threading.Event) -> None:
     """Wait for every layer; on the first failure stop the rest and raise it.
 
     Layers that failed only because they were stopped are not the cause,
-    so another layer's error is preferred to theirs.
+    so another layer's error is preferred to theirs. An interrupt (Ctrl-C)
+    stops the layers too, instead of waiting for them to finish.
     """
-    done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    try:
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    except BaseException:
+        cancelled.set()
+        raise
     if any(future.exception() for future in done):
         cancelled.set()
         for future in pending:
@@ -435,6 +446,11 @@ class _LayerFetcher:
         """Store one layer, verified; return the bytes that crossed the network."""
         try:
             return self._fetch(layer, diff_id)
+        except BaseException:
+            # Any failure fails the pull. Stopping the other layers first
+            # keeps those waiting on this one from fetching its frames.
+            self._cancelled.set()
+            raise
         finally:
             self._ended[layer.digest].set()
 
@@ -500,10 +516,7 @@ class _LayerFetcher:
                         journal.remove()
         except RangeFetchStopped:
             raise _Cancelled(f"{subject}: stopped because another layer failed")
-        except (
-            ChunkedLayerError, DeltaUnavailable, RangesUnsupported, TruncatedBody,
-            ServerError,
-        ) as error:  # fmt: skip
+        except _WHOLE_LAYER_INSTEAD as error:
             log.warning("%s: fetching the whole layer: %s", subject, error)
             return fetched + assembler.bytes_fetched, False
         try:

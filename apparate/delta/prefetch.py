@@ -86,6 +86,7 @@ class TablePrefetch:
             needed = missing.get(digest)
             if needed is None or needed.annotations != started.layer.annotations:
                 started.stop.set()
+                started.future.cancel()
                 del self._started[digest]
         new = [
             layer for digest, layer in missing.items() if digest not in self._started
@@ -93,8 +94,10 @@ class TablePrefetch:
         if not new:
             return
         if self._executor is None:
+            # Threads start only as fetches are submitted, so the pool is
+            # sized for whichever manifest comes last.
             self._executor = ThreadPoolExecutor(
-                min(MAX_PARALLEL_TABLES, len(new)), thread_name_prefix="table"
+                MAX_PARALLEL_TABLES, thread_name_prefix="table"
             )
         for layer in new:
             stop = threading.Event()

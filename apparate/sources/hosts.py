@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 DEFAULT_CAPABILITIES = ("pull", "resolve")
+KNOWN_CAPABILITIES = ("pull", "resolve", "push")
 # Keys that apparate does not apply at either level. A warning lists them.
 _IGNORED_KEYS = ("proxy",)
 # Top-level keys that set how the registry itself is reached.
@@ -75,7 +76,7 @@ _DURATION_UNITS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
     "s": 1.0, "m": 60.0, "h": 3600.0,
 }  # fmt: skip
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)([^\d.]*)")
+_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)([^0-9.]*)", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,18 @@ def _parse_origin(
 
 
 def _capabilities(settings: Mapping[str, Any], subject: str) -> list[str]:
+    """Read ``capabilities`` in lower case, rejecting unknown ones as containerd does."""
     value = settings.get("capabilities", list(DEFAULT_CAPABILITIES))
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _invalid(f'{subject}: capabilities must be a list such as ["pull"]')
-    return value
+    capabilities = [capability.lower() for capability in value]
+    unknown = [c for c in capabilities if c not in KNOWN_CAPABILITIES]
+    if unknown:
+        raise _invalid(
+            f"{subject}: unknown capability {unknown[0]!r}; "
+            f"expected some of {', '.join(KNOWN_CAPABILITIES)}"
+        )
+    return capabilities
 
 
 def _ignored_keys(settings: Mapping[str, Any]) -> str:

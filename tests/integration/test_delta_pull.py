@@ -18,6 +18,7 @@ import apparate
 from apparate.convert import ConvertOptions, convert
 from apparate.pull import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from tests.integration.faulty import misbehaving
 from tests.integration.push import Pusher, tar_of
 from tests.integration.throttle import throttled
 from tests.testbed.samples import Samples
@@ -94,6 +95,25 @@ def test_dry_run_equals_following_pull(converted, tmp_path):
         f"{converted}:v1",
         f"{converted}:v2",
     ]
+
+
+def test_dry_run_of_failing_table_plans_whole_layer(
+    converted, fresh_registry, tmp_path
+):
+    """A table the server fails to send means the whole layer, as the pull does."""
+    store = tmp_path / "pull"
+    apparate.pull(f"{converted}:v1", PullOptions(store=store))
+    planned = apparate.pull(f"{converted}:v2", PullOptions(store=store, dry_run=True))
+    failing = planned.layers[0]
+    repository = converted.split("/", 1)[1]
+
+    with misbehaving(fresh_registry.host, str(failing.digest), "error") as faulty:
+        result = apparate.pull(
+            f"{faulty}/{repository}:v2", PullOptions(store=store, dry_run=True)
+        )
+
+    assert result.layers[0].bytes_fetched == failing.size
+    assert result.layers[1].bytes_fetched == planned.layers[1].bytes_fetched
 
 
 def large_sample_files(samples: Samples, count: int) -> dict[str, bytes]:

@@ -184,6 +184,26 @@ def test_killed_pull_leaves_consistent_store(registry_plain, tmp_path):
     assert result.bytes_fetched <= sum(layer.size for layer in result.layers)
 
 
+def test_interrupted_pull_stops_its_layers(registry_plain, tmp_path):
+    """Ctrl-C ends the pull without waiting for the layers still downloading."""
+    store = tmp_path / "store"
+    port = int(registry_plain.host.rsplit(":", 1)[1])
+    with throttled(port, 256 * 1024) as slow_port:
+        process = subprocess.Popen(
+            [APPARATE, "pull", "-q", "--store", str(store),
+             f"127.0.0.1:{slow_port}/samples/base:v1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2.0)
+        process.send_signal(signal.SIGINT)
+        # At 256 kB/s the layers need minutes; stopped, the pull ends at once.
+        _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 130
+    assert "interrupted" in stderr
+    assert apparate.list_images(store) == []
+
+
 def test_killed_pull_resumes_where_it_stopped(registry_plain, tmp_path):
     store = tmp_path / "store"
     port = int(registry_plain.host.rsplit(":", 1)[1])

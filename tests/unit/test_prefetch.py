@@ -179,3 +179,50 @@ def test_second_manifest_stops_unneeded_fetches(tmp_path):
         origin_layer.annotations["dev.apparate.chunked.table-offset"]
     )
     assert server.served.requests == 1
+
+
+class BlockedThenParallel:
+    """Blocks the fetch of ``blocked`` in a read that ignores ``stopped``.
+
+    The other layers' fetches each wait until ``parallel`` of them run at
+    once, so they fail when the pool cannot run them side by side.
+    """
+
+    def __init__(self, blocked: Digest, blobs: dict[Digest, bytes], parallel: int):
+        self.blocked = blocked
+        self.blobs = blobs
+        self.release = threading.Event()
+        self.together = threading.Barrier(parallel, timeout=5)
+
+    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> None:
+        if layer.digest == self.blocked:
+            self.release.wait(10)
+            raise RangeFetchStopped()
+        self.together.wait()
+        place(start, self.blobs[layer.digest][start:end])
+
+
+def test_second_manifest_gets_parallel_fetches(tmp_path):
+    mirror_layer, _ = chunked_layer(3)
+    origin = [chunked_layer(seed) for seed in (4, 5, 6)]
+    server = BlockedThenParallel(
+        mirror_layer.digest, {layer.digest: blob for layer, blob in origin}, 3
+    )
+    config = Descriptor("application/vnd.oci.image.config.v1+json", Digest.of(b"{}"), 2)
+    origin_manifest = Manifest(
+        "application/vnd.oci.image.manifest.v1+json", config,
+        [layer for layer, _ in origin],
+    )  # fmt: skip
+
+    with TablePrefetch(server, Store(tmp_path), "app:v2", threading.Event()) as tables:
+        tables.start(manifest_of(mirror_layer))
+        tables.start(origin_manifest)
+        try:
+            fetched = [tables.take(layer) for layer, _ in origin]
+        finally:
+            server.release.set()
+
+    assert [remote.table_offset for remote in fetched] == [
+        int(layer.annotations["dev.apparate.chunked.table-offset"])
+        for layer, _ in origin
+    ]

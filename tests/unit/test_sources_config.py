@@ -119,7 +119,7 @@ server = "https://registry-1.docker.io"
   capabilities = ["pull", "resolve"]
 
 [host."content.example:5000"]
-  capabilities = ["pull"]
+  capabilities = ["Pull"]
 
 [host."https://push-only.example"]
   capabilities = ["push"]
@@ -319,6 +319,7 @@ BAD_DURATIONS = {
     "s": "no number before 's'",
     "1.2.3s": "no unit after 1.2",
     "+": "no number",
+    "\u0663s": "no number before",
 }
 
 
@@ -342,6 +343,7 @@ def test_parse_duration_rejects(text, words):
         ('client = ""', "client entry '' must be"),
         ("override_path = 1", "override_path must be true or false"),
         ('capabilities = "pull"', "capabilities must be a list"),
+        ('capabilities = ["pull", "fetch"]', "unknown capability 'fetch'"),
     ],
 )
 def test_parse_hosts_rejects_bad_host_keys(entry, words):
