@@ -16,6 +16,7 @@ another file. Example::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -78,11 +79,16 @@ def load_config(path: Path | None = None) -> Config:
     """Read the settings file; a missing file gives the defaults."""
     path = path or config_path()
     try:
-        text = path.read_text()
+        # TOML files are UTF-8 whatever the locale says.
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Config(path=path)
     except OSError as error:
         raise _invalid(path, f"cannot read it: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise _invalid(
+            path, f"not UTF-8 text: invalid byte at offset {error.start}"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -96,12 +102,14 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     if unknown:
         raise _invalid(path, f"unknown setting {unknown[0]!r}")
     into = data.get("into")
-    if into is not None and not isinstance(into, str):
-        raise _invalid(path, "into must be a string")
+    if into is not None and (not isinstance(into, str) or not into.strip()):
+        raise _invalid(path, "into must be a non-empty string")
     size = data.get("max_store_size")
     stall = data.get("stall_timeout", DEFAULT_STALL_TIMEOUT)
-    if not isinstance(stall, int | float) or isinstance(stall, bool) or stall <= 0:
-        raise _invalid(path, "stall_timeout must be a positive number of seconds")
+    if not _is_positive_number(stall):
+        raise _invalid(
+            path, f"stall_timeout must be a positive number of seconds, not {stall!r}"
+        )
     return Config(
         into=into,
         max_store_size=None if size is None else _size(size, path),
@@ -112,7 +120,11 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
 
 
 def parse_size(text: str) -> int:
-    """Read a size such as ``500M``, ``20G``, ``1.5GiB`` or ``1000`` (bytes)."""
+    """Read a size such as ``500M``, ``20G``, ``1.5GiB`` or ``1000`` (bytes).
+
+    K, M, G and T are powers of 1024 with or without the ``iB``, as in
+    docker's ``--memory`` option.
+    """
     match = _SIZE.fullmatch(text.strip())
     if not match:
         raise ValueError(f"not a size: {text!r} (use a number with K, M, G or T)")
@@ -128,7 +140,14 @@ def _size(value: object, path: Path | None) -> int:
             return parse_size(value)
         except ValueError as error:
             raise _invalid(path, f"max_store_size: {error}") from None
-    raise _invalid(path, 'max_store_size must be a size such as "20G"')
+    raise _invalid(path, f'max_store_size must be a size such as "20G", not {value!r}')
+
+
+def _is_positive_number(value: object) -> bool:
+    """Tell whether a TOML value is a finite number above zero, not a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def _registries(value: object, path: Path | None) -> dict[str, tuple[Mirror, ...]]:
@@ -141,23 +160,28 @@ def _registries(value: object, path: Path | None) -> dict[str, tuple[Mirror, ...
         entries = settings.get("mirrors", [])
         if not isinstance(entries, list):
             raise _invalid(path, f"registries.{host}.mirrors must be a list")
-        mirrors[host] = tuple(_mirror(entry, host, path) for entry in entries)
+        mirrors[host] = tuple(
+            _mirror(entry, f"registries.{host}.mirrors[{n}]", path)
+            for n, entry in enumerate(entries)
+        )
     return mirrors
 
 
-def _mirror(entry: object, host: str, path: Path | None) -> Mirror:
+def _mirror(entry: object, key: str, path: Path | None) -> Mirror:
+    """Read one entry of a mirrors list; ``key`` names it in errors."""
     if isinstance(entry, str):
         entry = {"url": entry}
     if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
-        raise _invalid(path, f"a mirror of {host} needs a url")
+        raise _invalid(path, f"{key} needs a url")
     if set(entry) - {"url", "resolve"}:
-        raise _invalid(path, f"a mirror of {host} takes only url and resolve")
+        raise _invalid(path, f"{key} takes only url and resolve")
     url = entry["url"].rstrip("/")
     if not url.startswith(("https://", "http://")):
-        raise _invalid(
-            path, f"mirror {url!r} of {host} must start with https:// or http://"
-        )
-    return Mirror(url, bool(entry.get("resolve", False)))
+        raise _invalid(path, f"{key}: {url!r} must start with https:// or http://")
+    resolve = entry.get("resolve", False)
+    if not isinstance(resolve, bool):
+        raise _invalid(path, f"{key}.resolve must be true or false, not {resolve!r}")
+    return Mirror(url, resolve)
 
 
 def _invalid(path: Path | None, detail: str) -> UsageError:

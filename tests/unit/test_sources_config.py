@@ -68,19 +68,59 @@ def test_parse_config():
 
 
 BAD_CONFIGS = {
-    "unknown setting": 'colour = "blue"',
-    "negative stall": "stall_timeout = -1",
-    "size word": 'max_store_size = "big"',
-    "mirror without url": '[registries."r"]\nmirrors = [{ resolve = true }]',
-    "mirror scheme": '[registries."r"]\nmirrors = ["ftp://m"]',
-    "unknown mirror key": '[registries."r"]\nmirrors = [{ url = "https://m", x = 1 }]',
+    "unknown setting": ('colour = "blue"', "colour"),
+    "into number": ("into = 3", "into"),
+    "into empty": ('into = ""', "into"),
+    "negative stall": ("stall_timeout = -1", "stall_timeout"),
+    "zero stall": ("stall_timeout = 0", "stall_timeout"),
+    "nan stall": ("stall_timeout = nan", "stall_timeout"),
+    "infinite stall": ("stall_timeout = inf", "stall_timeout"),
+    "boolean stall": ("stall_timeout = true", "stall_timeout"),
+    "string stall": ('stall_timeout = "10"', "stall_timeout"),
+    "size word": ('max_store_size = "big"', "max_store_size"),
+    "negative size": ("max_store_size = -1", "max_store_size"),
+    "float size": ("max_store_size = 1.5", "max_store_size"),
+    "nan size": ("max_store_size = nan", "max_store_size"),
+    "boolean size": ("max_store_size = true", "max_store_size"),
+    "registries list": ("registries = []", "registries"),
+    "mirrors string": ('[registries."r"]\nmirrors = "https://m"', "registries.r"),
+    "mirror without url": (
+        '[registries."r"]\nmirrors = [{ resolve = true }]',
+        "registries.r.mirrors",
+    ),
+    "mirror scheme": ('[registries."r"]\nmirrors = ["ftp://m"]', "registries.r"),
+    "unknown mirror key": (
+        '[registries."r"]\nmirrors = [{ url = "https://m", x = 1 }]',
+        "registries.r.mirrors",
+    ),
+    "resolve string": (
+        '[registries."r"]\nmirrors = [{ url = "https://m", resolve = "false" }]',
+        "registries.r.mirrors[0].resolve",
+    ),
+    "resolve number": (
+        '[registries."r"]\nmirrors = ["https://a", { url = "https://m", resolve = 1 }]',
+        "registries.r.mirrors[1].resolve",
+    ),
 }
 
 
-@pytest.mark.parametrize("text", BAD_CONFIGS.values(), ids=BAD_CONFIGS)
-def test_parse_config_rejects(text):
-    with pytest.raises(UsageError):
-        parse_config(tomllib.loads(text))
+@pytest.mark.parametrize("text, key", BAD_CONFIGS.values(), ids=BAD_CONFIGS)
+def test_parse_config_rejects(tmp_path, text, key):
+    path = tmp_path / "config.toml"
+
+    with pytest.raises(UsageError) as raised:
+        parse_config(tomllib.loads(text), path)
+
+    assert str(path) in str(raised.value)
+    assert key in str(raised.value)
+
+
+def test_parse_config_resolve_false():
+    text = '[registries."r"]\nmirrors = [{ url = "https://m", resolve = false }]'
+
+    config = parse_config(tomllib.loads(text))
+
+    assert config.mirrors_of("r") == (Mirror("https://m", resolve=False),)
 
 
 def test_load_config_missing_file_gives_defaults(tmp_path):
@@ -95,6 +135,14 @@ def test_load_config_invalid_toml_names_file(tmp_path):
     path.write_text("into = ")
 
     with pytest.raises(UsageError, match="config.toml"):
+        load_config(path)
+
+
+def test_load_config_not_utf8_names_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xff\xfe")
+
+    with pytest.raises(UsageError, match="config.toml.*UTF-8"):
         load_config(path)
 
 
