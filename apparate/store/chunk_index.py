@@ -9,6 +9,7 @@ locking lets several apparate processes share one store.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from apparate.chunked.format import ChunkTable
 from apparate.digest import Digest
 from apparate.errors import StoreError
 
+log = logging.getLogger(__name__)
 # `kind` separates the layers of converted images ("layer"), whose frames a
 # converter may copy, from local packs of plain layers ("pack"), whose frames
 # are written fast at a low level and stay on this machine.
@@ -65,6 +67,8 @@ class ChunkIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        # Blob values that are not digests, warned about once per process.
+        self._invalid_blobs: set[str] = set()
         try:
             # Compression threads look frames up, so the connection is shared
             # across threads and every use is serialised by the lock.
@@ -125,10 +129,17 @@ class ChunkIndex:
                 "ORDER BY blob, frame_offset",
                 (identity, *kinds),
             ).fetchall()
-        return [
-            FrameLocation(Digest.parse(blob), offset, frame_length, _to_unsigned(h), n)
-            for blob, offset, frame_length, h, n in rows
-        ]
+        locations = []
+        for blob, offset, frame_length, h, n in rows:
+            try:
+                digest = Digest.parse(blob)
+            except (ValueError, TypeError):
+                self._forget_invalid(blob)
+                continue
+            locations.append(
+                FrameLocation(digest, offset, frame_length, _to_unsigned(h), n)
+            )
+        return locations
 
     def has_blob(self, blob: Digest) -> bool:
         with self._lock:
@@ -141,6 +152,24 @@ class ChunkIndex:
         """Drop the chunks of a blob that is being removed from the store."""
         with self._writing():
             self._db.execute("DELETE FROM chunks WHERE blob = ?", (str(blob),))
+
+    def _forget_invalid(self, blob: object) -> None:
+        """Drop the rows of a blob value that is not a digest, such as a damaged row.
+
+        The chunks are fetched again instead, so a failed delete is only logged.
+        """
+        if str(blob) in self._invalid_blobs:
+            return
+        self._invalid_blobs.add(str(blob))
+        log.warning(
+            "%s: chunk rows name %r, which is not a blob digest; they are forgotten",
+            self.path, blob,
+        )  # fmt: skip
+        try:
+            with self._writing():
+                self._db.execute("DELETE FROM chunks WHERE blob = ?", (blob,))
+        except StoreError as error:
+            log.warning("%s", error)
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

@@ -77,3 +77,25 @@ def test_concurrent_writers_lose_no_chunk(tmp_path):
 
     with ChunkIndex(path) as index:
         assert all(len(index.locate(bytes([n]) * 16)) == 20 for n in range(4))
+
+
+def test_locate_skips_and_forgets_invalid_blob(tmp_path, caplog):
+    path = tmp_path / "chunks.db"
+    with ChunkIndex(path) as index:
+        index.add_table(BLOB, table(b"a" * 16))
+        index.add_table(PACK_BLOB, table(b"a" * 16), PACK)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE chunks SET blob = 'garbage' WHERE kind = ?", (PACK,))
+
+    with ChunkIndex(path) as index:
+        found = index.locate(b"a" * 16)
+        again = index.locate(b"a" * 16)
+
+    assert [location.blob for location in found] == [BLOB]
+    assert [location.blob for location in again] == [BLOB]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "garbage" in warnings[0].getMessage()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT COUNT(*) FROM chunks WHERE blob = 'garbage'")
+        assert rows.fetchone() == (0,)
