@@ -29,7 +29,13 @@ from apparate.chunked.writer import (
 from apparate.chunker import Chunker, MalformedTar, default_chunker, fallback_chunker
 from apparate.delta.assembler import record_layer
 from apparate.digest import Digest
-from apparate.errors import ApparateError, ChunkedLayerError, DiffIDMismatch, NotFound
+from apparate.errors import (
+    ApparateError,
+    ChunkedLayerError,
+    DiffIDMismatch,
+    NotFound,
+    UsageError,
+)
 from apparate.image import fetch_manifest
 from apparate.layers import open_tar_stream
 from apparate.manifest import (
@@ -164,6 +170,13 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
     """Convert ``source`` into chunked layers and push it as ``destination``."""
     started = time.monotonic()
     src, dst = Reference.parse(source), Reference.parse(destination)
+    if dst.digest:
+        # A converted image has a new digest, so the registry would reject
+        # the push with DIGEST_INVALID after every layer was converted.
+        raise UsageError(
+            f"{destination}: the destination must be a tag, not a digest",
+            hint="name a tag, e.g. REPOSITORY:v1-chunked",
+        )
     session = _Session(options)
     try:
         if options.reuse_from is not None:

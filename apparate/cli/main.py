@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import zstandard
 from typer.exceptions import TyperException
 
 from apparate import __version__
@@ -49,6 +50,10 @@ from apparate.sources.selection import describe_sources
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.collector import GcOptions, collect_garbage, remove_images
 from apparate.store.layout import default_store_path
+
+# libzstd 1.5's ZSTD_minCLevel(); python-zstandard 0.25 exposes only the
+# maximum, and clamps lower levels to this one.
+MIN_COMPRESS_LEVEL = -(1 << 17)
 
 app = typer.Typer(
     help="Pull container images, fetching only what this machine lacks.",
@@ -281,7 +286,12 @@ def convert_command(
     source: Annotated[str, typer.Argument(help="Image to convert.")],
     destination: Annotated[str, typer.Argument(help="Where to push the result.")],
     compress_level: Annotated[
-        int, typer.Option("--compress-level", help="zstd level for new frames.")
+        int,
+        typer.Option(
+            "--compress-level",
+            help=f"zstd level for new frames, from {MIN_COMPRESS_LEVEL} (fastest) "
+            f"to {zstandard.MAX_COMPRESSION_LEVEL} (smallest).",
+        ),
     ] = DEFAULT_LEVEL,
     reuse_from: Annotated[
         list[str] | None,
@@ -302,6 +312,7 @@ def convert_command(
     """Convert an image to chunked layers and push it."""
     _configure_logging(debug, verbose)
     with _errors_reported():
+        _check_compress_level(compress_level)
         src, dst = Reference.parse(source), Reference.parse(destination)
         credentials = _explicit_credentials(src, username, password_stdin)
         if credentials:
@@ -325,6 +336,16 @@ def convert_command(
         f"{human_size(result.bytes_pushed)} pushed, {result.blobs_mounted} blobs "
         f"mounted, {reused} frames reused, {result.seconds:.1f} s"
     )
+
+
+def _check_compress_level(level: int) -> None:
+    highest = zstandard.MAX_COMPRESSION_LEVEL
+    if not MIN_COMPRESS_LEVEL <= level <= highest:
+        raise UsageError(
+            f"--compress-level {level} is out of range: zstd levels run from "
+            f"{MIN_COMPRESS_LEVEL} to {highest}",
+            hint=f"the default, {DEFAULT_LEVEL}, suits most images",
+        )
 
 
 def _print_conversion(layer: LayerConversion) -> None:

@@ -1,0 +1,48 @@
+"""Command-line options rejected up front, before any request or store write."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from apparate.cli.main import app
+
+DIGEST = "sha256:" + "a" * 64
+# Port 9 (discard) has no registry: a command that got as far as a request
+# would fail with a network error, not a usage error.
+SOURCE = "127.0.0.1:9/team/app:v1"
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("level", ["23", "99", "-131073"])
+def test_convert_rejects_compress_level(tmp_path, level):
+    store = tmp_path / "store"
+
+    done = run("convert", "--compress-level", level, "--store", str(store),
+               SOURCE, "127.0.0.1:9/team/app:v1-chunked")  # fmt: skip
+
+    assert done.exit_code == 2
+    assert "-131072 to 22" in done.output
+    assert not store.exists()
+
+
+def test_convert_rejects_digest_destination(tmp_path):
+    store = tmp_path / "store"
+
+    done = run("convert", "--store", str(store), SOURCE,
+               f"127.0.0.1:9/team/app@{DIGEST}")  # fmt: skip
+
+    assert done.exit_code == 2
+    assert "must be a tag" in done.output
+    assert not store.exists()
+
+
+def test_convert_rejects_tag_and_digest_destination(tmp_path):
+    done = run("convert", "--store", str(tmp_path / "store"), SOURCE,
+               f"127.0.0.1:9/team/app:v2@{DIGEST}")  # fmt: skip
+
+    assert done.exit_code == 2
+    assert "must be a tag" in done.output
