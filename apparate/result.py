@@ -8,6 +8,15 @@ from typing import Any
 from apparate.digest import Digest
 
 
+def saved_bytes(layer_bytes: int, bytes_fetched: int) -> int:
+    """Return the bytes a pull did not fetch against pulling every layer whole.
+
+    A pull of an image that is already stored saves all of its layer bytes.
+    ``apparate pull --json`` and ``apparate stats`` both count savings so.
+    """
+    return max(layer_bytes - bytes_fetched, 0)
+
+
 @dataclass(frozen=True)
 class LayerResult:
     """One layer of a pulled image."""
@@ -80,9 +89,8 @@ class PullResult:
 
     @property
     def bytes_saved(self) -> int:
-        """Bytes not fetched against downloading each missing layer whole."""
-        missing = sum(layer.size for layer in self.layers if layer.fetched)
-        return max(missing - self.bytes_fetched, 0)
+        """Bytes not fetched against pulling every layer whole; see saved_bytes."""
+        return saved_bytes(sum(layer.size for layer in self.layers), self.bytes_fetched)
 
     @property
     def layers_fetched(self) -> int:

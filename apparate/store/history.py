@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apparate.errors import StoreError
-from apparate.result import PullResult
+from apparate.result import PullResult, saved_bytes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pulls (
@@ -36,21 +36,26 @@ class PullRecord:
     bytes_reused: int
     seconds: float
 
+    @property
+    def bytes_saved(self) -> int:
+        """Bytes not fetched against pulling every layer whole; see saved_bytes."""
+        return saved_bytes(self.layer_bytes, self.bytes_fetched)
+
 
 @dataclass(frozen=True)
 class Totals:
-    """Sums over every recorded pull."""
+    """Sums over every recorded pull.
+
+    ``bytes_saved`` is the sum of each pull's ``saved_bytes``, so a pull that
+    fetched more than its layers, after retries, takes nothing from the others.
+    """
 
     pulls: int
     layer_bytes: int
     bytes_fetched: int
     bytes_reused: int
     seconds: float
-
-    @property
-    def bytes_saved(self) -> int:
-        """Bytes not fetched against pulling every layer whole."""
-        return max(self.layer_bytes - self.bytes_fetched, 0)
+    bytes_saved: int = 0
 
 
 class PullHistory:
@@ -101,7 +106,8 @@ class PullHistory:
         rows = self._query(
             "SELECT COUNT(*), COALESCE(SUM(layer_bytes), 0), "
             "COALESCE(SUM(bytes_fetched), 0), COALESCE(SUM(bytes_reused), 0), "
-            "COALESCE(SUM(seconds), 0) FROM pulls"
+            "COALESCE(SUM(seconds), 0), "
+            "COALESCE(SUM(MAX(layer_bytes - bytes_fetched, 0)), 0) FROM pulls"
         )
         return Totals(*rows[0]) if rows else Totals(0, 0, 0, 0, 0.0)
 

@@ -1,3 +1,5 @@
+import pytest
+
 from apparate.digest import Digest
 from apparate.result import LayerResult, PullResult
 from apparate.store.history import PullHistory
@@ -41,3 +43,48 @@ def test_empty_history_sums_to_zero(tmp_path):
 
     assert totals.pulls == 0
     assert totals.bytes_saved == 0
+
+
+def stored_result(reference: str) -> PullResult:
+    """A pull of an image whose layers were all stored already."""
+    layers = [LayerResult(Digest.of(reference.encode()), "t", 1000, False, 0)]
+    return PullResult(
+        reference, Digest.of(b"m"), "linux/amd64", "/s", None, layers, 0, 0.1
+    )
+
+
+SAVED_CASES = {
+    "already stored": [stored_result("example.com/app:v1")],
+    "fetched whole": [result("example.com/app:v1", 1000)],
+    "delta": [result("example.com/app:v2", 200)],
+    # A retried range can fetch more than the layer; that pull saved nothing,
+    # and it takes nothing from what another pull saved.
+    "fetched twice, then stored": [
+        result("example.com/app:v1", 1500),
+        stored_result("example.com/app:v1"),
+    ],
+}
+
+
+@pytest.mark.parametrize("results", SAVED_CASES.values(), ids=SAVED_CASES)
+def test_totals_saved_sums_pull_saved(tmp_path, results):
+    history = PullHistory(tmp_path / "apparate.db")
+    try:
+        for pulled in results:
+            history.record(pulled)
+        totals = history.totals()
+        records = history.recent(10)
+    finally:
+        history.close()
+
+    assert totals.bytes_saved == sum(pulled.bytes_saved for pulled in results)
+    assert sorted(r.bytes_saved for r in records) == sorted(
+        pulled.bytes_saved for pulled in results
+    )
+
+
+def test_pull_of_stored_image_saves_every_layer():
+    pulled = stored_result("example.com/app:v1")
+
+    assert pulled.bytes_saved == 1000
+    assert pulled.to_dict()["bytes_saved"] == 1000
