@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,12 +20,21 @@ from typing import Self
 import httpx
 
 from apparate.digest import Digest, DigestVerifier, verify_bytes
-from apparate.errors import InvalidResponse, RegistryUnreachable, TruncatedBody
+from apparate.errors import (
+    DigestMismatch,
+    InvalidResponse,
+    RegistryUnreachable,
+    TruncatedBody,
+)
 from apparate.manifest import ACCEPTED_TYPES, MAX_MANIFEST_BYTES, Descriptor
 from apparate.reference import Reference
 from apparate.registry.auth import RegistryAuth
 from apparate.registry.credentials import CredentialStore
-from apparate.registry.errors import status_error, transport_error
+from apparate.registry.errors import (
+    status_error,
+    transport_error,
+    unsupported_redirect,
+)
 from apparate.registry.transport import TransportSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +49,9 @@ RETRY_PAUSE = 0.5
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
 _RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
+# The reason code at the start of an OpenSSL error message, as in
+# "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed".
+_SSL_REASON = re.compile(r"\[SSL: (\w+)\]")
 
 
 @dataclass(frozen=True)
@@ -368,16 +382,36 @@ class RegistryClient:
 
         with self._stream_blob(descriptor.digest, headers, subject) as response:
             skip = _bytes_to_skip(response, offset, subject)
+            if response.status_code == 200:
+                self._check_whole_length(response, descriptor, subject)
             for piece in response.iter_raw():
                 if skip:
                     dropped = min(skip, len(piece))
                     piece, skip = piece[dropped:], skip - dropped
                 if not piece:
                     continue
+                if verifier.bytes_read + len(piece) > descriptor.size:
+                    raise DigestMismatch(
+                        f"{subject} from {self.host} is longer than its size of "
+                        f"{descriptor.size} bytes"
+                    )
                 verifier.update(piece)
-                if verifier.bytes_read > descriptor.size:
-                    verifier.verify()
                 write(piece)
+
+    def _check_whole_length(
+        self, response: httpx.Response, descriptor: Descriptor, subject: str
+    ) -> None:
+        """Reject a whole blob whose Content-Length is not the descriptor's size.
+
+        Such a body (an HTML page from a proxy, or another blob) can never
+        verify, so it is not read and not retried.
+        """
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) != descriptor.size:
+            raise InvalidResponse(
+                f"{subject}: {self.host} sent {length} bytes for blob "
+                f"{descriptor.digest} of size {descriptor.size}"
+            )
 
     @contextmanager
     def _stream(
@@ -442,9 +476,17 @@ class RegistryClient:
                         self._locations[digest] = url
                     yield response
                     return
-                url = str(response.url.join(target))
+                next_url = response.url.join(target)
+                if next_url.scheme not in ("http", "https"):
+                    raise unsupported_redirect(
+                        httpx.URL(target), response.url.netloc.decode(), subject
+                    )
+                url = str(next_url)
                 log.debug("%s: redirected to %s", subject, url)
-        raise InvalidResponse(f"{subject}: more than {MAX_REDIRECTS} redirects")
+        raise InvalidResponse(
+            f"{subject}: too many redirects (more than {MAX_REDIRECTS}), "
+            f"the last to {httpx.URL(url).copy_with(query=None)}"
+        )
 
     def _send(
         self,
@@ -457,8 +499,11 @@ class RegistryClient:
     ) -> httpx.Response:
         candidates = [self._base_url] if self._base_url else self._base_urls()
         # A TLS port responds to plain HTTP with 400 (or drops it). When https
-        # then fails too, the 400 was the registry's own response.
+        # then fails too, the 400 was the registry's own response. An https
+        # failure after the server spoke TLS (an untrusted certificate, say)
+        # shows the port is a TLS port, so that failure is reported instead.
         plain_400: str | None = None
+        tls_error: httpx.HTTPError | None = None
         for position, base_url in enumerate(candidates):
             last = position + 1 == len(candidates)
             try:
@@ -466,9 +511,13 @@ class RegistryClient:
                     base_url, method, path, headers, content, redirects
                 )
             except httpx.HTTPError as error:
+                if len(candidates) > 1 and _server_spoke_tls(error):
+                    tls_error = error
                 if not last and _next_scheme_worth_trying(error, base_url):
                     log.debug("%s failed (%s), trying the next scheme", base_url, error)
                     continue
+                if tls_error is not None:
+                    raise transport_error(tls_error, self.host, subject) from None
                 if plain_400 is None:
                     if isinstance(error, _RETRYABLE):
                         raise  # the caller may resume
@@ -481,6 +530,9 @@ class RegistryClient:
                 except httpx.HTTPError as error:
                     raise transport_error(error, self.host, subject) from None
             else:
+                if _wrong_scheme(response) and tls_error is not None:
+                    response.close()
+                    raise transport_error(tls_error, self.host, subject) from None
                 if _wrong_scheme(response) and not last:
                     log.debug("%s responded 400, trying https", base_url)
                     response.close()
@@ -587,9 +639,35 @@ def _next_scheme_worth_trying(error: httpx.HTTPError, base_url: str) -> bool:
     Failures to connect or to agree on TLS do. A dropped connection does only
     on plain http, because a TLS port drops plain requests. On https it is a
     read error, which the caller resumes with the same scheme. A timeout is a
-    slow server, not a wrong scheme.
+    slow server, not a wrong scheme. Other errors, such as a redirect loop,
+    come after the server responded, so its scheme was right.
     """
-    if not isinstance(error, _RETRYABLE):
+    if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
         return True
     plain = base_url.startswith("http://")
-    return plain and not isinstance(error, httpx.TimeoutException)
+    retryable = isinstance(error, _RETRYABLE)
+    return plain and retryable and not isinstance(error, httpx.TimeoutException)
+
+
+def _server_spoke_tls(error: httpx.HTTPError) -> bool:
+    """Tell whether a request failed in TLS after the server responded in TLS.
+
+    Every TLS error but WRONG_VERSION_NUMBER does, for example an untrusted
+    certificate. That one is what OpenSSL reports when the port speaks plain
+    HTTP. The reason is read from the ``ssl.SSLError`` that httpx chains, or
+    else from the ``[SSL: REASON]`` it copies into its own message.
+    """
+    reason = None
+    cause: BaseException | None = error
+    seen: set[int] = set()
+    # An exception object raised twice can be its own context, so the chain
+    # may loop.
+    while cause is not None and id(cause) not in seen and reason is None:
+        if isinstance(cause, ssl.SSLError):
+            reason = cause.reason
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if reason is None:
+        match = _SSL_REASON.search(str(error))
+        reason = match.group(1) if match else None
+    return reason is not None and reason != "WRONG_VERSION_NUMBER"

@@ -80,9 +80,16 @@ def transport_error(error: httpx.HTTPError, host: str, subject: str) -> Apparate
     since a token realm or a redirect target may be elsewhere.
     """
     try:
-        host = error.request.url.netloc.decode() or host
+        url: httpx.URL | None = error.request.url
     except RuntimeError:
-        pass
+        url = None
+    if isinstance(error, httpx.UnsupportedProtocol) and url is not None:
+        return unsupported_redirect(url, host, subject)
+    if isinstance(error, httpx.TooManyRedirects):
+        last = f", the last to {url.copy_with(query=None)}" if url else ""
+        return InvalidResponse(f"{subject}: too many redirects from {host}{last}")
+    if url is not None:
+        host = url.netloc.decode() or host
     if isinstance(error, httpx.TimeoutException):
         return RegistryUnreachable(
             f"{subject}: {host} timed out ({type(error).__name__})"
@@ -100,3 +107,16 @@ def transport_error(error: httpx.HTTPError, host: str, subject: str) -> Apparate
             hint="check the registry address and the network",
         )
     return RegistryUnreachable(f"{subject}: connection to {host} failed ({error})")
+
+
+def unsupported_redirect(target: httpx.URL, host: str, subject: str) -> InvalidResponse:
+    """Build the error for a redirect to a URL that is not http or https.
+
+    The query is left out, since signed storage URLs carry credentials there.
+    """
+    location = str(target.copy_with(query=None))
+    return InvalidResponse(
+        f"{subject}: {host} redirected to an unsupported URL {location!r}",
+        hint="a registry may redirect only to http:// or https:// URLs; "
+        "check the registry's storage settings",
+    )

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from apparate.platform import Platform
 from apparate.pull import PullOptions
 from apparate.registry.credentials import Credentials
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
-from tests.testbed.registry import RegistryHandle
+from tests.testbed.registry import RegistryHandle, start_registry
 from tests.testbed.samples import Samples
 
 pytestmark = [
@@ -355,6 +356,40 @@ def test_cli_wrong_password_exit_code(registry_basic, tmp_path):
     assert done.returncode == 3
     assert done.stderr.startswith("error: ")
     assert "wrong" not in done.stderr
+
+
+@pytest.fixture
+def registry_tls(tmp_path, sample_images: Samples) -> Iterator[RegistryHandle]:
+    """A registry over https with a certificate of the test bed's own CA."""
+    handle = start_registry("tls", tmp_path / "registry", samples=sample_images)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def test_cli_untrusted_certificate_reported(registry_tls, tmp_path):
+    # The registry responds to plain HTTP with 400, which must not hide the
+    # certificate error.
+    done = run_cli(
+        "pull", f"{registry_tls.host}/samples/base:v1", store=tmp_path / "store"
+    )
+
+    assert done.returncode == 6, done.stderr
+    assert f"TLS with {registry_tls.host} failed" in done.stderr
+    assert f"certs.d/{registry_tls.host}/ca.crt" in done.stderr
+    assert "HTTP 400" not in done.stderr
+
+
+def test_pull_trusted_certificate(registry_tls, tmp_path):
+    options = options_for(registry_tls, tmp_path / "store")
+
+    image = f"{registry_tls.host}/samples/base:v1"
+    result = apparate.pull(image, options)
+
+    stored = {summary.reference for summary in apparate.list_images(options.store)}
+    assert stored == {image}
+    assert result.bytes_fetched > 0
 
 
 def digest_of_sample_layer(sample_images: Samples, tag: str) -> Digest:

@@ -1,8 +1,10 @@
 """The registry client against misbehaving servers, played by respx."""
 
 import hashlib
+import http.server
 import json
 import ssl
+import threading
 
 import httpx
 import pytest
@@ -196,8 +198,23 @@ def test_fetch_blob_reads_raw_bytes(client):
 
 FAILING_BLOB_CASES = {
     "corrupt body": (httpx.Response(200, content=b"x" * len(BLOB)), DigestMismatch),
-    "longer body": (httpx.Response(200, content=BLOB + b"x"), DigestMismatch),
-    "short body": (httpx.Response(200, content=BLOB[:-1]), TruncatedBody),
+    # Bodies without Content-Length, so only their bytes tell the length.
+    "longer body": (
+        httpx.Response(200, stream=httpx.ByteStream(BLOB + b"x")),
+        DigestMismatch,
+    ),
+    "short body": (
+        httpx.Response(200, stream=httpx.ByteStream(BLOB[:-1])),
+        TruncatedBody,
+    ),
+    "declared length too short": (
+        httpx.Response(200, content=b"<html>log in</html>"),
+        InvalidResponse,
+    ),
+    "declared length too long": (
+        httpx.Response(200, content=BLOB + b"x"),
+        InvalidResponse,
+    ),
     "not found": (
         httpx.Response(
             404, json={"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}
@@ -869,3 +886,178 @@ def test_stopped_range_fetch_sends_nothing(client):
         )  # fmt: skip
 
     assert route.call_count == 0
+
+
+@respx.mock
+def test_fetch_blob_wrong_declared_length_fails_at_once(client):
+    page = b"<html>log in</html>"
+    route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(200, content=page))
+
+    with pytest.raises(InvalidResponse) as caught:
+        fetch(client)
+
+    message = str(caught.value)
+    assert f"sent {len(page)} bytes" in message
+    assert f"of size {len(BLOB)}" in message
+    assert str(BLOB_DIGEST) in message
+    assert route.call_count == 1
+    assert PAUSES == []
+
+
+@respx.mock
+def test_fetch_blob_descriptor_larger_than_body(client):
+    route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(200, content=BLOB))
+
+    with pytest.raises(InvalidResponse, match=f"sent {len(BLOB)} bytes"):
+        fetch(client, blob_descriptor(10**15))
+
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_fetch_blob_longer_body_names_size(client):
+    body = BLOB + b"x" * 100_000
+    respx.get(BLOB_PATH).mock(
+        return_value=httpx.Response(200, stream=httpx.ByteStream(body))
+    )
+
+    with pytest.raises(DigestMismatch) as caught:
+        fetch(client)
+
+    message = str(caught.value)
+    assert f"longer than its size of {len(BLOB)} bytes" in message
+    assert "65536" not in message
+
+
+def tls_failure(request: httpx.Request) -> httpx.Response:
+    """Fail as httpx does when the server's certificate is not trusted."""
+    cause = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    )
+    raise httpx.ConnectError(str(cause), request=request) from cause
+
+
+def wrong_version(request: httpx.Request) -> httpx.Response:
+    """Fail as httpx does when https reaches a plain-HTTP port."""
+    cause = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    raise httpx.ConnectError(str(cause), request=request) from cause
+
+
+@pytest.mark.parametrize(
+    "plain_first", [True, False], ids=["plain first", "https first"]
+)
+@respx.mock
+def test_untrusted_certificate_beats_plain_400(tmp_path, plain_first):
+    # A TLS port responds 400 to plain HTTP, so the https failure is the
+    # one to report.
+    respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=httpx.Response(
+            400, text="Client sent an HTTP request to an HTTPS server."
+        )
+    )
+    respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        side_effect=tls_failure
+    )
+
+    client = loopback_client(tmp_path, "127.0.0.1:5000", plain_first=plain_first)
+    with client, pytest.raises(RegistryUnreachable) as caught:
+        client.get_manifest("v1", None)
+
+    message = str(caught.value)
+    assert "TLS with 127.0.0.1:5000 failed" in message
+    assert "certs.d/127.0.0.1:5000/ca.crt" in message
+    assert "HTTP 400" not in message
+    assert caught.value.exit_code == 6
+
+
+@respx.mock
+def test_plain_400_kept_when_https_port_is_plain(tmp_path):
+    plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        return_value=httpx.Response(
+            400, json={"errors": [{"code": "NAME_INVALID", "message": "bad name"}]}
+        )
+    )
+    respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
+        side_effect=wrong_version
+    )
+
+    client = loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True)
+    with client, pytest.raises(InvalidResponse, match="bad name"):
+        client.get_manifest("v1", None)
+
+    assert plain.call_count == 2
+
+
+def redirecting_handler(target: str | None) -> type:
+    """Build a handler that redirects every GET to ``target``, or to itself."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", target or self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def redirecting_server(request):
+    """A server on 127.0.0.1 that redirects to ``request.param`` (None: a loop)."""
+    handler = redirecting_handler(request.param)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+REDIRECT_FAILURES = {
+    "loop": (None, "too many redirects"),
+    "file URL": ("file:///etc/passwd", "unsupported URL 'file:"),
+}
+
+
+@pytest.mark.parametrize(
+    "redirecting_server, expected",
+    REDIRECT_FAILURES.values(),
+    ids=REDIRECT_FAILURES,
+    indirect=["redirecting_server"],
+)
+def test_manifest_redirect_failure_is_invalid_response(
+    tmp_path, redirecting_server, expected
+):
+    client = loopback_client(tmp_path, redirecting_server, plain_first=True)
+    with client, pytest.raises(InvalidResponse) as caught:
+        client.get_manifest("v1", None)
+
+    message = str(caught.value)
+    assert expected in message
+    assert f"{redirecting_server}/app:v1" in message
+    assert "TLS" not in message
+    assert caught.value.exit_code == 8
+
+
+@pytest.mark.parametrize(
+    "redirecting_server, expected",
+    REDIRECT_FAILURES.values(),
+    ids=REDIRECT_FAILURES,
+    indirect=["redirecting_server"],
+)
+def test_blob_redirect_failure_is_invalid_response(
+    tmp_path, redirecting_server, expected
+):
+    client = loopback_client(tmp_path, redirecting_server, plain_first=True)
+    with client, pytest.raises(InvalidResponse) as caught:
+        client.fetch_blob(blob_descriptor(), lambda data: None, "blob x")
+
+    assert expected in str(caught.value)
+    assert "blob x" in str(caught.value)
