@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from apparate.digest import Digest, verify_bytes
+from apparate.digest import Digest
 from apparate.errors import InvalidResponse, PlatformNotFound
 from apparate.manifest import (
     INDEX_TYPES,
@@ -127,9 +127,9 @@ def fetch_manifest(
     digest = expected or (client.head_manifest(lookup) if tag_stored else None)
     if digest and store.has_blob(digest):
         log.debug("manifest %s is in the store", digest)
-        body = store.read_blob(digest)
-        verify_bytes(body, digest, f"manifest {digest}", f"the store {store.root}")
-        return FetchedManifest(body, "", digest)
+        body = store.read_intact_blob(digest)
+        if body is not None:
+            return FetchedManifest(body, "", digest)
     return client.get_manifest(lookup, expected)
 
 
@@ -137,10 +137,9 @@ def _fetch_config(
     client: RegistryClient, store: Store, config: Descriptor, image: str
 ) -> bytes:
     if store.has_blob(config.digest, config.size):
-        body = store.read_blob(config.digest)
-        subject = f"config {config.digest}"
-        verify_bytes(body, config.digest, subject, f"the store {store.root}")
-        return body
+        body = store.read_intact_blob(config.digest)
+        if body is not None:
+            return body
     subject = f"config {config.digest} of {image}"
     return client.get_blob_bytes(config, MAX_CONFIG_BYTES, subject)
 

@@ -16,12 +16,14 @@ Two formats:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
@@ -96,38 +98,92 @@ def bytes_member(name: str, data: bytes) -> Member:
     return Member(name, len(data), lambda: iter((data,)))
 
 
-def blob_member(store: Store, name: str, descriptor: Descriptor) -> Member:
-    """Return an entry that copies a stored blob as it is."""
+class _CheckedBlob(io.RawIOBase):
+    """A stored blob read through its sha256, to catch damage as it streams.
+
+    The store trusts a blob whose size is right, so exports check the bytes
+    they send. A damaged blob is removed, so the next pull fetches it again.
+    """
+
+    def __init__(self, store: Store, digest: Digest, image: str) -> None:
+        super().__init__()
+        self._store = store
+        self._digest = digest
+        self._image = image
+        self._hash = hashlib.new(digest.algorithm)
+        try:
+            self._file = open(store.blob_path(digest), "rb")  # noqa: SIM115
+        except OSError as error:
+            raise StoreError(f"cannot read blob {digest}: {error}") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._file.readinto(buffer)
+        self._hash.update(memoryview(buffer)[:count])
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+    def check(self) -> None:
+        """Hash what was not read yet; raise StoreError if the blob is damaged."""
+        while piece := self._file.read(PIECE):
+            self._hash.update(piece)
+        if self._hash.hexdigest() == self._digest.hex:
+            return
+        self._store.remove_damaged_blob(self._digest)
+        raise StoreError(
+            f"blob {self._digest} of {self._image} was damaged in the store, "
+            "so it was removed",
+            hint=f"pull the image again with 'apparate pull {self._image}'",
+        )
+
+
+def blob_member(store: Store, name: str, descriptor: Descriptor, image: str) -> Member:
+    """Return an entry that copies a stored blob as it is, checking its digest."""
 
     def pieces() -> Iterator[bytes]:
-        path = store.blob_path(descriptor.digest)
-        try:
-            with open(path, "rb") as blob:
+        with _CheckedBlob(store, descriptor.digest, image) as blob:
+            try:
                 while piece := blob.read(PIECE):
                     yield piece
-        except OSError as error:
-            raise StoreError(f"cannot read blob {descriptor.digest}: {error}") from None
+            except OSError as error:
+                raise StoreError(
+                    f"cannot read blob {descriptor.digest}: {error}"
+                ) from None
+            blob.check()
 
     return Member(name, descriptor.size, pieces)
 
 
-def layer_tar_member(store: Store, name: str, layer: Descriptor, size: int) -> Member:
-    """Return an entry that decompresses a stored layer to its ``size``-byte tar."""
+def layer_tar_member(
+    store: Store, name: str, layer: Descriptor, size: int, image: str
+) -> Member:
+    """Return an entry that decompresses a stored layer to its ``size``-byte tar.
+
+    The blob's digest is checked too, so damage is named as such.
+    """
     if layer.media_type in PLAIN_LAYERS:
-        return blob_member(store, name, layer)
+        return blob_member(store, name, layer, image)
 
     def pieces() -> Iterator[bytes]:
-        path = store.blob_path(layer.digest)
-        try:
-            with open(path, "rb") as blob:
-                tar = layer_streams.open_tar_stream(blob, layer.media_type)
+        with _CheckedBlob(store, layer.digest, image) as blob:
+            try:
+                tar = layer_streams.open_tar_stream(
+                    cast(BinaryIO, blob), layer.media_type
+                )
                 while piece := tar.read(PIECE):
                     yield piece
-        except DECODE_ERRORS as error:
-            raise StoreError(
-                f"cannot decompress layer {layer.digest} from the store: {error}",
-                hint="pull the image again",
-            ) from None
+            except DECODE_ERRORS as error:
+                blob.check()
+                raise StoreError(
+                    f"cannot decompress layer {layer.digest} from the store: {error}",
+                    hint="pull the image again",
+                ) from None
+            blob.check()
 
     return Member(name, size, pieces)
 
@@ -163,7 +219,11 @@ def docker_members(
         subject = f"layer {layer.digest} of {content.reference}"
         size = sizes.size_of(layer, subject)
         members.append(Member(f"{diff_id.hex}/"))
-        members.append(layer_tar_member(store, f"{diff_id.hex}/layer.tar", layer, size))
+        members.append(
+            layer_tar_member(
+                store, f"{diff_id.hex}/layer.tar", layer, size, str(content.reference)
+            )
+        )
     return members
 
 
@@ -207,7 +267,9 @@ def oci_members(store: Store, content: StoredContent, name: str) -> list[Member]
         written.add(descriptor.digest)
         name_in_tar = f"blobs/{descriptor.digest.algorithm}/{descriptor.digest.hex}"
         if body is None:
-            members.append(blob_member(store, name_in_tar, descriptor))
+            members.append(
+                blob_member(store, name_in_tar, descriptor, str(content.reference))
+            )
         else:
             members.append(bytes_member(name_in_tar, body))
     return members

@@ -8,6 +8,7 @@ under its registry digest (containerd) use those, found through the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from apparate.digest import Digest
@@ -50,11 +51,23 @@ class StoredContent:
 
 
 def find_stored(store: Store, reference: str) -> StoredImage:
-    """Return the store's entry for ``reference``, raising NotFound if absent."""
+    """Return the store's entry for ``reference``, raising NotFound if absent.
+
+    A reference by digest also finds the image stored under a tag of that
+    repository, which is then imported without the tag, as a pull by
+    digest would be.
+    """
     ref = Reference.parse(reference)
-    for image in store.images():
+    images = store.images()
+    for image in images:
         if image.reference == str(ref):
             return image
+    if ref.digest:
+        for image in images:
+            same_repository = Reference.parse(image.reference).name == ref.name
+            digests = (image.source_manifest, image.source_index)
+            if same_repository and ref.digest in digests:
+                return dataclasses.replace(image, reference=str(ref))
     raise NotFound(
         f"{ref} is not in the local store {store.root}",
         hint=f"pull it first with 'apparate pull {ref}'",
@@ -64,11 +77,11 @@ def find_stored(store: Store, reference: str) -> StoredImage:
 def load_content(store: Store, image: StoredImage) -> StoredContent:
     """Read manifest, index and config of a stored image, and check its layers."""
     subject = f"{image.reference} in the store"
-    manifest_body = store.read_blob(image.source_manifest)
+    manifest_body = _read_intact(store, image.source_manifest, image.reference)
     try:
         document = parse_json(manifest_body, f"manifest of {subject}")
         parsed = parse_manifest(document, f"manifest of {subject}")
-        config_body = store.read_blob(parsed.config.digest)
+        config_body = _read_intact(store, parsed.config.digest, image.reference)
         config = parse_json(config_body, f"config of {subject}")
         diff_ids = parse_diff_ids(config, f"config of {subject}")
     except StoreError:
@@ -79,13 +92,24 @@ def load_content(store: Store, image: StoredImage) -> StoredContent:
     manifest = Descriptor(parsed.media_type, image.source_manifest, len(manifest_body))
     top, index_body = manifest, None
     if image.source_index:
-        index_body = store.read_blob(image.source_index)
+        index_body = _read_intact(store, image.source_index, image.reference)
         index_type = media_type_of(parse_json(index_body, subject), OCI_INDEX)
         top = Descriptor(index_type, image.source_index, len(index_body))
     return StoredContent(
         Reference.parse(image.reference), top, index_body, manifest, manifest_body,
         parsed, config_body, diff_ids, _platform(config),
     )  # fmt: skip
+
+
+def _read_intact(store: Store, digest: Digest, reference: str) -> bytes:
+    """Read a manifest, index or config blob; a damaged one is removed and raised."""
+    body = store.read_intact_blob(digest)
+    if body is None:
+        raise StoreError(
+            f"blob {digest} of {reference} was damaged in the store, so it was removed",
+            hint=f"pull the image again with 'apparate pull {reference}'",
+        )
+    return body
 
 
 def _check_layers(

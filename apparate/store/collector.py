@@ -1,15 +1,20 @@
 """``apparate gc`` and ``apparate rm``: carry out gc's plan on the store.
 
 gc locks the store exclusively (``Store.exclusive``), so no pull is between
-storing a blob and tagging it. It untags first, then deletes the database
-rows of the blobs it removes in one transaction, then the files. So a gc
-killed at any point leaves every kept image whole. At worst it leaves blobs
-that nothing references, which the next gc removes.
+storing a blob and tagging it. It first deletes the files that no tagged
+image needs, which makes room on a full disk, then untags, then deletes the
+blobs of the untagged images, and last deletes the database rows of every
+removed blob in one transaction. So a gc killed at any point leaves every
+kept image whole. At worst it leaves blobs that nothing references, or rows
+of blobs that are gone, which the next gc removes. Until then a pull that
+looks up such a row finds no blob and fetches the chunk instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import logging
 import sqlite3
 import time
@@ -22,11 +27,18 @@ from apparate.digest import Digest
 from apparate.errors import ApparateError, NotFound, StoreError
 from apparate.result import PullResult
 from apparate.store.chunk_index import INDEX_FILE
-from apparate.store.gc import GcPlan, Removal, plan_gc
+from apparate.store.gc import (
+    GcPlan,
+    PartialEntry,
+    Removal,
+    StoreState,
+    plan_gc,
+    reachable,
+)
 from apparate.store.layout import Store, default_store_path
 from apparate.store.packs import pack_sources
 from apparate.store.selection import select_images
-from apparate.store.survey import Survey, survey
+from apparate.store.survey import Survey, journal_of, survey
 from apparate.store.usage import forget_uses, mark_used
 
 log = logging.getLogger(__name__)
@@ -48,13 +60,18 @@ class GcOptions:
     dry_run: bool = False
     # Seconds to wait for running pulls to close the store.
     wait: float = DEFAULT_WAIT
-    # Age after which a resumable partial download is deleted.
+    # Age after which a resumable partial download is deleted; younger ones
+    # are deleted only when a size limit is still exceeded without images.
     partial_max_age: float = PARTIAL_MAX_AGE
 
 
 @dataclass(frozen=True)
 class GcResult:
-    """Outcome of a gc or rm: what it removed, or would remove in a dry run."""
+    """Outcome of a gc or rm: what it removed, or would remove in a dry run.
+
+    ``not_found`` lists the references an rm was given that name no stored
+    image; the others were removed all the same.
+    """
 
     store: str
     untagged: list[str]
@@ -67,6 +84,7 @@ class GcResult:
     over_limit_because: list[str] = field(default_factory=list)
     dry_run: bool = False
     seconds: float = 0.0
+    not_found: list[str] = field(default_factory=list)
 
     @property
     def bytes_freed(self) -> int:
@@ -91,6 +109,7 @@ class GcResult:
             "bytes_freed": self.bytes_freed,
             "limit": self.limit,
             "over_limit_because": self.over_limit_because,
+            "not_found": self.not_found,
             "seconds": round(self.seconds, 3),
         }
 
@@ -110,7 +129,9 @@ def remove_images(
 ) -> GcResult:
     """Untag images, then remove the blobs no other kept image needs.
 
-    Raises NotFound, before removing anything, if one of them is not stored.
+    References that name no stored image are listed in the result's
+    ``not_found``, as ``docker rmi`` reports them while removing the others.
+    Raises NotFound, removing nothing, if none of them is stored.
     """
     root = store_path or default_store_path()
     requested = list(references)
@@ -119,23 +140,29 @@ def remove_images(
     store = Store(root, create=False)
     stored = store.images()
     untag: list[str] = []
+    not_found: list[str] = []
     for text in requested:
         matched = select_images(text, stored)
         if not matched:
-            raise _not_stored(text, root)
+            not_found.append(text)
         untag.extend(ref for ref in matched if ref not in untag)
-    return collect(store, options or GcOptions(), untag)
+    if not untag:
+        raise _not_stored(not_found[0], root)
+    result = collect(store, options or GcOptions(), untag)
+    return dataclasses.replace(result, not_found=not_found)
 
 
 def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcResult:
     """Plan and carry out a gc of an open store; see the module docstring."""
     started = time.monotonic()
+    _forget_invalid_rows(store.root / INDEX_FILE)
     # Reading packs may decompress new ones, so it happens before the store
     # is locked exclusively. The second call only reads what the first cached.
     pack_sources(store)
     with store.exclusive(options.wait):
         found = survey(store, pack_sources(store), options.partial_max_age)
         plan = plan_gc(found.state, options.max_size, options.protected, untag)
+        found.check_kept_images_readable(plan.untag)
         if not options.dry_run:
             _apply(store, plan, found)
     result = _result(store, plan, found, options.dry_run, started)
@@ -184,17 +211,76 @@ def _mark_and_fit(store: Store, result: PullResult, limit: int | None) -> None:
 
 
 def _apply(store: Store, plan: GcPlan, found: Survey) -> None:
-    """Untag, forget the rows of removed blobs, then delete files, in that order."""
-    store.untag(plan.untag)
+    """Delete files, untag, then forget database rows; see the module docstring.
+
+    A failure to update the database comes after the files are gone, so it
+    is logged rather than raised: the space is freed either way.
+    """
+    state = found.state
     removed = {item.digest for item in plan.remove}
-    present = set(found.state.sizes) - removed
-    _forget(store, present, removed, plan.untag)
-    for digest in removed:
-        with _deleting(f"blob {digest}"):
-            store.blob_path(digest).unlink(missing_ok=True)
+    tagged_now = reachable(
+        (root for image in state.images for root in image.roots), state.links
+    )
     for path in found.stale:
         with _deleting(str(path)):
             path.unlink(missing_ok=True)
+    for partial in plan.remove_partials:
+        _delete_partial(store, partial)
+    _delete_blobs(store, removed - tagged_now)
+    _untag(store, plan, state, removed & tagged_now)
+    _delete_blobs(store, removed & tagged_now)
+    try:
+        _forget(store, set(state.sizes) - removed, removed, plan.untag)
+    except StoreError as error:
+        log.warning("%s; the next gc deletes those rows", error)
+
+
+def _untag(store: Store, plan: GcPlan, state: StoreState, blobs: set[Digest]) -> None:
+    """Untag the planned images, deleting their blobs first if the disk is full.
+
+    Untagging rewrites index.json, which needs free space. When that fails,
+    every blob of the untagged images but their manifests goes first, so
+    their entries still name a stored manifest.
+
+    NOTE: a gc killed between that delete and the untag leaves those images
+    tagged without their layers; pulling them again or rm repairs them.
+    """
+    try:
+        store.untag(plan.untag)
+        return
+    except StoreError as error:
+        if not plan.untag:
+            raise
+        log.warning("%s; deleting their layers first to make room", error)
+    manifests = {
+        image.manifest for image in state.images if image.reference in plan.untag
+    }
+    _delete_blobs(store, blobs - manifests)
+    store.untag(plan.untag)
+
+
+def _delete_blobs(store: Store, digests: set[Digest]) -> None:
+    for digest in sorted(digests, key=str):
+        with _deleting(f"blob {digest}"):
+            store.blob_path(digest).unlink(missing_ok=True)
+
+
+def _delete_partial(store: Store, partial: PartialEntry) -> None:
+    """Delete a resumable download and its journal, unless a pull holds it."""
+    path = store.ingest_dir / partial.name
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed below, after the unlink
+    except FileNotFoundError:
+        return
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: kept, a running pull holds it", path)
+            return
+        with _deleting(str(path)):
+            path.unlink(missing_ok=True)
+            journal_of(path).unlink(missing_ok=True)
 
 
 def _forget(
@@ -202,8 +288,8 @@ def _forget(
 ) -> None:
     """Delete, in one transaction, the rows about blobs and images now gone.
 
-    Chunk rows of blobs that are not on disk (left by an earlier crash) go
-    too, so no look-up points at a missing blob.
+    Chunk rows of blobs that are not on disk (left by an earlier crash or a
+    failed update) go too, so no look-up points at a missing blob.
     """
     path = store.root / INDEX_FILE
     if not path.exists():
@@ -214,8 +300,9 @@ def _forget(
         raise StoreError(f"cannot open {path}: {error}") from None
     try:
         with db:
-            absent = (_indexed(db) - present) | removed
-            rows = [(str(blob),) for blob in absent]
+            kept = {str(blob) for blob in present}
+            absent = (_indexed(db) - kept) | {str(blob) for blob in removed}
+            rows = [(blob,) for blob in sorted(absent)]
             _execute(db, "DELETE FROM chunks WHERE blob = ?", rows)
             _execute(db, "DELETE FROM pack_sources WHERE pack = ?", rows)
             forget_uses(db, untagged)
@@ -225,12 +312,42 @@ def _forget(
         db.close()
 
 
-def _indexed(db: sqlite3.Connection) -> set[Digest]:
+def _indexed(db: sqlite3.Connection) -> set[str]:
+    """Return the blob column of every chunk row, digests or not."""
     try:
         rows = db.execute("SELECT DISTINCT blob FROM chunks").fetchall()
     except sqlite3.OperationalError:
         return set()
-    return {Digest.parse(row[0]) for row in rows}
+    return {str(row[0]) for row in rows}
+
+
+def _forget_invalid_rows(path: Path) -> None:
+    """Delete chunk rows whose blob is not a digest, with one warning.
+
+    Reading the packs parses every pack row, so this goes first. Nothing
+    depends on it, so a failure is only logged.
+    """
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=30.0)) as db, db:
+            invalid = [(blob,) for blob in _indexed(db) if not _is_digest(blob)]
+            if invalid:
+                log.warning(
+                    "%s: %d chunk rows name no blob digest, such as %r; "
+                    "they are deleted", path, len(invalid), invalid[0][0],
+                )  # fmt: skip
+                db.executemany("DELETE FROM chunks WHERE blob = ?", invalid)
+    except sqlite3.Error as error:
+        log.warning("cannot delete invalid chunk rows from %s: %s", path, error)
+
+
+def _is_digest(text: str) -> bool:
+    try:
+        Digest.parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _execute(db: sqlite3.Connection, sql: str, rows: list[tuple[str]]) -> None:
@@ -253,12 +370,15 @@ def _deleting(subject: str) -> Iterator[None]:
 def _result(
     store: Store, plan: GcPlan, found: Survey, dry_run: bool, started: float
 ) -> GcResult:
+    partials = [path.name for path in found.stale]
+    partials += [partial.name for partial in plan.remove_partials]
+    partial_bytes = found.stale_bytes + sum(p.size for p in plan.remove_partials)
     return GcResult(
         store=str(store.root),
         untagged=list(plan.untag),
         removed=list(plan.remove),
-        partial_files=[path.name for path in found.stale],
-        partial_bytes=found.stale_bytes,
+        partial_files=partials,
+        partial_bytes=partial_bytes,
         size_before=plan.size_before + found.stale_bytes,
         size_after=plan.size_after,
         limit=plan.limit,

@@ -12,6 +12,7 @@ import fcntl
 import gc
 import itertools
 import json
+import logging
 import os
 import tempfile
 import time
@@ -26,6 +27,8 @@ import platformdirs
 from apparate.digest import Digest
 from apparate.errors import StoreError
 from apparate.manifest import OCI_INDEX, Descriptor
+
+log = logging.getLogger(__name__)
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -318,6 +321,23 @@ class Store:
                 f"cannot read blob {digest} from the store: {error}"
             ) from None
 
+    def read_intact_blob(self, digest: Digest) -> bytes | None:
+        """Read a small blob and check it; a damaged copy is removed, giving None."""
+        body = self.read_blob(digest)
+        if Digest.of(body, digest.algorithm) == digest:
+            return body
+        self.remove_damaged_blob(digest)
+        return None
+
+    def remove_damaged_blob(self, digest: Digest) -> None:
+        """Remove a blob whose bytes no longer match its digest, so a pull fetches it."""
+        log.warning(
+            "blob %s in the store %s is damaged (its bytes do not match its "
+            "digest); removed it", digest, self.root,
+        )  # fmt: skip
+        with _store_errors(f"cannot remove the damaged blob {digest}"):
+            self.blob_path(digest).unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def ingest(self, digest: Digest) -> Iterator[BlobWriter]:
         """Yield a writer for a blob; it is dropped unless the caller commits."""
@@ -442,7 +462,7 @@ class Store:
             document = json.loads(path.read_bytes())
         except (OSError, ValueError) as error:
             raise StoreError(f"cannot read {path}: {error}") from None
-        manifests = document.get("manifests")
+        manifests = document.get("manifests") if isinstance(document, dict) else None
         if not isinstance(manifests, list):
             raise StoreError(f"{path} has no manifests list")
         return manifests

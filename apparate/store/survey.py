@@ -1,9 +1,10 @@
 """Read what gc needs to know about a store: images, links between blobs, sizes.
 
 Manifests and indexes are read as plain JSON, so entries that other tools
-wrote (an index tagged by skopeo, an artifact manifest) are followed too. A
-manifest that cannot be read leaves its image damaged; gc then keeps nothing
-for it, which cannot break it further.
+wrote (an index tagged by skopeo, an artifact manifest) are followed too.
+When a manifest or config of an image is missing or cannot be read, the
+blobs that image needs are unknown, so the survey lists the image as
+damaged, and gc removes nothing while such an image is kept.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from apparate.digest import Digest
 from apparate.errors import StoreError
 from apparate.manifest import MAX_MANIFEST_BYTES, Descriptor
-from apparate.store.gc import ImageEntry, PackEntry, StoreState
+from apparate.store.gc import ImageEntry, PackEntry, PartialEntry, StoreState
 from apparate.store.layout import (
     PARTIAL_PREFIX,
     REF_NAME,
@@ -45,6 +47,26 @@ class Survey:
     state: StoreState
     stale: tuple[Path, ...]
     stale_bytes: int
+    # Images whose manifests or configs could not be read, with the reason.
+    damaged: dict[str, str] = field(default_factory=dict)
+
+    def check_kept_images_readable(self, removed: Iterable[str]) -> None:
+        """Raise StoreError if an image that stays has unreadable metadata.
+
+        Its blobs would look unreferenced, so gc would remove them.
+        """
+        kept = {ref: why for ref, why in self.damaged.items() if ref not in removed}
+        if not kept:
+            return
+        reference, reason = next(iter(kept.items()))
+        name = reference or "an untagged entry"
+        raise StoreError(
+            f"gc stopped before removing anything: {name} is damaged ({reason}), "
+            "so the blobs it needs are unknown",
+            hint=f"pull it again to repair it, or remove it with 'apparate rm {name}'"
+            if reference
+            else "remove that entry from index.json",
+        )
 
 
 def survey(
@@ -60,10 +82,13 @@ def survey(
         for pack, diff_id in packs.items()
         if pack in sizes
     )
-    stale, in_use = _partial_files(store, partial_max_age)
-    in_use_bytes = sum(_size(path) for path in in_use)
-    state = StoreState(images, walker.links, sizes, pack_entries, in_use_bytes)
-    return Survey(state, tuple(stale), sum(_size(path) for path in stale))
+    stale, held, resumable = _partial_files(store, partial_max_age)
+    held_bytes = sum(_size(path) for path in held)
+    partials = tuple(_partial_entry(path) for path in resumable)
+    state = StoreState(images, walker.links, sizes, pack_entries, held_bytes, partials)
+    return Survey(
+        state, tuple(stale), sum(_size(path) for path in stale), walker.damaged
+    )
 
 
 def _entries(store: Store) -> list[Descriptor]:
@@ -131,6 +156,7 @@ class _Walker:
         self._sizes = sizes
         self.links: dict[Digest, frozenset[Digest]] = {}
         self.layers_by_diff_id: dict[Digest, set[Digest]] = {}
+        self.damaged: dict[str, str] = {}
 
     def follow(self, digest: Digest, image: str) -> None:
         pending = [digest]
@@ -152,17 +178,30 @@ class _Walker:
         return self.layers_by_diff_id.get(diff_id, set()) if diff_id else set()
 
     def _read(self, digest: Digest, image: str) -> dict[str, Any] | None:
+        """Read a manifest, index or config; a failure marks ``image`` damaged."""
+        problem = None
+        document = None
         size = self._sizes.get(digest)
-        if size is None or size > MAX_MANIFEST_BYTES:
-            if size is None:
-                log.warning("%s: blob %s is missing from the store", image, digest)
-            return None
-        try:
-            document = json.loads(self._store.blob_path(digest).read_bytes())
-        except (OSError, ValueError) as error:
-            log.warning("%s: blob %s is unreadable: %s", image, digest, error)
-            return None
-        return document if isinstance(document, dict) else None
+        if size is None:
+            problem = "is missing"
+        elif size > MAX_MANIFEST_BYTES:
+            problem = "is too large for a manifest"
+        else:
+            try:
+                body = self._store.blob_path(digest).read_bytes()
+                document = json.loads(body)
+            except (OSError, ValueError) as error:
+                problem = f"is unreadable: {error}"
+            else:
+                if Digest.of(body, digest.algorithm) != digest:
+                    problem = "does not match its digest"
+                elif not isinstance(document, dict):
+                    problem = "is not a JSON object"
+        if problem is None:
+            return document
+        log.warning("%s: blob %s %s", image or "untagged entry", digest, problem)
+        self.damaged.setdefault(image, f"blob {digest} {problem}")
+        return None
 
     def _note_diff_ids(self, manifest: dict[str, Any], image: str) -> None:
         """Map each layer's diff_id to its blob, to find the packs cut from it."""
@@ -208,29 +247,47 @@ def _followed(media_type: str) -> bool:
     return any(word in media_type for word in _FOLLOWED)
 
 
-def _partial_files(store: Store, max_age: float) -> tuple[list[Path], list[Path]]:
-    """Split ``ingest/`` into files gc deletes and files it keeps.
+def _partial_files(
+    store: Store, max_age: float
+) -> tuple[list[Path], list[Path], list[Path]]:
+    """Split ``ingest/`` into stale files, held files and resumable downloads.
 
-    A resumable download is deleted once older than ``max_age``, and its
+    A resumable download is stale once older than ``max_age``, and its
     journal of written ranges with it; other files there are leftovers of
-    killed pulls. A file that a process has locked is in use and kept.
+    killed pulls. A file that a process has locked is held, so gc keeps it.
+    The resumable downloads returned are younger ones that no process holds,
+    without their journals; gc deletes them only to fit a size limit.
     """
-    stale, in_use, journals = [], [], []
+    stale, held, resumable, journals = [], [], [], []
     now = time.time()
     for path in _listing(store.ingest_dir):
         if path.name.endswith(JOURNAL_SUFFIX):
             journals.append(path)
-        elif _held(path) or (
-            path.name.startswith(PARTIAL_PREFIX) and now - _mtime(path) < max_age
-        ):
-            in_use.append(path)
+        elif _held(path):
+            held.append(path)
+        elif path.name.startswith(PARTIAL_PREFIX) and now - _mtime(path) < max_age:
+            resumable.append(path)
         else:
             stale.append(path)
-    in_use_names = {path.name for path in in_use}
+    held_names = {path.name for path in held}
+    resumable_names = {path.name for path in resumable}
     for journal in journals:
         partial = journal.name.removesuffix(JOURNAL_SUFFIX)
-        (in_use if partial in in_use_names else stale).append(journal)
-    return stale, in_use
+        if partial in held_names:
+            held.append(journal)
+        elif partial not in resumable_names:
+            stale.append(journal)
+    return stale, held, resumable
+
+
+def journal_of(partial: Path) -> Path:
+    """Return the path of a partial download's journal of written ranges."""
+    return partial.with_name(partial.name + JOURNAL_SUFFIX)
+
+
+def _partial_entry(path: Path) -> PartialEntry:
+    size = _size(path) + _size(journal_of(path))
+    return PartialEntry(path.name, size, _mtime(path))
 
 
 def _listing(directory: Path) -> list[Path]:
