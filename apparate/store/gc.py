@@ -10,7 +10,9 @@ With a size limit, packs go first because they only speed up later delta
 pulls, starting with those of the least recently used images. Then whole
 images go, least recently used first, until the store fits. Tags naming one manifest go together, and
 images that are protected (pulled by the running command) or untagged
-(written by another tool) are never removed.
+(written by another tool) are never removed. If the store still does not
+fit, partial downloads that no process holds go last, oldest first: a later
+pull fetches them again.
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ class PackEntry:
 
 
 @dataclass(frozen=True)
+class PartialEntry:
+    """A resumable download in ``ingest/`` that no process holds.
+
+    ``size`` counts its journal of written ranges too, which goes with it.
+    ``modified`` is its modification time, in seconds since the epoch.
+    """
+
+    name: str
+    size: int
+    modified: float
+
+
+@dataclass(frozen=True)
 class StoreState:
     """Facts about a store that gc plans from, read while gc has it locked."""
 
@@ -57,8 +72,16 @@ class StoreState:
     # Every blob on disk, with its size.
     sizes: Mapping[Digest, int]
     packs: tuple[PackEntry, ...] = ()
-    # Bytes on disk that gc keeps but that are not blobs (partial downloads).
+    # Bytes on disk that gc always keeps but that are not blobs: files in
+    # ingest/ that a running pull holds.
     other_bytes: int = 0
+    # Partial downloads that gc removes only to fit a size limit.
+    partials: tuple[PartialEntry, ...] = ()
+
+    @property
+    def non_blob_bytes(self) -> int:
+        """Bytes of files in ingest/: held ones and partial downloads."""
+        return self.other_bytes + sum(partial.size for partial in self.partials)
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,8 @@ class GcPlan:
     limit: int | None = None
     # Images that kept the store over the limit because they are protected.
     blocked_by: tuple[str, ...] = field(default=())
+    # Partial downloads to delete, after the images, to fit the limit.
+    remove_partials: tuple[PartialEntry, ...] = ()
 
     @property
     def bytes_freed(self) -> int:
@@ -99,17 +124,23 @@ def plan_gc(
     removed_refs = set(untag)
     images = [image for image in state.images if image.reference not in removed_refs]
     present = set(state.sizes)
-    size_before = sum(state.sizes.values()) + state.other_bytes
+    size_before = sum(state.sizes.values()) + state.non_blob_bytes
     removals = _unneeded(state, images, present, UNREFERENCED)
     present -= {removal.digest for removal in removals}
 
+    partials: list[PartialEntry] = []
     if limit is not None:
         removals += _drop_packs(state, images, present, limit)
         present -= {removal.digest for removal in removals}
         dropped, more = _drop_images(state, images, present, limit, set(protected))
         removed_refs |= dropped
         removals += more
-    size_after = sum(state.sizes[digest] for digest in present) + state.other_bytes
+        partials = _drop_partials(state, present, limit)
+    size_after = (
+        sum(state.sizes[digest] for digest in present)
+        + state.non_blob_bytes
+        - sum(partial.size for partial in partials)
+    )
     remaining = [image for image in images if image.reference not in removed_refs]
     blocked = () if limit is None or size_after <= limit else _names(remaining)
     order = [image.reference for image in state.images]
@@ -120,6 +151,7 @@ def plan_gc(
         size_after=size_after,
         limit=limit,
         blocked_by=blocked,
+        remove_partials=tuple(partials),
     )
 
 
@@ -163,7 +195,7 @@ def _drop_packs(
     state: StoreState, images: list[ImageEntry], present: set[Digest], limit: int
 ) -> list[Removal]:
     """Drop packs of the least recently used images until the store fits."""
-    size = sum(state.sizes[digest] for digest in present) + state.other_bytes
+    size = sum(state.sizes[digest] for digest in present) + state.non_blob_bytes
     referenced = reachable(
         (root for image in images for root in image.roots), state.links
     )
@@ -203,7 +235,7 @@ def _drop_images(
     protected: set[str],
 ) -> tuple[set[str], list[Removal]]:
     """Untag images, least recently used first, until the store fits."""
-    size = sum(state.sizes[digest] for digest in present) + state.other_bytes
+    size = sum(state.sizes[digest] for digest in present) + state.non_blob_bytes
     untagged: set[str] = set()
     removals: list[Removal] = []
     for group in _groups_by_use(images, protected):
@@ -216,6 +248,20 @@ def _drop_images(
         size -= sum(removal.size for removal in freed)
         removals += freed
     return untagged, removals
+
+
+def _drop_partials(
+    state: StoreState, present: set[Digest], limit: int
+) -> list[PartialEntry]:
+    """Drop partial downloads, oldest first, until the store fits."""
+    size = sum(state.sizes[digest] for digest in present) + state.non_blob_bytes
+    dropped = []
+    for partial in sorted(state.partials, key=lambda p: (p.modified, p.name)):
+        if size <= limit:
+            break
+        size -= partial.size
+        dropped.append(partial)
+    return dropped
 
 
 def _groups_by_use(

@@ -13,6 +13,7 @@ from apparate.store.gc import (
     UNREFERENCED,
     ImageEntry,
     PackEntry,
+    PartialEntry,
     StoreState,
     plan_gc,
     reachable,
@@ -36,9 +37,12 @@ class Case:
     protected: tuple[str, ...] = ()
     untag: tuple[str, ...] = ()
     other_bytes: int = 0
+    # Partial downloads no process holds: name -> (size, modification time).
+    partials: dict[str, tuple[int, float]] = field(default_factory=dict)
     # What the plan must untag and remove (blob name -> reason).
     want_untag: tuple[str, ...] = ()
     want_removed: dict[str, str] = field(default_factory=dict)
+    want_partials: tuple[str, ...] = ()
     want_fits: bool = True
 
     def state(self) -> StoreState:
@@ -55,7 +59,11 @@ class Case:
             for pack, layers in self.packs.items()
         )
         sizes = {d(name): size for name, size in self.sizes.items()}
-        return StoreState(images, links, sizes, packs, self.other_bytes)
+        partials = tuple(
+            PartialEntry(name, size, modified)
+            for name, (size, modified) in self.partials.items()
+        )
+        return StoreState(images, links, sizes, packs, self.other_bytes, partials)
 
 
 # Two images sharing a base layer: a (old) and b (new).
@@ -191,6 +199,38 @@ CASES = {
         want_untag=("a:v1",),
         want_removed={"ma": IMAGE, "ca": IMAGE, "la": IMAGE},
     ),
+    "partial downloads stay without a limit": Case(
+        TWO,
+        **SHARED,
+        partials={"partial-x": (100, 5.0)},
+    ),
+    "partial downloads stay while images make room": Case(
+        TWO,
+        **SHARED,
+        partials={"partial-x": (100, 5.0)},
+        limit=TOTAL + 100 - 50,
+        want_untag=("a:v1",),
+        want_removed={"ma": IMAGE, "ca": IMAGE, "la": IMAGE},
+    ),
+    "partial downloads go after images, oldest first": Case(
+        [("a:v1", "ma", 10.0)],
+        SHARED["links"],
+        {"ma": 1, "ca": 1, "la": 100},
+        protected=("a:v1",),
+        partials={"partial-new": (40, 9.0), "partial-old": (30, 5.0)},
+        limit=102 + 40,
+        want_partials=("partial-old",),
+    ),
+    "held files stay over the limit": Case(
+        [],
+        {},
+        {},
+        other_bytes=60,
+        partials={"partial-x": (10, 5.0), "partial-y": (20, 6.0)},
+        limit=50,
+        want_partials=("partial-x", "partial-y"),
+        want_fits=False,
+    ),
     "a blob named twice in one manifest": Case(
         [("a:v1", "ma", 1.0)],
         {"ma": ["ca", "la", "la"]},
@@ -214,10 +254,17 @@ def test_plan(case: Case):
     assert plan.untag == case.want_untag
     removed = {removal.digest: removal.reason for removal in plan.remove}
     assert removed == {d(name): reason for name, reason in case.want_removed.items()}
+    assert tuple(p.name for p in plan.remove_partials) == case.want_partials
     assert plan.fits == case.want_fits
     remaining = set(state.sizes) - set(removed)
-    assert plan.size_after == sum(state.sizes[b] for b in remaining) + case.other_bytes
-    assert plan.size_before == sum(state.sizes.values()) + case.other_bytes
+    partial_bytes = sum(size for size, _ in case.partials.values())
+    partials_left = partial_bytes - sum(p.size for p in plan.remove_partials)
+    assert plan.size_after == (
+        sum(state.sizes[b] for b in remaining) + case.other_bytes + partials_left
+    )
+    assert plan.size_before == (
+        sum(state.sizes.values()) + case.other_bytes + partial_bytes
+    )
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES)
