@@ -14,6 +14,7 @@ from apparate.manifest import (
     MAX_CONFIG_BYTES,
     Descriptor,
     Manifest,
+    check_layer_types,
     media_type_of,
     parse_diff_ids,
     parse_index,
@@ -23,7 +24,7 @@ from apparate.manifest import (
 from apparate.platform import Platform, match_rank
 from apparate.reference import Reference
 from apparate.registry.client import FetchedManifest, RegistryClient
-from apparate.resolve import select_manifest
+from apparate.resolve import check_entry_manifest, select_manifest
 from apparate.store.layout import Store
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def resolve_image(
         top = fetch_manifest(client, store, str(entry.digest), entry.digest)
         document = parse_json(top.body, f"manifest {entry.digest} of {image}")
         media_type = media_type_of(document, top.media_type)
+        check_entry_manifest(entry, top.body, media_type, image)
     if media_type not in MANIFEST_TYPES:
         raise InvalidResponse(
             f"{image}: manifest media type {media_type!r} is not supported",
@@ -90,6 +92,7 @@ def resolve_image(
         )
 
     manifest = parse_manifest(document, f"manifest of {image}")
+    check_layer_types(manifest, image)
     if on_manifest is not None:
         on_manifest(manifest)
     config = _fetch_config(client, store, manifest.config, image)

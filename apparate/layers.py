@@ -15,7 +15,13 @@ import zstandard
 
 from apparate.digest import Digest, DigestVerifier
 from apparate.errors import DiffIDMismatch, DigestMismatch, VerificationError
-from apparate.manifest import GZIP_LAYERS, PLAIN_LAYERS, ZSTD_LAYERS
+from apparate.manifest import (
+    GZIP_LAYERS,
+    LAYER_TYPES,
+    PLAIN_LAYERS,
+    ZSTD_LAYERS,
+    unsupported_layer_type,
+)
 from apparate.pipeline import Stage
 
 try:
@@ -123,10 +129,7 @@ def open_tar_stream(blob: BinaryIO, media_type: str) -> BinaryIO:
         return cast(BinaryIO, reader)
     if media_type in PLAIN_LAYERS:
         return blob
-    raise VerificationError(
-        f"layer media type {media_type!r} is not supported",
-        hint="apparate reads tar layers that are plain, gzip or zstd compressed",
-    )
+    raise unsupported_layer_type(media_type, "a layer")
 
 
 def decompressor_for(media_type: str, sink: Sink) -> Decompressor:
@@ -137,10 +140,7 @@ def decompressor_for(media_type: str, sink: Sink) -> Decompressor:
         return ZstdFrames(sink)
     if media_type in PLAIN_LAYERS:
         return Uncompressed(sink)
-    raise VerificationError(
-        f"layer media type {media_type!r} is not supported",
-        hint="apparate reads tar layers that are plain, gzip or zstd compressed",
-    )
+    raise unsupported_layer_type(media_type, "a layer")
 
 
 class DiffIDVerifier:
@@ -160,6 +160,9 @@ class DiffIDVerifier:
         subject: str,
         tar_sink: Sink | None = None,
     ) -> None:
+        # Checked before the stages below start their threads.
+        if media_type not in LAYER_TYPES:
+            raise unsupported_layer_type(media_type, subject)
         self._verifier = DigestVerifier(diff_id, f"uncompressed {subject}", "layer")
         self._subject = subject
         self._batch = bytearray()

@@ -36,6 +36,8 @@ PLAIN_LAYERS = {
     "application/vnd.docker.image.rootfs.diff.tar",
 }
 
+LAYER_TYPES = GZIP_LAYERS | ZSTD_LAYERS | PLAIN_LAYERS
+
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 # The OCI media type for each Docker one, as ``skopeo copy`` converts them.
@@ -114,42 +116,101 @@ def media_type_of(document: dict[str, Any], header_type: str) -> str:
 
 def parse_manifest(document: dict[str, Any], subject: str) -> Manifest:
     """Read the config and layers of a manifest document."""
-    try:
-        config = _descriptor(document["config"])
-        layers = [_descriptor(item) for item in document["layers"]]
-        media_type = media_type_of(document, OCI_MANIFEST)
-    except (KeyError, TypeError, ValueError) as error:
+    if document.get("schemaVersion") == 1 or "fsLayers" in document:
         raise InvalidResponse(
-            f"{subject} is not a valid image manifest: {error}"
-        ) from None
-    return Manifest(media_type, config, layers)
+            f"{subject} is a Docker schema 1 manifest, and schema 1 manifests "
+            "are not supported",
+            hint="re-push the image with a current docker or skopeo, which "
+            "write schema 2 or OCI manifests",
+        )
+    config = document.get("config")
+    if not isinstance(config, dict):
+        raise _malformed(f"{subject} has no config descriptor")
+    layers = document.get("layers")
+    if not isinstance(layers, list):
+        raise _malformed(f"{subject} has no list of layers")
+
+    return Manifest(
+        media_type_of(document, OCI_MANIFEST),
+        _descriptor(config, f"config descriptor of {subject}"),
+        [
+            _descriptor(item, f"layer {number} of {subject}")
+            for number, item in enumerate(layers, 1)
+        ],
+    )
 
 
 def parse_index(document: dict[str, Any], subject: str) -> Index:
     """Read the entries of an index or manifest list."""
-    try:
-        entries = [_descriptor(item) for item in document["manifests"]]
-    except (KeyError, TypeError, ValueError) as error:
-        raise InvalidResponse(
-            f"{subject} is not a valid image index: {error}"
-        ) from None
-    return Index(media_type_of(document, OCI_INDEX), entries)
+    entries = document.get("manifests")
+    if not isinstance(entries, list):
+        raise _malformed(f"{subject} has no list of manifests")
+    return Index(
+        media_type_of(document, OCI_INDEX),
+        [
+            _descriptor(item, f"entry {number} of {subject}")
+            for number, item in enumerate(entries, 1)
+        ],
+    )
 
 
 def parse_diff_ids(document: dict[str, Any], subject: str) -> list[Digest]:
     """Read ``rootfs.diff_ids`` from an image config."""
+    rootfs = document.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise _malformed(f"{subject} has no rootfs.diff_ids")
+    parsed = []
+    for text in diff_ids:
+        if not isinstance(text, str):
+            raise _malformed(f"{subject} has an invalid diff_id {text!r}")
+        try:
+            parsed.append(Digest.parse(text))
+        except ValueError as error:
+            raise _malformed(f"{subject} has an invalid diff_id ({error})") from None
+    return parsed
+
+
+def check_layer_types(manifest: Manifest, image: str) -> None:
+    """Raise InvalidResponse for the first layer that is not a tar apparate unpacks."""
+    for number, layer in enumerate(manifest.layers, 1):
+        if layer.media_type not in LAYER_TYPES:
+            subject = f"layer {number} ({layer.digest}) of {image}"
+            raise unsupported_layer_type(layer.media_type, subject)
+
+
+def unsupported_layer_type(media_type: str, subject: str) -> InvalidResponse:
+    """Build the error for a layer of ``media_type``, which apparate cannot unpack."""
+    return InvalidResponse(
+        f"{subject} has the media type {media_type!r}, which is not supported",
+        hint="apparate reads tar layers that are plain, gzip or zstd compressed",
+    )
+
+
+def _descriptor(item: object, subject: str) -> Descriptor:
+    """Read one descriptor; ``subject`` names it in errors (``layer 2 of ...``)."""
+    if not isinstance(item, dict):
+        raise _malformed(f"{subject} is not a JSON object")
+    if not isinstance(item.get("digest"), str):
+        raise _malformed(f"{subject} has no digest")
     try:
-        return [Digest.parse(text) for text in document["rootfs"]["diff_ids"]]
-    except (KeyError, TypeError, ValueError) as error:
-        raise InvalidResponse(
-            f"{subject} has no valid rootfs.diff_ids: {error}"
-        ) from None
-
-
-def _descriptor(item: dict[str, Any]) -> Descriptor:
+        digest = Digest.parse(item["digest"])
+    except ValueError as error:
+        raise _malformed(f"{subject} has an invalid digest ({error})") from None
+    if "size" not in item:
+        raise _malformed(f"{subject} has no size")
     size = item["size"]
-    if not isinstance(size, int) or size < 0:
-        raise ValueError(f"invalid size {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _malformed(f"{subject} has an invalid size {size!r}")
+    media_type = item.get("mediaType", "")
+    if not isinstance(media_type, str):
+        raise _malformed(f"{subject} has an invalid media type {media_type!r}")
+    annotations = item.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(
+        isinstance(value, str) for value in annotations.values()
+    ):
+        raise _malformed(f"{subject} has invalid annotations")
+
     platform = None
     if isinstance(item.get("platform"), dict):
         spec = item["platform"]
@@ -158,12 +219,14 @@ def _descriptor(item: dict[str, Any]) -> Descriptor:
             str(spec.get("architecture", "")),
             str(spec.get("variant", "")),
         )
-    return Descriptor(
-        media_type=str(item.get("mediaType", "")),
-        digest=Digest.parse(item["digest"]),
-        size=size,
-        platform=platform,
-        annotations=dict(item.get("annotations") or {}),
+    return Descriptor(media_type, digest, size, platform, dict(annotations))
+
+
+def _malformed(message: str) -> InvalidResponse:
+    return InvalidResponse(
+        message,
+        hint="the registry serves a malformed image; re-push it with a current "
+        "docker or skopeo",
     )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from apparate.errors import PlatformNotFound
-from apparate.manifest import MANIFEST_TYPES, Descriptor, Index
+from apparate.errors import InvalidResponse, PlatformNotFound
+from apparate.manifest import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Index
 from apparate.platform import Platform, match_rank
 
 ATTESTATION_TYPE_KEY = "vnd.docker.reference.type"
@@ -44,5 +44,44 @@ def select_manifest(index: Index, wanted: Platform, image: str) -> Descriptor:
     unlabelled = [entry for entry in entries if entry.platform is None]
     if unlabelled:
         return unlabelled[0]
+    _reject_nested_index(index, wanted, image)
     offered = ", ".join(sorted({str(e.platform) for e in entries})) or "none"
     raise PlatformNotFound(f"{image} has no image for {wanted}; it offers: {offered}")
+
+
+def check_entry_manifest(
+    entry: Descriptor, body: bytes, media_type: str, image: str
+) -> None:
+    """Raise InvalidResponse unless the manifest an index entry points to fits it.
+
+    The body was verified against the entry's digest already, so a size that
+    differs means the index itself is wrong.
+    """
+    if len(body) != entry.size:
+        raise InvalidResponse(
+            f"manifest {entry.digest} of {image} is {len(body)} bytes, but the "
+            f"index lists it with {entry.size}"
+        )
+    if media_type in INDEX_TYPES:
+        raise _nested_index(entry, image)
+
+
+def _reject_nested_index(index: Index, wanted: Platform, image: str) -> None:
+    """Raise InvalidResponse when an entry that may run on ``wanted`` is an index.
+
+    Such an entry might contain the wanted image, so "no image for this
+    platform" would mislead.
+    """
+    for entry in index.manifests:
+        if entry.media_type not in INDEX_TYPES or is_attestation(entry):
+            continue
+        if entry.platform is None or match_rank(wanted, entry.platform) is not None:
+            raise _nested_index(entry, image)
+
+
+def _nested_index(entry: Descriptor, image: str) -> InvalidResponse:
+    return InvalidResponse(
+        f"index of {image} lists another index, {entry.digest}, and nested "
+        "indexes are not supported",
+        hint="push the image with an index whose entries are image manifests",
+    )

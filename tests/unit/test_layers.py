@@ -5,7 +5,7 @@ import pytest
 import zstandard
 
 from apparate.digest import Digest
-from apparate.errors import DiffIDMismatch, VerificationError
+from apparate.errors import DiffIDMismatch, InvalidResponse, VerificationError
 from apparate.layers import OUTPUT_PIECE, DiffIDVerifier, decompressor_for
 
 TAR = bytes(range(256)) * 4000
@@ -96,8 +96,18 @@ def test_diff_id_verifier_rejects_corrupt(media_type, blob):
 
 
 def test_decompressor_rejects_unknown_media_type():
-    with pytest.raises(VerificationError, match="not supported"):
+    with pytest.raises(InvalidResponse, match="not supported"):
         decompressor_for("application/vnd.example.layer+lz4", print)
+
+
+def test_diff_id_verifier_names_unsupported_layer():
+    with pytest.raises(InvalidResponse) as caught:
+        DiffIDVerifier("application/x-foo", DIFF_ID, "layer sha256:ab of img:v1")
+
+    message = str(caught.value)
+    assert "layer sha256:ab of img:v1" in message
+    assert "'application/x-foo'" in message
+    assert caught.value.exit_code == 8
 
 
 def test_zstd_reads_every_frame():

@@ -7,8 +7,9 @@ import pytest
 import respx
 
 from apparate.digest import Digest
+from apparate.errors import InvalidResponse
 from apparate.image import fetch_manifest, resolve_image
-from apparate.manifest import OCI_MANIFEST, Descriptor, Manifest
+from apparate.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest
 from apparate.platform import Platform
 from apparate.reference import Reference
 from apparate.registry.client import RegistryClient
@@ -113,3 +114,83 @@ def test_resolve_new_tag_skips_head(client, tmp_path):
     assert image.manifest.digest == Digest.of(IMAGE_MANIFEST)
     assert seen == [image.parsed]
     assert head.call_count == 0
+
+
+def index_of(body: bytes, media_type: str = OCI_MANIFEST, size: int = -1) -> bytes:
+    entry = {
+        "mediaType": media_type,
+        "digest": str(Digest.of(body)),
+        "size": len(body) if size < 0 else size,
+        "platform": {"os": "linux", "architecture": "amd64"},
+    }
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                       "manifests": [entry]}).encode()  # fmt: skip
+
+
+def serve(index: bytes, manifest: bytes, media_type: str = OCI_MANIFEST) -> None:
+    """Serve ``index`` for the tag and ``manifest`` by its digest, and CONFIG."""
+    respx.get(MANIFEST_URL).mock(
+        return_value=httpx.Response(
+            200, content=index, headers={"Content-Type": OCI_INDEX}
+        )
+    )
+    respx.get(f"https://{HOST}/v2/team/app/manifests/{Digest.of(manifest)}").mock(
+        return_value=httpx.Response(
+            200, content=manifest, headers={"Content-Type": media_type}
+        )
+    )
+    respx.get(f"https://{HOST}/v2/team/app/blobs/{Digest.of(CONFIG)}").mock(
+        return_value=httpx.Response(200, content=CONFIG)
+    )
+
+
+def resolve(client, tmp_path):
+    return resolve_image(
+        client, Store(tmp_path), client.reference, Platform.parse("linux/amd64")
+    )
+
+
+@respx.mock
+def test_resolve_index_entry_with_wrong_size(client, tmp_path):
+    serve(index_of(IMAGE_MANIFEST, size=5), IMAGE_MANIFEST)
+
+    with pytest.raises(InvalidResponse) as caught:
+        resolve(client, tmp_path)
+
+    message = str(caught.value)
+    assert f"is {len(IMAGE_MANIFEST)} bytes" in message
+    assert "index lists it with 5" in message
+    assert "registry.example/team/app:v1" in message
+
+
+@respx.mock
+def test_resolve_index_entry_that_is_an_index(client, tmp_path):
+    # The entry does not say it is an index, but its own media type does.
+    inner = index_of(IMAGE_MANIFEST)
+    serve(index_of(inner, media_type=""), inner, media_type=OCI_INDEX)
+
+    with pytest.raises(InvalidResponse) as caught:
+        resolve(client, tmp_path)
+
+    message = str(caught.value)
+    assert "nested indexes are not supported" in message
+    assert "registry.example/team/app:v1" in message
+
+
+@respx.mock
+def test_resolve_rejects_unsupported_layer_type(client, tmp_path):
+    layer = {"mediaType": "application/x-foo", "digest": str(Digest.of(b"x")),
+             "size": 1}  # fmt: skip
+    document = json.loads(IMAGE_MANIFEST)
+    document["layers"] = [layer]
+    manifest = json.dumps(document).encode()
+    serve(index_of(manifest), manifest)
+
+    with pytest.raises(InvalidResponse) as caught:
+        resolve(client, tmp_path)
+
+    message = str(caught.value)
+    assert "registry.example/team/app:v1" in message
+    assert "'application/x-foo'" in message
+    assert "not supported" in message
+    assert caught.value.exit_code == 8

@@ -1,7 +1,7 @@
 import pytest
 
 from apparate.digest import Digest
-from apparate.errors import PlatformNotFound
+from apparate.errors import InvalidResponse, PlatformNotFound
 from apparate.manifest import OCI_MANIFEST, Descriptor, Index
 from apparate.platform import Platform, match_rank
 from apparate.resolve import select_manifest
@@ -136,3 +136,36 @@ def test_select_manifest_takes_unlabelled_entry_last():
     assert select_manifest(index, Platform.parse("linux/amd64"), "img").digest == (
         Digest("sha256", f"{9:064x}")
     )
+
+
+def nested_index(platform: str | None, number: int) -> Descriptor:
+    nested = entry(platform, number)
+    return Descriptor(INDEX.media_type, nested.digest, nested.size, nested.platform)
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64", None])
+def test_select_manifest_rejects_nested_index(platform):
+    index = Index(INDEX.media_type, [nested_index(platform, 10)])
+
+    with pytest.raises(InvalidResponse) as caught:
+        select_manifest(index, Platform.parse("linux/amd64"), "example.com/app:v1")
+
+    message = str(caught.value)
+    assert "example.com/app:v1" in message
+    assert "nested indexes are not supported" in message
+    assert str(Digest("sha256", f"{10:064x}")) in message
+
+
+def test_select_manifest_prefers_image_to_nested_index():
+    index = Index(INDEX.media_type, [nested_index(None, 10), entry("linux/amd64", 1)])
+
+    chosen = select_manifest(index, Platform.parse("linux/amd64"), "img")
+
+    assert chosen.digest == Digest("sha256", f"{1:064x}")
+
+
+def test_select_manifest_nested_index_of_other_platform():
+    index = Index(INDEX.media_type, [nested_index("linux/arm64", 10)])
+
+    with pytest.raises(PlatformNotFound, match="has no image for linux/amd64"):
+        select_manifest(index, Platform.parse("linux/amd64"), "img")
