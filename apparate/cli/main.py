@@ -23,12 +23,12 @@ from apparate.catalog import list_images, pull_statistics
 from apparate.chunked.writer import DEFAULT_LEVEL
 from apparate.cli.text import (
     LineObserver,
+    conversion_line,
+    convert_line,
     dry_run_report,
     gc_report,
-    human_size,
     images_report,
     import_line,
-    short,
     sources_line,
     sources_report,
     stats_report,
@@ -36,7 +36,7 @@ from apparate.cli.text import (
 )
 from apparate.config import Mirror, load_config, parse_size
 from apparate.convert import ConvertOptions, LayerConversion, convert
-from apparate.errors import ApparateError, UsageError
+from apparate.errors import ApparateError, NotFound, UsageError
 from apparate.importers import Daemons, ImportOptions, import_image
 from apparate.importers.run import check_target
 from apparate.importers.target import TARGET_HELP
@@ -207,6 +207,7 @@ def pull_command(
     """Pull an image into the local store, then import it (see --into)."""
     _configure_logging(debug, verbose)
     with _errors_reported():
+        _check_one_output(quiet, as_json)
         ref = Reference.parse(reference)
         options = PullOptions(
             store=store,
@@ -255,6 +256,7 @@ def import_command(
     """Import an image from the local store again, without fetching it."""
     _configure_logging(debug, verbose)
     with _errors_reported():
+        _check_one_output(quiet, as_json)
         ref = Reference.parse(reference)
         options = ImportOptions(
             store=store,
@@ -269,6 +271,14 @@ def import_command(
         print(imported.image_id)
     else:
         print(f"{ref}: {import_line(imported)}")
+
+
+def _check_one_output(quiet: bool, as_json: bool) -> None:
+    if quiet and as_json:
+        raise UsageError(
+            "--quiet and --json cannot be used together",
+            hint="--json output contains the digest that --quiet prints",
+        )
 
 
 def _checked_target(into: str | None) -> str | None:
@@ -330,12 +340,7 @@ def convert_command(
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
-    reused = sum(layer.frames_reused for layer in result.layers)
-    print(
-        f"{result.destination}: {result.digest}, {len(result.layers)} layers, "
-        f"{human_size(result.bytes_pushed)} pushed, {result.blobs_mounted} blobs "
-        f"mounted, {reused} frames reused, {result.seconds:.1f} s"
-    )
+    print(convert_line(result))
 
 
 def _check_compress_level(level: int) -> None:
@@ -349,12 +354,7 @@ def _check_compress_level(level: int) -> None:
 
 
 def _print_conversion(layer: LayerConversion) -> None:
-    print(
-        f"{short(layer.source)}: converted to {short(layer.converted)}, "
-        f"{human_size(layer.source_size)} to {human_size(layer.converted_size)}, "
-        f"{layer.frames_reused} of {layer.chunks} frames reused",
-        flush=True,
-    )
+    print(conversion_line(layer), flush=True)
 
 
 @app.command("images")
@@ -401,12 +401,23 @@ def rm_command(
     debug: DebugOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Remove images, and the blobs no other stored image needs."""
+    """Remove images, and the blobs no other stored image needs.
+
+    As ``docker rmi`` does, an image that is not stored is an error, and the
+    others are removed all the same.
+    """
     _configure_logging(debug, verbose)
     with _errors_reported():
         result = remove_images(references, store, GcOptions(dry_run=dry_run))
 
     print(json.dumps(result.to_dict(), indent=2) if as_json else gc_report(result))
+    if result.not_found:
+        with _errors_reported():
+            raise NotFound(
+                f"{', '.join(result.not_found)}: no such image in the store "
+                f"{result.store}",
+                hint="'apparate images' lists the stored images",
+            )
 
 
 @app.command("gc")
@@ -415,8 +426,10 @@ def gc_command(
         str | None,
         typer.Option(
             "--max-size",
-            help="Remove least recently used packs, then images, until the store "
-            "is at most this size, e.g. 500M or 2G.",
+            help="Remove least recently used packs, then images, then partial "
+            "downloads, until the store is at most this size, e.g. 500M or 2G. "
+            "K, M, G and T are powers of 1024, and gc prints sizes in KiB, MiB "
+            "and GiB.",
         ),
     ] = None,
     store: StoreOption = None,
@@ -448,11 +461,18 @@ def stats_command(
     store: StoreOption = None,
     as_json: JsonOption = False,
     limit: Annotated[
-        int, typer.Option("--limit", help="Number of recent pulls to list.")
+        int,
+        typer.Option("--limit", help="Number of recent pulls to list, at least 1."),
     ] = 20,
 ) -> None:
-    """Show past pulls: bytes fetched and saved, and speed."""
+    """Show past pulls: bytes fetched and saved, and speed.
+
+    Bytes saved are the layer bytes a pull did not fetch, so a pull of an image
+    already stored saves all of them.
+    """
     with _errors_reported():
+        if limit < 1:
+            raise UsageError(f"--limit must be at least 1, not {limit}")
         totals, records = pull_statistics(store, limit)
 
     if as_json:

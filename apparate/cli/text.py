@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from apparate.catalog import ImageSummary
+from apparate.convert import ConvertResult, LayerConversion
 from apparate.digest import Digest
 from apparate.progress import PullObserver
 from apparate.result import ImportResult, PullResult
@@ -23,11 +24,29 @@ def short(digest: Digest) -> str:
 
 
 def human_size(size: float) -> str:
+    """Format bytes sent over the network in SI units (1 MB is 1000 kB), as curl does."""
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1000 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     raise AssertionError("unreachable")
+
+
+def binary_size(size: float) -> str:
+    """Format a size in the store in IEC units, as ``--max-size`` reads them.
+
+    ``parse_size`` takes 1M as 1024 KiB, so a limit prints as it was given.
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def counted(count: int, noun: str) -> str:
+    """Format a count with its noun, in the plural unless it is one."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class LineObserver(PullObserver):
@@ -149,7 +168,7 @@ def stats_report(totals: Totals, records: list[PullRecord]) -> str:
     header = ["FINISHED (UTC)", "REFERENCE", "FETCHED", "REUSED", "SECONDS", "SPEED"]
     saved = totals.bytes_saved / totals.layer_bytes if totals.layer_bytes else 0.0
     summary = (
-        f"{totals.pulls} pulls: fetched {human_size(totals.bytes_fetched)} of "
+        f"{counted(totals.pulls, 'pull')}: fetched {human_size(totals.bytes_fetched)} of "
         f"{human_size(totals.layer_bytes)} of layers, saved "
         f"{human_size(totals.bytes_saved)} ({saved:.0%}), {totals.seconds:.1f} s"
     )
@@ -204,20 +223,20 @@ def gc_report(result: GcResult) -> str:
     for reason, (noun, detail) in kinds.items():
         count = sum(1 for item in result.removed if item.reason == reason)
         if count:
-            removed = " ".join(filter(None, [_counted(count, noun), detail]))
-            size = human_size(result.bytes_of(reason))
+            removed = " ".join(filter(None, [counted(count, noun), detail]))
+            size = binary_size(result.bytes_of(reason))
             lines.append(f"{verb} {removed} ({size})")
     if result.partial_files:
-        partials = _counted(len(result.partial_files), "stale partial download")
-        lines.append(f"{verb} {partials} ({human_size(result.partial_bytes)})")
+        partials = counted(len(result.partial_files), "partial download")
+        lines.append(f"{verb} {partials} ({binary_size(result.partial_bytes)})")
 
     freed = "would free" if result.dry_run else "freed"
     limit = ""
     if result.limit is not None:
-        limit = f" (limit {human_size(result.limit)})"
+        limit = f" (limit {binary_size(result.limit)})"
     lines.append(
-        f"{freed} {human_size(result.bytes_freed)}; the store holds "
-        f"{human_size(result.size_after)}{limit}"
+        f"{freed} {binary_size(result.bytes_freed)}; the store holds "
+        f"{binary_size(result.size_after)}{limit}"
     )
     if result.over_limit_because:
         lines.append(
@@ -227,5 +246,22 @@ def gc_report(result: GcResult) -> str:
     return "\n".join(lines)
 
 
-def _counted(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def convert_line(result: ConvertResult) -> str:
+    """Format one sentence stating what a conversion pushed and reused."""
+    reused = sum(layer.frames_reused for layer in result.layers)
+    return (
+        f"{result.destination}: {result.digest}, "
+        f"{counted(len(result.layers), 'layer')}, "
+        f"{human_size(result.bytes_pushed)} pushed, "
+        f"{counted(result.blobs_mounted, 'blob')} mounted, "
+        f"{counted(reused, 'frame')} reused, {result.seconds:.1f} s"
+    )
+
+
+def conversion_line(layer: LayerConversion) -> str:
+    """Format what the conversion of one layer wrote and reused."""
+    return (
+        f"{short(layer.source)}: converted to {short(layer.converted)}, "
+        f"{human_size(layer.source_size)} to {human_size(layer.converted_size)}, "
+        f"{layer.frames_reused} of {counted(layer.chunks, 'frame')} reused"
+    )

@@ -46,3 +46,26 @@ def test_convert_rejects_tag_and_digest_destination(tmp_path):
 
     assert done.exit_code == 2
     assert "must be a tag" in done.output
+
+
+@pytest.mark.parametrize("command", ["pull", "import"])
+def test_quiet_and_json_rejected(tmp_path, command):
+    done = run(command, "--quiet", "--json", "--store", str(tmp_path / "s"), SOURCE)
+
+    assert done.exit_code == 2
+    assert "--quiet" in done.output
+    assert "--json" in done.output
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_stats_rejects_limit_below_one(tmp_path, limit):
+    done = run("stats", "--limit", limit, "--store", str(tmp_path / "s"))
+
+    assert done.exit_code == 2
+    assert "--limit" in done.output
+
+
+def test_gc_max_size_help_states_unit():
+    done = run("gc", "--help")
+
+    assert "1024" in done.output

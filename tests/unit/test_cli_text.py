@@ -1,0 +1,100 @@
+"""Text the CLI prints: sizes, counts and the gc, stats and convert summaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from apparate.cli.text import (
+    binary_size,
+    convert_line,
+    counted,
+    gc_report,
+    stats_report,
+)
+from apparate.convert import ConvertResult, LayerConversion
+from apparate.digest import Digest
+from apparate.store.collector import GcResult
+from apparate.store.gc import IMAGE, UNREFERENCED, Removal
+from apparate.store.history import Totals
+
+BINARY_CASES = {
+    "bytes": (999, "999 B"),
+    "kibibytes": (1536, "1.5 KiB"),
+    "max-size 40M": (40 << 20, "40.0 MiB"),
+    "gibibytes": (3 << 30, "3.0 GiB"),
+    "tebibytes": (5 << 40, "5.0 TiB"),
+}
+
+
+@pytest.mark.parametrize("size, text", BINARY_CASES.values(), ids=BINARY_CASES)
+def test_binary_size(size, text):
+    assert binary_size(size) == text
+
+
+@pytest.mark.parametrize("count, text", [(0, "0 blobs"), (1, "1 blob"), (2, "2 blobs")])
+def test_counted(count, text):
+    assert counted(count, "blob") == text
+
+
+def gc_result(limit: int | None, removed: list[Removal]) -> GcResult:
+    return GcResult(
+        store="/s",
+        untagged=["example.com/app:v1"],
+        removed=removed,
+        partial_files=["partial-" + "e" * 64],
+        partial_bytes=2 << 20,
+        size_before=50 << 20,
+        size_after=39 << 20,
+        limit=limit,
+    )
+
+
+def test_gc_report_prints_limit_in_its_unit():
+    removed = [Removal(Digest.of(b"a"), 9 << 20, IMAGE)]
+
+    report = gc_report(gc_result(40 << 20, removed))
+
+    assert "limit 40.0 MiB" in report
+    assert "removed 1 blob of removed images (9.0 MiB)" in report
+    assert "removed 1 partial download (2.0 MiB)" in report
+    assert "freed 11.0 MiB; the store holds 39.0 MiB" in report
+
+
+def test_gc_report_counts_blobs():
+    removed = [
+        Removal(Digest.of(b"a"), 1024, UNREFERENCED),
+        Removal(Digest.of(b"b"), 1024, UNREFERENCED),
+    ]
+
+    report = gc_report(gc_result(None, removed))
+
+    assert "removed 2 blobs no image needs (2.0 KiB)" in report
+    assert "limit" not in report
+
+
+def test_stats_report_one_pull():
+    totals = Totals(1, 1000, 200, 800, 1.5, 800)
+
+    report = stats_report(totals, [])
+
+    assert report.splitlines()[-1].startswith("1 pull: ")
+
+
+def test_stats_report_pulls():
+    totals = Totals(2, 1000, 200, 800, 1.5, 800)
+
+    assert stats_report(totals, []).splitlines()[-1].startswith("2 pulls: ")
+
+
+def test_convert_line_counts():
+    layer = LayerConversion(Digest.of(b"s"), Digest.of(b"c"), 2000, 1500, 1, 1, False)
+    result = ConvertResult(
+        "example.com/app:v1", "example.com/app:v1-chunked", Digest.of(b"m"),
+        [layer], 1500, 1, 0.5,
+    )  # fmt: skip
+
+    line = convert_line(result)
+
+    assert "1 layer," in line
+    assert "1 blob mounted" in line
+    assert "1 frame reused" in line
