@@ -60,8 +60,8 @@ class GcOptions:
     dry_run: bool = False
     # Seconds to wait for running pulls to close the store.
     wait: float = DEFAULT_WAIT
-    # Age after which a resumable partial download is deleted; younger ones
-    # are deleted only when a size limit is still exceeded without images.
+    # Age after which a resumable partial download is deleted. Younger ones
+    # are deleted only to fit a size limit that removing images did not meet.
     partial_max_age: float = PARTIAL_MAX_AGE
 
 
@@ -266,7 +266,7 @@ def _delete_blobs(store: Store, digests: set[Digest]) -> None:
 
 
 def _delete_partial(store: Store, partial: PartialEntry) -> None:
-    """Delete a resumable download and its journal, unless a pull holds it."""
+    """Delete a resumable download and its journal, unless a pull has it locked."""
     path = store.ingest_dir / partial.name
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed below, after the unlink
@@ -276,7 +276,7 @@ def _delete_partial(store: Store, partial: PartialEntry) -> None:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("%s: kept, a running pull holds it", path)
+            log.info("%s: kept because a running pull has it locked", path)
             return
         with _deleting(str(path)):
             path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -114,15 +115,32 @@ def test_rm_keeps_blobs_another_image_needs(store):
     assert_whole(store, second)
 
 
-def test_rm_of_an_image_not_stored_removes_nothing(store):
+def test_rm_of_images_none_stored_removes_nothing(store):
     add_image(store, "example.com/app:v1", [BASE])
 
+    store.close()
     with pytest.raises(NotFound) as caught:
-        remove_images(["example.com/app:v1", "example.com/app:v9"], store.root)
+        remove_images(["example.com/app:v8", "example.com/app:v9"], store.root)
 
     assert caught.value.exit_code == 4
-    assert "example.com/app:v9" in str(caught.value)
+    assert "example.com/app:v8" in str(caught.value)
     assert len(store.images()) == 1
+
+
+def test_rm_lists_missing_and_removes_others(store):
+    add_image(store, "example.com/app:v1", [BASE])
+    kept = add_image(store, "example.com/app:v2", [APP2])
+
+    store.close()
+    requested = ["example.com/app:v9", "example.com/app:v1"]
+    result = remove_images(requested, store.root)
+
+    assert result.not_found == ["example.com/app:v9"]
+    assert result.to_dict()["not_found"] == ["example.com/app:v9"]
+    assert result.untagged == ["example.com/app:v1"]
+    assert not store.has_blob(Digest.of(BASE))
+    assert [image.reference for image in store.images()] == ["example.com/app:v2"]
+    assert_whole(store, kept)
 
 
 def test_rm_by_digest(store):
@@ -308,7 +326,7 @@ def test_gc_report_names_each_kind(store):
     assert "untagged: example.com/app:v1" in report
     assert "removed 3 blobs of removed images" in report
     assert "removed 1 blob no image needs" in report
-    assert "removed 1 stale partial download (1 B)" in report
+    assert "removed 1 partial download (1 B)" in report
     assert "freed " in report
 
 
@@ -338,3 +356,120 @@ def test_after_pull_failure_only_warns(store, monkeypatch, caplog):
 
     assert "disk on fire" in caplog.text
     assert len(store.images()) == 1
+
+
+def partial(store: Store, name: str, size: int, age: float) -> Path:
+    """Write a resumable download ``age`` seconds old, with a journal."""
+    path = store.ingest_dir / f"partial-{name * 64}"
+    path.write_bytes(b"p" * size)
+    journal = store.ingest_dir / f"{path.name}.ranges"
+    journal.write_text("0-10\n")
+    when = time.time() - age
+    os.utime(path, (when, when))
+    return path
+
+
+def test_max_size_removes_partials_after_images(store):
+    manifest = add_image(store, "example.com/app:v1", [BASE])
+    image_bytes = store_size(store)
+    old = partial(store, "a", 3000, age=600)
+    new = partial(store, "b", 2000, age=60)
+    held = partial(store, "c", 1000, age=900)
+    holder = open(held, "rb")  # noqa: SIM115 - a running pull's lock
+    fcntl.flock(holder, fcntl.LOCK_EX)
+
+    try:
+        options = GcOptions(
+            max_size=image_bytes + 3100, protected=["example.com/app:v1"]
+        )
+        result = collect(store, options)
+    finally:
+        holder.close()
+
+    assert result.untagged == []
+    assert result.partial_files == [old.name]
+    assert not old.exists()
+    assert not old.with_name(old.name + ".ranges").exists()
+    assert new.exists()
+    assert held.exists()
+    assert result.size_after <= image_bytes + 3100
+    assert_whole(store, manifest)
+
+
+def test_max_size_keeps_partials_when_images_make_room(store):
+    add_image(store, "example.com/app:v1", [APP2])
+    kept = partial(store, "a", 100, age=60)
+
+    result = collect(store, GcOptions(max_size=500))
+
+    assert result.untagged == ["example.com/app:v1"]
+    assert kept.exists()
+    assert result.partial_files == []
+
+
+def store_size(store: Store) -> int:
+    blobs = store.root / "blobs" / "sha256"
+    return sum(path.stat().st_size for path in blobs.iterdir())
+
+
+def test_gc_frees_space_when_database_fails(store, monkeypatch, caplog):
+    add_image(store, "example.com/app:v1", [BASE])
+    kept = add_image(store, "example.com/app:v2", [APP2])
+    tar = make_tar(2)
+    add_image(store, "example.com/app:v3", [tar])
+    pack = pack_of(store, tar)
+
+    def disk_full(*args: object) -> None:
+        raise StoreError("cannot update apparate.db: database or disk is full")
+
+    monkeypatch.setattr("apparate.store.collector._forget", disk_full)
+    store.close()
+    requested = ["example.com/app:v1", "example.com/app:v3"]
+    result = remove_images(requested, store.root)
+
+    assert not store.has_blob(Digest.of(BASE))
+    assert not store.has_blob(pack)
+    assert result.bytes_freed > len(BASE)
+    assert "database or disk is full" in caplog.text
+    assert_whole(store, kept)
+    monkeypatch.undo()
+    collect(store, GcOptions())
+    assert chunk_blobs(store.root) == set()
+
+
+def test_gc_deletes_layers_when_untag_fails(store, monkeypatch, caplog):
+    manifest = add_image(store, "example.com/app:v1", [BASE])
+    kept = add_image(store, "example.com/app:v2", [APP2])
+    real_untag = Store.untag
+    calls = []
+
+    def untag_once_full(self: Store, references: list[str]) -> list[str]:
+        calls.append(store.has_blob(Digest.of(BASE)))
+        if len(calls) == 1 and references:
+            raise StoreError("cannot untag images: No space left on device")
+        return real_untag(self, references)
+
+    monkeypatch.setattr(Store, "untag", untag_once_full)
+    store.close()
+    result = remove_images(["example.com/app:v1"], store.root)
+
+    assert calls == [True, False]
+    assert result.untagged == ["example.com/app:v1"]
+    assert not store.has_blob(manifest)
+    assert [image.reference for image in store.images()] == ["example.com/app:v2"]
+    assert "No space left" in caplog.text
+    assert_whole(store, kept)
+
+
+def test_gc_deletes_chunk_rows_naming_no_digest(store, caplog):
+    tar = make_tar(2)
+    add_image(store, "example.com/app:v1", [tar])
+    pack_of(store, tar)
+    with contextlib.closing(sqlite3.connect(store.root / INDEX_FILE)) as db, db:
+        db.execute("UPDATE chunks SET blob = 'garbage'")
+
+    result = collect(store, GcOptions())
+
+    assert result.removed != []
+    assert chunk_blobs(store.root) == set()
+    assert caplog.text.count("garbage") == 1
