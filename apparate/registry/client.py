@@ -404,11 +404,12 @@ class RegistryClient:
         """Reject a whole blob whose Content-Length is not the descriptor's size.
 
         Such a body (an HTML page from a proxy, or another blob) can never
-        verify, so it is not read and not retried.
+        verify, so it is not read and not retried. It fails verification as
+        a body of the wrong length does, so a mirror that sent it is dropped.
         """
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) != descriptor.size:
-            raise InvalidResponse(
+            raise DigestMismatch(
                 f"{subject}: {self.host} sent {length} bytes for blob "
                 f"{descriptor.digest} of size {descriptor.size}"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import json
@@ -13,10 +14,12 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 import apparate
 from apparate.errors import DiffIDMismatch, DigestMismatch, InvalidResponse
+from apparate.manifest import OCI_INDEX, OCI_MANIFEST
 from apparate.pull import PullOptions
 from apparate.reference import Reference
 from apparate.registry.client import RegistryClient
@@ -95,6 +98,79 @@ def test_gzip_members_layer_pulls(fresh_registry, tmp_path):
     assert str(result.digest) == digest
     subprocess.run(["skopeo", "inspect", f"oci:{store}:{reference}"], check=True,
                    capture_output=True)  # fmt: skip
+
+
+AMD64 = {"os": "linux", "architecture": "amd64"}
+
+
+def push_broken(pusher: Pusher, case: str) -> None:
+    """Push a good image as ``broken/app:good`` and a broken one as ``:bad``."""
+    tar = tar_of({"etc/hello": b"hello\n"})
+    digest = pusher.image("broken/app", "good", [(tar, gzip.compress(tar))])
+    manifest_url = f"http://{pusher.host}/v2/broken/app/manifests/good"
+    good = httpx.get(manifest_url, headers={"Accept": OCI_MANIFEST}).content
+    manifest = json.loads(good)
+    entry = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(good),
+             "platform": AMD64}  # fmt: skip
+    if case == "layer larger than its blob":
+        manifest["layers"][0]["size"] = 10**15
+    elif case == "unsupported layer type":
+        manifest["layers"][0]["mediaType"] = "application/x-foo"
+    elif case == "config without rootfs":
+        config = pusher.blob("broken/app", json.dumps(AMD64).encode())
+        manifest["config"] = {"mediaType": "application/vnd.oci.image.config.v1+json",
+                              **config}  # fmt: skip
+        manifest["layers"] = []
+    elif case == "index entry of wrong size":
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                 "manifests": [{**entry, "size": 5}]}  # fmt: skip
+        pusher.manifest("broken/app", "bad", json.dumps(index).encode(), OCI_INDEX)
+        return
+    elif case == "nested index":
+        inner = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}
+        body = json.dumps(inner).encode()
+        inner_digest = pusher.manifest("broken/app", "inner", body, OCI_INDEX)
+        outer = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_INDEX, "digest": inner_digest, "size": len(body),
+             "platform": AMD64},
+        ]}  # fmt: skip
+        pusher.manifest("broken/app", "bad", json.dumps(outer).encode(), OCI_INDEX)
+        return
+    pusher.manifest("broken/app", "bad", json.dumps(manifest).encode())
+
+
+BROKEN_IMAGES = {
+    "layer larger than its blob": (DigestMismatch, "of size 1000000000000000"),
+    "unsupported layer type": (
+        InvalidResponse,
+        "'application/x-foo', which is not supported",
+    ),
+    "config without rootfs": (InvalidResponse, "has no rootfs.diff_ids"),
+    "index entry of wrong size": (InvalidResponse, "but the index lists it with 5"),
+    "nested index": (InvalidResponse, "nested indexes are not supported"),
+}
+
+
+@pytest.mark.parametrize(
+    "case, error, words",
+    [(case, *expected) for case, expected in BROKEN_IMAGES.items()],
+    ids=BROKEN_IMAGES,
+)
+def test_broken_image_fails_at_once(fresh_registry, tmp_path, case, error, words):
+    push_broken(Pusher(fresh_registry.host), case)
+    image = f"{fresh_registry.host}/broken/app:bad"
+    store = tmp_path / "store"
+    started = time.monotonic()
+
+    with pytest.raises(error) as caught:
+        apparate.pull(image, PullOptions(store=store))
+
+    message = str(caught.value)
+    assert words in message
+    assert image in message or fresh_registry.host in message
+    # No retry pauses: a broken image is not a dropped connection.
+    assert time.monotonic() - started < 5
+    assert_store_clean(store)
 
 
 class _MisbehavingHandler(http.server.BaseHTTPRequestHandler):

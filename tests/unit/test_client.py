@@ -209,11 +209,11 @@ FAILING_BLOB_CASES = {
     ),
     "declared length too short": (
         httpx.Response(200, content=b"<html>log in</html>"),
-        InvalidResponse,
+        DigestMismatch,
     ),
     "declared length too long": (
         httpx.Response(200, content=BLOB + b"x"),
-        InvalidResponse,
+        DigestMismatch,
     ),
     "not found": (
         httpx.Response(
@@ -893,7 +893,7 @@ def test_fetch_blob_wrong_declared_length_fails_at_once(client):
     page = b"<html>log in</html>"
     route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(200, content=page))
 
-    with pytest.raises(InvalidResponse) as caught:
+    with pytest.raises(DigestMismatch) as caught:
         fetch(client)
 
     message = str(caught.value)
@@ -908,7 +908,7 @@ def test_fetch_blob_wrong_declared_length_fails_at_once(client):
 def test_fetch_blob_descriptor_larger_than_body(client):
     route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(200, content=BLOB))
 
-    with pytest.raises(InvalidResponse, match=f"sent {len(BLOB)} bytes"):
+    with pytest.raises(DigestMismatch, match=f"sent {len(BLOB)} bytes"):
         fetch(client, blob_descriptor(10**15))
 
     assert route.call_count == 1
