@@ -480,7 +480,7 @@ class RegistryClient:
                 next_url = response.url.join(target)
                 if next_url.scheme not in ("http", "https"):
                     raise unsupported_redirect(
-                        httpx.URL(target), response.url.netloc.decode(), subject
+                        next_url, response.url.netloc.decode(), subject
                     )
                 url = str(next_url)
                 log.debug("%s: redirected to %s", subject, url)

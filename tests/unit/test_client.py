@@ -1022,7 +1022,7 @@ def redirecting_server(request):
 
 REDIRECT_FAILURES = {
     "loop": (None, "too many redirects"),
-    "file URL": ("file:///etc/passwd", "unsupported URL 'file:"),
+    "file URL": ("file:///etc/passwd", "unsupported file: URL"),
 }
 
 
