@@ -158,9 +158,11 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
     _forget_invalid_rows(store.root / INDEX_FILE)
     # Reading packs may decompress new ones, so it happens before the store
     # is locked exclusively. The second call only reads what the first cached.
-    pack_sources(store)
+    packs = _read_packs(store)
     with store.exclusive(options.wait):
-        found = survey(store, pack_sources(store), options.partial_max_age)
+        if packs is not None:
+            packs = _read_packs(store)
+        found = survey(store, packs or {}, options.partial_max_age)
         plan = plan_gc(found.state, options.max_size, options.protected, untag)
         found.check_kept_images_readable(plan.untag)
         if not options.dry_run:
@@ -171,6 +173,21 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
         store.root, len(plan.untag), len(plan.remove), result.bytes_freed,
     )  # fmt: skip
     return result
+
+
+def _read_packs(store: Store) -> dict[Digest, Digest | None] | None:
+    """Read the store's packs, or return None if its database cannot be read.
+
+    On a full disk SQLite cannot even open the database, because it creates
+    the shared-memory file of its write-ahead log. gc then treats packs as
+    blobs no image needs: they only speed up later pulls, and removing them
+    frees space.
+    """
+    try:
+        return pack_sources(store)
+    except StoreError as error:
+        log.warning("%s; packs are removed as blobs no image needs", error)
+        return None
 
 
 def after_pull(store: Store, result: PullResult, limit: int | None) -> None:

@@ -75,7 +75,7 @@ def survey(
     """Read the store, which the caller has locked exclusively."""
     sizes = blob_sizes(store)
     walker = _Walker(store, sizes)
-    uses = last_used(store.root)
+    uses = _last_uses(store)
     images = tuple(_image(store, entry, walker, uses) for entry in _entries(store))
     pack_entries = tuple(
         PackEntry(pack, frozenset(walker.layers_of(diff_id)))
@@ -89,6 +89,19 @@ def survey(
     return Survey(
         state, tuple(stale), sum(_size(path) for path in stale), walker.damaged
     )
+
+
+def _last_uses(store: Store) -> dict[str, float]:
+    """Read when each image was last used; on a database error, use none.
+
+    A full disk can keep SQLite from opening the database at all, and gc must
+    still run there. Without recorded uses, manifest mtimes order the images.
+    """
+    try:
+        return last_used(store.root)
+    except StoreError as error:
+        log.warning("%s; ordering images by their manifests' mtimes", error)
+        return {}
 
 
 def _entries(store: Store) -> list[Descriptor]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -10,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,6 +93,34 @@ def pack_bytes(store: Path) -> int:
     return sum((store / "blobs" / "sha256" / pack).stat().st_size for pack in packs)
 
 
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` at ``path``; skip the test where that fails."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    done = subprocess.run(mount, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until its filesystem is full."""
+    with open(path, "ab", buffering=0) as file:
+        for block in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while file.write(b"\0" * block):
+                    pass
+    with pytest.raises(OSError) as full:
+        path.with_name(path.name + "-more").write_bytes(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC
+
+
 def test_images_show_last_use_and_a_pull_counts(registry_plain, tmp_path):
     store = tmp_path / "store"
     pull_all(registry_plain, store, ["base:v1", "base:v2"])
@@ -142,6 +173,73 @@ def test_rm_by_digest_and_unknown_image(registry_plain, sample_images, tmp_path)
     assert json.loads(removed.stdout)["untagged"] == [by_digest]
     assert list(images(store)) == [f"{registry_plain.host}/samples/base:v1"]
     assert_every_image_whole(store)
+
+
+def test_rm_of_a_missing_image_removes_others(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1", "base:v2"])
+    v1, v2 = (f"{registry_plain.host}/samples/base:{tag}" for tag in ("v1", "v2"))
+    missing = f"{registry_plain.host}/samples/base:v7"
+
+    done = cli("rm", missing, v1, store=store)
+
+    assert done.returncode == 4
+    assert f"untagged: {v1}" in done.stdout
+    assert done.stderr.startswith(f"error: {missing}: no such image")
+    assert list(images(store)) == [v2]
+    assert_every_image_whole(store)
+
+
+def test_gc_frees_space_on_a_full_disk(registry_plain, tmp_path):
+    v1, v2 = (f"{registry_plain.host}/samples/base:{tag}" for tag in ("v1", "v2"))
+    with small_filesystem(tmp_path / "disk", "200m") as disk:
+        store = disk / "store"
+        pull_all(registry_plain, store, ["base:v1", "base:v2"])
+        junk = os.urandom(1 << 20)
+        junk_path = store / "blobs" / "sha256" / hashlib.sha256(junk).hexdigest()
+        junk_path.write_bytes(junk)
+        fill(disk / "filler")
+
+        plain = cli("gc", "--json", store=store)
+
+        assert plain.returncode == 0, plain.stderr
+        assert json.loads(plain.stdout)["bytes_freed"] >= len(junk)
+        assert not junk_path.exists()
+
+        fill(disk / "filler")
+        limit = store_bytes(store) - pack_bytes(store) - 1
+        sized = cli("gc", "--json", "--max-size", str(limit), store=store)
+
+        assert sized.returncode == 0, sized.stderr
+        assert json.loads(sized.stdout)["untagged"] == [v1]
+        for path in disk.glob("filler*"):
+            path.unlink()
+        assert list(images(store)) == [v2]
+        assert_every_image_whole(store)
+        again = apparate.pull(v1, PullOptions(store=store))
+        assert again.bytes_fetched > 0
+        assert_every_image_whole(store)
+
+
+def test_gc_max_size_removes_partials_not_held(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1"])
+    young = store / "ingest" / f"partial-{'a' * 64}"
+    young.write_bytes(b"\0" * 100_000)
+    held = store / "ingest" / f"partial-{'b' * 64}"
+    held.write_bytes(b"\0" * 50_000)
+
+    with open(held, "rb") as pulling:
+        fcntl.flock(pulling, fcntl.LOCK_EX)
+        done = cli("gc", "--json", "--max-size", "1", store=store)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["partial_files"] == [young.name]
+    assert not young.exists()
+    assert held.exists()
+    assert images(store) == {}
+    assert result["size_after"] == 50_000
 
 
 def test_gc_tight_limit_images_whole(registry_plain, tmp_path):

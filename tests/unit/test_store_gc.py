@@ -473,3 +473,22 @@ def test_gc_deletes_chunk_rows_naming_no_digest(store, caplog):
     assert result.removed != []
     assert chunk_blobs(store.root) == set()
     assert caplog.text.count("garbage") == 1
+
+
+def test_gc_runs_when_database_cannot_open(store, monkeypatch, caplog):
+    tar = make_tar(2)
+    manifest = add_image(store, "example.com/app:v1", [tar])
+    pack = pack_of(store, tar)
+    store.put_blob(b"left over", Digest.of(b"left over"))
+
+    def disk_io_error(*args: object) -> None:
+        raise StoreError("cannot open apparate.db: disk I/O error")
+
+    monkeypatch.setattr("apparate.store.collector.pack_sources", disk_io_error)
+    monkeypatch.setattr("apparate.store.survey.last_used", disk_io_error)
+    result = collect(store, GcOptions())
+
+    removed = {item.digest for item in result.removed}
+    assert removed == {pack, Digest.of(b"left over")}
+    assert caplog.text.count("disk I/O error") == 2
+    assert_whole(store, manifest)
