@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -262,3 +263,30 @@ def test_convert_malformed_tar_falls_back(fresh_registry, tmp_path, caplog):
     assert result.layers[0].chunks > 1
     assert "cutting it with plain FastCDC instead" in caplog.text
     assert str(result.layers[0].source) in caplog.text
+
+
+@pytest.mark.parametrize(
+    "options, destination, words",
+    [
+        (["--compress-level", "99"], "converted/base:v1", "-131072 to 22"),
+        ([], f"converted/base@sha256:{'a' * 64}", "must be a tag"),
+    ],
+    ids=["level", "digest destination"],
+)
+def test_convert_rejects_before_any_work(
+    registry_plain, fresh_registry, tmp_path, options, destination, words
+):
+    store = tmp_path / "store"
+    apparate_cli = str(Path(sys.executable).with_name("apparate"))
+
+    done = subprocess.run(
+        [apparate_cli, "convert", *options, "--store", str(store),
+         f"{registry_plain.host}/samples/base:v1",
+         f"{fresh_registry.host}/{destination}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr
+    assert done.stdout == ""
+    assert not store.exists()
