@@ -377,5 +377,21 @@ def test_delta_pull_after_packs_are_dropped(registry_plain, converted, tmp_path)
     assert fetched["dropped"] > fetched["kept"]
 
 
+def test_damaged_chunk_rows_are_skipped(registry_plain, converted, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1"])
+    with contextlib.closing(sqlite3.connect(store / INDEX_FILE)) as db, db:
+        db.execute("UPDATE chunks SET blob = 'garbage'")
+
+    pulled = cli("pull", "--json", f"{converted}:v2", store=store)
+    collected = cli("gc", "--json", store=store)
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stderr.count("'garbage'") == 1
+    assert collected.returncode == 0, collected.stderr
+    assert "garbage" not in indexed_blobs(store)
+    assert_every_image_whole(store)
+
+
 def test_samples_are_the_ones_expected(sample_images: Samples):
     assert set(SAMPLES) <= set(sample_images.images)
