@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,18 +14,21 @@ from apparate.store.history import PullHistory, PullRecord, Totals
 from apparate.store.layout import Store, default_store_path
 from apparate.store.usage import last_used
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ImageSummary:
     """One tagged image: its manifest digest, the bytes of its blobs, last use.
 
     ``last_used`` is when it was last pulled or imported (seconds since the
-    epoch), else when its manifest was stored.
+    epoch), else when its manifest was stored. ``size`` is None when the
+    manifest cannot be read, and a warning names the image.
     """
 
     reference: str
     digest: Digest
-    size: int
+    size: int | None
     last_used: float = 0.0
 
 
@@ -38,7 +42,7 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
         ImageSummary(
             image.reference,
             image.source_manifest,
-            _image_size(store, image.descriptor.digest),
+            _image_size(store, image.descriptor.digest, image.reference),
             uses.get(image.reference) or _stored_at(store, image.descriptor.digest),
         )
         for image in store.images()
@@ -52,14 +56,23 @@ def _stored_at(store: Store, digest: Digest) -> float:
         return 0.0
 
 
-def _image_size(store: Store, digest: Digest) -> int:
-    """Manifest, config and layers, as stored (compressed)."""
-    subject = f"manifest {digest} in the store"
-    body = store.read_blob(digest)
+def _image_size(store: Store, digest: Digest, reference: str) -> int | None:
+    """Return the bytes of manifest, config and layers, as stored (compressed).
+
+    A damaged manifest gives None, so one image does not hide the others.
+    """
+    subject = f"manifest {digest} of {reference} in the store"
     try:
+        body = store.read_blob(digest)
+        if Digest.of(body, digest.algorithm) != digest:
+            raise StoreError("its bytes do not match its digest")
         manifest = parse_manifest(parse_json(body, subject), subject)
     except ApparateError as error:
-        raise StoreError(f"{subject} is unreadable: {error}") from None
+        log.warning(
+            "%s is unreadable (%s): pull the image again to repair it",
+            subject, error.message,
+        )  # fmt: skip
+        return None
     return (
         len(body) + manifest.config.size + sum(layer.size for layer in manifest.layers)
     )

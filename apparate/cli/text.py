@@ -201,7 +201,7 @@ def images_report(images: list[ImageSummary], now: float | None = None) -> str:
         [
             image.reference,
             str(image.digest)[:19],
-            human_size(image.size),
+            "damaged" if image.size is None else human_size(image.size),
             ago(image.last_used, now) if image.last_used else "-",
         ]
         for image in images

@@ -129,3 +129,20 @@ def test_index_json_of_wrong_shape(tmp_path):
     assert listed.returncode == 10
     assert "has no manifests list" in listed.stderr
     assert "Traceback" not in listed.stderr
+
+
+def test_images_lists_damaged_image_beside_others(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    v1 = f"{registry_plain.host}/samples/base:v1"
+    v2 = f"{registry_plain.host}/samples/base:v2"
+    pulled = apparate.pull(v1, PullOptions(store=store))
+    apparate.pull(v2, PullOptions(store=store))
+    damage(blob(store, pulled.digest))
+
+    listed = cli("images", "--json", store=store)
+
+    assert listed.returncode == 0, listed.stderr
+    sizes = {row["reference"]: row["size"] for row in json.loads(listed.stdout)}
+    assert sizes[v1] is None
+    assert sizes[v2] > 0
+    assert f"{v1} in the store is unreadable" in listed.stderr
