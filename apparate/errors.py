@@ -156,9 +156,22 @@ class ChunkCorrupt(ChunkedLayerError):
     pass
 
 
+# What SQLite says of a database file that is damaged or not a database.
+_DAMAGED_DATABASE = ("file is not a database", "database disk image is malformed")
+
+
 class StoreError(ApparateError):
     exit_code = 10
     hint = "check the store directory's permissions and free space"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        if hint is None and any(sign in message for sign in _DAMAGED_DATABASE):
+            hint = (
+                "the store's database apparate.db is damaged: move it aside and "
+                "run the command again; the images stay, the pull history and "
+                "the chunk index start empty"
+            )
+        super().__init__(message, hint)
 
 
 class ImageImportError(ApparateError):

@@ -146,3 +146,22 @@ def test_images_lists_damaged_image_beside_others(registry_plain, tmp_path):
     assert sizes[v1] is None
     assert sizes[v2] > 0
     assert f"{v1} in the store is unreadable" in listed.stderr
+
+
+def test_damaged_database_names_the_way_out(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    apparate.pull(reference, PullOptions(store=store))
+    database = store / "apparate.db"
+    database.write_bytes(b"not a database, but junk of some length" * 100)
+    for leftover in store.glob("apparate.db-*"):
+        leftover.unlink()
+
+    failed = cli("pull", "-q", reference, store=store)
+    database.rename(tmp_path / "apparate.db.damaged")
+    pulled = cli("pull", "-q", reference, store=store)
+
+    assert failed.returncode == 10
+    assert "apparate.db is damaged: move it aside" in failed.stderr
+    assert pulled.returncode == 0, pulled.stderr
+    assert [image.reference for image in apparate.list_images(store)] == [reference]
