@@ -156,7 +156,7 @@ class ChunkCorrupt(ChunkedLayerError):
     pass
 
 
-# What SQLite says of a database file that is damaged or not a database.
+# SQLite's messages for a database file that is damaged or not a database.
 _DAMAGED_DATABASE = ("file is not a database", "database disk image is malformed")
 
 
