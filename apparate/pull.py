@@ -468,6 +468,12 @@ class _LayerFetcher:
     def _fetch(self, layer: Descriptor, diff_id: Digest) -> int:
         subject = self._plans.subject(layer)
         stopped = _Cancelled(f"{subject}: stopped because another layer failed")
+        if self._store.wait_for_other_writers(
+            layer.digest, layer.size, self._cancelled.is_set
+        ):
+            log.info("%s: stored by another pull meanwhile", subject)
+            self._observer.layer_done(layer.digest)
+            return 0
         if self._cancelled.is_set():
             raise stopped
         spent = 0

@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,6 +38,8 @@ SOURCE_MANIFEST = "dev.apparate.source-manifest"
 SOURCE_INDEX = "dev.apparate.source-index"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 PARTIAL_PREFIX = "partial-"
+# Partial files of a whole download and of a blob rebuilt from chunks.
+PARTIAL_KINDS = ("", "delta-")
 PARTIAL_MAX_AGE = 7 * 24 * 3600
 # Every open Store locks this file shared, and gc locks it exclusively.
 USERS_LOCK = ".users.lock"
@@ -192,6 +194,21 @@ def _locked_temporary_file(directory: Path, digest: Digest) -> tuple[BinaryIO, P
         except FileNotFoundError:
             pass
         file.close()
+
+
+def _locked_elsewhere(path: Path) -> bool:
+    """Tell whether another open file holds the lock of a partial download."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)
+    return False
 
 
 @contextlib.contextmanager
@@ -356,6 +373,24 @@ class Store:
         """Return the file in which an interrupted download of a blob is kept."""
         return self.ingest_dir / f"{PARTIAL_PREFIX}{kind}{digest.hex}"
 
+    def wait_for_other_writers(
+        self, digest: Digest, size: int, stopped: Callable[[], bool]
+    ) -> bool:
+        """Wait while another process writes this blob; return whether it is stored.
+
+        Two pulls that share a blob then download it once, the second taking
+        the first one's result, or resuming its partial file if it failed.
+        The wait ends early when ``stopped()`` turns true.
+        """
+        partials = [self.partial_path(digest, kind) for kind in PARTIAL_KINDS]
+        waited = False
+        while any(_locked_elsewhere(path) for path in partials) and not stopped():
+            if not waited:
+                log.info("blob %s is being written by another pull; waiting", digest)
+                waited = True
+            time.sleep(_LOCK_POLL_SECONDS)
+        return self.has_blob(digest, size)
+
     @contextlib.contextmanager
     def resumable(
         self, digest: Digest, size: int, kind: str = ""
@@ -364,7 +399,8 @@ class Store:
 
         ``kind`` keeps files written differently apart: a blob rebuilt from
         ranges has holes, so it must not be resumed as a sequential download.
-        When another process is writing the same blob, the writer is an
+        When another process is writing the same blob (the caller waited
+        for it first, see ``wait_for_other_writers``), the writer is an
         ordinary one that starts from nothing.
         """
         with _store_errors(f"cannot create a file in {self.ingest_dir}"):

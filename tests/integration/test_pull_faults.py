@@ -280,6 +280,28 @@ def test_interrupted_pull_stops_its_layers(registry_plain, tmp_path):
     assert apparate.list_images(store) == []
 
 
+def test_two_pulls_of_one_image_fetch_it_once(registry_plain, tmp_path):
+    """A second pull waits for the blobs the first is writing instead of fetching them."""
+    store = tmp_path / "store"
+    port = int(registry_plain.host.rsplit(":", 1)[1])
+    with throttled(port, 8 * 1024 * 1024) as slow_port:
+        command = [APPARATE, "pull", "--json", "--store", str(store),
+                   f"127.0.0.1:{slow_port}/samples/base:v1"]  # fmt: skip
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        second = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        first_out, _ = first.communicate(timeout=120)
+        second_out, _ = second.communicate(timeout=120)
+
+    assert (first.returncode, second.returncode) == (0, 0)
+    fetched = [json.loads(out)["bytes_fetched"] for out in (first_out, second_out)]
+    layer_bytes = sum(layer["size"] for layer in json.loads(first_out)["layers"])
+    assert fetched[0] == layer_bytes
+    assert fetched[1] < layer_bytes / 10
+    for blob in (store / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
 def test_killed_pull_resumes_where_it_stopped(registry_plain, tmp_path):
     store = tmp_path / "store"
     port = int(registry_plain.host.rsplit(":", 1)[1])
