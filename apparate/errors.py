@@ -161,8 +161,14 @@ _DAMAGED_DATABASE = ("file is not a database", "database disk image is malformed
 
 
 class StoreError(ApparateError):
+    """The local store could not be read or written.
+
+    ``errno`` is the operating system's error number, when one caused it.
+    """
+
     exit_code = 10
     hint = "check the store directory's permissions and free space"
+    errno: int | None = None
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         if hint is None and any(sign in message for sign in _DAMAGED_DATABASE):

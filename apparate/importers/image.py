@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from apparate.digest import Digest
-from apparate.errors import ApparateError, NotFound, StoreError
+from apparate.errors import ApparateError, InvalidReference, NotFound, StoreError
 from apparate.manifest import (
     OCI_INDEX,
     Descriptor,
@@ -64,14 +64,21 @@ def find_stored(store: Store, reference: str) -> StoredImage:
             return image
     if ref.digest:
         for image in images:
-            same_repository = Reference.parse(image.reference).name == ref.name
             digests = (image.source_manifest, image.source_index)
-            if same_repository and ref.digest in digests:
+            if ref.digest in digests and _repository(image.reference) == ref.name:
                 return dataclasses.replace(image, reference=str(ref))
     raise NotFound(
         f"{ref} is not in the local store {store.root}",
         hint=f"pull it first with 'apparate pull {ref}'",
     )
+
+
+def _repository(reference: str) -> str | None:
+    """Return the repository of a stored reference; None for a name other tools wrote."""
+    try:
+        return Reference.parse(reference).name
+    except InvalidReference:
+        return None
 
 
 def load_content(store: Store, image: StoredImage) -> StoredContent:

@@ -653,10 +653,12 @@ def _next_scheme_worth_trying(error: httpx.HTTPError, base_url: str) -> bool:
 def _server_spoke_tls(error: httpx.HTTPError) -> bool:
     """Tell whether a request failed in TLS after the server responded in TLS.
 
-    Every TLS error but WRONG_VERSION_NUMBER does, for example an untrusted
-    certificate. That one is what OpenSSL reports when the port speaks plain
-    HTTP. The reason is read from the ``ssl.SSLError`` that httpx chains, or
-    else from the ``[SSL: REASON]`` it copies into its own message.
+    Only a certificate problem or a TLS alert from the server shows that:
+    an untrusted certificate, say. A plain-HTTP port makes OpenSSL report
+    WRONG_VERSION_NUMBER, or an unexpected EOF when the server just closes
+    the connection, so those do not count. The reason is read from the
+    ``ssl.SSLError`` that httpx chains, or else from the ``[SSL: REASON]``
+    it copies into its own message.
     """
     reason = None
     cause: BaseException | None = error
@@ -664,6 +666,8 @@ def _server_spoke_tls(error: httpx.HTTPError) -> bool:
     # An exception object raised twice can be its own context, so the chain
     # may loop.
     while cause is not None and id(cause) not in seen and reason is None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
         if isinstance(cause, ssl.SSLError):
             reason = cause.reason
         seen.add(id(cause))
@@ -671,4 +675,4 @@ def _server_spoke_tls(error: httpx.HTTPError) -> bool:
     if reason is None:
         match = _SSL_REASON.search(str(error))
         reason = match.group(1) if match else None
-    return reason is not None and reason != "WRONG_VERSION_NUMBER"
+    return reason is not None and ("CERTIFICATE" in reason or "ALERT" in reason)

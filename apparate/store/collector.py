@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,6 +44,8 @@ from apparate.store.survey import Survey, journal_of, survey
 from apparate.store.usage import forget_uses, mark_used
 
 log = logging.getLogger(__name__)
+# The operating system's errors for a full disk or an exhausted quota.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 DEFAULT_WAIT = 60.0
 # A pull that finishes while another runs does not wait for it: the other
@@ -155,7 +159,8 @@ def remove_images(
 def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcResult:
     """Plan and carry out a gc of an open store; see the module docstring."""
     started = time.monotonic()
-    _forget_invalid_rows(store.root / INDEX_FILE)
+    if not options.dry_run:
+        _forget_invalid_rows(store.root / INDEX_FILE)
     # Reading packs may decompress new ones, so it happens before the store
     # is locked exclusively. The second call only reads what the first cached.
     packs = _read_packs(store)
@@ -176,18 +181,33 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
 
 
 def _read_packs(store: Store) -> dict[Digest, Digest | None] | None:
-    """Read the store's packs, or return None if its database cannot be read.
+    """Read the store's packs, or return None on a full disk, where they cannot be read.
 
     On a full disk SQLite cannot even open the database, because it creates
     the shared-memory file of its write-ahead log. gc then treats packs as
     blobs no image needs: they only speed up later pulls, and removing them
-    frees space.
+    frees space. Any other failure, such as a database locked too long, is
+    raised, so no pack is removed for it.
     """
     try:
         return pack_sources(store)
     except StoreError as error:
-        log.warning("%s; packs are removed as blobs no image needs", error)
+        if not _disk_full(store.root):
+            raise
+        log.warning(
+            "%s; the disk is full, so packs are removed as blobs no image needs",
+            error.message,
+        )
         return None
+
+
+def _disk_full(root: Path) -> bool:
+    """Tell whether the file system of ``root`` has less than a MiB free."""
+    try:
+        stats = os.statvfs(root)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1024 * 1024
 
 
 def after_pull(store: Store, result: PullResult, limit: int | None) -> None:
@@ -249,15 +269,16 @@ def _apply(store: Store, plan: GcPlan, found: Survey) -> None:
     try:
         _forget(store, set(state.sizes) - removed, removed, plan.untag)
     except StoreError as error:
-        log.warning("%s; the next gc deletes those rows", error)
+        log.warning("%s; the next gc deletes those rows", error.message)
 
 
 def _untag(store: Store, plan: GcPlan, state: StoreState, blobs: set[Digest]) -> None:
     """Untag the planned images, deleting their blobs first if the disk is full.
 
-    Untagging rewrites index.json, which needs free space. When that fails,
-    every blob of the untagged images but their manifests goes first, so
-    their entries still name a stored manifest.
+    Untagging rewrites index.json, which needs free space. When that fails
+    because the disk is full, every blob of the untagged images but their
+    manifests goes first, so their entries still name a stored manifest.
+    Any other failure is raised as it is.
 
     NOTE: a gc killed between that delete and the untag leaves those images
     tagged without their layers; pulling them again or rm repairs them.
@@ -266,9 +287,9 @@ def _untag(store: Store, plan: GcPlan, state: StoreState, blobs: set[Digest]) ->
         store.untag(plan.untag)
         return
     except StoreError as error:
-        if not plan.untag:
+        if not plan.untag or error.errno not in _DISK_FULL:
             raise
-        log.warning("%s; deleting their layers first to make room", error)
+        log.warning("%s; deleting their layers first to make room", error.message)
     manifests = {
         image.manifest for image in state.images if image.reference in plan.untag
     }
@@ -318,8 +339,9 @@ def _forget(
     try:
         with db:
             kept = {str(blob) for blob in present}
-            absent = (_indexed(db) - kept) | {str(blob) for blob in removed}
-            rows = [(blob,) for blob in sorted(absent)]
+            absent = {blob for blob in _indexed(db) if blob not in kept}
+            absent |= {str(blob) for blob in removed}
+            rows = [(blob,) for blob in sorted(absent, key=repr)]
             _execute(db, "DELETE FROM chunks WHERE blob = ?", rows)
             _execute(db, "DELETE FROM pack_sources WHERE pack = ?", rows)
             forget_uses(db, untagged)
@@ -329,13 +351,17 @@ def _forget(
         db.close()
 
 
-def _indexed(db: sqlite3.Connection) -> set[str]:
-    """Return the blob column of every chunk row, digests or not."""
+def _indexed(db: sqlite3.Connection) -> set[object]:
+    """Return the blob column of every chunk row as stored, digests or not.
+
+    The values are kept as SQLite returns them (text, bytes, numbers), so a
+    DELETE by value matches the row.
+    """
     try:
         rows = db.execute("SELECT DISTINCT blob FROM chunks").fetchall()
     except sqlite3.OperationalError:
         return set()
-    return {str(row[0]) for row in rows}
+    return {row[0] for row in rows}
 
 
 def _forget_invalid_rows(path: Path) -> None:
@@ -359,15 +385,17 @@ def _forget_invalid_rows(path: Path) -> None:
         log.warning("cannot delete invalid chunk rows from %s: %s", path, error)
 
 
-def _is_digest(text: str) -> bool:
+def _is_digest(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
     try:
-        Digest.parse(text)
+        Digest.parse(value)
     except ValueError:
         return False
     return True
 
 
-def _execute(db: sqlite3.Connection, sql: str, rows: list[tuple[str]]) -> None:
+def _execute(db: sqlite3.Connection, sql: str, rows: list[tuple[object]]) -> None:
     """Run a statement for each row; a table that does not exist has no rows."""
     try:
         db.executemany(sql, rows)

@@ -217,7 +217,9 @@ def _store_errors(action: str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise StoreError(f"{action}: {error.strerror or error}") from None
+        failure = StoreError(f"{action}: {error.strerror or error}")
+        failure.errno = error.errno
+        raise failure from None
 
 
 class Store:

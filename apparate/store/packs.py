@@ -69,12 +69,9 @@ def _read(
     db: sqlite3.Connection, path: Path
 ) -> tuple[list[Digest], dict[Digest, Digest]]:
     try:
-        packs = [
-            Digest.parse(row[0])
-            for row in db.execute(
-                "SELECT DISTINCT blob FROM chunks WHERE kind = ?", (PACK,)
-            )
-        ]
+        blobs = db.execute(
+            "SELECT DISTINCT blob FROM chunks WHERE kind = ?", (PACK,)
+        ).fetchall()
         rows = db.execute("SELECT pack, diff_id FROM pack_sources").fetchall()
     except sqlite3.OperationalError as error:
         if "no such table" in str(error):
@@ -82,7 +79,21 @@ def _read(
         raise StoreError(f"cannot read the packs in {path}: {error}") from None
     except sqlite3.Error as error:
         raise StoreError(f"cannot read the packs in {path}: {error}") from None
-    return packs, {Digest.parse(pack): Digest.parse(diff) for pack, diff in rows}
+    # Rows that name no digest (a damaged database) are left to gc to delete.
+    packs = [pack for (value,) in blobs if (pack := _digest_or_none(value))]
+    known = {}
+    for pack_value, diff_value in rows:
+        pack, diff_id = _digest_or_none(pack_value), _digest_or_none(diff_value)
+        if pack and diff_id:
+            known[pack] = diff_id
+    return packs, known
+
+
+def _digest_or_none(value: object) -> Digest | None:
+    try:
+        return Digest.parse(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _remember(

@@ -2,9 +2,11 @@
 
 Manifests and indexes are read as plain JSON, so entries that other tools
 wrote (an index tagged by skopeo, an artifact manifest) are followed too.
-When a manifest or config of an image is missing or cannot be read, the
-blobs that image needs are unknown, so the survey lists the image as
-damaged, and gc removes nothing while such an image is kept.
+When a manifest of an image is missing or cannot be read, the blobs that
+image needs are unknown, so the survey lists the image as damaged, and gc
+removes nothing while such an image is kept. A manifest that an index names
+but the store lacks is not damage: OCI image layouts may leave out the
+blobs of other platforms.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from apparate.digest import Digest
 from apparate.errors import StoreError
-from apparate.manifest import MAX_MANIFEST_BYTES, Descriptor
+from apparate.manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Descriptor
 from apparate.store.gc import ImageEntry, PackEntry, PartialEntry, StoreState
 from apparate.store.layout import (
     PARTIAL_PREFIX,
@@ -47,7 +49,7 @@ class Survey:
     state: StoreState
     stale: tuple[Path, ...]
     stale_bytes: int
-    # Images whose manifests or configs could not be read, with the reason.
+    # Images whose own manifests could not be read, with the reason.
     damaged: dict[str, str] = field(default_factory=dict)
 
     def check_kept_images_readable(self, removed: Iterable[str]) -> None:
@@ -169,19 +171,40 @@ class _Walker:
         self._sizes = sizes
         self.links: dict[Digest, frozenset[Digest]] = {}
         self.layers_by_diff_id: dict[Digest, set[Digest]] = {}
+        # Images that reach a damaged manifest, and what is wrong with each
+        # damaged manifest.
         self.damaged: dict[str, str] = {}
+        self.problems: dict[Digest, str] = {}
 
     def follow(self, digest: Digest, image: str) -> None:
-        pending = [digest]
+        """Follow one of ``image``'s own manifests to every blob it reaches.
+
+        A manifest of the image that is missing, or any manifest that is
+        present but unreadable, marks the image damaged, also when another
+        image reached it first. A manifest that an index or a ``subject``
+        names but the store lacks is left out, as OCI image layouts allow.
+        """
+        pending = [(digest, True)]
         while pending:
-            current = pending.pop()
-            if current in self.links:
+            current, own = pending.pop()
+            if current in self.problems:
+                self._mark(image, current)
                 continue
-            document = self._read(current, image)
+            if current in self.links:
+                if own and current not in self._sizes:
+                    self._problem(image, current, "is missing")
+                continue
+            document, problem = self._read_manifest(current, own)
+            if problem is not None:
+                self.links[current] = frozenset()
+                self._problem(image, current, problem)
+                continue
             children = _children(document) if document else []
             self.links[current] = frozenset(child for child, _ in children)
             pending.extend(
-                child for child, media_type in children if _followed(media_type)
+                (child, False)
+                for child, media_type in children
+                if _followed(media_type)
             )
             if document and isinstance(document.get("layers"), list):
                 self._note_diff_ids(document, image)
@@ -190,37 +213,58 @@ class _Walker:
         """Return the layer blobs whose content has this diff_id."""
         return self.layers_by_diff_id.get(diff_id, set()) if diff_id else set()
 
-    def _read(self, digest: Digest, image: str) -> dict[str, Any] | None:
-        """Read a manifest, index or config; a failure marks ``image`` damaged."""
-        problem = None
-        document = None
+    def _problem(self, image: str, digest: Digest, problem: str) -> None:
+        log.warning("%s: blob %s %s", image or "untagged entry", digest, problem)
+        self.problems[digest] = problem
+        self._mark(image, digest)
+
+    def _mark(self, image: str, digest: Digest) -> None:
+        self.damaged.setdefault(image, f"blob {digest} {self.problems[digest]}")
+
+    def _read_manifest(
+        self, digest: Digest, own: bool
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """Read a manifest or index; return it, or what is wrong with it.
+
+        A missing blob is a problem only for a manifest of the image itself.
+        """
+        if digest not in self._sizes:
+            return None, "is missing" if own else None
+        return self._read(digest, MAX_MANIFEST_BYTES)
+
+    def _read(
+        self, digest: Digest, limit: int
+    ) -> tuple[dict[str, Any] | None, str | None]:
         size = self._sizes.get(digest)
         if size is None:
-            problem = "is missing"
-        elif size > MAX_MANIFEST_BYTES:
-            problem = "is too large for a manifest"
-        else:
-            try:
-                body = self._store.blob_path(digest).read_bytes()
-                document = json.loads(body)
-            except (OSError, ValueError) as error:
-                problem = f"is unreadable: {error}"
-            else:
-                if Digest.of(body, digest.algorithm) != digest:
-                    problem = "does not match its digest"
-                elif not isinstance(document, dict):
-                    problem = "is not a JSON object"
-        if problem is None:
-            return document
-        log.warning("%s: blob %s %s", image or "untagged entry", digest, problem)
-        self.damaged.setdefault(image, f"blob {digest} {problem}")
-        return None
+            return None, "is missing"
+        if size > limit:
+            return None, f"is larger than {limit} bytes"
+        try:
+            body = self._store.blob_path(digest).read_bytes()
+            document = json.loads(body)
+        except (OSError, ValueError) as error:
+            return None, f"is unreadable: {error}"
+        if Digest.of(body, digest.algorithm) != digest:
+            return None, "does not match its digest"
+        if not isinstance(document, dict):
+            return None, "is not a JSON object"
+        return document, None
 
     def _note_diff_ids(self, manifest: dict[str, Any], image: str) -> None:
-        """Map each layer's diff_id to its blob, to find the packs cut from it."""
+        """Map each layer's diff_id to its blob, to find the packs cut from it.
+
+        A config that cannot be read only leaves packs unmatched, so it is
+        logged and does not mark the image damaged.
+        """
         config = _digest_of(manifest.get("config"))
         layers = [_digest_of(layer) for layer in manifest["layers"]]
-        document = self._read(config, image) if config else None
+        if config is None:
+            return
+        document, problem = self._read(config, MAX_CONFIG_BYTES)
+        if problem is not None:
+            log.warning("%s: config %s %s", image or "untagged entry", config, problem)
+            return
         rootfs = document.get("rootfs") if document else None
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list):

@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import json
+import socket
 import ssl
 import threading
 
@@ -943,6 +944,14 @@ def wrong_version(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError(str(cause), request=request) from cause
 
 
+def closed_on_handshake(request: httpx.Request) -> httpx.Response:
+    """Fail as httpx does when a plain-HTTP port closes a TLS handshake."""
+    cause = ssl.SSLEOFError(
+        8, "[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in violation of protocol"
+    )
+    raise httpx.ConnectError(str(cause), request=request) from cause
+
+
 @pytest.mark.parametrize(
     "plain_first", [True, False], ids=["plain first", "https first"]
 )
@@ -970,15 +979,18 @@ def test_untrusted_certificate_beats_plain_400(tmp_path, plain_first):
     assert caught.value.exit_code == 6
 
 
+@pytest.mark.parametrize(
+    "https_failure", [wrong_version, closed_on_handshake], ids=["version", "eof"]
+)
 @respx.mock
-def test_plain_400_kept_when_https_port_is_plain(tmp_path):
+def test_plain_400_kept_when_https_port_is_plain(tmp_path, https_failure):
     plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
         return_value=httpx.Response(
             400, json={"errors": [{"code": "NAME_INVALID", "message": "bad name"}]}
         )
     )
     respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
-        side_effect=wrong_version
+        side_effect=https_failure
     )
 
     client = loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True)
@@ -1061,3 +1073,51 @@ def test_blob_redirect_failure_is_invalid_response(
 
     assert expected in str(caught.value)
     assert "blob x" in str(caught.value)
+
+
+class PlainClosingOnTls:
+    """A plain-HTTP server on 127.0.0.1 that answers 400 NAME_INVALID and
+    closes a connection that opens with a TLS handshake, sending nothing."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            with connection:
+                first = connection.recv(1, socket.MSG_PEEK)
+                connection.recv(65536)
+                if first == b"\x16":  # a TLS record: the handshake
+                    connection.shutdown(socket.SHUT_RDWR)
+                    continue
+                body = b'{"errors": [{"code": "NAME_INVALID", "message": "bad name"}]}'
+                connection.sendall(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (len(body), body)
+                )
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.parametrize(
+    "plain_first", [True, False], ids=["plain first", "https first"]
+)
+def test_plain_400_kept_when_port_closes_tls(tmp_path, plain_first):
+    server = PlainClosingOnTls()
+    try:
+        client = loopback_client(
+            tmp_path, f"127.0.0.1:{server.port}", plain_first=plain_first
+        )
+        with client, pytest.raises(InvalidResponse, match="bad name"):
+            client.get_manifest("v1", None)
+    finally:
+        server.close()

@@ -397,3 +397,19 @@ def test_sizes_with_damaged_database(tmp_path):
     sizes = LayerSizes(store)
 
     assert sizes.size_of(facts["layers"][0], "layer") == len(facts["tars"][0])
+
+
+def test_find_by_digest_skips_names_other_tools_wrote(tmp_path):
+    store, facts = make_store(tmp_path / "store")
+    index_path = store.root / "index.json"
+    document = json.loads(index_path.read_text())
+    foreign = {**document["manifests"][0]}
+    foreign["annotations"] = {"org.opencontainers.image.ref.name": "v1.2.3-rc1+build"}
+    document["manifests"].insert(0, foreign)
+    index_path.write_text(json.dumps(document))
+    manifest = facts["manifest"].digest
+
+    image = find_stored(store, f"registry.example/team/app@{manifest}")
+
+    assert image.source_manifest == manifest
+    assert image.reference == f"registry.example/team/app@{manifest}"

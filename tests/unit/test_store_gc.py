@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -446,7 +447,9 @@ def test_gc_deletes_layers_when_untag_fails(store, monkeypatch, caplog):
     def untag_once_full(self: Store, references: list[str]) -> list[str]:
         calls.append(store.has_blob(Digest.of(BASE)))
         if len(calls) == 1 and references:
-            raise StoreError("cannot untag images: No space left on device")
+            full = StoreError("cannot untag images: No space left on device")
+            full.errno = errno.ENOSPC
+            raise full
         return real_untag(self, references)
 
     monkeypatch.setattr(Store, "untag", untag_once_full)
@@ -459,6 +462,22 @@ def test_gc_deletes_layers_when_untag_fails(store, monkeypatch, caplog):
     assert [image.reference for image in store.images()] == ["example.com/app:v2"]
     assert "No space left" in caplog.text
     assert_whole(store, kept)
+
+
+def test_gc_untag_failure_not_disk_full_deletes_nothing(store, monkeypatch):
+    manifest = add_image(store, "example.com/app:v1", [BASE])
+
+    def untag_denied(self: Store, references: list[str]) -> list[str]:
+        denied = StoreError("cannot untag images: Permission denied")
+        denied.errno = errno.EACCES
+        raise denied
+
+    monkeypatch.setattr(Store, "untag", untag_denied)
+    store.close()
+    with pytest.raises(StoreError, match="Permission denied"):
+        remove_images(["example.com/app:v1"], store.root)
+
+    assert_whole(store, manifest)
 
 
 def test_gc_deletes_chunk_rows_naming_no_digest(store, caplog):
@@ -475,6 +494,31 @@ def test_gc_deletes_chunk_rows_naming_no_digest(store, caplog):
     assert caplog.text.count("garbage") == 1
 
 
+@pytest.mark.parametrize("value", [b"\xde\xad\xbe\xef", 42], ids=["bytes", "number"])
+def test_gc_deletes_chunk_rows_of_other_types(store, value):
+    tar = make_tar(2)
+    add_image(store, "example.com/app:v1", [tar])
+    pack_of(store, tar)
+    with contextlib.closing(sqlite3.connect(store.root / INDEX_FILE)) as db, db:
+        db.execute("UPDATE chunks SET blob = ?", (value,))
+
+    collect(store, GcOptions())
+
+    assert chunk_blobs(store.root) == set()
+
+
+def test_gc_dry_run_leaves_chunk_rows(store):
+    tar = make_tar(2)
+    add_image(store, "example.com/app:v1", [tar])
+    pack_of(store, tar)
+    with contextlib.closing(sqlite3.connect(store.root / INDEX_FILE)) as db, db:
+        db.execute("UPDATE chunks SET blob = 'garbage'")
+
+    collect(store, GcOptions(dry_run=True))
+
+    assert chunk_blobs(store.root) == {"garbage"}
+
+
 def test_gc_runs_when_database_cannot_open(store, monkeypatch, caplog):
     tar = make_tar(2)
     manifest = add_image(store, "example.com/app:v1", [tar])
@@ -486,9 +530,98 @@ def test_gc_runs_when_database_cannot_open(store, monkeypatch, caplog):
 
     monkeypatch.setattr("apparate.store.collector.pack_sources", disk_io_error)
     monkeypatch.setattr("apparate.store.survey.last_used", disk_io_error)
+    monkeypatch.setattr("apparate.store.collector._disk_full", lambda root: True)
     result = collect(store, GcOptions())
 
     removed = {item.digest for item in result.removed}
     assert removed == {pack, Digest.of(b"left over")}
     assert caplog.text.count("disk I/O error") == 2
     assert_whole(store, manifest)
+
+
+def test_gc_keeps_packs_when_database_fails_with_room(store, monkeypatch):
+    tar = make_tar(2)
+    add_image(store, "example.com/app:v1", [tar])
+    pack = pack_of(store, tar)
+
+    def database_locked(*args: object) -> None:
+        raise StoreError("cannot read the packs in apparate.db: database is locked")
+
+    monkeypatch.setattr("apparate.store.collector.pack_sources", database_locked)
+    with pytest.raises(StoreError, match="database is locked"):
+        collect(store, GcOptions())
+
+    assert store.has_blob(pack)
+
+
+def damage_blob(store: Store, digest: Digest) -> None:
+    path = store.blob_path(digest)
+    path.write_bytes(path.read_bytes().replace(b"layers", b"LAYERS", 1))
+
+
+def test_rm_refused_while_another_tag_shares_a_damaged_manifest(store):
+    manifest = add_image(store, "example.com/app:v1", [b"layer one"])
+    descriptor = Descriptor(
+        OCI_MANIFEST, manifest, store.blob_path(manifest).stat().st_size
+    )
+    store.tag("example.com/app:latest", descriptor)
+    damage_blob(store, manifest)
+    before = set(store.blob_path(manifest).parent.iterdir())
+    store.close()
+
+    with pytest.raises(StoreError, match="example.com/app:latest is damaged"):
+        remove_images(["example.com/app:v1"], store.root)
+
+    assert set(store.blob_path(manifest).parent.iterdir()) == before
+
+
+def test_index_missing_another_platform_is_not_damage(store):
+    manifest = add_image(store, "example.com/app:v1", [b"layer one"])
+    size = store.blob_path(manifest).stat().st_size
+    absent = Digest.of(b"a manifest of another platform")
+    index = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": str(manifest), "size": size},
+            {"mediaType": OCI_MANIFEST, "digest": str(absent), "size": 10},
+        ],
+    }).encode()  # fmt: skip
+    store.put_blob(index, Digest.of(index))
+    index_type = "application/vnd.oci.image.index.v1+json"
+    store.tag(
+        "example.com/multi:v1", Descriptor(index_type, Digest.of(index), len(index))
+    )
+
+    result = collect(store, GcOptions())
+
+    assert result.removed == []
+    assert_whole(store, manifest)
+
+
+def test_large_config_does_not_stop_gc(store):
+    padding = "x" * (5 * 1024 * 1024)
+    layer = b"layer one"
+    config = json.dumps({"rootfs": {"diff_ids": [str(Digest.of(layer))]},
+                         "history": [{"comment": padding}]}).encode()  # fmt: skip
+    store.put_blob(layer, Digest.of(layer))
+    store.put_blob(config, Digest.of(config))
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": str(Digest.of(config)), "size": len(config)},
+        "layers": [{"mediaType": LAYER_TYPE, "digest": str(Digest.of(layer)),
+                    "size": len(layer)}],
+    }).encode()  # fmt: skip
+    store.put_blob(manifest, Digest.of(manifest))
+    store.tag(
+        "example.com/big:v1",
+        Descriptor(OCI_MANIFEST, Digest.of(manifest), len(manifest)),
+    )
+    store.put_blob(b"unreferenced", Digest.of(b"unreferenced"))
+
+    result = collect(store, GcOptions())
+
+    assert [item.digest for item in result.removed] == [Digest.of(b"unreferenced")]
+    assert_whole(store, Digest.of(manifest))
