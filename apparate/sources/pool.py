@@ -282,9 +282,17 @@ class SourcePool:
     def _stop_ranges(
         self, source: Source, digest: Digest, subject: str, error: Exception
     ) -> None:
+        """Send no more ranges of ``digest`` to ``source``, warning once.
+
+        Ranges fetched side by side can all meet the same refusal; the
+        error names the blob and the source already.
+        """
         with self._lock:
-            self._no_ranges.setdefault(digest, set()).add(source)
-        message = f"{subject}: {error}; its other ranges go to other sources"
+            refused = self._no_ranges.setdefault(digest, set())
+            if source in refused:
+                return
+            refused.add(source)
+        message = f"{error}; its other ranges go to other sources"
         self.warnings.append(message)
         log.warning("%s", message)
 
