@@ -39,15 +39,22 @@ class ImportTarget:
         return f"{self.kind}:{self.path}" if self.path else self.kind
 
 
-def parse_target(text: str) -> ImportTarget:
-    """Parse ``--into``; archive paths are made absolute, as the summary shows them."""
+def parse_target(text: str, given_by: str = "--into") -> ImportTarget:
+    """Parse an import target; archive paths are made absolute, as the summary shows them.
+
+    ``given_by`` names where the text came from, for error messages.
+    """
     kind, colon, path = text.strip().partition(":")
     if kind in FILE_KINDS:
         if not path:
-            raise UsageError(f"--into {text}: name the file, as in {kind}:image.tar")
+            raise UsageError(
+                f"{given_by} {text}: name the file, as in {kind}:image.tar"
+            )
         return ImportTarget(kind, Path(os.path.abspath(path)))
     if colon or kind not in (AUTO, DOCKER, CONTAINERD, OCI):
-        raise UsageError(f"unknown import target {text!r}: use {TARGET_HELP}")
+        raise UsageError(
+            f"unknown import target {text!r} in {given_by}: use {TARGET_HELP}"
+        )
     return ImportTarget(kind)
 
 
@@ -55,9 +62,14 @@ def requested_target(
     explicit: str | None, env: Mapping[str, str], configured: str | None
 ) -> ImportTarget:
     """Return the target asked for: the option, else APPARATE_INTO, else config."""
-    for text in (explicit, env.get("APPARATE_INTO"), configured):
+    sources = (
+        (explicit, "--into"),
+        (env.get("APPARATE_INTO"), "APPARATE_INTO"),
+        (configured, "into in config.toml"),
+    )
+    for text, given_by in sources:
         if text:
-            return parse_target(text)
+            return parse_target(text, given_by)
     return ImportTarget(AUTO)
 
 

@@ -314,6 +314,20 @@ def test_requested_target_order(explicit, env, configured, expected):
 
 
 @pytest.mark.parametrize(
+    ("explicit", "env", "configured", "named"),
+    [
+        ("bogus", {}, None, "--into"),
+        (None, {"APPARATE_INTO": "bogus"}, None, "APPARATE_INTO"),
+        (None, {"APPARATE_INTO": "docker-archive:"}, None, "APPARATE_INTO"),
+        (None, {}, "bogus", "into in config.toml"),
+    ],
+)
+def test_requested_target_error_names_its_source(explicit, env, configured, named):
+    with pytest.raises(UsageError, match=named):
+        requested_target(explicit, env, configured)
+
+
+@pytest.mark.parametrize(
     ("docker", "containerd", "expected"),
     [
         (True, True, "docker"),
