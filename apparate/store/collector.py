@@ -239,6 +239,13 @@ def _mark_and_fit(store: Store, result: PullResult, limit: int | None) -> None:
             "%s: store not fitted to max_store_size: %s", result.reference, error
         )
         return
+    if done.untagged:
+        # Removing images the user did not name deserves a word on stderr.
+        log.warning(
+            "removed %s from the store to fit max_store_size: %s",
+            "an image" if len(done.untagged) == 1 else f"{len(done.untagged)} images",
+            ", ".join(done.untagged),
+        )
     if done.over_limit_because:
         log.warning(
             "the store is %d bytes, over max_store_size (%d bytes), because "

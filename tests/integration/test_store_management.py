@@ -314,6 +314,9 @@ def test_max_store_size_applies_after_each_pull(registry_plain, tmp_path):
 
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
+    assert f"removed an image from the store to fit max_store_size: {v1}" in (
+        second.stderr
+    )
     assert list(images(store)) == [v2]
     assert store_bytes(store) <= 40 << 20
     assert_every_image_whole(store)
