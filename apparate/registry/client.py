@@ -49,6 +49,8 @@ RETRY_PAUSE = 0.5
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
 _RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
+# The longest a manifest's body may take to arrive, however slowly it trickles.
+MANIFEST_READ_SECONDS = 60.0
 # The reason code at the start of an OpenSSL error message, as in
 # "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed".
 _SSL_REASON = re.compile(r"\[SSL: (\w+)\]")
@@ -201,7 +203,9 @@ class RegistryClient:
             with self._stream("GET", path, headers, subject) as response:
                 if response.status_code != 200:
                     raise status_error(response, subject)
-                body = _read_bounded(response, MAX_MANIFEST_BYTES, subject)
+                body = _read_bounded(
+                    response, MAX_MANIFEST_BYTES, subject, MANIFEST_READ_SECONDS
+                )
                 content_type = response.headers.get("Content-Type", "")
                 header = response.headers.get("Docker-Content-Digest", "")
         except _RETRYABLE as error:
@@ -609,17 +613,34 @@ def _bytes_to_skip(response: httpx.Response, offset: int, subject: str) -> int:
     raise status_error(response, subject)
 
 
-def _read_bounded(response: httpx.Response, limit: int, subject: str) -> bytes:
+def _read_bounded(
+    response: httpx.Response,
+    limit: int,
+    subject: str,
+    deadline: float,
+) -> bytes:
+    """Read a small body whole, up to ``limit`` bytes and ``deadline`` seconds.
+
+    The read timeout applies to each read, so a server that sends a byte
+    now and then would hold the pull forever without the deadline.
+    """
     length = response.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > limit:
         raise InvalidResponse(
             f"{subject} is {length} bytes, over the {limit}-byte limit"
         )
+    started = time.monotonic()
     body = bytearray()
     for piece in response.iter_raw():
         body += piece
         if len(body) > limit:
             raise InvalidResponse(f"{subject} is over the {limit}-byte limit")
+        if time.monotonic() - started > deadline:
+            raise RegistryUnreachable(
+                f"{subject}: timed out after {deadline:g} s with "
+                f"{len(body)} bytes received from {response.url.netloc.decode()}",
+                hint="the registry or the link is overloaded; try again later",
+            )
     return bytes(body)
 
 

@@ -6,6 +6,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 
 import httpx
 import pytest
@@ -1121,3 +1122,39 @@ def test_plain_400_kept_when_port_closes_tls(tmp_path, plain_first):
             client.get_manifest("v1", None)
     finally:
         server.close()
+
+
+class TricklingManifest(http.server.BaseHTTPRequestHandler):
+    """Sends a manifest's headers, then its body one byte every 20 ms."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", OCI_MANIFEST)
+        self.send_header("Content-Length", str(len(MANIFEST)))
+        self.end_headers()
+        for byte in MANIFEST:
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_trickling_manifest_times_out(tmp_path, monkeypatch):
+    monkeypatch.setattr("apparate.registry.client.MANIFEST_READ_SECONDS", 0.3)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TricklingManifest)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        client = loopback_client(tmp_path, host, plain_first=True)
+        with client, pytest.raises(RegistryUnreachable, match="timed out after 0.3 s"):
+            client.get_manifest("v1", None)
+    finally:
+        server.shutdown()
+        server.server_close()
