@@ -50,6 +50,7 @@ RETRY_PAUSE = 0.5
 IDENTITY = {"Accept-Encoding": "identity"}
 _RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
 # The longest a manifest's body may take to arrive, however slowly it trickles.
+# Manifests are usually a few kB, which a link of 1 kbit/s delivers in time.
 MANIFEST_READ_SECONDS = 60.0
 # The reason code at the start of an OpenSSL error message, as in
 # "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed".
