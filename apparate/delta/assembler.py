@@ -241,6 +241,13 @@ class Assembler:
             if source in _STORED_SOURCES and position not in failed
         )
         remaining = journal.without_done(plan, table)
+        if failed:
+            refetch = replan_as_fetch(plan, failed, table).bytes_to_fetch
+            if remaining.bytes_to_fetch + refetch >= self._layer.size:
+                raise DeltaUnavailable(
+                    f"{len(failed)} stored frames are unusable, so fetching the "
+                    "whole layer costs less than fetching them one by one"
+                )
         for done in set(plan.ranges) - set(remaining.ranges):
             ready.mark(done.entries)
         untrusted = {
