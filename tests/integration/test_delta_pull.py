@@ -215,7 +215,7 @@ def test_killed_rebuild_resumes(converted, fresh_registry, tmp_path):
     assert_store_verified(store)
 
 
-def test_unusable_stored_frames_cost_no_more_than_the_layers(converted, tmp_path):
+def test_unusable_frames_fetch_layer_whole(converted, tmp_path):
     store = tmp_path / "pull"
     apparate.pull(f"{converted}:v1", PullOptions(store=store))
     with sqlite3.connect(store / INDEX_FILE) as db:
