@@ -40,6 +40,10 @@ LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 PARTIAL_PREFIX = "partial-"
 # Partial files of a whole download and of a blob rebuilt from chunks.
 PARTIAL_KINDS = ("", "delta-")
+# A pull waiting for another one's blob logs a warning after the first
+# figure, and stops waiting when the other pull wrote nothing for the second.
+WAIT_NOTICE_SECONDS = 2.0
+STALLED_WRITER_SECONDS = 60.0
 PARTIAL_MAX_AGE = 7 * 24 * 3600
 # Every open Store locks this file shared, and gc locks it exclusively.
 USERS_LOCK = ".users.lock"
@@ -194,6 +198,14 @@ def _locked_temporary_file(directory: Path, digest: Digest) -> tuple[BinaryIO, P
         except FileNotFoundError:
             pass
         file.close()
+
+
+def _size_of(path: Path) -> int:
+    """Return the bytes a file holds on disk, which grow as a rebuild fills holes."""
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:
+        return 0
 
 
 def _locked_elsewhere(path: Path) -> bool:
@@ -382,14 +394,30 @@ class Store:
 
         Two pulls that share a blob then download it once, the second taking
         the first one's result, or resuming its partial file if it failed.
-        The wait ends early when ``stopped()`` turns true.
+        The wait ends early when ``stopped()`` turns true, or when the other
+        process wrote nothing for ``STALLED_WRITER_SECONDS`` (a suspended
+        pull, say): this process then downloads the blob itself.
         """
         partials = [self.partial_path(digest, kind) for kind in PARTIAL_KINDS]
-        waited = False
+        started = last_growth = time.monotonic()
+        written = -1
+        warned = False
         while any(_locked_elsewhere(path) for path in partials) and not stopped():
-            if not waited:
-                log.info("blob %s is being written by another pull; waiting", digest)
-                waited = True
+            now = time.monotonic()
+            if (current := sum(_size_of(path) for path in partials)) != written:
+                written, last_growth = current, now
+            if now - last_growth > STALLED_WRITER_SECONDS:
+                log.warning(
+                    "blob %s: the other pull writing it made no progress for "
+                    "%.0f s; downloading it here too", digest, STALLED_WRITER_SECONDS,
+                )  # fmt: skip
+                break
+            if not warned and now - started > WAIT_NOTICE_SECONDS:
+                log.warning(
+                    "blob %s is being written by another pull into %s; waiting "
+                    "for it", digest, self.root,
+                )  # fmt: skip
+                warned = True
             time.sleep(_LOCK_POLL_SECONDS)
         return self.has_blob(digest, size)
 

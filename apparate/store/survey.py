@@ -188,7 +188,9 @@ class _Walker:
         while pending:
             current, own = pending.pop()
             if current in self.problems:
-                self._mark(image, current)
+                # A missing manifest damages only the images it belongs to.
+                if own or current in self._sizes:
+                    self._mark(image, current)
                 continue
             if current in self.links:
                 if own and current not in self._sizes:

@@ -1,5 +1,8 @@
+import fcntl
 import json
 import multiprocessing
+import threading
+import time
 
 import pytest
 
@@ -106,3 +109,53 @@ def test_store_sweeps_abandoned_ingest_files(tmp_path):
 
         assert not abandoned.exists()
         assert len(list(store.ingest_dir.iterdir())) == 1
+
+
+def hold_partial(store: Store, digest: Digest):
+    """Lock a partial download of ``digest`` as another pull writing it would."""
+    path = store.partial_path(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    held = open(path, "wb")  # noqa: SIM115 - closed by the caller
+    fcntl.flock(held, fcntl.LOCK_EX)
+    return held
+
+
+def test_wait_for_other_writer_takes_its_blob(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("apparate.store.layout.WAIT_NOTICE_SECONDS", 0.1)
+    store = Store(tmp_path / "store")
+    blob = b"a blob another pull is writing"
+    digest = Digest.of(blob)
+    held = hold_partial(store, digest)
+
+    def finish() -> None:
+        time.sleep(0.5)
+        store.put_blob(blob, digest)
+        held.close()
+
+    threading.Thread(target=finish).start()
+    stored = store.wait_for_other_writers(digest, len(blob), lambda: False)
+
+    assert stored
+    assert "is being written by another pull" in caplog.text
+
+
+def test_wait_for_stalled_writer_gives_up(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("apparate.store.layout.STALLED_WRITER_SECONDS", 0.3)
+    store = Store(tmp_path / "store")
+    digest = Digest.of(b"a blob whose writer was suspended")
+
+    with hold_partial(store, digest):
+        stored = store.wait_for_other_writers(digest, 10, lambda: False)
+
+    assert not stored
+    assert "made no progress" in caplog.text
+
+
+def test_wait_for_other_writer_ends_when_stopped(tmp_path):
+    store = Store(tmp_path / "store")
+    digest = Digest.of(b"a blob of a pull that is being cancelled")
+
+    with hold_partial(store, digest):
+        stored = store.wait_for_other_writers(digest, 10, lambda: True)
+
+    assert not stored

@@ -625,3 +625,34 @@ def test_large_config_does_not_stop_gc(store):
 
     assert [item.digest for item in result.removed] == [Digest.of(b"unreferenced")]
     assert_whole(store, Digest.of(manifest))
+
+
+@pytest.mark.parametrize(
+    "damaged_first", [True, False], ids=["damaged first", "index first"]
+)
+def test_rm_of_image_whose_manifest_is_missing(store, damaged_first):
+    kept = add_image(store, "example.com/app:amd64", [b"layer one"])
+    size = store.blob_path(kept).stat().st_size
+    missing = Digest.of(b"an arm64 manifest the store lacks")
+    index_type = "application/vnd.oci.image.index.v1+json"
+    index = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": index_type,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": str(kept), "size": size},
+            {"mediaType": OCI_MANIFEST, "digest": str(missing), "size": 33},
+        ],
+    }).encode()  # fmt: skip
+    store.put_blob(index, Digest.of(index))
+    tags = [
+        ("example.com/app:arm64", Descriptor(OCI_MANIFEST, missing, 33)),
+        ("example.com/app:multi", Descriptor(index_type, Digest.of(index), len(index))),
+    ]
+    for reference, descriptor in tags if damaged_first else reversed(tags):
+        store.tag(reference, descriptor)
+    store.close()
+
+    result = remove_images(["example.com/app:arm64"], store.root)
+
+    assert result.untagged == ["example.com/app:arm64"]
+    assert_whole(store, kept)
