@@ -233,13 +233,10 @@ class Assembler:
         Frames planned as SIBLING are copied last, once their layer is stored.
         """
         table = remote.table
-        failed = self._copy_local(table, plan, writer, _STORED_SOURCES)
+        stored = [p for p, s in enumerate(plan.sources) if s in _STORED_SOURCES]
+        failed = self._copy_frames(table, plan, writer, stored)
         ready = _ReadyFrames(len(table.entries))
-        ready.mark(
-            position
-            for position, source in enumerate(plan.sources)
-            if source in _STORED_SOURCES and position not in failed
-        )
+        ready.mark(position for position in stored if position not in failed)
         remaining = journal.without_done(plan, table)
         if failed:
             refetch = replan_as_fetch(plan, failed, table).bytes_to_fetch
@@ -280,29 +277,15 @@ class Assembler:
         writer.write_at(remote.table_offset, remote.tail)
         verifier.finish()
 
-    def _copy_local(
-        self,
-        table: ChunkTable,
-        plan: Plan,
-        writer: BlobWriter,
-        sources: tuple[Source, ...],
-        stored_blobs: set[Digest] | None = None,
+    def _copy_frames(
+        self, table: ChunkTable, plan: Plan, writer: BlobWriter, positions: list[int]
     ) -> list[int]:
-        """Write stored frames of ``sources`` into place; return those that failed.
-
-        With ``stored_blobs``, frames in other blobs fail without a read.
-        """
+        """Write the stored frames at ``positions`` into place; return those that failed."""
         failed = []
         with contextlib.ExitStack() as files:
             opened: dict[Digest, BinaryIO | None] = {}
-            for position, source in enumerate(plan.sources):
-                if source not in sources:
-                    continue
-                if stored_blobs is not None and (
-                    plan.local[position].blob not in stored_blobs
-                ):
-                    failed.append(position)
-                    continue
+            for position in positions:
+                source = plan.sources[position]
                 entry, stored = table.entries[position], plan.local[position]
                 if stored.blob not in opened:
                     opened[stored.blob] = self._open(stored.blob, files)
@@ -332,7 +315,10 @@ class Assembler:
         }
         if self._stopped():
             raise RangeFetchStopped()
-        failed = self._copy_local(table, plan, writer, (Source.SIBLING,), stored)
+        # Frames of a layer that was not stored fail without a read.
+        missing = [p for p in positions if plan.local[p].blob not in stored]
+        readable = [p for p in positions if plan.local[p].blob in stored]
+        failed = missing + self._copy_frames(table, plan, writer, readable)
         return _Copied([p for p in positions if p not in failed], failed)
 
     def _open(self, blob: Digest, files: contextlib.ExitStack) -> BinaryIO | None:
