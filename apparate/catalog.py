@@ -64,7 +64,7 @@ def _image_size(store: Store, digest: Digest, reference: str) -> int | None:
     subject = f"manifest {digest} of {reference} in the store"
     try:
         body = store.read_blob(digest)
-        if Digest.of(body, digest.algorithm) != digest:
+        if not digest.matches(body):
             raise StoreError("its bytes do not match its digest")
         manifest = parse_manifest(parse_json(body, subject), subject)
     except ApparateError as error:

@@ -42,6 +42,10 @@ class Digest:
     def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
+    def matches(self, data: bytes) -> bool:
+        """Tell whether ``data`` has this digest."""
+        return Digest.of(data, self.algorithm) == self
+
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
 

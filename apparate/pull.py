@@ -62,7 +62,12 @@ from apparate.sources.selection import list_sources, open_pool, save_figures
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.collector import after_pull
 from apparate.store.history import PullHistory
-from apparate.store.layout import BlobWriter, Store, default_store_path
+from apparate.store.layout import (
+    DELTA_PARTIAL,
+    BlobWriter,
+    Store,
+    default_store_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,21 +258,14 @@ def _fetch_layers(
     """Fetch the layers the store lacks, several at once; stop all on a failure."""
     observer = options.observer
     layers = image.parsed.layers
-    missing = [
-        (layer, diff_id)
-        for layer, diff_id in zip(layers, image.diff_ids, strict=True)
-        if not store.has_blob(layer.digest, layer.size)
-    ]
-    missing_digests = {layer.digest for layer, _ in missing}
+    unique = _missing_layers(store, image)
+    missing_digests = {layer.digest for layer, _ in unique}
     for layer in layers:
         observer.layer_planned(
             layer.digest, layer.size, layer.digest not in missing_digests
         )
 
     _check_repeated_layers(layers, image.diff_ids, str(image.reference))
-    unique = list(
-        {layer.digest: (layer, diff_id) for layer, diff_id in missing}.values()
-    )
     plans = ImagePlans(index, tables, [layer for layer, _ in unique])
     fetcher = _LayerFetcher(
         pool, store, index, str(image.reference), observer, cancelled, plans,
@@ -294,6 +292,18 @@ def _fetch_layers(
     ]
 
 
+def _missing_layers(
+    store: Store, image: ResolvedImage
+) -> list[tuple[Descriptor, Digest]]:
+    """Return the layers the store lacks with their diff_ids, each blob once."""
+    missing = {
+        layer.digest: (layer, diff_id)
+        for layer, diff_id in zip(image.parsed.layers, image.diff_ids, strict=True)
+        if not store.has_blob(layer.digest, layer.size)
+    }
+    return list(missing.values())
+
+
 def _record_tar_sizes(
     store: Store, layers: list[Descriptor], sizes: dict[Digest, int]
 ) -> None:
@@ -318,13 +328,7 @@ def _plan_layers(
     unless stored frames turn out to be damaged or a rebuilt layer fails
     verification, when it fetches more.
     """
-    missing = list(
-        {
-            layer.digest: layer
-            for layer in image.parsed.layers
-            if not store.has_blob(layer.digest, layer.size)
-        }.values()
-    )
+    missing = [layer for layer, _ in _missing_layers(store, image)]
     plans = ImagePlans(index, tables, missing)
     planned = {layer.digest: _planned_bytes(store, layer, plans) for layer in missing}
     return [
@@ -509,7 +513,9 @@ class _LayerFetcher:
         try:
             remote, plan = self._plans.plan_for(layer)
             fetched = len(remote.tail)
-            with self._store.resumable(layer.digest, layer.size, "delta-") as writer:
+            with self._store.resumable(
+                layer.digest, layer.size, DELTA_PARTIAL
+            ) as writer:
                 journal = RangeJournal(writer.path)
                 try:
                     assembler.assemble(remote, plan, diff_id, writer, journal)

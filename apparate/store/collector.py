@@ -202,7 +202,11 @@ def _read_packs(store: Store) -> dict[Digest, Digest | None] | None:
 
 
 def _disk_full(root: Path) -> bool:
-    """Tell whether the file system of ``root`` has less than a MiB free."""
+    """Tell whether the file system of ``root`` has less than a MiB free.
+
+    NOTE: statvfs does not see a user's exhausted quota, which ``_untag``
+    recognises by EDQUOT, so such a store counts as not full here.
+    """
     try:
         stats = os.statvfs(root)
     except OSError:

@@ -11,7 +11,7 @@ pulls, starting with those of the least recently used images. Then whole
 images go, least recently used first, until the store fits. Tags naming one manifest go together, and
 images that are protected (pulled by the running command) or untagged
 (written by another tool) are never removed. If the store still does not
-fit, partial downloads that no process holds go last, oldest first: a later
+fit, partial downloads that no process has locked go last, oldest first: a later
 pull fetches them again.
 """
 

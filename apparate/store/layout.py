@@ -39,7 +39,8 @@ SOURCE_INDEX = "dev.apparate.source-index"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 PARTIAL_PREFIX = "partial-"
 # Partial files of a whole download and of a blob rebuilt from chunks.
-PARTIAL_KINDS = ("", "delta-")
+DELTA_PARTIAL = "delta-"
+PARTIAL_KINDS = ("", DELTA_PARTIAL)
 # A pull waiting for another one's blob logs a warning after the first
 # figure, and stops waiting when the other pull wrote nothing for the second.
 WAIT_NOTICE_SECONDS = 2.0
@@ -355,7 +356,7 @@ class Store:
     def read_intact_blob(self, digest: Digest) -> bytes | None:
         """Read a small blob and check it; a damaged copy is removed, giving None."""
         body = self.read_blob(digest)
-        if Digest.of(body, digest.algorithm) == digest:
+        if digest.matches(body):
             return body
         self.remove_damaged_blob(digest)
         return None

@@ -247,7 +247,7 @@ class _Walker:
             document = json.loads(body)
         except (OSError, ValueError) as error:
             return None, f"is unreadable: {error}"
-        if Digest.of(body, digest.algorithm) != digest:
+        if not digest.matches(body):
             return None, "does not match its digest"
         if not isinstance(document, dict):
             return None, "is not a JSON object"

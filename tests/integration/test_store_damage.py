@@ -40,6 +40,15 @@ def blob(store: Path, digest: object) -> Path:
     return store / "blobs" / "sha256" / str(digest).split(":")[1]
 
 
+def pull_two_damaging_first(host: str, store: Path) -> tuple[str, str]:
+    """Pull base:v1 and base:v2, then damage v1's manifest; return both references."""
+    v1, v2 = f"{host}/samples/base:v1", f"{host}/samples/base:v2"
+    pulled = apparate.pull(v1, PullOptions(store=store))
+    apparate.pull(v2, PullOptions(store=store))
+    damage(blob(store, pulled.digest))
+    return v1, v2
+
+
 @pytest.mark.parametrize("archive", ["oci-archive", "docker-archive"])
 def test_damaged_layer_caught_at_import(registry_plain, tmp_path, archive):
     store = tmp_path / "store"
@@ -82,20 +91,16 @@ def test_damaged_manifest_fetched_again_by_pull(registry_plain, tmp_path):
 
 def test_gc_keeps_everything_while_kept_image_damaged(registry_plain, tmp_path):
     store = tmp_path / "store"
-    v1 = f"{registry_plain.host}/samples/base:v1"
-    v2 = f"{registry_plain.host}/samples/base:v2"
-    pulled = apparate.pull(v1, PullOptions(store=store))
-    apparate.pull(v2, PullOptions(store=store))
-    damage(blob(store, pulled.digest))
+    v1, v2 = pull_two_damaging_first(registry_plain.host, store)
     before = sorted(path.name for path in (store / "blobs" / "sha256").iterdir())
 
-    refused = cli("gc", store=store)
+    stopped = cli("gc", store=store)
     after = sorted(path.name for path in (store / "blobs" / "sha256").iterdir())
     removed = cli("rm", v1, store=store)
 
-    assert refused.returncode == 10
-    assert f"{v1} is damaged" in refused.stderr
-    assert f"apparate rm {v1}" in refused.stderr
+    assert stopped.returncode == 10
+    assert f"{v1} is damaged" in stopped.stderr
+    assert f"apparate rm {v1}" in stopped.stderr
     assert after == before
     assert removed.returncode == 0, removed.stderr
     assert [image.reference for image in apparate.list_images(store)] == [v2]
@@ -133,11 +138,7 @@ def test_index_json_of_wrong_shape(tmp_path):
 
 def test_images_lists_damaged_image_beside_others(registry_plain, tmp_path):
     store = tmp_path / "store"
-    v1 = f"{registry_plain.host}/samples/base:v1"
-    v2 = f"{registry_plain.host}/samples/base:v2"
-    pulled = apparate.pull(v1, PullOptions(store=store))
-    apparate.pull(v2, PullOptions(store=store))
-    damage(blob(store, pulled.digest))
+    v1, v2 = pull_two_damaging_first(registry_plain.host, store)
 
     listed = cli("images", "--json", store=store)
 

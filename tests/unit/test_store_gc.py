@@ -559,7 +559,7 @@ def damage_blob(store: Store, digest: Digest) -> None:
     path.write_bytes(path.read_bytes().replace(b"layers", b"LAYERS", 1))
 
 
-def test_rm_refused_while_another_tag_shares_a_damaged_manifest(store):
+def test_rm_with_shared_damaged_manifest(store):
     manifest = add_image(store, "example.com/app:v1", [b"layer one"])
     descriptor = Descriptor(
         OCI_MANIFEST, manifest, store.blob_path(manifest).stat().st_size
