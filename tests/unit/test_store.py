@@ -115,9 +115,9 @@ def hold_partial(store: Store, digest: Digest):
     """Lock a partial download of ``digest`` as another pull writing it would."""
     path = store.partial_path(digest)
     path.parent.mkdir(parents=True, exist_ok=True)
-    held = open(path, "wb")  # noqa: SIM115 - closed by the caller
-    fcntl.flock(held, fcntl.LOCK_EX)
-    return held
+    locked = open(path, "wb")  # noqa: SIM115 - closed by the caller
+    fcntl.flock(locked, fcntl.LOCK_EX)
+    return locked
 
 
 def test_wait_for_other_writer_takes_its_blob(tmp_path, caplog, monkeypatch):
@@ -125,12 +125,12 @@ def test_wait_for_other_writer_takes_its_blob(tmp_path, caplog, monkeypatch):
     store = Store(tmp_path / "store")
     blob = b"a blob another pull is writing"
     digest = Digest.of(blob)
-    held = hold_partial(store, digest)
+    locked = hold_partial(store, digest)
 
     def finish() -> None:
         time.sleep(0.5)
         store.put_blob(blob, digest)
-        held.close()
+        locked.close()
 
     threading.Thread(target=finish).start()
     stored = store.wait_for_other_writers(digest, len(blob), lambda: False)
