@@ -79,7 +79,7 @@ def load_config(path: Path | None = None) -> Config:
     """Read the settings file; a missing file gives the defaults."""
     path = path or config_path()
     try:
-        # TOML files are UTF-8 whatever the locale says.
+        # TOML files are UTF-8 regardless of the locale's encoding.
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Config(path=path)

@@ -66,16 +66,16 @@ def check_entry_manifest(
         raise _nested_index(entry, image)
 
 
-def _reject_nested_index(index: Index, wanted: Platform, image: str) -> None:
-    """Raise InvalidResponse when an entry that may run on ``wanted`` is an index.
+def _reject_nested_index(index: Index, requested: Platform, image: str) -> None:
+    """Raise InvalidResponse when an entry that may run on ``requested`` is an index.
 
-    Such an entry might contain the wanted image, so "no image for this
+    Such an entry might contain the requested image, so "no image for this
     platform" would mislead.
     """
     for entry in index.manifests:
         if entry.media_type not in INDEX_TYPES or is_attestation(entry):
             continue
-        if entry.platform is None or match_rank(wanted, entry.platform) is not None:
+        if entry.platform is None or match_rank(requested, entry.platform) is not None:
             raise _nested_index(entry, image)
 
 

@@ -25,11 +25,7 @@ def short(digest: Digest) -> str:
 
 def human_size(size: float) -> str:
     """Format bytes sent over the network in SI units (1 MB is 1000 kB), as curl does."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
+    return _scaled_size(size, 1000, ("B", "kB", "MB", "GB"))
 
 
 def binary_size(size: float) -> str:
@@ -37,10 +33,15 @@ def binary_size(size: float) -> str:
 
     ``parse_size`` takes 1M as 1024 KiB, so a limit prints as it was given.
     """
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
+    return _scaled_size(size, 1024, ("B", "KiB", "MiB", "GiB", "TiB"))
+
+
+def _scaled_size(size: float, base: int, units: tuple[str, ...]) -> str:
+    """Format ``size`` bytes in the first of ``units`` where it is below ``base``."""
+    for unit in units:
+        if size < base or unit == units[-1]:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
+        size /= base
     raise AssertionError("unreachable")
 
 

@@ -32,6 +32,7 @@ from apparate.registry.auth import RegistryAuth
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.errors import (
     status_error,
+    too_many_redirects,
     transport_error,
     unsupported_redirect,
 )
@@ -49,7 +50,8 @@ RETRY_PAUSE = 0.5
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
 _RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
-# The longest a manifest's body may take to arrive, however slowly it trickles.
+# The maximum time a manifest's body may take to arrive, however slowly it
+# trickles.
 # Manifests are usually a few kB, which a link of 1 kbit/s delivers in time.
 MANIFEST_READ_SECONDS = 60.0
 # The reason code at the start of an OpenSSL error message, as in
@@ -489,10 +491,7 @@ class RegistryClient:
                     )
                 url = str(next_url)
                 log.debug("%s: redirected to %s", subject, url)
-        raise InvalidResponse(
-            f"{subject}: too many redirects (more than {MAX_REDIRECTS}), "
-            f"the last to {httpx.URL(url).copy_with(query=None)}"
-        )
+        raise too_many_redirects(httpx.URL(url), self.host, subject, MAX_REDIRECTS)
 
     def _send(
         self,
@@ -506,8 +505,9 @@ class RegistryClient:
         candidates = [self._base_url] if self._base_url else self._base_urls()
         # A TLS port responds to plain HTTP with 400 (or drops it). When https
         # then fails too, the 400 was the registry's own response. An https
-        # failure after the server spoke TLS (an untrusted certificate, say)
-        # shows the port is a TLS port, so that failure is reported instead.
+        # failure after the server spoke TLS, for example an untrusted
+        # certificate, shows the port is a TLS port, so that failure is
+        # reported instead.
         plain_400: str | None = None
         tls_error: httpx.HTTPError | None = None
         for position, base_url in enumerate(candidates):
@@ -675,8 +675,8 @@ def _next_scheme_worth_trying(error: httpx.HTTPError, base_url: str) -> bool:
 def _server_spoke_tls(error: httpx.HTTPError) -> bool:
     """Tell whether a request failed in TLS after the server responded in TLS.
 
-    Only a certificate problem or a TLS alert from the server shows that:
-    an untrusted certificate, say. A plain-HTTP port makes OpenSSL report
+    Only a certificate problem or a TLS alert from the server shows that,
+    for example an untrusted certificate. A plain-HTTP port makes OpenSSL report
     WRONG_VERSION_NUMBER, or an unexpected EOF when the server just closes
     the connection, so those do not count. The reason is read from the
     ``ssl.SSLError`` that httpx chains, or else from the ``[SSL: REASON]``

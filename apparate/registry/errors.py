@@ -86,8 +86,7 @@ def transport_error(error: httpx.HTTPError, host: str, subject: str) -> Apparate
     if isinstance(error, httpx.UnsupportedProtocol) and url is not None:
         return unsupported_redirect(url, host, subject)
     if isinstance(error, httpx.TooManyRedirects):
-        last = f", the last to {url.copy_with(query=None)}" if url else ""
-        return InvalidResponse(f"{subject}: too many redirects from {host}{last}")
+        return too_many_redirects(url, host, subject)
     if url is not None:
         host = url.netloc.decode() or host
     if isinstance(error, httpx.TimeoutException):
@@ -107,6 +106,21 @@ def transport_error(error: httpx.HTTPError, host: str, subject: str) -> Apparate
             hint="check the registry address and the network",
         )
     return RegistryUnreachable(f"{subject}: connection to {host} failed ({error})")
+
+
+def too_many_redirects(
+    last: httpx.URL | None, host: str, subject: str, limit: int | None = None
+) -> InvalidResponse:
+    """Build the error for a chain of redirects longer than ``limit``.
+
+    The last target is shown without its query, which may hold a signature.
+    """
+    more_than = f" (more than {limit})" if limit is not None else ""
+    target = f", the last to {last.copy_with(query=None)}" if last else ""
+    return InvalidResponse(
+        f"{subject}: too many redirects from {host}{more_than}{target}",
+        hint="check the registry's storage and proxy settings for a redirect loop",
+    )
 
 
 def unsupported_redirect(target: httpx.URL, host: str, subject: str) -> InvalidResponse:

@@ -99,30 +99,35 @@ def read_hosts(registry: str, directory: Path | None = None) -> HostsFile:
     """Read the ``hosts.toml`` that applies to ``registry``, if there is one."""
     directory = directory or hosts_dir()
     # containerd stops at the first folder that exists, hosts.toml or not.
-    found = [folder for folder in _folders(registry) if (directory / folder).is_dir()]
-    for folder in found[:1]:
-        path = directory / folder / "hosts.toml"
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            if any((directory / folder).glob("*.crt")):
-                log.warning(
-                    "%s: certificate files without hosts.toml are not read by "
-                    "apparate; put them in /etc/docker/certs.d/%s/",
-                    directory / folder, registry,
-                )  # fmt: skip
-            return HostsFile()
-        except OSError as error:
-            log.warning("%s: not read: %s", path, error.strerror)
-            return HostsFile()
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            raise UsageError(
-                f"{path}: invalid TOML: {error}", hint="fix or remove the file"
-            ) from None
-        return parse_hosts(data, str(path), path.parent)
-    return HostsFile()
+    folder = next(
+        (name for name in _folders(registry) if (directory / name).is_dir()), None
+    )
+    if folder is None:
+        return HostsFile()
+    path = directory / folder / "hosts.toml"
+    try:
+        # TOML files are UTF-8 regardless of the locale's encoding.
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if any(path.parent.glob("*.crt")):
+            log.warning(
+                "%s: certificate files without hosts.toml are not read by "
+                "apparate; put them in /etc/docker/certs.d/%s/",
+                path.parent, registry,
+            )  # fmt: skip
+        return HostsFile()
+    except OSError as error:
+        log.warning("%s: not read: %s", path, error.strerror)
+        return HostsFile()
+    except UnicodeDecodeError as error:
+        raise _invalid(
+            f"{path}: not UTF-8 text: invalid byte at offset {error.start}"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise _invalid(f"{path}: invalid TOML: {error}") from None
+    return parse_hosts(data, str(path), path.parent)
 
 
 def _folders(registry: str) -> list[str]:
@@ -213,8 +218,8 @@ def _capabilities(settings: Mapping[str, Any], subject: str) -> list[str]:
     unknown = [c for c in capabilities if c not in KNOWN_CAPABILITIES]
     if unknown:
         raise _invalid(
-            f"{subject}: unknown capability {unknown[0]!r}; "
-            f"expected some of {', '.join(KNOWN_CAPABILITIES)}"
+            f"{subject}: unknown capability {unknown[0]!r}",
+            hint=f"use one or more of {', '.join(KNOWN_CAPABILITIES)}",
         )
     return capabilities
 

@@ -284,14 +284,14 @@ class SourcePool:
     ) -> None:
         """Send no more ranges of ``digest`` to ``source``, warning once.
 
-        Ranges fetched side by side can all meet the same refusal; the
-        error names the blob and the source already.
+        Ranges fetched side by side can all meet the same rejection, so only
+        the first one warns. The error names the blob and the source already.
         """
         with self._lock:
-            refused = self._no_ranges.setdefault(digest, set())
-            if source in refused:
+            sources_without_ranges = self._no_ranges.setdefault(digest, set())
+            if source in sources_without_ranges:
                 return
-            refused.add(source)
+            sources_without_ranges.add(source)
         message = f"{error}; its other ranges go to other sources"
         self.warnings.append(message)
         log.warning("%s", message)

@@ -72,7 +72,8 @@ def list_sources(
     found += [(mirror, "hosts.toml") for mirror in hosts.mirrors]
 
     specs: list[SourceSpec] = []
-    seen: set[Endpoint] = set()
+    # Where each endpoint sits in specs, so a repeat merges into its first place.
+    positions: dict[Endpoint, int] = {}
     for mirror, configured_in in found:
         try:
             endpoint = Endpoint.parse(mirror.url, mirror.override_path)
@@ -82,15 +83,13 @@ def list_sources(
                 hint="write it as https://HOST[:PORT][/PATH]",
             ) from None
         spec = _spec(endpoint, MIRROR, configured_in, mirror)
-        if endpoint not in seen:
-            seen.add(endpoint)
+        position = positions.get(endpoint)
+        if position is None:
+            positions[endpoint] = len(specs)
             specs.append(spec)
         else:
             # The same mirror listed again, as in --mirror and hosts.toml:
             # its first place counts, and its TLS and header settings add up.
-            position = next(
-                n for n, kept in enumerate(specs) if kept.endpoint == endpoint
-            )
             specs[position] = _merged(specs[position], spec)
     specs.append(_origin_spec(reference, hosts.origin))
     return specs
@@ -105,7 +104,7 @@ def _origin_spec(reference: Reference, settings: Mirror | None) -> SourceSpec:
         return SourceSpec(Endpoint(reference.api_host), ORIGIN, True, "reference")
     if not settings.url:
         return _spec(Endpoint(reference.api_host), ORIGIN, "reference", settings)
-    # hosts.py checked the URL.
+    # read_hosts checked the URL already, so parsing it cannot fail here.
     endpoint = Endpoint.parse(settings.url, settings.override_path)
     return _spec(endpoint, ORIGIN, "hosts.toml", settings)
 

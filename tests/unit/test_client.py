@@ -530,11 +530,21 @@ def test_plain_first_client_uses_http(tmp_path):
     assert (secure.call_count, plain.call_count) == (0, 1)
 
 
+# How a TLS port meets a plain HTTP request: Go servers respond with 400,
+# and others close the connection without responding.
+PLAIN_ON_TLS_PORT_CASES = {
+    "responds 400": httpx.Response(400, text="Client sent an HTTP request"),
+    "drops connection": httpx.ReadError("connection reset by peer"),
+}
+
+
+@pytest.mark.parametrize(
+    "plain_response", PLAIN_ON_TLS_PORT_CASES.values(), ids=PLAIN_ON_TLS_PORT_CASES
+)
 @respx.mock
-def test_plain_first_400_moves_to_https(tmp_path):
-    # A TLS port responds to a plain HTTP request with 400, as Go servers do.
+def test_plain_first_moves_to_https(tmp_path, plain_response):
     plain = respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
-        return_value=httpx.Response(400, text="Client sent an HTTP request")
+        side_effect=[plain_response]
     )
     secure = respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
         return_value=manifest_answer()
@@ -544,23 +554,7 @@ def test_plain_first_400_moves_to_https(tmp_path):
         assert client.get_manifest("v1", None).body == MANIFEST
         assert client.scheme == "https"
 
-    assert (plain.call_count, secure.call_count) == (1, 1)
-
-
-@respx.mock
-def test_plain_first_dropped_moves_to_https(tmp_path):
-    # A TLS server that closes a plain HTTP connection instead of responding.
-    respx.get("http://127.0.0.1:5000/v2/app/manifests/v1").mock(
-        side_effect=httpx.ReadError("connection reset by peer")
-    )
-    secure = respx.get("https://127.0.0.1:5000/v2/app/manifests/v1").mock(
-        return_value=manifest_answer()
-    )
-
-    with loopback_client(tmp_path, "127.0.0.1:5000", plain_first=True) as client:
-        assert client.get_manifest("v1", None).body == MANIFEST
-        assert client.scheme == "https"
-
+    assert plain.call_count == 1
     assert secure.call_count == 1
 
 
@@ -1077,7 +1071,7 @@ def test_blob_redirect_failure_is_invalid_response(
 
 
 class PlainClosingOnTls:
-    """A plain-HTTP server on 127.0.0.1 that answers 400 NAME_INVALID and
+    """A plain-HTTP server on 127.0.0.1 that responds with 400 NAME_INVALID and
     closes a connection that opens with a TLS handshake, sending nothing."""
 
     def __init__(self) -> None:

@@ -430,13 +430,15 @@ def test_reaching_gives_explicit_credentials_to_server(
     home: Path, env: dict[str, str]
 ) -> None:
     write_config(home, {"auths": {}})
-    given = Credentials("given", "two")
-    explicit = CredentialStore.from_environment({"registry.example": given}, env)
+    explicit_credentials = Credentials("flag-user", "two")
+    explicit = CredentialStore.from_environment(
+        {"registry.example": explicit_credentials}, env
+    )
 
     reaching = explicit.reaching("registry.example", "mirror.example:5000")
 
-    assert reaching.lookup("mirror.example:5000") == given
-    assert reaching.lookup("registry.example") == given
+    assert reaching.lookup("mirror.example:5000") == explicit_credentials
+    assert reaching.lookup("registry.example") == explicit_credentials
     assert explicit.lookup("mirror.example:5000") is None
 
 
