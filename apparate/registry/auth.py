@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from apparate.errors import (
 )
 from apparate.registry.challenge import Challenge, parse_challenges
 from apparate.registry.credentials import Credentials, CredentialStore
+from apparate.registry.pace import Pace
 
 log = logging.getLogger(__name__)
 
@@ -500,19 +501,8 @@ def _login_hint(host: str) -> str:
     return f"log in with 'docker login {host}' or pass --username and --password-stdin"
 
 
-def _check_token_size(response: httpx.Response) -> None:
-    # NOTE: only a declared Content-Length is checked. A chunked body is read
-    # whole, because httpx offers no bounded read that keeps the body.
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > MAX_TOKEN_RESPONSE_BYTES:
-        raise InvalidResponse(
-            f"token endpoint {response.request.url.host} responded with "
-            f"{length} bytes, over the {MAX_TOKEN_RESPONSE_BYTES}-byte limit"
-        )
-
-
 def _read_token_body(response: httpx.Response) -> None:
-    _check_token_size(response)
+    _bound_token_body(response)
     try:
         response.read()
     except httpx.TransportError as error:
@@ -520,11 +510,68 @@ def _read_token_body(response: httpx.Response) -> None:
 
 
 async def _aread_token_body(response: httpx.Response) -> None:
-    _check_token_size(response)
+    _bound_token_body(response)
     try:
         await response.aread()
     except httpx.TransportError as error:
         raise _unreadable(response, error) from None
+
+
+def _bound_token_body(response: httpx.Response) -> None:
+    """Make reading a token response fail when it is too large or too slow.
+
+    httpx reads a body without a declared length whole, however large, and
+    waits on a trickling one forever.
+    """
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > MAX_TOKEN_RESPONSE_BYTES:
+        raise _token_too_large(response, length)
+    response.stream = _TokenStream(response)
+
+
+class _TokenStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A token response's raw body, checked in size and speed as it arrives."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._stream = response.stream
+        self._pace = Pace()
+        self._size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert isinstance(self._stream, httpx.SyncByteStream)
+        for piece in self._stream:
+            self._check(piece)
+            yield piece
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert isinstance(self._stream, httpx.AsyncByteStream)
+        async for piece in self._stream:
+            self._check(piece)
+            yield piece
+
+    def close(self) -> None:
+        assert isinstance(self._stream, httpx.SyncByteStream)
+        self._stream.close()
+
+    async def aclose(self) -> None:
+        assert isinstance(self._stream, httpx.AsyncByteStream)
+        await self._stream.aclose()
+
+    def _check(self, piece: bytes) -> None:
+        self._pace.arrived(len(piece))
+        self._size += len(piece)
+        if self._size > MAX_TOKEN_RESPONSE_BYTES:
+            raise _token_too_large(
+                self._response, f"more than {MAX_TOKEN_RESPONSE_BYTES}"
+            )
+
+
+def _token_too_large(response: httpx.Response, size: str) -> InvalidResponse:
+    return InvalidResponse(
+        f"token endpoint {response.request.url.host} responded with {size} "
+        f"bytes, over the {MAX_TOKEN_RESPONSE_BYTES}-byte limit"
+    )
 
 
 def _unreadable(response: httpx.Response, error: Exception) -> RegistryUnreachable:

@@ -36,6 +36,7 @@ from apparate.registry.errors import (
     transport_error,
     unsupported_redirect,
 )
+from apparate.registry.pace import SlowBody, paced
 from apparate.registry.transport import TransportSettings
 
 log = logging.getLogger(__name__)
@@ -239,8 +240,9 @@ class RegistryClient:
 
         Each byte reaches ``write`` once, in order, before the digest can be
         checked, so the caller keeps what it wrote provisional until this
-        returns. A transfer that stops making progress is retried with
-        growing pauses, ``MAX_STALLED_ATTEMPTS`` times in a row at most.
+        returns. A transfer that stops making progress, or trickles below
+        the least speed of ``pace.paced``, is retried with growing pauses,
+        ``MAX_STALLED_ATTEMPTS`` times in a row at most.
         A ``verifier`` that already hashed the blob's first bytes (kept from
         an earlier, interrupted pull) makes the download start after them.
         With ``failover``, the first failed transfer raises TruncatedBody at
@@ -256,6 +258,7 @@ class RegistryClient:
         initial = verifier.bytes_read
         for attempt in range(1, MAX_ATTEMPTS + 1):
             before = verifier.bytes_read
+            slow = False
             try:
                 self._fetch_from(descriptor, verifier, write, subject, use_range)
                 if verifier.bytes_read >= descriptor.size:
@@ -265,6 +268,7 @@ class RegistryClient:
                 use_range = False
                 continue
             except _RETRYABLE as error:
+                slow = isinstance(error, SlowBody)
                 failure = str(error) or type(error).__name__
             except RegistryUnreachable as error:
                 # A registry that cannot be reached before this call received
@@ -273,7 +277,8 @@ class RegistryClient:
                     raise
                 failure = error.message
 
-            stalled = 0 if verifier.bytes_read > before else stalled + 1
+            progressed = verifier.bytes_read > before and not slow
+            stalled = 0 if progressed else stalled + 1
             log.debug(
                 "%s: attempt %d stopped at byte %d: %s",
                 subject, attempt, verifier.bytes_read, failure,
@@ -321,14 +326,17 @@ class RegistryClient:
             if stopped is not None and stopped():
                 raise RangeFetchStopped()
             before = position[0]
+            slow = False
             try:
                 self._read_range(descriptor, position[0], end, track, subject)
                 failure = "the body ended early"
             except _RETRYABLE as error:
+                slow = isinstance(error, SlowBody)
                 failure = str(error) or type(error).__name__
             if position[0] >= end:
                 return
-            stalled = 0 if position[0] > before else stalled + 1
+            progressed = position[0] > before and not slow
+            stalled = 0 if progressed else stalled + 1
             if failover or stalled >= MAX_STALLED_ATTEMPTS:
                 raise TruncatedBody(
                     f"{subject} from {self.host}: range {start}-{end - 1} stopped "
@@ -364,7 +372,7 @@ class RegistryClient:
             # A body of exactly the requested length is read to its end, so
             # httpx can reuse the connection; a longer one is cut off.
             exact = response.headers.get("Content-Length") == str(end - start)
-            for piece in response.iter_raw():
+            for piece in paced(response.iter_raw()):
                 piece = piece[: end - position]
                 if piece:
                     write(position, piece)
@@ -391,7 +399,7 @@ class RegistryClient:
             skip = _bytes_to_skip(response, offset, subject)
             if response.status_code == 200:
                 self._check_whole_length(response, descriptor, subject)
-            for piece in response.iter_raw():
+            for piece in paced(response.iter_raw()):
                 if skip:
                     dropped = min(skip, len(piece))
                     piece, skip = piece[dropped:], skip - dropped
@@ -632,7 +640,7 @@ def _read_bounded(
         )
     started = time.monotonic()
     body = bytearray()
-    for piece in response.iter_raw():
+    for piece in paced(response.iter_raw()):
         body += piece
         if len(body) > limit:
             raise InvalidResponse(f"{subject} is over the {limit}-byte limit")

@@ -16,6 +16,7 @@ from apparate.errors import (
     RegistryUnreachable,
     ServerError,
 )
+from apparate.registry.pace import SlowBody, paced
 
 MAX_ERROR_BODY = 16 * 1024
 
@@ -27,10 +28,13 @@ def read_error_detail(response: httpx.Response) -> str:
     anything else is shown as its first line of text.
     """
     body = b""
-    for piece in response.iter_raw():
-        body += piece
-        if len(body) >= MAX_ERROR_BODY:
-            break
+    try:
+        for piece in paced(response.iter_raw()):
+            body += piece
+            if len(body) >= MAX_ERROR_BODY:
+                break
+    except httpx.TransportError:
+        pass  # the status shows what failed, and the detail is optional
     try:
         errors = json.loads(body).get("errors") or []
         parts = [
@@ -89,6 +93,11 @@ def transport_error(error: httpx.HTTPError, host: str, subject: str) -> Apparate
         return too_many_redirects(url, host, subject)
     if url is not None:
         host = url.netloc.decode() or host
+    if isinstance(error, SlowBody):
+        return RegistryUnreachable(
+            f"{subject}: {host} {error}",
+            hint="the registry or the link is overloaded; try again later",
+        )
     if isinstance(error, httpx.TimeoutException):
         return RegistryUnreachable(
             f"{subject}: {host} timed out ({type(error).__name__})"

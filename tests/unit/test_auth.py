@@ -441,6 +441,27 @@ def test_token_response_too_large(mock: respx.MockRouter) -> None:
         get(make_auth())
 
 
+def test_token_response_too_large_without_length(mock: respx.MockRouter) -> None:
+    registry(mock, {"Bearer tok-1"})
+    stream = ChunkStream([b"x" * 65536] * 17)
+    token_server(mock, httpx.Response(200, stream=stream))
+
+    with pytest.raises(InvalidResponse, match="more than 1048576 bytes"):
+        get(make_auth())
+
+
+def test_token_response_trickling(
+    mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("apparate.registry.pace.WINDOW_SECONDS", 0.0)
+    registry(mock, {"Bearer tok-1"})
+    stream = ChunkStream([b'{"token"', b': "tok-1"}'])
+    token_server(mock, httpx.Response(200, stream=stream))
+
+    with pytest.raises(RegistryUnreachable, match="auth.test.*least speed"):
+        get(make_auth())
+
+
 def test_token_response_read_fails(mock: respx.MockRouter) -> None:
     registry(mock, {"Bearer tok-1"})
     token_server(mock, httpx.Response(200, stream=BrokenStream()))

@@ -29,6 +29,7 @@ from apparate.errors import (
 )
 from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.reference import Reference
+from apparate.registry import pace
 from apparate.registry.client import (
     Endpoint,
     RangeFetchStopped,
@@ -1149,6 +1150,95 @@ def test_trickling_manifest_times_out(tmp_path, monkeypatch):
         client = loopback_client(tmp_path, host, plain_first=True)
         with client, pytest.raises(RegistryUnreachable, match="timed out after 0.3 s"):
             client.get_manifest("v1", None)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class TenSecondClock:
+    """A clock that moves 10 s each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 10.0
+        return self.now
+
+
+class Pieces(httpx.SyncByteStream):
+    """A body sent as 10-byte pieces."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self):
+        for start in range(0, len(self.data), 10):
+            yield self.data[start : start + 10]
+
+
+@respx.mock
+def test_trickling_blob_counts_as_stalled(client, monkeypatch):
+    # Each attempt hands on a few pieces before the clock shows it too slow:
+    # progress, but no reason to wait for the rest of a 512 kB blob.
+    clock = TenSecondClock()
+    monkeypatch.setattr(
+        "apparate.registry.client.paced",
+        lambda pieces: pace.paced(pieces, clock=clock),
+    )
+
+    def trickle(request: httpx.Request) -> httpx.Response:
+        start = range_start(request)
+        if not start:
+            return httpx.Response(200, stream=Pieces(BLOB))
+        headers = {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"}
+        return httpx.Response(206, headers=headers, stream=Pieces(BLOB[start:]))
+
+    route = respx.get(BLOB_PATH).mock(side_effect=trickle)
+
+    with pytest.raises(TruncatedBody, match="failed 5 times.*least speed"):
+        fetch(client)
+
+    assert route.call_count == 5
+    assert PAUSES == [0.5, 1.0, 2.0, 4.0]
+
+
+class TricklingBlob(http.server.BaseHTTPRequestHandler):
+    """Answers a range request with its headers, then one byte every 20 ms."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        first, last = self.headers["Range"].removeprefix("bytes=").split("-")
+        start, end = int(first), int(last) + 1
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(BLOB)}")
+        self.send_header("Content-Length", str(end - start))
+        self.end_headers()
+        for byte in BLOB[start:end]:
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_trickling_range_moves_on(tmp_path, monkeypatch):
+    monkeypatch.setattr("apparate.registry.pace.WINDOW_SECONDS", 0.3)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TricklingBlob)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        client = loopback_client(tmp_path, host, plain_first=True)
+        with client, pytest.raises(TruncatedBody, match="least speed"):
+            client.fetch_range(
+                blob_descriptor(), 0, 4096, lambda offset, data: None, "blob x",
+                failover=True,
+            )  # fmt: skip
     finally:
         server.shutdown()
         server.server_close()
