@@ -211,8 +211,9 @@ def _add_reuse_source(reference: Reference, session: _Session) -> None:
             table = _stored_table(layer, session)
             if not session.index.has_blob(layer.digest):
                 record_layer(
-                    session.store, session.index, layer, table, str(layer.digest)
-                )
+                    session.index, layer, table, str(layer.digest),
+                    session.store.blob_path(layer.digest),
+                )  # fmt: skip
             session.reuse_blobs.add(layer.digest)
 
 
@@ -390,7 +391,8 @@ def _readable_table(layer: Descriptor, session: _Session) -> ChunkTable | None:
     try:
         table = _stored_table(layer, session)
         if not session.index.has_blob(layer.digest):
-            record_layer(session.store, session.index, layer, table, subject)
+            blob = session.store.blob_path(layer.digest)
+            record_layer(session.index, layer, table, subject, blob)
     except ChunkedLayerError as error:
         log.warning("%s: converting it again: %s", subject, error)
         return None

@@ -7,12 +7,12 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apparate.chunked.format import is_chunked_layer
+from apparate.chunked.format import ChunkTable, is_chunked_layer
 from apparate.chunked.packer import LocalPacker
 from apparate.chunked.reader import read_stored_table
 from apparate.config import Config, Mirror, load_config
@@ -20,6 +20,7 @@ from apparate.delta.assembler import (
     Assembler,
     DeltaUnavailable,
     RangeJournal,
+    discard_rebuild,
     record_layer,
 )
 from apparate.delta.image_plan import ImagePlans
@@ -489,7 +490,7 @@ class _LayerFetcher:
                 return spent
         downloaded = spent + self._fetch_whole_again(layer, diff_id, subject, stopped)
         if chunked:
-            self._index_chunked(layer, subject)
+            discard_rebuild(self._store, layer.digest)
         log.info("%s: stored, %d bytes downloaded", subject, downloaded)
         self._observer.layer_done(layer.digest)
         return downloaded
@@ -516,29 +517,23 @@ class _LayerFetcher:
             with self._store.resumable(
                 layer.digest, layer.size, DELTA_PARTIAL
             ) as writer:
-                journal = RangeJournal(writer.path)
+                fresh = not getattr(writer, "existing", 0)
+                journal = RangeJournal(writer.path, fresh)
                 try:
                     assembler.assemble(remote, plan, diff_id, writer, journal)
-                    writer.commit()
                 except DeltaUnavailable:
                     writer.discard()
+                    journal.remove()
                     raise
-                finally:
-                    if writer.committed or not writer.path.exists():
-                        journal.remove()
+                # Every frame was checked as it was written.
+                self._record(layer, remote.table, subject, None)
+                journal.remove()
+                writer.commit()
         except RangeFetchStopped:
             raise _Cancelled(f"{subject}: stopped because another layer failed")
         except _WHOLE_LAYER_INSTEAD as error:
             log.warning("%s: fetching the whole layer: %s", subject, error)
             return fetched + assembler.bytes_fetched, False
-        try:
-            record_layer(
-                self._store, self._index, layer, remote.table, subject, checked=True
-            )
-        except ChunkedLayerError as error:
-            log.warning(
-                "%s: chunks not indexed, the layer stays usable: %s", subject, error
-            )
         total = fetched + assembler.bytes_fetched
         log.info(
             "%s: rebuilt from chunks, %d of %d bytes fetched",
@@ -571,7 +566,10 @@ class _LayerFetcher:
         self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
     ) -> int:
         if is_chunked_layer(layer.media_type, layer.annotations):
-            return self._fetch_verified(layer, diff_id, subject, stopped, None)
+            return self._fetch_verified(
+                layer, diff_id, subject, stopped, None,
+                lambda blob: self._index_chunked(layer, subject, blob),
+            )  # fmt: skip
         return self._fetch_packed(layer, diff_id, subject, stopped)
 
     def _fetch_packed(
@@ -579,12 +577,13 @@ class _LayerFetcher:
     ) -> int:
         packer = LocalPacker(self._store, self._index, subject)
         try:
-            downloaded = self._fetch_verified(layer, diff_id, subject, stopped, packer)
+            return self._fetch_verified(
+                layer, diff_id, subject, stopped, packer,
+                lambda blob: packer.finish(diff_id),
+            )  # fmt: skip
         except BaseException:
             packer.abort()
             raise
-        packer.finish(diff_id)
-        return downloaded
 
     def _fetch_verified(
         self,
@@ -593,11 +592,15 @@ class _LayerFetcher:
         subject: str,
         stopped: _Cancelled,
         packer: LocalPacker | None,
+        before_commit: Callable[[Path], None],
     ) -> int:
         """Download a whole layer, verified; return the bytes downloaded.
 
         Bytes kept from an interrupted pull are hashed again and not fetched
         again. If the blob then fails verification, they are discarded too.
+        ``before_commit`` receives the verified file before it is committed,
+        to index its chunks: a pull killed after the commit would leave a
+        stored layer that no later pull indexes.
         """
         tar_sink = packer.feed if packer else None
         with self._store.resumable(layer.digest, layer.size) as writer:
@@ -616,6 +619,7 @@ class _LayerFetcher:
                     )
                     diff_verifier.verify()
                     self.tar_sizes[layer.digest] = diff_verifier.uncompressed_size
+                    before_commit(writer.path)
                     writer.commit()
             except VerificationError as error:
                 # Wrong bytes are dropped; a transfer that only broke off is
@@ -640,13 +644,28 @@ class _LayerFetcher:
             diff_verifier.update(piece)
             self._observer.layer_progress(layer.digest, len(piece))
 
-    def _index_chunked(self, layer: Descriptor, subject: str) -> None:
-        """Record the chunks of a stored converted layer; it is its own pack."""
-        path = self._store.blob_path(layer.digest)
+    def _index_chunked(self, layer: Descriptor, subject: str, blob: Path) -> None:
+        """Record the chunks of a verified converted layer; it is its own pack."""
         try:
-            table = read_stored_table(path, layer.annotations, subject)
-            record_layer(self._store, self._index, layer, table, subject)
+            table = read_stored_table(blob, layer.annotations, subject)
         except ChunkedLayerError as error:
+            log.warning(
+                "%s: chunks not indexed, the layer stays usable: %s", subject, error
+            )
+            return
+        self._record(layer, table, subject, blob)
+
+    def _record(
+        self,
+        layer: Descriptor,
+        table: ChunkTable,
+        subject: str,
+        unchecked_blob: Path | None,
+    ) -> None:
+        """Index a layer's chunks; a failure only costs later pulls their reuse."""
+        try:
+            record_layer(self._index, layer, table, subject, unchecked_blob)
+        except (ChunkedLayerError, StoreError) as error:
             log.warning(
                 "%s: chunks not indexed, the layer stays usable: %s", subject, error
             )

@@ -43,13 +43,13 @@ from apparate.delta.planner import (
     replan_as_fetch,
 )
 from apparate.digest import Digest, DigestVerifier
-from apparate.errors import ApparateError, ChunkCorrupt, ChunkTableCorrupt
+from apparate.errors import ApparateError, ChunkCorrupt, ChunkTableCorrupt, StoreError
 from apparate.manifest import Descriptor
 from apparate.pipeline import Stage
 from apparate.registry.client import RangeFetchStopped
 from apparate.sources.pool import ORIGIN, SourcePool
 from apparate.store.chunk_index import LAYER, ChunkIndex
-from apparate.store.layout import BlobWriter, Store
+from apparate.store.layout import DELTA_PARTIAL, BlobWriter, Store
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,18 @@ class RangeJournal:
     verification of the whole blob.
     """
 
-    def __init__(self, partial: Path) -> None:
-        self.path = partial.with_name(partial.name + ".ranges")
+    def __init__(self, partial: Path, fresh: bool) -> None:
+        """Open the journal of ``partial``; a ``fresh`` (empty) partial drops it.
+
+        A journal can outlive its partial file, for instance when a pull was
+        killed after the commit, and it would name ranges a new file lacks.
+        """
+        self.path = _journal_path(partial)
         self._lock = threading.Lock()
-        self._done = self._read()
+        self._writable = True
+        if fresh:
+            self.remove()
+        self._done = [] if fresh else self._read()
 
     def _read(self) -> list[tuple[int, int]]:
         try:
@@ -181,12 +189,37 @@ class RangeJournal:
         return Plan(plan.sources, plan.local, plan.duplicates, remaining)
 
     def done(self, start: int, end: int) -> None:
-        with self._lock, open(self.path, "a") as journal:
-            journal.write(f"{start}-{end}\n")
-        self._done.append((start, end))
+        """List a written range; a journal that cannot be written only costs a resume."""
+        with self._lock:
+            self._done.append((start, end))
+            if not self._writable:
+                return
+            try:
+                with open(self.path, "a") as journal:
+                    journal.write(f"{start}-{end}\n")
+            except OSError as error:
+                self._writable = False
+                log.warning(
+                    "cannot write %s, so a pull killed now starts this layer "
+                    "over: %s", self.path, error.strerror or error,
+                )  # fmt: skip
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("cannot remove %s: %s", self.path, error.strerror or error)
+
+
+def discard_rebuild(store: Store, digest: Digest) -> None:
+    """Delete the kept partial rebuild of a blob and its journal, unless a pull has it locked."""
+    partial = store.partial_path(digest, DELTA_PARTIAL)
+    if store.discard_partial(partial):
+        _journal_path(partial).unlink(missing_ok=True)
+
+
+def _journal_path(partial: Path) -> Path:
+    return partial.with_name(partial.name + ".ranges")
 
 
 class Assembler:
@@ -454,12 +487,19 @@ def _wrong_frame(
     table: ChunkTable, positions: tuple[int, ...], writer: BlobWriter
 ) -> str | None:
     """Check the xxh3 of each fetched frame as written; describe the first bad one."""
-    with open(writer.path, "rb") as partial:
-        for position in positions:
-            entry = table.entries[position]
-            frame = os.pread(partial.fileno(), entry.frame_length, entry.frame_offset)
-            if xxhash.xxh3_64_intdigest(frame) != entry.frame_xxh3:
-                return f"frame at byte {entry.frame_offset} has the wrong xxh3"
+    try:
+        with open(writer.path, "rb") as partial:
+            for position in positions:
+                entry = table.entries[position]
+                frame = os.pread(
+                    partial.fileno(), entry.frame_length, entry.frame_offset
+                )
+                if xxhash.xxh3_64_intdigest(frame) != entry.frame_xxh3:
+                    return f"frame at byte {entry.frame_offset} has the wrong xxh3"
+    except OSError as error:
+        raise StoreError(
+            f"cannot read back {writer.path}: {error.strerror or error}"
+        ) from None
     return None
 
 
@@ -586,17 +626,19 @@ class _InOrderVerifier:
 
 
 def record_layer(
-    store: Store,
     index: ChunkIndex,
     layer: Descriptor,
     table: ChunkTable,
     subject: str,
-    checked: bool = False,
+    unchecked_blob: Path | None = None,
 ) -> None:
-    """Record the chunks of a committed layer once every frame was checked.
+    """Record the chunks of a verified layer, checking each frame of ``unchecked_blob``.
 
-    ``checked`` means the caller already compared every frame with its entry.
+    ``unchecked_blob`` is the file that holds the layer (stored, or about to
+    be committed) when the caller has not compared its frames with their
+    entries. Rows may be added before the blob is committed: rows whose blob
+    is missing are skipped when frames are looked up.
     """
-    if not checked:
-        verify_blob_chunks(store.blob_path(layer.digest), table, subject)
+    if unchecked_blob is not None:
+        verify_blob_chunks(unchecked_blob, table, subject)
     index.add_table(layer.digest, table, LAYER)

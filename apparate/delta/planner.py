@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from apparate.chunked.format import ChunkTable
+from apparate.chunked.format import ChunkEntry, ChunkTable
 from apparate.digest import Digest
 
 # A gap up to this size between two fetched frames is fetched too: a request
@@ -113,7 +113,7 @@ def plan_layer(
         if same:
             plan.sources.append(Source.LOCAL_FRAME)
             plan.local[position] = same[0]
-        elif key in first_of:
+        elif key in first_of and _same_length(table, first_of[key], entry):
             plan.sources.append(Source.DUPLICATE)
             plan.duplicates[position] = first_of[key]
         elif frames and can_recompress:
@@ -127,6 +127,11 @@ def plan_layer(
         first_of.setdefault(key, position)
     plan.ranges = merge_ranges(table, plan.sources, max_gap, max_range)
     return plan
+
+
+def _same_length(table: ChunkTable, first: int, entry: ChunkEntry) -> bool:
+    """Tell whether a frame is as long as the one it would copy, as a table claims."""
+    return table.entries[first].frame_length == entry.frame_length
 
 
 def plan_image(layers: list[LayerToPlan]) -> list[Plan]:

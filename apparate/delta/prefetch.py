@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Self
 
@@ -114,13 +114,12 @@ class TablePrefetch:
             return fetch_table(
                 self._pool, layer, self.subject(layer), self._cancelled.is_set
             )
-        while True:
+        # Polled with wait(), not result(timeout=...): result() raises the
+        # fetch's own TimeoutError, if it had one, as if the wait had ended.
+        while not wait([started.future], timeout=_POLL_SECONDS).done:
             if self._cancelled.is_set():
                 raise RangeFetchStopped()
-            try:
-                return started.future.result(timeout=_POLL_SECONDS)
-            except TimeoutError:
-                continue
+        return started.future.result()
 
     def subject(self, layer: Descriptor) -> str:
         """Name a layer of the image in messages, as the whole pull does."""

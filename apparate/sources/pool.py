@@ -55,8 +55,11 @@ class Source:
     measure: Measure = field(default_factory=Measure)
     dropped: str | None = None
     bytes_fetched: int = 0
-    # Seconds spent on the requests that fetched ``bytes_fetched``.
+    # Seconds during which at least one request to this source was open.
+    # Requests overlap, so this is wall time, not the sum of their durations.
     seconds_fetching: float = 0.0
+    open_requests: int = 0
+    busy_since: float = 0.0
 
     @property
     def name(self) -> str:
@@ -142,7 +145,8 @@ class SourcePool:
             if verifier.bytes_read == 0:
                 served.clear()
             served.add(source)
-            started, before = time.monotonic(), verifier.bytes_read
+            before = verifier.bytes_read
+            self._begin(source)
             try:
                 source.client.fetch_blob(
                     descriptor,
@@ -159,7 +163,7 @@ class SourcePool:
                     raise
                 self._leave(source, descriptor.digest, subject, error)
             finally:
-                self._time(source, verifier.bytes_read - before, started)
+                self._time(source, verifier.bytes_read - before)
 
     def fetch_range(
         self,
@@ -187,7 +191,8 @@ class SourcePool:
                 raise RangeFetchStopped()
             source, last_resort = self._choose(descriptor.digest, end - position[0])
             served.append(source)
-            started, before = time.monotonic(), position[0]
+            before = position[0]
+            self._begin(source)
             try:
                 source.client.fetch_range(
                     descriptor,
@@ -211,7 +216,7 @@ class SourcePool:
             finally:
                 with self._lock:
                     self._queued[source] -= end - before
-                self._time(source, position[0] - before, started)
+                self._time(source, position[0] - before)
         return served
 
     def blame(self, digest: Digest, error: ApparateError) -> bool:
@@ -296,12 +301,26 @@ class SourcePool:
         self.warnings.append(message)
         log.warning("%s", message)
 
-    def _time(self, source: Source, received: int, started: float) -> None:
-        """Add a request's bytes and seconds to the source's figures."""
-        elapsed = time.monotonic() - started
+    def _begin(self, source: Source) -> None:
+        """Count a request to ``source`` as open, starting its busy time if it is the first."""
         with self._lock:
+            if source.open_requests == 0:
+                source.busy_since = time.monotonic()
+            source.open_requests += 1
+
+    def _time(self, source: Source, received: int) -> None:
+        """Add an ended request's bytes and the busy time since the last count to ``source``.
+
+        Requests to one source overlap, so the seconds counted are those in
+        which at least one was open. Summing each request's duration would
+        measure one connection, a fraction of what the source delivers.
+        """
+        now = time.monotonic()
+        with self._lock:
+            source.open_requests -= 1
+            source.seconds_fetching += now - source.busy_since
+            source.busy_since = now
             source.bytes_fetched += received
-            source.seconds_fetching += elapsed
             observed = source.observed_throughput
             if observed is not None:
                 source.measure = Measure(source.measure.rtt, observed)

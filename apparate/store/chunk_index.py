@@ -122,7 +122,7 @@ class ChunkIndex:
     ) -> list[FrameLocation]:
         """Return every stored frame of the chunk, in blobs of ``kinds``."""
         marks = ", ".join("?" for _ in kinds)
-        with self._lock:
+        with self._reading():
             rows = self._db.execute(
                 "SELECT blob, frame_offset, frame_length, frame_xxh3, length "
                 f"FROM chunks WHERE identity = ? AND kind IN ({marks}) "
@@ -142,7 +142,7 @@ class ChunkIndex:
         return locations
 
     def has_blob(self, blob: Digest) -> bool:
-        with self._lock:
+        with self._reading():
             row = self._db.execute(
                 "SELECT 1 FROM chunks WHERE blob = ? LIMIT 1", (str(blob),)
             ).fetchone()
@@ -170,6 +170,16 @@ class ChunkIndex:
                 self._db.execute("DELETE FROM chunks WHERE blob = ?", (blob,))
         except StoreError as error:
             log.warning("%s", error)
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        try:
+            with self._lock:
+                yield
+        except sqlite3.Error as error:
+            raise StoreError(
+                f"cannot read the chunk index {self.path}: {error}"
+            ) from None
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

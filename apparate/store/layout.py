@@ -112,8 +112,12 @@ class BlobWriter:
         self.committed = True
 
     def discard(self) -> None:
-        self._file.close()
-        self._path.unlink(missing_ok=True)
+        # Unlinked while still locked: a resumable partial closed first could
+        # be opened and locked by another pull, whose file would then vanish.
+        try:
+            self._path.unlink(missing_ok=True)
+        finally:
+            self._file.close()
 
 
 class ResumableWriter(BlobWriter):
@@ -387,6 +391,26 @@ class Store:
     def partial_path(self, digest: Digest, kind: str = "") -> Path:
         """Return the file in which an interrupted download of a blob is kept."""
         return self.ingest_dir / f"{PARTIAL_PREFIX}{kind}{digest.hex}"
+
+    def discard_partial(self, path: Path) -> bool:
+        """Delete a kept partial download unless another process has it locked.
+
+        Returns whether the file is gone. A file that cannot be deleted is
+        left to the sweep of a later command.
+        """
+        if not path.exists():
+            return True
+        try:
+            opened = _open_partial(path)
+            if opened is None:
+                return False
+            file, _ = opened
+            with file:
+                path.unlink()
+        except OSError as error:
+            log.warning("cannot remove %s: %s", path, error.strerror or error)
+            return False
+        return True
 
     def wait_for_other_writers(
         self, digest: Digest, size: int, stopped: Callable[[], bool]

@@ -180,3 +180,33 @@ def test_probe_connect_timeout(own, expected):
 
     assert timeout.connect == expected
     assert timeout.read == PROBE_SECONDS
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throughput_counts_overlapping_requests_once(monkeypatch):
+    clock = ManualClock()
+    monkeypatch.setattr("apparate.sources.pool.time.monotonic", clock)
+    pool = pool_of(StandIn())
+    source = pool.origin
+    piece = 64 * 1024
+
+    # Two requests open at once for 2 s, then one alone for 1 s.
+    pool._begin(source)
+    pool._begin(source)
+    clock.now += 2
+    pool._time(source, piece)
+    pool._time(source, piece)
+    pool._begin(source)
+    clock.now += 1
+    pool._time(source, piece)
+
+    assert source.seconds_fetching == 3
+    assert source.observed_throughput == 3 * piece / 3
+    assert source.measure.throughput == piece

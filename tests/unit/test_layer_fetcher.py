@@ -1,0 +1,177 @@
+"""What a layer fetch leaves in the store when it is killed, falls back or meets a full disk.
+
+The source is a stand-in that serves one converted layer, by range and whole;
+the store and chunk index are real.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import hashlib
+import io
+import threading
+from pathlib import Path
+
+import pytest
+
+from apparate.chunked.format import ZSTD_LAYER_TYPES, table_annotations
+from apparate.chunked.writer import write_chunked_layer
+from apparate.delta import assembler
+from apparate.delta.assembler import member_runs
+from apparate.delta.image_plan import ImagePlans
+from apparate.delta.prefetch import TablePrefetch
+from apparate.digest import Digest
+from apparate.manifest import Descriptor
+from apparate.progress import PullObserver
+from apparate.pull import _LayerFetcher
+from apparate.registry.client import RangesUnsupported
+from apparate.store import layout
+from apparate.store.chunk_index import INDEX_FILE, LAYER, ChunkIndex
+from apparate.store.layout import DELTA_PARTIAL, Store
+from tests.unit.test_chunked import CHUNKER, DEFAULT_ENCODER, make_tar
+
+
+class ConvertedLayer:
+    """A converted layer of a pseudo-random tar: descriptor, blob, diff_id, table."""
+
+    def __init__(self, changed: int | None = None) -> None:
+        tar = make_tar(3, changed=changed)
+        out = io.BytesIO()
+        converted = write_chunked_layer(
+            io.BytesIO(tar), out.write, CHUNKER, DEFAULT_ENCODER
+        )
+        self.blob = out.getvalue()
+        self.table = converted.table
+        self.descriptor = Descriptor(
+            ZSTD_LAYER_TYPES[0], Digest.of(self.blob), len(self.blob),
+            annotations=table_annotations(converted.footer),
+        )  # fmt: skip
+        self.diff_id = Digest("sha256", hashlib.sha256(tar).hexdigest())
+
+
+class StandInPool:
+    """Serves one blob; ``frames_by_range`` False refuses ranges of its frames."""
+
+    host = "stand-in"
+
+    def __init__(self, layer: ConvertedLayer, frames_by_range: bool = True) -> None:
+        self._blob = layer.blob
+        self._frames_end = layer.table.frames_length
+        self._frames_by_range = frames_by_range
+        self.range_bytes = 0
+        self.whole_bytes = 0
+        self.warnings: list[str] = []
+
+    def fetch_range(self, layer, start, end, write, subject, stopped=None):
+        if not self._frames_by_range and start < self._frames_end:
+            raise RangesUnsupported(f"{subject}: responded 200 to a range")
+        self.range_bytes += end - start
+        write(start, self._blob[start:end])
+        return []
+
+    def fetch_blob(self, layer, write, subject, verifier):
+        data = self._blob[verifier.bytes_read :]
+        verifier.update(data)
+        verifier.verify()
+        self.whole_bytes += len(data)
+        write(data)
+
+    def blame(self, digest, error):
+        return False
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs."""
+
+
+def fetcher(store_path: Path, layer: ConvertedLayer, pool: StandInPool):
+    store = Store(store_path)
+    index = ChunkIndex(store.root / INDEX_FILE)
+    cancelled = threading.Event()
+    tables = TablePrefetch(pool, store, "image", cancelled)
+    plans = ImagePlans(index, tables, [layer.descriptor])
+    fetch = _LayerFetcher(
+        pool, store, index, "image", PullObserver(), cancelled, plans,
+        [layer.descriptor.digest],
+    )  # fmt: skip
+    return fetch, store, index
+
+
+def store_v1(store: Store, index: ChunkIndex) -> None:
+    v1 = ConvertedLayer()
+    store.put_blob(v1.blob, v1.descriptor.digest)
+    index.add_table(v1.descriptor.digest, v1.table, LAYER)
+
+
+@pytest.mark.parametrize(
+    "frames_by_range", [True, False], ids=["rebuilt from ranges", "fetched whole"]
+)
+def test_layer_indexed_before_commit(tmp_path, monkeypatch, frames_by_range):
+    layer = ConvertedLayer()
+    pool = StandInPool(layer, frames_by_range)
+    fetch, store, index = fetcher(tmp_path, layer, pool)
+    commit = layout.BlobWriter.commit
+
+    def commit_then_die(self, digest=None):
+        commit(self, digest)
+        raise Killed()
+
+    monkeypatch.setattr(layout.BlobWriter, "commit", commit_then_die)
+
+    with pytest.raises(Killed):
+        fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert store.has_blob(layer.descriptor.digest)
+    assert index.has_blob(layer.descriptor.digest)
+
+
+def test_stale_journal_is_ignored(tmp_path):
+    v2 = ConvertedLayer(changed=5)
+    pool = StandInPool(v2)
+    fetch, store, index = fetcher(tmp_path, v2, pool)
+    store_v1(store, index)
+    # A journal left by a killed pull whose partial file is gone: it names
+    # every range this pull needs.
+    _, plan = fetch._plans.plan_for(v2.descriptor)
+    partial = store.partial_path(v2.descriptor.digest, DELTA_PARTIAL)
+    runs = [run for wanted in plan.ranges for run in member_runs(v2.table, wanted)]
+    journal = partial.with_name(partial.name + ".ranges")
+    journal.write_text("".join(f"{start}-{end}\n" for start, end in runs))
+
+    fetch.fetch(v2.descriptor, v2.diff_id)
+
+    assert store.has_blob(v2.descriptor.digest, v2.descriptor.size)
+    assert pool.whole_bytes == 0
+    assert 0 < pool.range_bytes < v2.descriptor.size / 4
+    assert not journal.exists()
+
+
+def test_whole_fallback_leaves_no_partial(tmp_path):
+    v2 = ConvertedLayer(changed=5)
+    pool = StandInPool(v2, frames_by_range=False)
+    fetch, store, index = fetcher(tmp_path, v2, pool)
+    store_v1(store, index)
+
+    fetch.fetch(v2.descriptor, v2.diff_id)
+
+    assert store.has_blob(v2.descriptor.digest, v2.descriptor.size)
+    assert pool.whole_bytes == v2.descriptor.size
+    assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_unwritable_journal_does_not_fail_the_pull(tmp_path, monkeypatch, caplog):
+    layer = ConvertedLayer()
+    fetch, store, _ = fetcher(tmp_path, layer, StandInPool(layer))
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".ranges") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(assembler, "open", full_disk_open, raising=False)
+
+    fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
+    assert "No space left on device" in caplog.text
