@@ -443,6 +443,9 @@ class _LayerFetcher:
         self._cancelled = cancelled
         # The tar size of each layer verified whole, for docker imports.
         self.tar_sizes: dict[Digest, int] = {}
+        # The bytes of each layer downloaded whole, attempts that failed
+        # verification included, since they crossed the network too.
+        self._downloaded: dict[Digest, int] = {}
         # Set when a layer's fetch ends, stored or not, for the layers that
         # copy frames from it.
         self._ended = {digest: threading.Event() for digest in fetching}
@@ -549,10 +552,13 @@ class _LayerFetcher:
         """Fetch a whole layer; start over when kept bytes or a mirror prove wrong.
 
         Each start over drops the kept bytes or a mirror, so the loop ends.
+        Returns the bytes downloaded over all attempts.
         """
+        self._downloaded[layer.digest] = 0
         while True:
             try:
-                return self._fetch_whole(layer, diff_id, subject, stopped)
+                self._fetch_whole(layer, diff_id, subject, stopped)
+                return self._downloaded.pop(layer.digest)
             except _StalePartial as stale:
                 log.warning(
                     "%s: bytes kept from an earlier pull were wrong (%s); "
@@ -564,20 +570,21 @@ class _LayerFetcher:
 
     def _fetch_whole(
         self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
-    ) -> int:
+    ) -> None:
         if is_chunked_layer(layer.media_type, layer.annotations):
-            return self._fetch_verified(
+            self._fetch_verified(
                 layer, diff_id, subject, stopped, None,
                 lambda blob: self._index_chunked(layer, subject, blob),
             )  # fmt: skip
-        return self._fetch_packed(layer, diff_id, subject, stopped)
+        else:
+            self._fetch_packed(layer, diff_id, subject, stopped)
 
     def _fetch_packed(
         self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
-    ) -> int:
+    ) -> None:
         packer = LocalPacker(self._store, self._index, subject)
         try:
-            return self._fetch_verified(
+            self._fetch_verified(
                 layer, diff_id, subject, stopped, packer,
                 lambda blob: packer.finish(diff_id),
             )  # fmt: skip
@@ -593,8 +600,8 @@ class _LayerFetcher:
         stopped: _Cancelled,
         packer: LocalPacker | None,
         before_commit: Callable[[Path], None],
-    ) -> int:
-        """Download a whole layer, verified; return the bytes downloaded.
+    ) -> None:
+        """Download a whole layer, verified.
 
         Bytes kept from an interrupted pull are hashed again and not fetched
         again. If the blob then fails verification, they are discarded too.
@@ -630,7 +637,6 @@ class _LayerFetcher:
                 if kept:
                     raise _StalePartial(error) from None
                 raise
-        return layer.size - kept
 
     def _replay(
         self,
@@ -683,6 +689,7 @@ class _LayerFetcher:
             if self._cancelled.is_set():
                 raise stopped
             writer.write(data)
+            self._downloaded[layer.digest] += len(data)
             diff_verifier.update(data)
             self._observer.layer_progress(layer.digest, len(data))
 

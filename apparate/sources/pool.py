@@ -222,14 +222,15 @@ class SourcePool:
     def blame(self, digest: Digest, error: ApparateError) -> bool:
         """Drop the mirrors that served a blob that failed verification.
 
-        Returns whether one was dropped, so the blob is worth fetching again.
-        The origin is never dropped: its bytes alone failing means the image
-        is bad.
+        Returns whether a mirror served part of the blob, so it is worth
+        fetching again. That mirror may have been dropped already, over
+        another blob fetched at the same time. The origin is never dropped:
+        its bytes alone failing means the image is bad.
         """
         mirrors = [
             source
             for source in self._served_blob.pop(digest, set())
-            if source.role != ORIGIN and source.dropped is None
+            if source.role != ORIGIN
         ]
         for source in mirrors:
             reason = f"served {digest} with bytes that failed verification ({error})"

@@ -61,6 +61,8 @@ class StandInPool:
         self._frames_by_range = frames_by_range
         self.range_bytes = 0
         self.whole_bytes = 0
+        # Mirrors that serve whole blobs with wrong bytes until dropped.
+        self.corrupt_mirrors = 0
         self.warnings: list[str] = []
 
     def fetch_range(self, layer, start, end, write, subject, stopped=None):
@@ -72,13 +74,19 @@ class StandInPool:
 
     def fetch_blob(self, layer, write, subject, verifier):
         data = self._blob[verifier.bytes_read :]
-        verifier.update(data)
-        verifier.verify()
+        if self.corrupt_mirrors:
+            data = bytes(byte ^ 1 for byte in data)
         self.whole_bytes += len(data)
+        verifier.update(data)
         write(data)
+        verifier.verify()
 
     def blame(self, digest, error):
-        return False
+        """Drop a corrupt mirror, if one is left, as the real pool does."""
+        if not self.corrupt_mirrors:
+            return False
+        self.corrupt_mirrors -= 1
+        return True
 
 
 class Killed(BaseException):
@@ -175,3 +183,16 @@ def test_unwritable_journal_does_not_fail_the_pull(tmp_path, monkeypatch, caplog
 
     assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
     assert "No space left on device" in caplog.text
+
+
+def test_bytes_of_a_failed_attempt_are_counted(tmp_path):
+    layer = ConvertedLayer()
+    pool = StandInPool(layer, frames_by_range=False)
+    pool.corrupt_mirrors = 1
+    fetch, store, _ = fetcher(tmp_path, layer, pool)
+
+    downloaded = fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
+    assert downloaded == pool.whole_bytes + pool.range_bytes
+    assert pool.whole_bytes == 2 * layer.descriptor.size

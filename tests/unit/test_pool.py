@@ -111,6 +111,18 @@ def test_corrupt_mirror_is_blamed():
     assert fetch_whole(pool) == BLOB
 
 
+def test_mirror_dropped_meanwhile_is_still_blamed():
+    pool = pool_of(StandIn("corrupt"), StandIn())
+
+    with pytest.raises(DigestMismatch) as caught:
+        fetch_whole(pool)
+    # Another blob fetched from the mirror at the same time failed first.
+    pool.drop(pool.sources[0], "served another blob with wrong bytes")
+
+    assert pool.blame(DESCRIPTOR.digest, caught.value)
+    assert fetch_whole(pool) == BLOB
+
+
 def test_origin_alone_is_not_blamed():
     pool = pool_of(StandIn("corrupt"))
 
