@@ -85,7 +85,8 @@ def import_into_containerd(
         ctr, address, daemons.containerd_namespace, content.platform, ctr_has_local(ctr)
     )
     log.debug("running %s", " ".join(argv))
-    sent = _run(argv, stream_tar(oci_members(store, content, name)), name)
+    retry = f"apparate import {name} --into containerd{daemons.containerd_options()}"
+    sent = _run(argv, stream_tar(oci_members(store, content, name)), name, retry)
     return ImportResult(
         CONTAINERD, requested, name, str(content.top.digest), sent,
         time.monotonic() - started,
@@ -93,8 +94,11 @@ def import_into_containerd(
     )  # fmt: skip
 
 
-def _run(argv: list[str], archive: Iterator[bytes], reference: str) -> int:
-    """Feed ``archive`` to ctr; return the bytes sent, raising if ctr failed."""
+def _run(argv: list[str], archive: Iterator[bytes], reference: str, retry: str) -> int:
+    """Feed ``archive`` to ctr; return the bytes sent, raising if ctr failed.
+
+    ``retry`` is the command that imports the image again.
+    """
     process = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -109,7 +113,7 @@ def _run(argv: list[str], archive: Iterator[bytes], reference: str) -> int:
     code = process.wait()
     text = output.text()
     if code != 0:
-        raise _failure(text, reference)
+        raise _failure(text, reference, retry)
     log.info("%s: %s", reference, text.strip().replace("\n", "; "))
     return sent
 
@@ -133,13 +137,10 @@ def _feed(process: subprocess.Popen[bytes], archive: Iterator[bytes]) -> int:
     return sent
 
 
-def _failure(output: str, reference: str) -> Exception:
+def _failure(output: str, reference: str, command: str) -> Exception:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     detail = lines[-1] if lines else "no output"
-    retry = (
-        "the image is kept in the local store, so retry with "
-        f"'apparate import {reference} --into containerd'"
-    )
+    retry = f"the image is kept in the local store, so retry with '{command}'"
     message = f"ctr images import failed for {reference}: {detail}"
     lowered = output.lower()
     if "no space left on device" in lowered:

@@ -7,6 +7,7 @@ results in, so the choice of target is tested with tables of cases.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ TARGET_HELP = "docker, containerd, oci, docker-archive:FILE, oci-archive:FILE or
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"
+# containerd's rule for namespace names: alphanumeric runs joined by one of
+# ". _ -", at most 76 characters.
+_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+_NAMESPACE_MAX = 76
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,15 @@ class Daemons:
     containerd_address: str = DEFAULT_CONTAINERD_SOCKET
     containerd_namespace: str = DEFAULT_NAMESPACE
 
+    def __post_init__(self) -> None:
+        namespace = self.containerd_namespace
+        if len(namespace) > _NAMESPACE_MAX or not _NAMESPACE.fullmatch(namespace):
+            raise UsageError(
+                f"invalid containerd namespace {namespace!r}: use letters and "
+                "digits, joined by single '.', '_' or '-', at most "
+                f"{_NAMESPACE_MAX} characters"
+            )
+
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Daemons:
         """Read DOCKER_HOST, CONTAINERD_ADDRESS and CONTAINERD_NAMESPACE."""
@@ -102,6 +116,15 @@ class Daemons:
             containerd_namespace=env.get("CONTAINERD_NAMESPACE")
             or cls.containerd_namespace,
         )
+
+    def containerd_options(self) -> str:
+        """Return the command-line options that reach this containerd, if not the defaults."""
+        options = ""
+        if self.containerd_address != DEFAULT_CONTAINERD_SOCKET:
+            options += f" --containerd-address {self.containerd_address}"
+        if self.containerd_namespace != DEFAULT_NAMESPACE:
+            options += f" --namespace {self.containerd_namespace}"
+        return options
 
     def with_options(
         self, containerd_address: str | None, containerd_namespace: str | None

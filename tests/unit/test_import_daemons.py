@@ -489,3 +489,32 @@ def test_cli_daemon_closing_mid_load(fake_docker, store, tmp_path):
     assert done.returncode == 12, done.stderr
     assert done.stderr.startswith("error: docker at ")
     assert "broke off the load" in done.stderr
+
+
+@pytest.mark.parametrize("namespace", ["bad ns!", "a..b", "-a", "a.", "x" * 77])
+def test_invalid_namespace_is_rejected(namespace):
+    with pytest.raises(UsageError, match="invalid containerd namespace"):
+        Daemons(containerd_namespace=namespace)
+
+
+@pytest.mark.parametrize("namespace", ["k8s.io", "a_b-c", "moby", "x" * 76])
+def test_valid_namespace_is_kept(namespace):
+    assert Daemons(containerd_namespace=namespace).containerd_namespace == namespace
+
+
+def test_ctr_failure_retry_keeps_options(
+    tmp_path, monkeypatch, store, containerd_socket
+):
+    fake_ctr(tmp_path / "bin", "head -c 1000 >/dev/null\necho 'ctr: EOF' >&2\nexit 1\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    daemons = Daemons(
+        containerd_address=containerd_socket, containerd_namespace="k8s.io"
+    )
+
+    with pytest.raises(DaemonRejected) as caught:
+        import_stored(store[0], REFERENCE, "containerd", daemons)
+
+    assert (
+        f"--containerd-address {containerd_socket} --namespace k8s.io"
+        in caught.value.hint
+    )
