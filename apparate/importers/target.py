@@ -27,9 +27,11 @@ TARGET_HELP = "docker, containerd, oci, docker-archive:FILE, oci-archive:FILE or
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"
-# containerd's rule for namespace names: alphanumeric runs joined by one of
-# ". _ -", at most 76 characters.
-_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+# containerd's rule for namespace names (its identifiers package): labels of
+# letters and digits joined by runs of "-", labels joined by single dots, at
+# most 76 characters. Its pattern also lets a ":" come before a run of "-".
+_LABEL = r"[A-Za-z0-9]+(?::?-+[A-Za-z0-9]+)*"
+_NAMESPACE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _NAMESPACE_MAX = 76
 
 
@@ -103,7 +105,7 @@ class Daemons:
         if len(namespace) > _NAMESPACE_MAX or not _NAMESPACE.fullmatch(namespace):
             raise UsageError(
                 f"invalid containerd namespace {namespace!r}: use letters and "
-                "digits, joined by single '.', '_' or '-', at most "
+                "digits, joined by '-' or single '.', at most "
                 f"{_NAMESPACE_MAX} characters"
             )
 
