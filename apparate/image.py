@@ -157,7 +157,10 @@ def _check_platform(
     if offered and match_rank(wanted, offered) is not None:
         return
     if explicit:
-        raise PlatformNotFound(f"{image} is an image for {platform}, not {wanted}")
+        hint = f"pull it with --platform {offered}" if offered else "pick another image"
+        raise PlatformNotFound(
+            f"{image} is an image for {platform} only, not {wanted}", hint=hint
+        )
     log.warning(
         "%s is an image for %s, not for this machine (%s)", image, platform, wanted
     )

@@ -7,7 +7,7 @@ import pytest
 import respx
 
 from apparate.digest import Digest
-from apparate.errors import InvalidResponse
+from apparate.errors import InvalidResponse, PlatformNotFound
 from apparate.image import fetch_manifest, resolve_image
 from apparate.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest
 from apparate.platform import Platform
@@ -194,3 +194,24 @@ def test_resolve_rejects_unsupported_layer_type(client, tmp_path):
     assert "'application/x-foo'" in message
     assert "not supported" in message
     assert caught.value.exit_code == 8
+
+
+@respx.mock
+def test_single_platform_mismatch_names_the_platform(client, tmp_path):
+    respx.get(MANIFEST_URL).mock(
+        return_value=httpx.Response(
+            200, content=IMAGE_MANIFEST, headers={"Content-Type": OCI_MANIFEST}
+        )
+    )
+    respx.get(f"https://{HOST}/v2/team/app/blobs/{Digest.of(CONFIG)}").mock(
+        return_value=httpx.Response(200, content=CONFIG)
+    )
+
+    with pytest.raises(PlatformNotFound) as caught:
+        resolve_image(
+            client, Store(tmp_path), client.reference,
+            Platform.parse("linux/arm64"), explicit_platform=True,
+        )  # fmt: skip
+
+    assert "for linux/amd64 only" in str(caught.value)
+    assert caught.value.hint == "pull it with --platform linux/amd64"
