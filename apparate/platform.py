@@ -18,6 +18,25 @@ _ARCH_ALIASES = {
     "i686": ("386", ""),
 }
 
+# Variant spellings mapped to the one this module compares, as normalizeArch
+# in containerd's platforms package (github.com/containerd/platforms) maps
+# them. So amd64 v1 and arm64 v8 are the plain architectures, and arm without
+# a variant is v7.
+_VARIANT_SPELLINGS = {
+    ("amd64", "v1"): "",
+    ("arm64", "8"): "",
+    ("arm64", "v8"): "",
+    ("arm64", "v8.0"): "",
+    ("arm64", "9"): "v9",
+    ("arm64", "9.0"): "v9",
+    ("arm64", "v9.0"): "v9",
+    ("arm", ""): "v7",
+    ("arm", "5"): "v5",
+    ("arm", "6"): "v6",
+    ("arm", "7"): "v7",
+    ("arm", "8"): "v8",
+}
+
 
 @dataclass(frozen=True)
 class Platform:
@@ -41,15 +60,18 @@ class Platform:
 
     @classmethod
     def normalised(cls, os: str, architecture: str, variant: str = "") -> Platform:
-        """Build a platform, mapping kernel names such as aarch64 to OCI names."""
+        """Build a platform, mapping kernel names such as aarch64 to OCI names.
+
+        Names are lowercased, as containerd's normalizeArch does, and
+        variants are spelled as in ``_VARIANT_SPELLINGS``. So an index entry
+        ``linux/amd64/v1`` matches ``linux/amd64``.
+        """
+        os, architecture = os.lower(), architecture.lower()
         architecture, default_variant = _ARCH_ALIASES.get(
             architecture, (architecture, "")
         )
-        variant = variant or default_variant
-        if architecture == "arm64" and variant == "v8":
-            variant = ""
-        if architecture == "arm" and not variant:
-            variant = "v7"
+        variant = variant.lower() or default_variant
+        variant = _VARIANT_SPELLINGS.get((architecture, variant), variant)
         return cls(os, architecture, variant)
 
     @classmethod

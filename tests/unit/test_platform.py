@@ -2,7 +2,7 @@ import pytest
 
 from apparate.digest import Digest
 from apparate.errors import InvalidResponse, PlatformNotFound
-from apparate.manifest import OCI_MANIFEST, Descriptor, Index
+from apparate.manifest import OCI_MANIFEST, Descriptor, Index, parse_index
 from apparate.platform import Platform, match_rank
 from apparate.resolve import select_manifest
 
@@ -23,6 +23,31 @@ from apparate.resolve import select_manifest
 )
 def test_platform_parse_normalises(text, expected):
     assert Platform.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("linux/amd64/v1", Platform("linux", "amd64")),
+        ("linux/amd64/v2", Platform("linux", "amd64", "v2")),
+        ("linux/arm64/8", Platform("linux", "arm64")),
+        ("linux/arm64/v8.0", Platform("linux", "arm64")),
+        ("linux/arm64/9", Platform("linux", "arm64", "v9")),
+        ("linux/arm/7", Platform("linux", "arm", "v7")),
+        ("linux/arm/5", Platform("linux", "arm", "v5")),
+        ("linux/arm/6", Platform("linux", "arm", "v6")),
+        ("linux/arm/8", Platform("linux", "arm", "v8")),
+        ("linux/armel", Platform("linux", "arm", "v6")),
+    ],
+)
+def test_platform_parse_normalises_variants(text, expected):
+    assert Platform.parse(text) == expected
+
+
+def test_platform_normalised_lowercases_index_fields():
+    platform = Platform.normalised("Linux", "ARM64", "V8")
+
+    assert platform == Platform("linux", "arm64")
 
 
 @pytest.mark.parametrize("text", ["linux", "linux/", "/amd64", "a/b/c/d", ""])
@@ -86,6 +111,33 @@ def test_select_manifest_picks_best(wanted, expected):
     chosen = select_manifest(INDEX, Platform.parse(wanted), "img")
 
     assert chosen.digest == Digest("sha256", f"{expected:064x}")
+
+
+@pytest.mark.parametrize(
+    "wanted, offered",
+    [
+        ("linux/amd64", {"os": "linux", "architecture": "amd64", "variant": "v1"}),
+        ("linux/arm64", {"os": "linux", "architecture": "arm64", "variant": "v8.0"}),
+        ("linux/arm/v7", {"os": "linux", "architecture": "arm", "variant": "7"}),
+        ("linux/arm/v7", {"os": "linux", "architecture": "arm"}),
+        ("linux/arm/v6", {"os": "linux", "architecture": "arm", "variant": "6"}),
+    ],
+)
+def test_select_manifest_matches_variant_spellings(wanted, offered):
+    digest = Digest("sha256", f"{11:064x}")
+    document = {
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": f"sha256:{12:064x}", "size": 100,
+             "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": OCI_MANIFEST, "digest": str(digest), "size": 100,
+             "platform": offered},
+        ]
+    }  # fmt: skip
+    index = parse_index(document, "index")
+
+    chosen = select_manifest(index, Platform.parse(wanted), "img")
+
+    assert chosen.digest == digest
 
 
 def test_select_manifest_falls_back_to_older_arm():
