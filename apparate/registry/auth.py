@@ -283,8 +283,11 @@ class RegistryAuth(httpx.Auth):
                 f"registry {host} sent a Bearer challenge for {self._image} "
                 f"with an invalid realm {realm!r}"
             )
-        scope = challenge.params.get("scope", "")
-        scopes = tuple(scope.split()) if scope else self._scopes
+        # A challenge names what this one request needs and may leave out
+        # the source of a cross-repository mount. So the client's own scopes
+        # are requested too, as containerd's GetTokenScopes merges them.
+        challenged = challenge.params.get("scope", "").split()
+        scopes = _merged_scopes([*challenged, *self._scopes])
         return realm, challenge.params.get("service", ""), scopes
 
     def _valid_token(self, key: TokenKey) -> _Token | None:
@@ -430,6 +433,26 @@ class RegistryAuth(httpx.Auth):
 def _registry_host(url: httpx.URL) -> str:
     """Return ``host[:port]`` as docker's config keys spell it."""
     return url.netloc.decode("ascii")
+
+
+def _merged_scopes(scopes: list[str]) -> tuple[str, ...]:
+    """Join scopes of one resource into one scope with all their actions.
+
+    ``repository:a:pull`` and ``repository:a:pull,push`` become
+    ``repository:a:pull,push``. Resources keep the order they first appear
+    in. A scope not of the form TYPE:NAME:ACTIONS is only deduplicated.
+    """
+    actions: dict[str, list[str]] = {}
+    for scope in scopes:
+        resource, _, listed = scope.rpartition(":")
+        if ":" not in resource:
+            resource, listed = scope, ""
+        known = actions.setdefault(resource, [])
+        known += [a for a in listed.split(",") if a and a not in known]
+    return tuple(
+        f"{resource}:{','.join(listed)}" if listed else resource
+        for resource, listed in actions.items()
+    )
 
 
 def _with_authorization(request: httpx.Request, value: str) -> httpx.Request:

@@ -165,6 +165,47 @@ def test_bearer_uses_challenge_scope(mock: respx.MockRouter) -> None:
     assert tokens.calls[0].request.url.params.get_list("scope") == [scope]
 
 
+def test_bearer_adds_configured_scopes_to_challenge(mock: respx.MockRouter) -> None:
+    # A challenge may name only the destination of a mount, but the token
+    # must still grant pull on the repository the blob is mounted from.
+    destination = "repository:team/app:pull,push"
+    source = "repository:team/base:pull"
+    registry(mock, {"Bearer tok-1"}, bearer(scope=destination))
+    tokens = token_server(mock, {"token": "tok-1"})
+    auth = make_auth(scopes=["repository:team/app:push,pull", source])
+
+    with httpx.Client(auth=auth) as client:
+        client.get(MANIFEST_URL)
+
+    scopes = tokens.calls[0].request.url.params.get_list("scope")
+    assert scopes == [destination, source]
+
+
+@pytest.mark.parametrize(
+    ("scopes", "merged"),
+    [
+        (["repository:a:pull", "repository:a:push"], ["repository:a:pull,push"]),
+        (["repository:a:pull", "repository:a:pull"], ["repository:a:pull"]),
+        (["repository:a:pull", "repository:b:pull"],
+         ["repository:a:pull", "repository:b:pull"]),
+        (["repository:h:5000/a:pull", "repository:h:5000/a:delete"],
+         ["repository:h:5000/a:pull,delete"]),
+        (["registry:catalog:*", "odd", "odd"], ["registry:catalog:*", "odd"]),
+    ],
+)  # fmt: skip
+def test_bearer_merges_scopes_per_resource(
+    mock: respx.MockRouter, scopes: list[str], merged: list[str]
+) -> None:
+    registry(mock, {"Bearer tok-1"}, bearer(scope=" ".join(scopes)))
+    tokens = token_server(mock, {"token": "tok-1"})
+    auth = make_auth(scopes=[scopes[0]])
+
+    with httpx.Client(auth=auth) as client:
+        client.get(MANIFEST_URL)
+
+    assert tokens.calls[0].request.url.params.get_list("scope") == merged
+
+
 def test_bearer_prefers_bearer_over_basic(mock: respx.MockRouter) -> None:
     challenge = f'Basic realm="{HOST}", {bearer()}'
     manifest = registry(mock, {"Bearer tok-1"}, challenge)
