@@ -69,7 +69,8 @@ class CredentialStore:
 
     The config file is read and helpers are run on the first lookup that
     needs them, so a broken config only matters for registries that ask for
-    credentials. Each host's result is cached for the life of the store.
+    credentials. Each host's result, or the error of its failed lookup, is
+    cached for the life of the store, so a failing helper runs once per host.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class CredentialStore:
         self._env = env
         self._config: _DockerConfig | None = None
         self._found: dict[str, Credentials | None] = {}
+        self._failed: dict[str, CredentialsUnavailable] = {}
 
     @classmethod
     def from_environment(
@@ -115,8 +117,14 @@ class CredentialStore:
         for key, credentials in self._explicit.items():
             if same_registry(key, host):
                 return credentials
+        if host in self._failed:
+            raise self._failed[host].with_traceback(None)
         if host not in self._found:
-            self._found[host] = self._lookup_config(host)
+            try:
+                self._found[host] = self._lookup_config(host)
+            except CredentialsUnavailable as error:
+                self._failed[host] = error
+                raise
         return self._found[host]
 
     def _lookup_config(self, host: str) -> Credentials | None:

@@ -318,6 +318,23 @@ def test_lookup_caches_helper_answer(
     assert helper.calls() == ["registry.example"]
 
 
+def test_lookup_caches_helper_failure(
+    home: Path, env: dict[str, str], helper: FakeHelper
+) -> None:
+    helper.answer({"registry.example": {"fail": "keychain is locked"}})
+    store = store_with(home, env, {"credsStore": "test"})
+
+    errors = []
+    for _ in range(2):
+        with pytest.raises(CredentialsUnavailable) as caught:
+            store.lookup("registry.example")
+        errors.append(str(caught.value))
+
+    assert helper.calls() == ["registry.example"]
+    assert errors[0] == errors[1]
+    assert "keychain is locked" in errors[1]
+
+
 def test_lookup_helper_missing(home: Path, env: dict[str, str]) -> None:
     store = store_with(home, env, {"credHelpers": {"registry.example": "absent"}})
 
