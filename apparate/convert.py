@@ -140,11 +140,18 @@ class _SourceImage:
 
 @dataclass
 class _ConvertedImage:
+    """One platform's converted manifest and the blobs it names.
+
+    ``source_blobs`` are the blobs that the source repository contains
+    too, which are the config and the layers kept as they were.
+    """
+
     manifest: Descriptor
     body: bytes
     blobs: list[Descriptor]
     layers: list[LayerConversion]
     platform: dict[str, Any] | None
+    source_blobs: frozenset[Digest]
 
 
 class _Session:
@@ -159,8 +166,12 @@ class _Session:
         self.reuse_blobs: set[Digest] = set()
 
     def pull_options(self) -> PullOptions:
+        # The source images only need to be in the store. Without "oci",
+        # pull would also load each platform into this machine's docker or
+        # containerd, and fail the conversion when that load fails.
         return PullOptions(
             store=self.store.root,
+            into="oci",
             insecure_registries=self.options.insecure_registries,
             credentials=self.options.credentials,
         )
@@ -186,8 +197,7 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
             _add_default_reuse_source(dst, session)
         top, images = _fetch_images(src, session)
         converted = [_convert_image(image, session) for image in images]
-        top_body, top_type = _top_document(top, images, converted)
-        pushed, mounted = _push(src, dst, converted, top_body, top_type, session)
+        top_body, pushed, mounted = _push(src, dst, top, images, converted, session)
     finally:
         session.index.close()
     return ConvertResult(
@@ -311,9 +321,11 @@ def _convert_image(image: _SourceImage, session: _Session) -> _ConvertedImage:
         body = _oci_manifest(image.body, config, descriptors)
         session.store.put_blob(body, Digest.of(body))
     manifest = Descriptor(OCI_MANIFEST, Digest.of(body), len(body))
+    kept = [layer.digest for layer, c in layers if c.kept]
     return _ConvertedImage(
-        manifest, body, [config, *descriptors], conversions, image.platform
-    )
+        manifest, body, [config, *descriptors], conversions, image.platform,
+        frozenset([config.digest, *kept]),
+    )  # fmt: skip
 
 
 def _oci_manifest(source: bytes, config: Descriptor, layers: list[Descriptor]) -> bytes:
@@ -429,8 +441,13 @@ def _top_document(
     top: tuple[bytes, str],
     sources: list[_SourceImage],
     converted: list[_ConvertedImage],
+    at_destination: Callable[[Digest], bool],
 ) -> tuple[bytes, str]:
-    """Build the index (or pick the single manifest) to tag at the destination."""
+    """Build the index (or pick the single manifest) to tag at the destination.
+
+    ``at_destination`` returns whether the destination has a manifest
+    that the conversion does not push, such as an attestation.
+    """
     body, media_type = top
     if media_type not in INDEX_TYPES:
         return converted[0].body, OCI_MANIFEST
@@ -440,8 +457,15 @@ def _top_document(
     )
     # An index whose images are all unchanged is kept byte for byte, with
     # its attestations and annotations, so converting twice changes nothing.
+    # The registry rejects it unless it has every manifest the index names.
     if unchanged and media_type == OCI_INDEX:
-        return body, OCI_INDEX
+        pushed = {image.manifest.digest for image in converted}
+        index = parse_index(parse_json(body, "index"), "index")
+        others = [e.digest for e in index.manifests if e.digest not in pushed]
+        if all(at_destination(digest) for digest in others):
+            return body, OCI_INDEX
+        log.info("the destination lacks manifests that the source index names, "
+                 "so a new index of the converted images is pushed")  # fmt: skip
     manifests = []
     for image in converted:
         item = _descriptor_json(image.manifest)
@@ -455,31 +479,58 @@ def _top_document(
 def _push(
     source: Reference,
     destination: Reference,
+    top: tuple[bytes, str],
+    sources: list[_SourceImage],
     images: list[_ConvertedImage],
-    top_body: bytes,
-    top_type: str,
     session: _Session,
-) -> tuple[int, int]:
-    """Push the blobs the destination lacks, then manifests, then the tag."""
+) -> tuple[bytes, int, int]:
+    """Push the blobs the destination lacks, then manifests, then the tag.
+
+    Returns the manifest or index tagged, the bytes uploaded and the number
+    of blobs mounted.
+    """
+    # A blob can be mounted only from another repository of the registry.
     same_registry = source.registry == destination.registry
-    mount_from = (source.repository,) if same_registry else ()
-    pushed = mounted = 0
+    mount_from: tuple[str, ...] = ()
+    if same_registry and source.repository != destination.repository:
+        mount_from = (source.repository,)
     with RegistryWriter(
         destination, session.settings, session.credentials, mount_from
     ) as writer:
-        blobs = {blob.digest: blob for image in images for blob in image.blobs}
-        for blob in blobs.values():
-            if writer.blob_exists(blob):
-                continue
-            if mount_from and writer.mount_blob(blob, source.repository):
-                mounted += 1
-                continue
-            writer.upload_blob(blob, session.store.blob_path(blob.digest))
-            pushed += blob.size
+        pushed, mounted = _push_blobs(writer, mount_from, images, session)
+        top_body, top_type = _top_document(top, sources, images, writer.manifest_exists)
         if top_type in INDEX_TYPES:
             for image in images:
                 writer.put_manifest(
                     str(image.manifest.digest), image.body, OCI_MANIFEST
                 )
         writer.put_manifest(destination.lookup, top_body, top_type)
+    return top_body, pushed, mounted
+
+
+def _push_blobs(
+    writer: RegistryWriter,
+    mount_from: tuple[str, ...],
+    images: list[_ConvertedImage],
+    session: _Session,
+) -> tuple[int, int]:
+    """Mount or upload each blob the destination lacks.
+
+    Returns the bytes uploaded and the number of blobs mounted.
+    """
+    pushed = mounted = 0
+    blobs = {blob.digest: blob for image in images for blob in image.blobs}
+    in_source = {digest for image in images for digest in image.source_blobs}
+    for blob in blobs.values():
+        if writer.blob_exists(blob):
+            continue
+        location = None
+        if mount_from and blob.digest in in_source:
+            location = writer.mount_blob(blob, mount_from[0])
+            if location is None:
+                mounted += 1
+                continue
+        # A mount the registry could not do started an upload session.
+        writer.upload_blob(blob, session.store.blob_path(blob.digest), location)
+        pushed += blob.size
     return pushed, mounted

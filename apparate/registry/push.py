@@ -11,7 +11,7 @@ import httpx
 
 from apparate.digest import Digest
 from apparate.errors import InvalidResponse
-from apparate.manifest import Descriptor
+from apparate.manifest import ACCEPTED_TYPES, Descriptor
 from apparate.reference import Reference
 from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import CredentialStore
@@ -44,10 +44,18 @@ class RegistryWriter(RegistryClient):
     def blob_exists(self, descriptor: Descriptor) -> bool:
         """Check with HEAD whether the repository already has the blob."""
         path = self._path(f"blobs/{descriptor.digest}")
-        subject = f"blob {descriptor.digest} of {self.image}"
+        return self._exists(path, {}, f"blob {descriptor.digest} of {self.image}")
+
+    def manifest_exists(self, digest: Digest) -> bool:
+        """Check with HEAD whether the repository has the manifest ``digest``."""
+        path = self._path(f"manifests/{digest}")
+        headers = {"Accept": ", ".join(ACCEPTED_TYPES)}
+        return self._exists(path, headers, f"manifest {digest} of {self.image}")
+
+    def _exists(self, path: str, headers: dict[str, str], subject: str) -> bool:
         with (
             self._translated(subject),
-            self._stream("HEAD", path, {}, subject) as response,
+            self._stream("HEAD", path, headers, subject) as response,
         ):
             if response.status_code == 404:
                 return False
@@ -55,8 +63,13 @@ class RegistryWriter(RegistryClient):
                 raise status_error(response, subject)
         return True
 
-    def mount_blob(self, descriptor: Descriptor, source_repository: str) -> bool:
-        """Ask the registry to link a blob from another repository; True if it did."""
+    def mount_blob(self, descriptor: Descriptor, source_repository: str) -> str | None:
+        """Ask the registry to link a blob from another repository.
+
+        Returns None when it did. A registry that cannot mount the blob
+        starts an upload session instead (202, as the OCI distribution spec
+        allows), and the session's URL is returned for ``upload_blob``.
+        """
         params = httpx.QueryParams(
             mount=str(descriptor.digest), **{"from": source_repository}
         )
@@ -67,23 +80,21 @@ class RegistryWriter(RegistryClient):
             self._stream("POST", path, {}, subject) as response,
         ):
             if response.status_code == 201:
-                return True
+                return None
             if response.status_code != 202:
                 raise status_error(response, subject)
-            location = response.headers.get("Location", "")
-        # The registry started an ordinary upload instead; it is abandoned.
-        if location:
-            with (
-                self._translated(subject),
-                self._stream("DELETE", location, {}, subject),
-            ):
-                pass
-        return False
+            return self._upload_location(response, subject)
 
-    def upload_blob(self, descriptor: Descriptor, path: Path) -> None:
-        """Upload a stored blob in one PUT, streamed from its file."""
+    def upload_blob(
+        self, descriptor: Descriptor, path: Path, location: str | None = None
+    ) -> None:
+        """Upload a stored blob in one PUT, streamed from its file.
+
+        ``location`` is an upload session already started, as ``mount_blob``
+        returns; without it, a new session is started.
+        """
         subject = f"upload of blob {descriptor.digest} to {self.image}"
-        location = self._start_upload(subject)
+        location = location or self._start_upload(subject)
         target = httpx.URL(location).copy_merge_params(
             {"digest": str(descriptor.digest)}
         )
@@ -129,11 +140,32 @@ class RegistryWriter(RegistryClient):
         ):
             if response.status_code != 202:
                 raise status_error(response, subject)
-            location = response.headers.get("Location")
-            base = str(response.url)
+            return self._upload_location(response, subject)
+
+    def _upload_location(self, response: httpx.Response, subject: str) -> str:
+        """Resolve a 202's ``Location`` against the URL that sent it.
+
+        The location may be relative, and may point at another host.
+        """
+        location = response.headers.get("Location")
         if not location:
-            raise InvalidResponse(f"{subject}: the registry sent no upload location")
-        return str(httpx.URL(base).join(location))
+            raise InvalidResponse(
+                f"{subject}: registry {self.host} sent no upload location"
+            )
+        try:
+            url = response.url.join(location)
+        except httpx.InvalidURL as error:
+            # The query is left out because it may contain a signature.
+            raise InvalidResponse(
+                f"{subject}: registry {self.host} sent the invalid upload location "
+                f"{location.partition('?')[0]!r} ({error})"
+            ) from None
+        if url.scheme not in ("http", "https"):
+            raise InvalidResponse(
+                f"{subject}: registry {self.host} sent an upload location with "
+                f"the unsupported scheme {url.scheme}:"
+            )
+        return str(url)
 
     def _translated(self, subject: str) -> AbstractContextManager[None]:
         return _read_errors_translated(self.host, subject)

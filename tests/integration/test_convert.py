@@ -6,10 +6,15 @@ import gzip
 import hashlib
 import json
 import random
+import socketserver
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import zstandard
@@ -18,7 +23,9 @@ import apparate
 from apparate.chunked.format import footer_from_annotations
 from apparate.chunked.reader import file_range_reader, read_table
 from apparate.convert import ConvertOptions, convert
+from apparate.digest import Digest
 from apparate.pull import PullOptions
+from apparate.registry.credentials import Credentials
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.integration.push import Pusher
 from tests.testbed.containerd import ctr
@@ -132,6 +139,138 @@ def test_convert_mounts_blobs_on_same_registry(private_registry, tmp_path):
                      ConvertOptions(store=tmp_path / "store"))  # fmt: skip
 
     assert result.blobs_mounted == 1  # the config; the layers are new blobs
+
+
+def test_convert_mount_without_delete_scope(
+    registry_token, token_server, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("APPARATE_CERTS_D", str(registry_token.certs_dir))
+    token_server.allowed_actions = {"pull", "push"}
+    host = registry_token.host
+    login = {host: Credentials(registry_token.username, registry_token.password)}
+    destination = f"{host}/pushonly-{uuid.uuid4().hex[:8]}/base:v1"
+
+    result = convert(f"{host}/samples/base:v1", destination,
+                     ConvertOptions(store=tmp_path / "store", credentials=login))  # fmt: skip
+
+    assert result.blobs_mounted == 1
+    scopes = [scope for request in token_server.requests for scope in request.scopes]
+    actions = {action for scope in scopes for action in scope.split(":")[-1].split(",")}
+    assert actions == {"pull", "push"}
+    pulled = apparate.pull(
+        destination, PullOptions(store=tmp_path / "pull", credentials=login)
+    )
+    assert pulled.digest == result.digest
+
+
+class FailingDaemon(BaseHTTPRequestHandler):
+    """A docker daemon that records each request and fails it."""
+
+    protocol_version = "HTTP/1.1"
+    requests: ClassVar[list[str]] = []
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def fail_request(self) -> None:
+        self.requests.append(f"{self.command} {self.path}")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = b'{"message":"this daemon loads nothing"}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = fail_request
+
+
+class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        connection, _ = super().get_request()
+        return connection, ("local", 0)
+
+
+@pytest.fixture
+def failing_docker(tmp_path, monkeypatch) -> Iterator[list[str]]:
+    """Yield the requests that a docker socket accepting connections received."""
+    socket_path = tmp_path / "docker.sock"
+    requests: list[str] = []
+    handler = type("Handler", (FailingDaemon,), {"requests": requests})
+    server = UnixServer(str(socket_path), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{socket_path}")
+    monkeypatch.setenv("CONTAINERD_ADDRESS", str(tmp_path / "no-containerd.sock"))
+    try:
+        yield requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_convert_imports_nothing_into_docker(
+    registry_plain, fresh_registry, failing_docker, tmp_path, monkeypatch
+):
+    # With no target set, a pull imports into a docker that accepts
+    # connections, but convert's own pulls must not.
+    monkeypatch.delenv("APPARATE_INTO")
+    destination = f"{fresh_registry.host}/converted/multi:v1"
+
+    convert(f"{registry_plain.host}/samples/multi:v1", destination,
+            ConvertOptions(store=tmp_path / "store"))  # fmt: skip
+
+    assert failing_docker == []
+    assert raw_manifest(destination)["manifests"]
+
+
+def push_attestation(pusher: Pusher, repository: str) -> dict:
+    """Push a small attestation manifest and return its index entry."""
+    statement = pusher.blob(repository, b'{"_type":"https://in-toto.io/Statement/v1"}')
+    config = pusher.blob(repository, b"{}")
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", **statement}],
+    }).encode()  # fmt: skip
+    digest = pusher.manifest(repository, "attestation", manifest)
+    return {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest,
+        "size": len(manifest),
+        "platform": {"os": "unknown", "architecture": "unknown"},
+        "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+    }
+
+
+def test_convert_attested_index_elsewhere(registry_plain, fresh_registry, tmp_path):
+    host = fresh_registry.host
+    convert(f"{registry_plain.host}/samples/multi:v1", f"{host}/attested/multi:v1",
+            ConvertOptions(store=tmp_path / "first"))  # fmt: skip
+    index = raw_manifest(f"{host}/attested/multi:v1")
+    pusher = Pusher(host)
+    index["manifests"].append(push_attestation(pusher, "attested/multi"))
+    body = json.dumps(index).encode()
+    pusher.manifest("attested/multi", "signed", body, index["mediaType"])
+    options = ConvertOptions(store=tmp_path / "second")
+
+    elsewhere = convert(f"{host}/attested/multi:signed", f"{host}/copy/multi:v1",
+                        options)  # fmt: skip
+    in_place = convert(f"{host}/attested/multi:signed", f"{host}/attested/multi:v2",
+                       options)  # fmt: skip
+
+    copied = raw_manifest(f"{host}/copy/multi:v1")
+    assert len(copied["manifests"]) == len(index["manifests"]) - 1
+    assert all("annotations" not in entry for entry in copied["manifests"])
+    assert elsewhere.bytes_pushed == 0
+    assert in_place.digest == Digest.of(body)
 
 
 def frame_hashes(reference: str, layout: Path) -> dict[bytes, int]:
