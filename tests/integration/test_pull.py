@@ -315,7 +315,7 @@ FAILURES = {
     "platform of a single-platform image": (
         ["pull", "--platform", "linux/arm64", "{host}/samples/base:v1"],
         5,
-        ["linux/amd64, not linux/arm64"],
+        ["linux/amd64 only, not linux/arm64", "--platform linux/amd64"],
     ),
     "invalid platform": (
         ["pull", "--platform", "linux", "{host}/samples/base:v1"],
