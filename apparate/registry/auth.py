@@ -412,7 +412,7 @@ class RegistryAuth(httpx.Auth):
 
     def _required(self, host: str, detail: str) -> AuthRequired:
         return AuthRequired(
-            f"registry {host} requires credentials to pull {self._image}: {detail}",
+            f"registry {host} requires credentials for {self._image}: {detail}",
             hint=_login_hint(host),
         )
 
@@ -424,7 +424,7 @@ class RegistryAuth(httpx.Auth):
             return self._rejection(host, attempt, detail)
         schemes = ", ".join(challenge.scheme for challenge in challenges)
         return AuthRequired(
-            f"registry {host} asks for {schemes} authentication to pull "
+            f"registry {host} asks for {schemes} authentication for "
             f"{self._image}, which apparate does not support",
             hint="apparate supports the Bearer and Basic schemes",
         )
