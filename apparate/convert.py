@@ -211,9 +211,21 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
     )
 
 
-def _add_reuse_source(reference: Reference, session: _Session) -> None:
-    """Make the frames of a converted image available for reuse."""
+def _add_reuse_source(
+    reference: Reference, session: _Session, named: bool = True
+) -> None:
+    """Make the frames of a converted image available for reuse.
+
+    An image the user ``named`` that has no converted layer has no frames,
+    which is worth a warning: it was named to save work.
+    """
     _, images = _fetch_images(reference, session)
+    layers = [layer for image in images for layer in image.parsed.layers]
+    if named and not any(is_chunked(layer) for layer in layers):
+        log.warning(
+            "%s has no converted layers, so it has no frames to reuse; name "
+            "an image that apparate convert wrote", reference,
+        )  # fmt: skip
     for image in images:
         for layer in image.parsed.layers:
             if not is_chunked(layer):
@@ -234,7 +246,7 @@ def _add_default_reuse_source(destination: Reference, session: _Session) -> None
     without it.
     """
     try:
-        _add_reuse_source(destination, session)
+        _add_reuse_source(destination, session, named=False)
     except NotFound:
         log.info("%s does not exist yet; no frames to reuse", destination)
     except ApparateError as error:

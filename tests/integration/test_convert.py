@@ -303,6 +303,20 @@ def test_reuse_keeps_frames_across_levels(registry_plain, fresh_registry, tmp_pa
     assert sum(layer.frames_reused for layer in result.layers) >= len(shared)
 
 
+def test_reuse_from_unconverted_image_warns(
+    registry_plain, fresh_registry, tmp_path, caplog
+):
+    plain = f"{registry_plain.host}/samples/base:v1"
+
+    result = convert(
+        plain, f"{fresh_registry.host}/converted/base:v1",
+        ConvertOptions(store=tmp_path / "store", reuse_from=[plain]),
+    )  # fmt: skip
+
+    assert "has no converted layers, so it has no frames to reuse" in caplog.text
+    assert sum(layer.frames_reused for layer in result.layers) == 0
+
+
 def test_pull_converted_image(registry_plain, fresh_registry, tmp_path):
     destination = f"{fresh_registry.host}/converted/base:v2"
     convert(f"{registry_plain.host}/samples/base:v2", destination,
