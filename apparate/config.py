@@ -28,6 +28,7 @@ from typing import Any
 import platformdirs
 
 from apparate.errors import UsageError
+from apparate.registry.client import Endpoint, InvalidEndpoint
 
 DEFAULT_STALL_TIMEOUT = 10.0
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
@@ -176,14 +177,18 @@ def _mirror(entry: object, key: str, path: Path | None) -> Mirror:
     if set(entry) - {"url", "resolve"}:
         raise _invalid(path, f"{key} takes only url and resolve")
     url = entry["url"].rstrip("/")
-    if not url.startswith(("https://", "http://")):
-        raise _invalid(path, f"{key}: {url!r} must start with https:// or http://")
+    try:
+        Endpoint.parse(url)
+    except InvalidEndpoint as error:
+        raise _invalid(path, f"{key}: {error}", error.hint) from None
     resolve = entry.get("resolve", False)
     if not isinstance(resolve, bool):
         raise _invalid(path, f"{key}.resolve must be true or false, not {resolve!r}")
     return Mirror(url, resolve)
 
 
-def _invalid(path: Path | None, detail: str) -> UsageError:
+def _invalid(
+    path: Path | None, detail: str, hint: str = "fix or remove the file"
+) -> UsageError:
     where = str(path) if path else "the configuration"
-    return UsageError(f"{where}: {detail}", hint="fix or remove the file")
+    return UsageError(f"{where}: {detail}", hint=hint)

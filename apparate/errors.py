@@ -23,6 +23,7 @@ the package, so callers catch only these::
     │   ├── DigestMismatch
     │   ├── DiffIDMismatch
     │   ├── TruncatedBody
+    │   │   └── TransferTimedOut   every attempt timed out (a RegistryUnreachable too)
     │   └── ChunkedLayerError      a chunked layer that cannot be used
     │       ├── ChunkTableCorrupt  footer or table damaged or inconsistent
     │       ├── UnsupportedChunkFormat
@@ -71,11 +72,11 @@ class AuthError(ApparateError):
 
 
 class AuthRequired(AuthError):
-    hint = "log in with 'docker login HOST' or pass --username and --password-stdin"
+    hint = "log in with 'docker login' or pass --username and --password-stdin"
 
 
 class AuthRejected(AuthError):
-    hint = "check the username and password, or log in again with 'docker login HOST'"
+    hint = "check the username and password, or log in again with 'docker login'"
 
 
 class CredentialsUnavailable(AuthError):
@@ -138,6 +139,18 @@ class DiffIDMismatch(VerificationError):
 
 class TruncatedBody(VerificationError):
     hint = "the connection ended early; try again"
+
+
+class TransferTimedOut(TruncatedBody, RegistryUnreachable):
+    """A body stopped arriving and every attempt to resume it timed out.
+
+    It is a TruncatedBody, so the bytes received are kept and a pull with
+    mirrors goes on at another source, and a RegistryUnreachable, so it
+    exits with that code: no byte was wrong.
+    """
+
+    exit_code = RegistryUnreachable.exit_code
+    hint = "the registry or the link is overloaded or down; try again later"
 
 
 class ChunkedLayerError(VerificationError):

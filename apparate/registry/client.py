@@ -12,6 +12,7 @@ import logging
 import re
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from apparate.errors import (
     DigestMismatch,
     InvalidResponse,
     RegistryUnreachable,
+    TransferTimedOut,
     TruncatedBody,
 )
 from apparate.manifest import ACCEPTED_TYPES, MAX_MANIFEST_BYTES, Descriptor
@@ -31,6 +33,8 @@ from apparate.reference import Reference
 from apparate.registry.auth import RegistryAuth
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.errors import (
+    invalid_redirect,
+    not_http_error,
     status_error,
     too_many_redirects,
     transport_error,
@@ -88,20 +92,46 @@ class Endpoint:
 
         The API is at ``<path>/v2``, as containerd's ``hosts.toml`` has it,
         unless the path already ends with ``/v2`` or ``override_path`` makes
-        the path the API root itself.
+        the path the API root itself. Raises InvalidEndpoint for a URL
+        without an http or https scheme or a host, with a port outside 1 to
+        65535, or with credentials, a query or a fragment. Its message never
+        shows those parts, because they may contain a password or a token.
         """
         scheme, separator, rest = url.partition("://")
         if not separator:
             scheme, rest = "", url
-        if scheme not in ("", "http", "https"):
-            raise ValueError(f"unsupported scheme in {url!r}: use https:// or http://")
-        host, _, path = rest.partition("/")
-        if not host:
-            raise ValueError(f"no host in {url!r}")
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        path, _, _ = rest[len(authority) :].partition("?")
+        path = path.partition("#")[0]
+        host = authority.rpartition("@")[2]
+        redacted = f"{scheme}{separator}{host}{path}"
+        if "@" in authority:
+            raise InvalidEndpoint(
+                f"the URL of {redacted} contains a user name or password",
+                hint=f"remove them from the URL and log in with 'docker login "
+                f"{host}', which stores them in docker's config.json",
+            )
+        if rest != authority + path:
+            raise InvalidEndpoint(
+                f"the URL of {redacted} contains a query or fragment, which a "
+                "registry URL cannot have",
+                hint=f"remove the part from '?' or '#' on: {redacted}",
+            )
+        if not separator:
+            raise InvalidEndpoint(
+                f"{redacted!r} has no scheme",
+                hint=f"write it as https://{redacted}, or as http://{redacted} "
+                "for plain HTTP",
+            )
+        if scheme not in ("http", "https"):
+            raise InvalidEndpoint(
+                f"unsupported scheme in {redacted!r}: use https:// or http://"
+            )
+        _check_host(host, redacted)
         path = "/" + path.strip("/") if path.strip("/") else ""
         if not override_path and not path.endswith("/v2"):
             path += "/v2"
-        return cls(host, scheme or None, path)
+        return cls(host, scheme, path)
 
     def base_urls(
         self, settings: TransportSettings, plain_first: bool = False
@@ -122,6 +152,31 @@ class Endpoint:
         root = "" if self.api_root == "/v2" else self.api_root.removesuffix("/v2")
         prefix = f"{self.scheme}://" if self.scheme else ""
         return f"{prefix}{self.host}{root}"
+
+
+class InvalidEndpoint(ValueError):
+    """A URL rejected by Endpoint.parse, with a ``hint`` on how to fix it."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint or "write it as https://HOST[:PORT][/PATH]"
+
+
+def _check_host(host: str, redacted: str) -> None:
+    """Raise InvalidEndpoint unless ``host`` is a host name or address and valid port."""
+    name, colon, port = host.rpartition(":")
+    if not colon or "]" in port:
+        name, port = host, ""
+    elif not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise InvalidEndpoint(
+            f"port {port!r} of {redacted} is not a number from 1 to 65535"
+        )
+    try:
+        parts = urllib.parse.urlsplit(f"http://{host}")
+    except ValueError:
+        raise InvalidEndpoint(f"invalid host {name!r} in {redacted}") from None
+    if not parts.hostname:
+        raise InvalidEndpoint(f"no host in {redacted}")
 
 
 class RegistryClient:
@@ -155,6 +210,9 @@ class RegistryClient:
         scopes = scopes or [f"repository:{reference.repository}:pull"]
         auth = RegistryAuth(credentials, scopes, self.image)
         self._http = settings.client(self.host, auth, headers)
+        # httpx parses a redirect's Location before it returns the response,
+        # even when it does not follow it, and lets InvalidURL escape.
+        self._http.event_hooks["response"].append(_check_location)
         if read_timeout is not None:
             limits = self._http.timeout
             self._http.timeout = httpx.Timeout(
@@ -254,11 +312,11 @@ class RegistryClient:
                 descriptor.digest, subject, self.host, descriptor.size
             )
         use_range = True
-        stalled = 0
+        retries = _Retries()
         initial = verifier.bytes_read
         for attempt in range(1, MAX_ATTEMPTS + 1):
             before = verifier.bytes_read
-            slow = False
+            slow = timed_out = False
             try:
                 self._fetch_from(descriptor, verifier, write, subject, use_range)
                 if verifier.bytes_read >= descriptor.size:
@@ -269,7 +327,8 @@ class RegistryClient:
                 continue
             except _RETRYABLE as error:
                 slow = isinstance(error, SlowBody)
-                failure = str(error) or type(error).__name__
+                timed_out = isinstance(error, httpx.TimeoutException)
+                failure = self._describe(error)
             except RegistryUnreachable as error:
                 # A registry that cannot be reached before this call received
                 # any byte is down, not a dropped transfer.
@@ -277,20 +336,13 @@ class RegistryClient:
                     raise
                 failure = error.message
 
+            # A trickle given up as too slow made no progress worth waiting for.
             progressed = verifier.bytes_read > before and not slow
-            stalled = 0 if progressed else stalled + 1
-            log.debug(
-                "%s: attempt %d stopped at byte %d: %s",
-                subject, attempt, verifier.bytes_read, failure,
-            )  # fmt: skip
-            if failover or stalled >= MAX_STALLED_ATTEMPTS or attempt == MAX_ATTEMPTS:
-                raise TruncatedBody(
-                    f"{subject} from {self.host}: the transfer failed {attempt} "
-                    f"times, last at byte {verifier.bytes_read} of "
-                    f"{descriptor.size} ({failure})"
-                )
-            if stalled:
-                self._sleep(RETRY_PAUSE * 2 ** (stalled - 1))
+            retries.record(progressed, timed_out)
+            where = f"at byte {verifier.bytes_read} of {descriptor.size}"
+            if failover or retries.exhausted or attempt == MAX_ATTEMPTS:
+                raise self._transfer_error(subject, retries, attempt, where, failure)
+            self._retry_later(subject, attempt, where, failure, retries.pause)
         verifier.verify()
 
     def fetch_range(
@@ -321,29 +373,61 @@ class RegistryClient:
             write(offset, data)
             position[0] = offset + len(data)
 
-        stalled = 0
+        retries = _Retries()
+        attempt = 0
         while position[0] < end:
             if stopped is not None and stopped():
                 raise RangeFetchStopped()
+            attempt += 1
             before = position[0]
-            slow = False
+            slow = timed_out = False
             try:
                 self._read_range(descriptor, position[0], end, track, subject)
                 failure = "the body ended early"
             except _RETRYABLE as error:
                 slow = isinstance(error, SlowBody)
-                failure = str(error) or type(error).__name__
+                timed_out = isinstance(error, httpx.TimeoutException)
+                failure = self._describe(error)
             if position[0] >= end:
                 return
-            progressed = position[0] > before and not slow
-            stalled = 0 if progressed else stalled + 1
-            if failover or stalled >= MAX_STALLED_ATTEMPTS:
-                raise TruncatedBody(
-                    f"{subject} from {self.host}: range {start}-{end - 1} stopped "
-                    f"at byte {position[0]} ({failure})"
-                )
-            if stalled:
-                self._sleep(RETRY_PAUSE * 2 ** (stalled - 1))
+            retries.record(position[0] > before and not slow, timed_out)
+            where = f"at byte {position[0]} of range {start}-{end - 1}"
+            if failover or retries.exhausted:
+                raise self._transfer_error(subject, retries, attempt, where, failure)
+            self._retry_later(subject, attempt, where, failure, retries.pause)
+
+    def _describe(self, error: httpx.HTTPError) -> str:
+        """Say why a read failed; a plain read timeout gets its length in seconds."""
+        read_timeout = self._http.timeout.read
+        if type(error) is httpx.ReadTimeout and read_timeout is not None:
+            return f"no data for {read_timeout:g} s"
+        return str(error) or type(error).__name__
+
+    def _transfer_error(
+        self, subject: str, retries: _Retries, attempt: int, where: str, failure: str
+    ) -> TruncatedBody:
+        """Build the error for a body given up after ``attempt`` attempts."""
+        if retries.all_timed_out:
+            return TransferTimedOut(
+                f"{subject} from {self.host}: the transfer timed out "
+                f"{_times(retries.timed_out)}, last {where} ({failure})"
+            )
+        return TruncatedBody(
+            f"{subject} from {self.host}: the transfer failed {_times(attempt)}, "
+            f"last {where} ({failure})"
+        )
+
+    def _retry_later(
+        self, subject: str, attempt: int, where: str, failure: str, pause: float
+    ) -> None:
+        """Warn that attempt ``attempt`` stopped, then sleep ``pause`` seconds."""
+        after = f" in {pause:g} s" if pause else ""
+        log.warning(
+            "%s from %s: attempt %d stopped %s (%s); trying again%s",
+            subject, self.host, attempt, where, failure, after,
+        )  # fmt: skip
+        if pause:
+            self._sleep(pause)
 
     def _read_range(
         self,
@@ -446,7 +530,10 @@ class RegistryClient:
         resume can mend are raised as they are; every other httpx error is
         translated.
         """
-        response = self._send(method, path, headers, subject, content, redirects)
+        try:
+            response = self._send(method, path, headers, subject, content, redirects)
+        except _InvalidLocation as error:
+            raise invalid_redirect(error.location, error.host, subject) from None
         try:
             yield response
         except _RETRYABLE:
@@ -516,8 +603,12 @@ class RegistryClient:
         # failure after the server spoke TLS, for example an untrusted
         # certificate, shows the port is a TLS port, so that failure is
         # reported instead.
+        # A port that breaks off a plain-HTTP request and fails the TLS
+        # handshake too speaks neither, so the plain-HTTP failure, which
+        # shows what the port sent, is reported.
         plain_400: str | None = None
         tls_error: httpx.HTTPError | None = None
+        plain_error: httpx.HTTPError | None = None
         for position, base_url in enumerate(candidates):
             last = position + 1 == len(candidates)
             try:
@@ -527,11 +618,17 @@ class RegistryClient:
             except httpx.HTTPError as error:
                 if len(candidates) > 1 and _server_spoke_tls(error):
                     tls_error = error
+                if len(candidates) > 1 and _broke_plain_http(error, base_url):
+                    plain_error = error
                 if not last and _next_scheme_worth_trying(error, base_url):
                     log.debug("%s failed (%s), trying the next scheme", base_url, error)
                     continue
                 if tls_error is not None:
                     raise transport_error(tls_error, self.host, subject) from None
+                if plain_error is not None and (
+                    error is plain_error or _failed_tls_handshake(error)
+                ):
+                    raise not_http_error(plain_error, self.host, subject) from None
                 if plain_400 is None:
                     if isinstance(error, _RETRYABLE):
                         raise  # the caller may resume
@@ -583,6 +680,36 @@ class RegistryClient:
     def scheme(self) -> str | None:
         """The scheme the registry responded on, once a request went through."""
         return self._base_url.partition("://")[0] if self._base_url else None
+
+
+@dataclass
+class _Retries:
+    """Counts of the attempts at one body that made no progress or timed out."""
+
+    stalled: int = 0
+    timed_out: int = 0
+
+    def record(self, progressed: bool, timed_out: bool) -> None:
+        self.stalled = 0 if progressed else self.stalled + 1
+        self.timed_out = self.timed_out + 1 if timed_out else 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stalled >= MAX_STALLED_ATTEMPTS
+
+    @property
+    def all_timed_out(self) -> bool:
+        """Whether the last attempt and every one since the last progress timed out."""
+        return self.timed_out > 0 and self.timed_out >= self.stalled
+
+    @property
+    def pause(self) -> float:
+        """Seconds before the next attempt: none after progress, then doubling."""
+        return RETRY_PAUSE * 2 ** (self.stalled - 1) if self.stalled else 0.0
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 class RangesUnsupported(Exception):
@@ -680,29 +807,87 @@ def _next_scheme_worth_trying(error: httpx.HTTPError, base_url: str) -> bool:
     return plain and retryable and not isinstance(error, httpx.TimeoutException)
 
 
+def _broke_plain_http(error: httpx.HTTPError, base_url: str) -> bool:
+    """Tell whether a plain-HTTP request reached a server but got no valid response."""
+    broken = isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError))
+    return base_url.startswith("http://") and broken
+
+
+def _failed_tls_handshake(error: httpx.HTTPError) -> bool:
+    """Tell whether an https request failed in a handshake the server did not speak."""
+    if not isinstance(error, httpx.ConnectError) or _server_spoke_tls(error):
+        return False
+    return _ssl_reason(error) is not None
+
+
 def _server_spoke_tls(error: httpx.HTTPError) -> bool:
     """Tell whether a request failed in TLS after the server responded in TLS.
 
     Only a certificate problem or a TLS alert from the server shows that,
     for example an untrusted certificate. A plain-HTTP port makes OpenSSL report
     WRONG_VERSION_NUMBER, or an unexpected EOF when the server just closes
-    the connection, so those do not count. The reason is read from the
-    ``ssl.SSLError`` that httpx chains, or else from the ``[SSL: REASON]``
-    it copies into its own message.
+    the connection, so those do not count.
     """
-    reason = None
+    if _caused_by(error, ssl.SSLCertVerificationError):
+        return True
+    reason = _ssl_reason(error)
+    return reason is not None and ("CERTIFICATE" in reason or "ALERT" in reason)
+
+
+def _ssl_reason(error: httpx.HTTPError) -> str | None:
+    """Return OpenSSL's reason code for a failed request, or None when TLS did not fail.
+
+    The reason is read from the ``ssl.SSLError`` that httpx chains, or else
+    from the ``[SSL: REASON]`` it copies into its own message.
+    """
+    cause = _caused_by(error, ssl.SSLError)
+    reason = getattr(cause, "reason", None)
+    if reason is None:
+        match = _SSL_REASON.search(str(error))
+        reason = match.group(1) if match else None
+    return reason
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """Return the first exception of ``kind`` in the chain of ``error``, if any."""
     cause: BaseException | None = error
     seen: set[int] = set()
     # An exception object raised twice can be its own context, so the chain
     # may loop.
-    while cause is not None and id(cause) not in seen and reason is None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        if isinstance(cause, ssl.SSLError):
-            reason = cause.reason
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, kind):
+            return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    if reason is None:
-        match = _SSL_REASON.search(str(error))
-        reason = match.group(1) if match else None
-    return reason is not None and ("CERTIFICATE" in reason or "ALERT" in reason)
+    return None
+
+
+class _InvalidLocation(Exception):
+    """A redirect whose Location is not a URL that can be followed."""
+
+    def __init__(self, location: str, host: str) -> None:
+        super().__init__(location)
+        self.location = location
+        self.host = host
+
+
+def _check_location(response: httpx.Response) -> None:
+    """Raise _InvalidLocation for a redirect whose Location is not a valid URL.
+
+    httpx 0.29 accepts some Locations that name no server, such as
+    ``http://[bad``, whose bracket it escapes into the host name. Python's
+    URL parser rejects those, and a port outside 0 to 65535. A valid URL
+    of another scheme, such as ``file:``, is left to the caller to reject.
+    """
+    if not response.has_redirect_location:
+        return
+    location = response.headers["Location"]
+    try:
+        _ = urllib.parse.urlsplit(location).port
+        target = httpx.URL(location)
+        # As httpx does: an absolute Location without a host keeps the
+        # request's host, which fails for one like "sha256:abc".
+        if target.scheme and not target.host:
+            target.copy_with(host=response.url.host)
+    except (httpx.InvalidURL, ValueError):
+        raise _InvalidLocation(location, response.url.netloc.decode()) from None

@@ -55,14 +55,24 @@ def status_error(response: httpx.Response, subject: str) -> ApparateError:
     status = response.status_code
     detail = read_error_detail(response)
     suffix = f" ({detail})" if detail else ""
+    host = response.url.netloc.decode()
+    login = f"log in again with 'docker login {host}'"
     if status == 401:
         if "authorization" in response.request.headers:
             return AuthRejected(
-                f"{subject}: credentials were rejected (HTTP 401){suffix}"
+                f"{subject}: credentials were rejected (HTTP 401){suffix}",
+                hint=f"check the username and password, or {login}",
             )
-        return AuthRequired(f"{subject}: the registry requires authentication{suffix}")
+        return AuthRequired(
+            f"{subject}: the registry requires authentication{suffix}",
+            hint=f"log in with 'docker login {host}' or pass --username and "
+            "--password-stdin",
+        )
     if status == 403:
-        return AuthRejected(f"{subject}: access denied (HTTP 403){suffix}")
+        return AuthRejected(
+            f"{subject}: access denied (HTTP 403){suffix}",
+            hint=f"check the username and password, or {login}",
+        )
     if status == 404:
         return NotFound(f"{subject} not found (HTTP 404){suffix}")
     if status == 429:
@@ -72,7 +82,10 @@ def status_error(response: httpx.Response, subject: str) -> ApparateError:
             unit = " s" if retry_after.isdigit() else ""
             wait = f", retry after {retry_after}{unit}"
         return RateLimited(f"{subject}: too many requests (HTTP 429{wait}){suffix}")
-    if status >= 500:
+    # HTTP defines the status classes 1xx to 5xx only (RFC 9110, section 15,
+    # and IANA's status code registry), so a code such as 999 is an invalid
+    # response, not a server failure.
+    if 500 <= status <= 599:
         return ServerError(f"{subject}: registry error (HTTP {status}){suffix}")
     return InvalidResponse(f"{subject}: unexpected HTTP {status}{suffix}")
 
@@ -129,6 +142,33 @@ def too_many_redirects(
     return InvalidResponse(
         f"{subject}: too many redirects from {host}{more_than}{target}",
         hint="check the registry's storage and proxy settings for a redirect loop",
+    )
+
+
+def invalid_redirect(location: str, host: str, subject: str) -> InvalidResponse:
+    """Build the error for a redirect whose Location header is not a valid URL.
+
+    The Location is shown without its query, which may hold a signature.
+    """
+    location_without_query = location.partition("?")[0][:200]
+    return InvalidResponse(
+        f"{subject}: invalid redirect from {host} to {location_without_query!r}",
+        hint="the registry's Location header is not a URL; check the registry's "
+        "storage and proxy settings",
+    )
+
+
+def not_http_error(error: httpx.HTTPError, host: str, subject: str) -> InvalidResponse:
+    """Build the error for a port that spoke neither HTTP nor TLS when asked.
+
+    ``error`` is what the plain-HTTP request met, because the https request
+    failed in its handshake, which shows the port does not speak TLS.
+    """
+    detail = str(error).rstrip(".") or type(error).__name__
+    return InvalidResponse(
+        f"{subject}: {host} did not respond as an HTTP registry ({detail})",
+        hint=f"check that {host} is the registry's address and port; apparate "
+        "tried plain HTTP and https",
     )
 
 

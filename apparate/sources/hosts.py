@@ -57,7 +57,7 @@ from typing import Any
 
 from apparate.config import Mirror
 from apparate.errors import UsageError
-from apparate.registry.client import Endpoint
+from apparate.registry.client import Endpoint, InvalidEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +165,23 @@ def parse_hosts(
 def _parse_mirror(
     url: str, settings: Mapping[str, Any], where: str, folder: Path | None
 ) -> Mirror | None:
-    """Read one ``host`` table, or return None when it does not serve pulls."""
+    """Read one ``host`` table, or return None when it does not serve pulls.
+
+    The URL is checked first, so that no message or log line shows a key
+    that contains credentials.
+    """
+    if "://" not in url:
+        url = f"https://{url}"
+    try:
+        Endpoint.parse(url)
+    except InvalidEndpoint as error:
+        raise _invalid(f"{where}: invalid host entry: {error}", error.hint) from None
     capabilities = _capabilities(settings, f"{where}: host.{url!r}")
     if "pull" not in capabilities:
         return None
     ignored = _ignored_keys(settings)
     if ignored:
         log.warning("%s: %s of %s not applied by apparate", where, ignored, url)
-    if "://" not in url:
-        url = f"https://{url}"
     subject = f"{where}: host.{url!r}"
     return Mirror(
         url.rstrip("/"),
@@ -246,16 +254,10 @@ def _server_url(value: Any, override_path: bool, where: str) -> str:
     if not isinstance(value, str) or not value.strip("/ "):
         raise _invalid(f'{where}: server must be a URL such as "https://host:5000"')
     url = value if "://" in value else f"https://{value}"
-    if any(mark in url for mark in "?#@"):
-        raise _invalid(
-            f"{where}: server {value!r} must not have a query, a fragment or a "
-            "user name",
-            hint="remove them, and store credentials in docker's config.json",
-        )
     try:
         Endpoint.parse(url, override_path)
-    except ValueError as error:
-        raise _invalid(f"{where}: server {value!r} is invalid: {error}") from None
+    except InvalidEndpoint as error:
+        raise _invalid(f"{where}: server is invalid: {error}", error.hint) from None
     return url.rstrip("/")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from apparate.config import Config, Mirror
 from apparate.errors import StoreError, UsageError
 from apparate.reference import Reference, is_loopback
-from apparate.registry.client import Endpoint, RegistryClient
+from apparate.registry.client import Endpoint, InvalidEndpoint, RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.sources.hosts import read_hosts
@@ -77,10 +77,9 @@ def list_sources(
     for mirror, configured_in in found:
         try:
             endpoint = Endpoint.parse(mirror.url, mirror.override_path)
-        except ValueError as error:
+        except InvalidEndpoint as error:
             raise UsageError(
-                f"mirror of {registry} from {configured_in}: {error}",
-                hint="write it as https://HOST[:PORT][/PATH]",
+                f"mirror of {registry} from {configured_in}: {error}", hint=error.hint
             ) from None
         spec = _spec(endpoint, MIRROR, configured_in, mirror)
         position = positions.get(endpoint)

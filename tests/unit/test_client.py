@@ -24,6 +24,7 @@ from apparate.errors import (
     RateLimited,
     RegistryUnreachable,
     ServerError,
+    TransferTimedOut,
     TruncatedBody,
     UsageError,
 )
@@ -1196,7 +1197,7 @@ def test_trickling_blob_counts_as_stalled(client, monkeypatch):
 
     route = respx.get(BLOB_PATH).mock(side_effect=trickle)
 
-    with pytest.raises(TruncatedBody, match="failed 5 times.*least speed"):
+    with pytest.raises(TransferTimedOut, match="timed out 5 times.*least speed"):
         fetch(client)
 
     assert route.call_count == 5

@@ -16,7 +16,7 @@ from apparate.sources.selection import SourceSpec, list_sources
 ENDPOINT_CASES = {
     "host only": ("https://mirror.example", False, Endpoint("mirror.example", "https")),
     "trailing slash": ("http://m:5000/", False, Endpoint("m:5000", "http")),
-    "no scheme": ("m:5000", False, Endpoint("m:5000", None)),
+    "IPv6 address": ("http://[::1]:5000", False, Endpoint("[::1]:5000", "http")),
     "path prefix": ("https://m/cache", False, Endpoint("m", "https", "/cache/v2")),
     "path ending in v2": (
         "https://m/cache/v2",
@@ -37,6 +37,49 @@ def test_endpoint_parse(url, override, expected):
 def test_endpoint_parse_rejects(url):
     with pytest.raises(ValueError):
         Endpoint.parse(url)
+
+
+# Each row: a URL, words its error must contain, and a secret it must not show.
+BAD_ENDPOINTS = {
+    "no scheme": ("127.0.0.1:6003", "has no scheme", None),
+    "user and password": ("http://user:pw@127.0.0.1:6004", "user name", "pw@"),
+    "user without scheme": ("user:pw@127.0.0.1:6004", "user name", "pw@"),
+    "query": ("http://127.0.0.1:6006?token=abc", "query", "token"),
+    "query after path": ("https://m/cache?token=abc", "query", "token"),
+    "fragment": ("https://m/cache#abc", "fragment", "#abc"),
+    "port zero": ("http://m:0", "from 1 to 65535", None),
+    "port too large": ("http://m:65536", "from 1 to 65535", None),
+    "port not a number": ("http://m:http", "from 1 to 65535", None),
+    "empty port": ("http://m:", "from 1 to 65535", None),
+    "unclosed bracket": ("http://[bad", "invalid host", None),
+}
+
+
+@pytest.mark.parametrize("url, words, secret", BAD_ENDPOINTS.values(),
+                         ids=BAD_ENDPOINTS)  # fmt: skip
+def test_endpoint_parse_rejects_with_reason(url, words, secret):
+    with pytest.raises(ValueError) as raised:
+        Endpoint.parse(url)
+
+    assert words in str(raised.value)
+    if secret:
+        assert secret not in str(raised.value)
+        assert secret not in raised.value.hint
+
+
+def test_endpoint_parse_hint_for_credentials():
+    with pytest.raises(ValueError) as raised:
+        Endpoint.parse("http://user:pw@127.0.0.1:6004")
+
+    assert "docker login 127.0.0.1:6004" in raised.value.hint
+    assert "config.json" in raised.value.hint
+
+
+def test_endpoint_parse_hint_for_missing_scheme():
+    with pytest.raises(ValueError) as raised:
+        Endpoint.parse("127.0.0.1:6003")
+
+    assert "http://127.0.0.1:6003" in raised.value.hint
 
 
 def test_endpoint_names():
@@ -303,6 +346,73 @@ def test_list_sources_takes_resolving_flag_mirror(tmp_path):
 def test_list_sources_rejects_bad_flag_url(tmp_path):
     with pytest.raises(UsageError, match="--mirror"):
         list_sources(Reference.parse("r.example/a"), ["ftp://m"], Config(), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "url, secret",
+    [
+        ("http://user:pw@127.0.0.1:6004", "pw"),
+        ("http://127.0.0.1:6006?token=abc", "token"),
+        ("127.0.0.1:6003", None),
+    ],
+    ids=["credentials", "query", "no scheme"],
+)
+def test_list_sources_rejects_flag_url(tmp_path, url, secret):
+    with pytest.raises(UsageError) as raised:
+        list_sources(Reference.parse("r.example/a"), [url], Config(), tmp_path)
+
+    assert "from --mirror" in str(raised.value)
+    assert raised.value.exit_code == 2
+    if secret:
+        assert secret not in str(raised.value)
+
+
+def test_config_mirror_with_credentials_rejected(tmp_path):
+    path = tmp_path / "config.toml"
+    text = '[registries."r"]\nmirrors = ["http://user:pw@127.0.0.1:6004"]'
+
+    with pytest.raises(UsageError) as raised:
+        parse_config(tomllib.loads(text), path)
+
+    message = str(raised.value)
+    assert str(path) in message
+    assert "registries.r.mirrors[0]" in message
+    assert "user name" in message
+    assert "docker login 127.0.0.1:6004" in message
+    assert "pw" not in message
+
+
+def test_config_mirror_without_scheme_shows_fix(tmp_path):
+    text = '[registries."r"]\nmirrors = ["127.0.0.1:6003"]'
+
+    with pytest.raises(UsageError, match="http://127.0.0.1:6003"):
+        parse_config(tomllib.loads(text), tmp_path / "config.toml")
+
+
+@pytest.mark.parametrize(
+    "key, words, secret",
+    [
+        ("http://user:pw@127.0.0.1:6004", "user name", "pw"),
+        ("http://127.0.0.1:6006?token=abc", "query", "token"),
+        ("user:pw@127.0.0.1:6004", "user name", "pw"),
+        ("https://m.example:70000", "from 1 to 65535", None),
+    ],
+    ids=["credentials", "query", "credentials without scheme", "port"],
+)
+def test_parse_hosts_rejects_bad_host_url(caplog, key, words, secret):
+    # A proxy key makes apparate warn, which must not show the key either.
+    data = tomllib.loads(f'[host."{key}"]\nproxy = "http://p:3128"\n')
+
+    with pytest.raises(UsageError) as raised:
+        parse_hosts(data, "certs.d/hosts.toml")
+
+    message = str(raised.value)
+    assert "certs.d/hosts.toml: invalid host entry" in message
+    assert words in message
+    assert raised.value.exit_code == 2
+    if secret:
+        assert secret not in message
+        assert secret not in caplog.text
 
 
 CLIENT_CASES = {
