@@ -70,9 +70,19 @@ class Config:
 
 
 def config_path(env: Mapping[str, str] = os.environ) -> Path:
-    """``APPARATE_CONFIG``, else ``config.toml`` in the user config directory."""
+    """``APPARATE_CONFIG``, else ``config.toml`` in the user config directory.
+
+    Only the default file may be missing: a file that ``APPARATE_CONFIG``
+    names and that does not exist raises UsageError, as it is likely a typo.
+    """
     if env.get("APPARATE_CONFIG"):
-        return Path(env["APPARATE_CONFIG"])
+        path = Path(env["APPARATE_CONFIG"])
+        if not path.exists():
+            raise UsageError(
+                f"the settings file {path} named by APPARATE_CONFIG does not exist",
+                hint="fix the path, or unset APPARATE_CONFIG to use the default file",
+            )
+        return path
     return platformdirs.user_config_path("apparate") / "config.toml"
 
 

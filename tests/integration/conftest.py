@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("APPARATE_STORE", raising=False)
     # A docker or containerd of this machine must not receive test images.
     monkeypatch.setenv("APPARATE_INTO", "oci")
-    monkeypatch.setenv("APPARATE_CONFIG", str(tmp_path / "no-config.toml"))
+    # An empty settings file: a missing one that APPARATE_CONFIG names is an error.
+    monkeypatch.setenv("APPARATE_CONFIG", os.devnull)
     monkeypatch.setenv("APPARATE_HOSTS_DIR", str(tmp_path / "no-hosts"))
 
 

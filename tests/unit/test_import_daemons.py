@@ -420,7 +420,7 @@ def test_containerd_not_running(tmp_path, store):
 
 def test_auto_without_daemons_keeps_the_store(tmp_path, store, monkeypatch):
     monkeypatch.delenv("APPARATE_INTO", raising=False)
-    monkeypatch.setenv("APPARATE_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("APPARATE_CONFIG", os.devnull)
     daemons = Daemons(f"unix://{tmp_path}/d.sock", str(tmp_path / "c.sock"))
 
     result = import_stored(store[0], REFERENCE, None, daemons)
