@@ -15,7 +15,7 @@ from apparate.progress import PullObserver
 from apparate.result import ImportResult, PullResult
 from apparate.sources.selection import SourceFigures
 from apparate.store.collector import GcResult
-from apparate.store.gc import IMAGE, PACK, UNREFERENCED
+from apparate.store.gc import IMAGE, PACK, UNREFERENCED, binary_size, scaled_size
 from apparate.store.history import PullRecord, Totals
 
 
@@ -25,24 +25,7 @@ def short(digest: Digest) -> str:
 
 def human_size(size: float) -> str:
     """Format bytes sent over the network in SI units (1 MB is 1000 kB), as curl does."""
-    return _scaled_size(size, 1000, ("B", "kB", "MB", "GB"))
-
-
-def binary_size(size: float) -> str:
-    """Format a size in the store in IEC units, as ``--max-size`` reads them.
-
-    ``parse_size`` takes 1M as 1024 KiB, so a limit prints as it was given.
-    """
-    return _scaled_size(size, 1024, ("B", "KiB", "MiB", "GiB", "TiB"))
-
-
-def _scaled_size(size: float, base: int, units: tuple[str, ...]) -> str:
-    """Format ``size`` bytes in the first of ``units`` where it is below ``base``."""
-    for unit in units:
-        if size < base or unit == units[-1]:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= base
-    raise AssertionError("unreachable")
+    return scaled_size(size, 1000, ("B", "kB", "MB", "GB"))
 
 
 def counted(count: int, noun: str) -> str:

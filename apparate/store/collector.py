@@ -34,6 +34,7 @@ from apparate.store.gc import (
     PartialEntry,
     Removal,
     StoreState,
+    binary_size,
     plan_gc,
     reachable,
 )
@@ -252,9 +253,9 @@ def _mark_and_fit(store: Store, result: PullResult, limit: int | None) -> None:
         )
     if done.over_limit_because:
         log.warning(
-            "the store is %d bytes, over max_store_size (%d bytes), because "
-            "these images cannot be removed: %s", done.size_after, limit,
-            ", ".join(done.over_limit_because),
+            "the store holds %s, over max_store_size (%s), because these images "
+            "cannot be removed: %s", binary_size(done.size_after),
+            binary_size(limit), ", ".join(done.over_limit_because),
         )  # fmt: skip
 
 

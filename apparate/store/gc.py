@@ -288,5 +288,22 @@ def _groups_by_use(
     return removable
 
 
+def binary_size(size: float) -> str:
+    """Format a size in the store in IEC units, as ``--max-size`` reads them.
+
+    ``parse_size`` takes 1M as 1024 KiB, so a limit prints as it was given.
+    """
+    return scaled_size(size, 1024, ("B", "KiB", "MiB", "GiB", "TiB"))
+
+
+def scaled_size(size: float, base: int, units: tuple[str, ...]) -> str:
+    """Format ``size`` bytes in the first of ``units`` where it is below ``base``."""
+    for unit in units:
+        if size < base or unit == units[-1]:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= base
+    raise AssertionError("unreachable")
+
+
 def _names(images: list[ImageEntry]) -> tuple[str, ...]:
     return tuple(image.reference or str(image.manifest) for image in images)

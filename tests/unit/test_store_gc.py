@@ -346,6 +346,16 @@ def test_after_pull_marks_use_and_fits_limit(store):
     assert_whole(store, manifest)
 
 
+def test_after_pull_warns_in_binary_units(store, caplog):
+    manifest = add_image(store, "example.com/app:v1", [BASE])
+
+    after_pull(store, pulled("example.com/app:v1", manifest), limit=1024)
+
+    assert "over max_store_size (1.0 KiB)" in caplog.text
+    assert "the store holds 11.3 KiB" in caplog.text
+    assert " bytes" not in caplog.text
+
+
 def test_after_pull_failure_only_warns(store, monkeypatch, caplog):
     manifest = add_image(store, "example.com/app:v1", [BASE])
 
