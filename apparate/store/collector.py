@@ -18,6 +18,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from apparate.digest import Digest
-from apparate.errors import ApparateError, NotFound, StoreError
+from apparate.errors import ApparateError, NotFound, StoreError, UsageError
 from apparate.result import PullResult
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.gc import (
@@ -38,7 +39,7 @@ from apparate.store.gc import (
     plan_gc,
     reachable,
 )
-from apparate.store.layout import Store, default_store_path
+from apparate.store.layout import Store, StoredImage, default_store_path
 from apparate.store.packs import pack_sources
 from apparate.store.selection import select_images
 from apparate.store.survey import Survey, journal_of, survey
@@ -53,6 +54,8 @@ DEFAULT_WAIT = 60.0
 # pull applies the limit when it finishes.
 AFTER_PULL_WAIT = 2.0
 PARTIAL_MAX_AGE = 24 * 3600.0
+# A manifest digest or a prefix of it, as ``apparate images`` prints it.
+_DIGEST_PREFIX = re.compile(r"sha256:[0-9a-f]{1,64}")
 
 
 @dataclass
@@ -134,8 +137,10 @@ def remove_images(
 ) -> GcResult:
     """Untag images, then remove the blobs no other kept image needs.
 
-    References that name no stored image are listed in the result's
-    ``not_found``, as ``docker rmi`` reports them while removing the others.
+    A reference may also be a manifest digest or a prefix of it, as
+    ``select_by_digest`` reads it. References that name no stored image are
+    listed in the result's ``not_found``, as ``docker rmi`` reports them
+    while removing the others.
     Raises NotFound, removing nothing, if none of them is stored.
     """
     root = store_path or default_store_path()
@@ -143,11 +148,14 @@ def remove_images(
     if not (root / "index.json").is_file():
         raise _not_stored(requested[0], root)
     store = Store(root, create=False)
+    # gc stops at an invalid entry of index.json anyway. Checking here stops
+    # rm before images() warns that it skips the entry.
+    store.entries()
     stored = store.images()
     untag: list[str] = []
     not_found: list[str] = []
     for text in requested:
-        matched = select_images(text, stored)
+        matched = select_images(text, stored) or select_by_digest(text, stored)
         if not matched:
             not_found.append(text)
         untag.extend(ref for ref in matched if ref not in untag)
@@ -157,6 +165,31 @@ def remove_images(
     return dataclasses.replace(result, not_found=not_found)
 
 
+def select_by_digest(text: str, stored: Iterable[StoredImage]) -> list[str]:
+    """Return the references of the stored images whose digest starts with ``text``.
+
+    ``text`` is a manifest digest, or a prefix of it as ``apparate images``
+    prints it (``sha256:497fecd365e8``), as ``docker rmi`` takes a prefix of
+    an image ID. It names every tag of that manifest. Raises UsageError when
+    the prefix matches more than one stored manifest.
+    """
+    if not _DIGEST_PREFIX.fullmatch(text):
+        return []
+    by_manifest: dict[Digest, list[str]] = {}
+    for image in stored:
+        digests = (image.source_manifest, image.descriptor.digest)
+        if any(str(digest).startswith(text) for digest in digests):
+            by_manifest.setdefault(image.source_manifest, []).append(image.reference)
+    if len(by_manifest) > 1:
+        matched = ", ".join(str(digest) for digest in by_manifest)
+        raise UsageError(
+            f"digest prefix {text} is ambiguous: it matches {len(by_manifest)} "
+            f"stored images, {matched}",
+            hint="give more digits, as 'apparate images --json' prints them",
+        )
+    return next(iter(by_manifest.values()), [])
+
+
 def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcResult:
     """Plan and carry out a gc of an open store; see the module docstring."""
     started = time.monotonic()
@@ -164,10 +197,10 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
         _forget_invalid_rows(store.root / INDEX_FILE)
     # Reading packs may decompress new ones, so it happens before the store
     # is locked exclusively. The second call only reads what the first cached.
-    packs = _read_packs(store)
+    packs = _read_packs(store, options.dry_run)
     with store.exclusive(options.wait):
         if packs is not None:
-            packs = _read_packs(store)
+            packs = _read_packs(store, options.dry_run)
         found = survey(store, packs or {}, options.partial_max_age)
         plan = plan_gc(found.state, options.max_size, options.protected, untag)
         found.check_kept_images_readable(plan.untag)
@@ -181,24 +214,29 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
     return result
 
 
-def _read_packs(store: Store) -> dict[Digest, Digest | None] | None:
+def _read_packs(store: Store, dry_run: bool) -> dict[Digest, Digest | None] | None:
     """Read the store's packs, or return None on a full disk, where they cannot be read.
 
     On a full disk SQLite cannot even open the database, because it creates
     the shared-memory file of its write-ahead log. gc then treats packs as
     blobs no image needs: they only speed up later pulls, and removing them
-    frees space. Any other failure, such as a database locked too long, is
-    raised, so no pack is removed for it.
+    frees space. A dry run on a store this process cannot write, such as a
+    read-only mount, fails the same way and counts packs the same way. Any
+    other failure, such as a database locked too long, is raised, so no pack
+    is removed for it.
     """
     try:
         return pack_sources(store)
     except StoreError as error:
-        if not _disk_full(store.root):
+        if _disk_full(store.root):
+            reason = "the disk is full, so packs are removed"
+        elif dry_run and not os.access(store.root, os.W_OK):
+            # NOTE: pack_sources opens the database read-write, so this dry
+            # run cannot see the packs. Reading them read-only would fix it.
+            reason = "this process cannot write the store, so packs are counted"
+        else:
             raise
-        log.warning(
-            "%s; the disk is full, so packs are removed as blobs no image needs",
-            error.message,
-        )
+        log.warning("%s; %s as blobs no image needs", error.message, reason)
         return None
 
 

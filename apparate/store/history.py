@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from apparate.errors import StoreError
 from apparate.result import PullResult, saved_bytes
@@ -66,8 +68,7 @@ class PullHistory:
         self.path = path
         try:
             if read_only:
-                uri = f"file:{path}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+                self._db = connect_read_only(path)
             else:
                 self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
                 with self._db:
@@ -124,3 +125,30 @@ class PullHistory:
             raise StoreError(
                 f"cannot read the pull history {self.path}: {error}"
             ) from None
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open a store's database for reading only, also on a read-only file system.
+
+    The database is in WAL mode, and SQLite reads such a database only where
+    it can create the ``-shm`` file beside it. Where this process cannot
+    write that directory (a read-only mount, a store of another user), the
+    database is opened as immutable instead. SQLite then takes no locks, so
+    a write by another process meanwhile can make a read fail or miss it.
+    Raises sqlite3.Error.
+    """
+    db = _connect_uri(path, "mode=ro")
+    try:
+        # SQLite opens the file at the first statement, not at connect.
+        db.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.OperationalError:
+        db.close()
+        if os.access(path.parent, os.W_OK):
+            raise
+        return _connect_uri(path, "mode=ro&immutable=1")
+    return db
+
+
+def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
+    uri = f"file:{quote(str(path))}?{options}"
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS)

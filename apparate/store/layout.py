@@ -8,6 +8,7 @@ lock, so a killed pull leaves no half-written blob and no dangling tag.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import itertools
@@ -49,6 +50,22 @@ PARTIAL_MAX_AGE = 7 * 24 * 3600
 # Every open Store locks this file shared, and gc locks it exclusively.
 USERS_LOCK = ".users.lock"
 _LOCK_POLL_SECONDS = 0.1
+# Error numbers of a store this process cannot write, such as a read-only
+# mount or the directory of another user.
+_READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
+_INVALID_ENTRY_HINT = "remove the entry or fix it with the tool that wrote it"
+_DAMAGED_INDEX_HINT = (
+    "fix the file, or move it aside and pull the images again, which reuses "
+    "the blobs still stored"
+)
+# The parts of an OCI image layout, and whether each is a directory.
+_LAYOUT_PARTS = {
+    "blobs": True,
+    "blobs/sha256": True,
+    "ingest": True,
+    "index.json": False,
+    "oci-layout": False,
+}
 
 
 @dataclass(frozen=True)
@@ -251,6 +268,7 @@ class Store:
         self.root = Path(root)
         self.ingest_dir = self.root / "ingest"
         self._users_fd: int | None = None
+        self._check_layout()
         if not create:
             if not (self.root / "index.json").is_file():
                 raise StoreError(
@@ -266,6 +284,26 @@ class Store:
                 f"cannot create the store at {self.root}: {error}"
             ) from None
 
+    def _check_layout(self) -> None:
+        """Raise StoreError if a part of the layout exists with the wrong type.
+
+        Parts that are missing are left to ``_create``, or count as empty.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(
+                f"the store {self.root} is not a directory",
+                hint="give another --store, or move the file aside",
+            )
+        for name, directory in _LAYOUT_PARTS.items():
+            path = self.root / name
+            if path.exists() and path.is_dir() != directory:
+                kind = "a directory" if directory else "a file"
+                raise StoreError(
+                    f"the store {self.root} is damaged: {path} is not {kind}, "
+                    "as an OCI image layout needs",
+                    hint=f"move {path} aside and pull the images again",
+                )
+
     def _hold_shared(self) -> None:
         """Lock the users file shared for as long as this object lives.
 
@@ -278,13 +316,33 @@ class Store:
         should ``close`` stores they are done with.
         """
         fd = self._open_users_lock()
+        if fd is None:
+            return
         self._release = weakref.finalize(self, os.close, fd)
         fcntl.flock(fd, fcntl.LOCK_SH)
         self._users_fd = fd
 
-    def _open_users_lock(self) -> int:
+    def _open_users_lock(self) -> int | None:
+        """Open the users file, or return None when this process cannot write the store.
+
+        A store on a read-only mount, or of another user, has no users file
+        unless a pull made one earlier. This process can only read such a
+        store, and any write it tries fails, so it goes without the lock. At
+        worst a dry run of gc then lists blobs that a running pull of the
+        store's owner has not tagged yet.
+        """
         path = self.root / USERS_LOCK
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as error:
+            if error.errno not in _READ_ONLY_ERRORS:
+                raise
+        try:
+            # flock needs no write access, so an existing file is still locked.
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            log.debug("cannot create %s, so the store is read without locking", path)
+            return None
 
     def close(self) -> None:
         """Stop holding the store open, so gc need not wait for this object."""
@@ -303,6 +361,9 @@ class Store:
         own = self._users_fd
         with _store_errors(f"cannot lock {self.root / USERS_LOCK}"):
             fd = self._open_users_lock() if own is None else own
+        if fd is None:
+            yield
+            return
         try:
             _lock_alone(fd, wait, self.root)
             yield
@@ -507,9 +568,7 @@ class Store:
         }
         with _store_errors(f"cannot tag {reference}"), self._locked():
             entries = [
-                item
-                for item in self._read_index()
-                if item.get("annotations", {}).get(REF_NAME) != reference
+                item for item in self._read_index() if _reference_of(item) != reference
             ]
             self._write_index([*entries, entry])
 
@@ -519,14 +578,12 @@ class Store:
         with _store_errors("cannot untag images"), self._locked():
             entries = self._read_index()
             remaining = [
-                item
-                for item in entries
-                if item.get("annotations", {}).get(REF_NAME) not in requested
+                item for item in entries if _reference_of(item) not in requested
             ]
             removed = [
-                item["annotations"][REF_NAME]
+                reference
                 for item in entries
-                if item not in remaining
+                if (reference := _reference_of(item)) in requested
             ]
             if removed:
                 self._write_index(remaining)
@@ -534,28 +591,67 @@ class Store:
 
     def has_reference(self, reference: str) -> bool:
         """Tell whether an image is tagged ``reference`` in the store."""
-        return any(
-            item.get("annotations", {}).get(REF_NAME) == reference
-            for item in self._read_index()
-        )
+        return any(_reference_of(item) == reference for item in self._read_index())
 
     def entries(self) -> list[Descriptor]:
-        """Return every entry of ``index.json``, tagged or not."""
-        return [_descriptor(item) for item in self._read_index()]
+        """Return every entry of ``index.json``, tagged or not.
+
+        Raises StoreError for an invalid entry: the blobs it needs are then
+        unknown, so gc must not run.
+        """
+        entries = []
+        for position, item in enumerate(self._read_index()):
+            try:
+                entries.append(_descriptor(item))
+            except ValueError as error:
+                raise StoreError(
+                    self._invalid_entry(position, error), hint=_INVALID_ENTRY_HINT
+                ) from None
+        return entries
 
     def images(self) -> list[StoredImage]:
-        """List every tagged image, in the order it was tagged."""
-        return [_stored_image(item) for item in self._read_index() if _is_tagged(item)]
+        """List every tagged image, in the order it was tagged.
 
-    def _read_index(self) -> list[dict[str, Any]]:
+        An invalid entry is left out with a warning, so the others can still
+        be listed and imported, as docker lists the images it can read.
+        """
+        images = []
+        for position, item in enumerate(self._read_index()):
+            try:
+                descriptor = _descriptor(item)
+                if descriptor.annotations.get(REF_NAME):
+                    images.append(_stored_image(descriptor))
+            except ValueError as error:
+                log.warning(
+                    "%s (skipped): %s",
+                    self._invalid_entry(position, error), _INVALID_ENTRY_HINT,
+                )  # fmt: skip
+        return images
+
+    def _invalid_entry(self, position: int, error: ValueError) -> str:
+        path = self.root / "index.json"
+        return f"{path} lists an invalid entry, manifests[{position}]: {error}"
+
+    def _read_index(self) -> list[Any]:
+        """Read the entries of ``index.json``, which may be of any JSON type."""
         path = self.root / "index.json"
         try:
-            document = json.loads(path.read_bytes())
-        except (OSError, ValueError) as error:
-            raise StoreError(f"cannot read {path}: {error}") from None
+            body = path.read_bytes()
+        except OSError as error:
+            raise StoreError(f"cannot read {path}: {error.strerror}") from None
+        try:
+            document = json.loads(body)
+        except ValueError as error:
+            raise StoreError(
+                f"{path} is damaged: it is not valid JSON ({error})",
+                hint=_DAMAGED_INDEX_HINT,
+            ) from None
         manifests = document.get("manifests") if isinstance(document, dict) else None
         if not isinstance(manifests, list):
-            raise StoreError(f"{path} has no manifests list")
+            raise StoreError(
+                f"{path} is not an OCI image index: it has no manifests list",
+                hint=_DAMAGED_INDEX_HINT,
+            )
         return manifests
 
     def _write_index(self, entries: list[dict[str, Any]]) -> None:
@@ -609,8 +705,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _is_tagged(item: dict[str, Any]) -> bool:
-    return bool(item.get("annotations", {}).get(REF_NAME))
+def _reference_of(item: Any) -> str | None:
+    """Return the reference an entry is tagged with, or None if untagged or invalid."""
+    annotations = item.get("annotations") if isinstance(item, dict) else None
+    reference = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+    return reference if isinstance(reference, str) and reference else None
 
 
 def _lock_alone(fd: int, wait: float, root: Path) -> None:
@@ -639,23 +738,52 @@ def _lock_alone(fd: int, wait: float, root: Path) -> None:
             time.sleep(_LOCK_POLL_SECONDS)
 
 
-def _descriptor(item: dict[str, Any]) -> Descriptor:
+def _descriptor(item: Any) -> Descriptor:
+    """Parse an entry of ``index.json``, raising ValueError that names what is invalid."""
+    problem = _entry_problem(item)
+    if problem:
+        raise ValueError(problem)
     return Descriptor(
         media_type=item.get("mediaType", ""),
         digest=Digest.parse(item["digest"]),
-        size=int(item.get("size", 0)),
+        size=item.get("size", 0),
         annotations=dict(item.get("annotations", {})),
     )
 
 
-def _stored_image(item: dict[str, Any]) -> StoredImage:
+def _entry_problem(item: Any) -> str | None:
+    """Return what is wrong with the shape of an entry, or None."""
+    if not isinstance(item, dict):
+        return f"{json.dumps(item)[:60]} is not a JSON object"
+    media_type = item.get("mediaType", "")
+    size = item.get("size", 0)
     annotations = item.get("annotations", {})
-    descriptor = _descriptor(item)
+    if not isinstance(media_type, str):
+        return f"its mediaType {media_type!r} is not a string"
+    if not isinstance(item.get("digest"), str):
+        return "it has no digest string"
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"its size {size!r} is not a whole number of bytes"
+    if not isinstance(annotations, dict) or not all(
+        isinstance(value, str) for value in annotations.values()
+    ):
+        return "its annotations are not an object of strings"
+    return None
+
+
+def _stored_image(descriptor: Descriptor) -> StoredImage:
+    """Describe a tagged entry, raising ValueError for an invalid digest annotation."""
+    annotations = descriptor.annotations
     manifest = annotations.get(SOURCE_MANIFEST)
     index = annotations.get(SOURCE_INDEX)
+    try:
+        source_manifest = Digest.parse(manifest) if manifest else descriptor.digest
+        source_index = Digest.parse(index) if index else None
+    except ValueError as error:
+        raise ValueError(f"its annotations name an invalid digest: {error}") from None
     return StoredImage(
         reference=annotations[REF_NAME],
         descriptor=descriptor,
-        source_manifest=Digest.parse(manifest) if manifest else descriptor.digest,
-        source_index=Digest.parse(index) if index else None,
+        source_manifest=source_manifest,
+        source_index=source_index,
     )

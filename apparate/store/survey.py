@@ -78,7 +78,7 @@ def survey(
     sizes = blob_sizes(store)
     walker = _Walker(store, sizes)
     uses = _last_uses(store)
-    images = tuple(_image(store, entry, walker, uses) for entry in _entries(store))
+    images = tuple(_image(store, entry, walker, uses) for entry in store.entries())
     pack_entries = tuple(
         PackEntry(pack, frozenset(walker.layers_of(diff_id)))
         for pack, diff_id in packs.items()
@@ -104,16 +104,6 @@ def _last_uses(store: Store) -> dict[str, float]:
     except StoreError as error:
         log.warning("%s; ordering images by their manifests' mtimes", error)
         return {}
-
-
-def _entries(store: Store) -> list[Descriptor]:
-    try:
-        return store.entries()
-    except (KeyError, ValueError) as error:
-        raise StoreError(
-            f"{store.root / 'index.json'} lists an invalid entry: {error}",
-            hint="remove the entry or fix it with the tool that wrote it",
-        ) from None
 
 
 def blob_sizes(store: Store) -> dict[Digest, int]:

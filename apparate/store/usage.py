@@ -18,6 +18,7 @@ from pathlib import Path
 
 from apparate.errors import StoreError
 from apparate.store.chunk_index import INDEX_FILE
+from apparate.store.history import connect_read_only
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS image_uses (
@@ -49,8 +50,7 @@ def last_used(store_root: Path) -> dict[str, float]:
     if not path.exists():
         return {}
     try:
-        uri = f"file:{path}?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+        db = connect_read_only(path)
     except sqlite3.Error as error:
         raise StoreError(f"cannot open {path}: {error}") from None
     try:

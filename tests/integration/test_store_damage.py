@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +168,131 @@ def test_damaged_database_names_the_way_out(registry_plain, tmp_path):
     assert "apparate.db is damaged: move it aside" in failed.stderr
     assert pulled.returncode == 0, pulled.stderr
     assert [image.reference for image in apparate.list_images(store)] == [reference]
+
+
+TAGGED = {"org.opencontainers.image.ref.name": "example.com/bad:v1"}
+INVALID_ENTRIES = {
+    "no digest": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                  "size": 1, "annotations": TAGGED},
+    "malformed digest": {"digest": "sha256:zz", "size": 1, "annotations": TAGGED},
+    "annotations a list": {"digest": "sha256:" + "a" * 64, "annotations": ["x"]},
+    "a string": "hello",
+}  # fmt: skip
+
+
+def blob_names(store: Path) -> set[str]:
+    return {path.name for path in (store / "blobs" / "sha256").iterdir()}
+
+
+@pytest.mark.parametrize("entry", INVALID_ENTRIES.values(), ids=INVALID_ENTRIES)
+def test_invalid_entry_skipped_or_stops_gc(registry_plain, tmp_path, entry):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    apparate.pull(reference, PullOptions(store=store))
+    index = store / "index.json"
+    document = json.loads(index.read_text())
+    document["manifests"].append(entry)
+    index.write_text(json.dumps(document))
+    blobs = blob_names(store)
+    output = tmp_path / "image.tar"
+
+    listed = cli("images", "--json", store=store)
+    pulled = cli("pull", "--into", f"oci-archive:{output}", reference, store=store)
+    collected = cli("gc", store=store)
+    removed = cli("rm", reference, store=store)
+
+    assert listed.returncode == 0, listed.stderr
+    assert [row["reference"] for row in json.loads(listed.stdout)] == [reference]
+    assert "lists an invalid entry" in listed.stderr
+    assert pulled.returncode == 0, pulled.stderr
+    assert output.exists()
+    assert entry in json.loads(index.read_text())["manifests"]
+    for stopped in (collected, removed):
+        assert stopped.returncode == 10
+        assert "lists an invalid entry" in stopped.stderr
+        assert "remove the entry or fix it" in stopped.stderr
+        assert "Traceback" not in stopped.stderr
+    assert blob_names(store) == blobs
+    assert [image.reference for image in apparate.list_images(store)] == [reference]
+
+
+def test_malformed_index_json_repaired_as_advised(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    apparate.pull(reference, PullOptions(store=store))
+    (store / "index.json").write_text('{"manifests": [ {,')
+
+    listed = cli("images", store=store)
+    (store / "index.json").rename(tmp_path / "index.json.damaged")
+    pulled = cli("pull", "--json", reference, store=store)
+
+    assert listed.returncode == 10
+    assert "index.json is damaged: it is not valid JSON" in listed.stderr
+    assert "move it aside and pull the images again" in listed.stderr
+    assert "permissions" not in listed.stderr
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["bytes_fetched"] == 0
+    assert [image.reference for image in apparate.list_images(store)] == [reference]
+
+
+def test_blobs_file_repaired_as_advised(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    apparate.pull(reference, PullOptions(store=store))
+    blobs = store / "blobs"
+    blobs.rename(tmp_path / "blobs.old")
+    blobs.write_text("not a directory")
+
+    listed = cli("images", store=store)
+    failed = cli("pull", "-q", reference, store=store)
+    blobs.rename(tmp_path / "blobs.damaged")
+    pulled = cli("pull", "-q", reference, store=store)
+
+    for refused in (listed, failed):
+        assert refused.returncode == 10
+        assert f"{blobs} is not a directory" in refused.stderr
+        assert f"move {blobs} aside and pull the images again" in refused.stderr
+        assert "cannot create the store" not in refused.stderr
+    assert pulled.returncode == 0, pulled.stderr
+    assert [image.reference for image in apparate.list_images(store)] == [reference]
+
+
+def read_only(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run apparate on ``store`` bind-mounted read-only in a private mount namespace."""
+    script = (
+        'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    )
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(store),
+         APPARATE, *args, "--store", str(store)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a read-only bind mount needs root and unshare",
+)
+def test_read_only_store_lists_and_plans(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    pulled = apparate.pull(reference, PullOptions(store=store))
+    (store / ".users.lock").unlink()
+    before = sorted((path.name, path.stat().st_mtime) for path in store.rglob("*"))
+
+    listed = read_only(store, "images", "--json")
+    stats = read_only(store, "stats")
+    collected = read_only(store, "gc", "--dry-run")
+    removed = read_only(store, "rm", "--dry-run", str(pulled.digest)[:19])
+
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [row["reference"] for row in rows] == [reference]
+    assert rows[0]["last_used"] > 0
+    assert stats.returncode == 0, stats.stderr
+    assert "1 pull:" in stats.stdout
+    assert collected.returncode == 0, collected.stderr
+    assert removed.returncode == 0, removed.stderr
+    assert f"would untag: {reference}" in removed.stdout
+    after = sorted((path.name, path.stat().st_mtime) for path in store.rglob("*"))
+    assert after == before

@@ -175,6 +175,23 @@ def test_rm_by_digest_and_unknown_image(registry_plain, sample_images, tmp_path)
     assert_every_image_whole(store)
 
 
+def test_rm_by_digest_as_images_prints_it(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1", "base:v2"])
+    v1, v2 = (f"{registry_plain.host}/samples/base:{tag}" for tag in ("v1", "v2"))
+    table = cli("images", store=store).stdout.splitlines()
+    short_digest = next(line.split()[1] for line in table if line.startswith(v1))
+
+    done = cli("rm", short_digest, store=store)
+
+    assert short_digest.startswith("sha256:")
+    assert len(short_digest) == 19
+    assert done.returncode == 0, done.stderr
+    assert f"untagged: {v1}" in done.stdout
+    assert list(images(store)) == [v2]
+    assert_every_image_whole(store)
+
+
 def test_rm_of_a_missing_image_removes_others(registry_plain, tmp_path):
     store = tmp_path / "store"
     pull_all(registry_plain, store, ["base:v1", "base:v2"])
@@ -331,7 +348,8 @@ def test_max_store_size_never_removes_the_pulled_image(registry_plain, tmp_path)
     done = cli("pull", "-q", v1, store=store, env={"APPARATE_CONFIG": str(config)})
 
     assert done.returncode == 0, done.stderr
-    assert "over max_store_size" in done.stderr
+    assert "over max_store_size (1000 B)" in done.stderr
+    assert "MiB" in done.stderr
     assert list(images(store)) == [v1]
     assert_every_image_whole(store)
 
