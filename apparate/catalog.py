@@ -33,10 +33,15 @@ class ImageSummary:
 
 
 def list_images(store_path: Path | None = None) -> list[ImageSummary]:
-    """List the images of a store (default: the user's store)."""
-    if store_path is None and not default_store_path().exists():
+    """List the images of a store (default: the user's store).
+
+    A store not created yet, by a first pull, has no images, as with
+    ``docker images`` before any pull.
+    """
+    root = store_path or default_store_path()
+    if _not_created(root):
         return []
-    store = Store(store_path or default_store_path(), create=False)
+    store = Store(root, create=False)
     uses = last_used(store.root)
     return [
         ImageSummary(
@@ -47,6 +52,19 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
         )
         for image in store.images()
     ]
+
+
+def _not_created(root: Path) -> bool:
+    """Tell whether no store was created at ``root``: it is missing or empty.
+
+    A folder that contains other files is left to Store, which reports it.
+    """
+    try:
+        return not any(root.iterdir())
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _stored_at(store: Store, digest: Digest) -> float:
@@ -83,7 +101,7 @@ def pull_statistics(
 ) -> tuple[Totals, list[PullRecord]]:
     """Return the totals of every recorded pull and the ``limit`` latest ones."""
     root = store_path or default_store_path()
-    if store_path is None and not root.exists():
+    if _not_created(root):
         return Totals(0, 0, 0, 0, 0.0), []
     store = Store(root, create=False)
     if not (store.root / INDEX_FILE).exists():

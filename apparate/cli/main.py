@@ -393,7 +393,10 @@ DryRunGcOption = Annotated[
 def rm_command(
     references: Annotated[
         list[str],
-        typer.Argument(help="Images to remove, as 'apparate images' lists them."),
+        typer.Argument(
+            help="Images to remove, by reference or by digest as 'apparate "
+            "images' lists them (a unique prefix of the digest is enough)."
+        ),
     ],
     store: StoreOption = None,
     dry_run: DryRunGcOption = False,
@@ -438,7 +441,7 @@ def gc_command(
     debug: DebugOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Remove blobs, packs and partial downloads that no stored image needs."""
+    """Remove blobs, packs and partial downloads no image needs."""
     _configure_logging(debug, verbose)
     with _errors_reported():
         options = GcOptions(max_size=_parse_max_size(max_size), dry_run=dry_run)
@@ -502,7 +505,10 @@ def sources_command(
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Rank the sources of an image: round trips probed now, throughputs seen."""
+    """Rank the sources of an image by round trip and throughput.
+
+    Round trips are probed now, and throughputs are those past pulls measured.
+    """
     _configure_logging(debug, False)
     with _errors_reported():
         ref = Reference.parse(reference)
@@ -611,11 +617,14 @@ def _errors_reported() -> Iterator[None]:
 
 
 def run() -> None:
-    """Run the command line; usage errors become one ``error:`` line, exit 2."""
+    """Run the command line; usage errors become one ``error:`` line, exit 2.
+
+    Without arguments it prints the help and exits 0, as docker does.
+    """
     # Die quietly when a reader such as `head` closes the pipe, as Unix tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
-        code = app(standalone_mode=False)
+        code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
     except TyperException as error:
         # typer's copy of click raises these for unknown options, missing
         # arguments and the like.

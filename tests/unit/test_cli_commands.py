@@ -1,0 +1,71 @@
+"""Commands as a new user first meets them: the help and an empty store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from apparate.cli.main import app
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def run_program(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed entry point, which ``run`` wraps, as a shell would."""
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run(
+        [sys.executable, "-m", "apparate.cli.main", *args],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_no_arguments_prints_help():
+    done = run_program()
+
+    assert done.returncode == 0
+    assert done.stdout.startswith("Usage: ")
+    assert "Commands:" in done.stdout
+    assert done.stderr == ""
+
+
+def test_help_shows_whole_command_summaries():
+    done = run_program("--help")
+
+    commands = done.stdout.split("Commands:", 1)[1].splitlines()
+    assert done.returncode == 0
+    assert len([line for line in commands if line.strip()]) == 8
+    assert [line for line in commands if line.endswith("...")] == []
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_images_before_first_pull(tmp_path, kind):
+    store = tmp_path / "store"
+    if kind == "empty":
+        store.mkdir()
+
+    listed = run("images", "--store", str(store))
+    as_json = run("images", "--json", "--store", str(store))
+    stats = run("stats", "--store", str(store))
+
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.split() == ["REFERENCE", "DIGEST", "SIZE", "LAST", "USED"]
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.output) == []
+    assert stats.exit_code == 0, stats.output
+    assert not store.exists() or list(store.iterdir()) == []
+
+
+def test_images_of_folder_that_is_no_store(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a store")
+
+    listed = run("images", "--store", str(tmp_path))
+
+    assert listed.exit_code == 10
+    assert f"no store at {tmp_path}" in listed.output
