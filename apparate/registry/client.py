@@ -24,7 +24,9 @@ from apparate.digest import Digest, DigestVerifier, verify_bytes
 from apparate.errors import (
     DigestMismatch,
     InvalidResponse,
+    RateLimited,
     RegistryUnreachable,
+    ServerError,
     TransferTimedOut,
     TruncatedBody,
 )
@@ -54,6 +56,9 @@ RETRY_PAUSE = 0.5
 # Blob bodies are hashed as sent: with zstandard installed httpx would ask for
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
+# Failures of a busy registry (5xx, 429) that are worth another attempt once
+# it served part of a body, as docker retries them.
+_BUSY = (ServerError, RateLimited)
 _RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
 # The maximum time a manifest's body may take to arrive, however slowly it
 # trickles.
@@ -317,6 +322,7 @@ class RegistryClient:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             before = verifier.bytes_read
             slow = timed_out = False
+            busy: ServerError | RateLimited | None = None
             try:
                 self._fetch_from(descriptor, verifier, write, subject, use_range)
                 if verifier.bytes_read >= descriptor.size:
@@ -329,11 +335,12 @@ class RegistryClient:
                 slow = isinstance(error, SlowBody)
                 timed_out = isinstance(error, httpx.TimeoutException)
                 failure = self._describe(error)
-            except RegistryUnreachable as error:
-                # A registry that cannot be reached before this call received
-                # any byte is down, not a dropped transfer.
+            except (RegistryUnreachable, *_BUSY) as error:
+                # A registry that cannot be reached, or fails, before this
+                # call received any byte is down, not a dropped transfer.
                 if verifier.bytes_read == initial:
                     raise
+                busy = error if isinstance(error, _BUSY) else None
                 failure = error.message
 
             # A trickle given up as too slow made no progress worth waiting for.
@@ -341,6 +348,8 @@ class RegistryClient:
             retries.record(progressed, timed_out)
             where = f"at byte {verifier.bytes_read} of {descriptor.size}"
             if failover or retries.exhausted or attempt == MAX_ATTEMPTS:
+                if busy is not None:
+                    raise busy
                 raise self._transfer_error(subject, retries, attempt, where, failure)
             self._retry_later(subject, attempt, where, failure, retries.pause)
         verifier.verify()
@@ -381,6 +390,7 @@ class RegistryClient:
             attempt += 1
             before = position[0]
             slow = timed_out = False
+            busy: ServerError | RateLimited | None = None
             try:
                 self._read_range(descriptor, position[0], end, track, subject)
                 failure = "the body ended early"
@@ -388,11 +398,19 @@ class RegistryClient:
                 slow = isinstance(error, SlowBody)
                 timed_out = isinstance(error, httpx.TimeoutException)
                 failure = self._describe(error)
+            except _BUSY as error:
+                # The registry served this blob's table or earlier ranges, so
+                # a failure now is most likely passing.
+                if failover:
+                    raise
+                busy, failure = error, error.message
             if position[0] >= end:
                 return
             retries.record(position[0] > before and not slow, timed_out)
             where = f"at byte {position[0]} of range {start}-{end - 1}"
             if failover or retries.exhausted:
+                if busy is not None:
+                    raise busy
                 raise self._transfer_error(subject, retries, attempt, where, failure)
             self._retry_later(subject, attempt, where, failure, retries.pause)
 

@@ -1243,3 +1243,50 @@ def test_trickling_range_moves_on(tmp_path, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@respx.mock
+def test_busy_registry_after_some_bytes_is_retried(client):
+    answers = iter(
+        [
+            httpx.Response(200, stream=BrokenStream(BLOB[:100_000])),
+            httpx.Response(503),
+        ]
+    )
+    respx.get(BLOB_PATH).mock(
+        side_effect=lambda request: next(answers, None) or partial(request)
+    )
+
+    assert fetch(client) == BLOB
+    assert PAUSES == [0.5]
+
+
+@respx.mock
+def test_busy_registry_at_first_request_fails(client):
+    route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(503))
+
+    with pytest.raises(ServerError):
+        fetch(client)
+
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_busy_registry_range_is_retried(client):
+    answers = iter([httpx.Response(503), httpx.Response(429)])
+    respx.get(BLOB_PATH).mock(
+        side_effect=lambda request: next(answers, None) or ranged(request)
+    )
+
+    assert fetch_range(client, 100, 5000) == BLOB[100:5000]
+    assert PAUSES == [0.5, 1.0]
+
+
+@respx.mock
+def test_range_from_failing_registry_gives_up(client):
+    route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(502))
+
+    with pytest.raises(ServerError, match="502"):
+        fetch_range(client, 100, 5000)
+
+    assert route.call_count == 5
