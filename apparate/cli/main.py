@@ -612,7 +612,11 @@ def _errors_reported() -> Iterator[None]:
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
-        print("error: interrupted; nothing partial was stored", file=sys.stderr)
+        print(
+            "error: interrupted; nothing unverified was tagged, and a pull run "
+            "again resumes the downloads it kept",
+            file=sys.stderr,
+        )
         raise typer.Exit(130) from None
 
 
