@@ -530,8 +530,8 @@ class _LayerFetcher:
                     raise
                 # Every frame was checked as it was written.
                 self._record(layer, remote.table, subject, None)
-                journal.remove()
                 writer.commit()
+                journal.remove()
         except RangeFetchStopped:
             raise _Cancelled(f"{subject}: stopped because another layer failed")
         except _WHOLE_LAYER_INSTEAD as error:

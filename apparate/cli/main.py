@@ -216,7 +216,7 @@ def pull_command(
             credentials=_explicit_credentials(ref, username, password_stdin),
             dry_run=dry_run,
             mirrors=_flag_mirrors(mirror, resolving_mirror),
-            into=_checked_target(into),
+            into=_checked_target(into, _daemons(containerd_address, namespace)),
             daemons=_daemons(containerd_address, namespace),
         )
         with _observer(quiet or as_json or dry_run) as observer:
@@ -260,7 +260,7 @@ def import_command(
         ref = Reference.parse(reference)
         options = ImportOptions(
             store=store,
-            into=_checked_target(into),
+            into=_checked_target(into, _daemons(containerd_address, namespace)),
             daemons=_daemons(containerd_address, namespace),
         )
         imported = import_image(str(ref), options)
@@ -281,9 +281,9 @@ def _check_one_output(quiet: bool, as_json: bool) -> None:
         )
 
 
-def _checked_target(into: str | None) -> str | None:
-    """Check --into, APPARATE_INTO, config.toml's into and DOCKER_HOST up front."""
-    check_target(into, Daemons.from_environment())
+def _checked_target(into: str | None, daemons: Daemons) -> str | None:
+    """Check --into, APPARATE_INTO, config.toml's into and the daemon settings up front."""
+    check_target(into, daemons)
     return into
 
 

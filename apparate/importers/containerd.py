@@ -25,7 +25,12 @@ from apparate.errors import (
 from apparate.importers.archive import oci_members, stream_tar
 from apparate.importers.image import StoredContent
 from apparate.importers.sockets import broken_pipes_raise, require_socket
-from apparate.importers.target import CONTAINERD, Daemons, containerd_socket
+from apparate.importers.target import (
+    CONTAINERD,
+    Daemons,
+    check_namespace,
+    containerd_socket,
+)
 from apparate.result import ImportResult
 from apparate.store.layout import Store
 
@@ -71,6 +76,7 @@ def import_into_containerd(
 ) -> ImportResult:
     """Stream a stored image into ``ctr images import``; return its name there."""
     started = time.monotonic()
+    check_namespace(daemons.containerd_namespace)
     ctr = shutil.which(CTR)
     if ctr is None:
         raise DaemonUnreachable(

@@ -27,6 +27,7 @@ from apparate.importers.target import (
     OCI_ARCHIVE,
     Daemons,
     ImportTarget,
+    check_namespace,
     containerd_socket,
     detected_target,
     docker_socket,
@@ -81,8 +82,11 @@ def check_target(into: str | None, daemons: Daemons) -> None:
     The command line calls this before a pull, so a typo fails before any
     byte is fetched.
     """
-    if chosen_target(into).kind == DOCKER:
+    kind = chosen_target(into).kind
+    if kind == DOCKER:
         docker_socket(daemons.docker_host)
+    if kind == CONTAINERD:
+        check_namespace(daemons.containerd_namespace)
 
 
 def import_stored(

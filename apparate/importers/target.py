@@ -100,15 +100,6 @@ class Daemons:
     containerd_address: str = DEFAULT_CONTAINERD_SOCKET
     containerd_namespace: str = DEFAULT_NAMESPACE
 
-    def __post_init__(self) -> None:
-        namespace = self.containerd_namespace
-        if len(namespace) > _NAMESPACE_MAX or not _NAMESPACE.fullmatch(namespace):
-            raise UsageError(
-                f"invalid containerd namespace {namespace!r}: use letters and "
-                "digits, joined by '-' or single '.', at most "
-                f"{_NAMESPACE_MAX} characters"
-            )
-
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Daemons:
         """Read DOCKER_HOST, CONTAINERD_ADDRESS and CONTAINERD_NAMESPACE."""
@@ -136,6 +127,16 @@ class Daemons:
             self.docker_host,
             containerd_address or self.containerd_address,
             containerd_namespace or self.containerd_namespace,
+        )
+
+
+def check_namespace(namespace: str) -> None:
+    """Raise UsageError for a namespace containerd would reject."""
+    if len(namespace) > _NAMESPACE_MAX or not _NAMESPACE.fullmatch(namespace):
+        raise UsageError(
+            f"invalid containerd namespace {namespace!r}: use letters and "
+            "digits, joined by '-' or single '.', at most "
+            f"{_NAMESPACE_MAX} characters"
         )
 
 

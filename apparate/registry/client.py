@@ -24,7 +24,6 @@ from apparate.digest import Digest, DigestVerifier, verify_bytes
 from apparate.errors import (
     DigestMismatch,
     InvalidResponse,
-    RateLimited,
     RegistryUnreachable,
     ServerError,
     TransferTimedOut,
@@ -56,9 +55,9 @@ RETRY_PAUSE = 0.5
 # Blob bodies are hashed as sent: with zstandard installed httpx would ask for
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
-# Failures of a busy registry (5xx, 429) that are worth another attempt once
-# it served part of a body, as docker retries them.
-_BUSY = (ServerError, RateLimited)
+# Failures of a busy registry (5xx) that are worth another attempt once it
+# served part of a body. A 429 is not: it asks the client to slow down.
+_BUSY = (ServerError,)
 _RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
 # The maximum time a manifest's body may take to arrive, however slowly it
 # trickles.
@@ -322,7 +321,7 @@ class RegistryClient:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             before = verifier.bytes_read
             slow = timed_out = False
-            busy: ServerError | RateLimited | None = None
+            busy: ServerError | None = None
             try:
                 self._fetch_from(descriptor, verifier, write, subject, use_range)
                 if verifier.bytes_read >= descriptor.size:
@@ -390,7 +389,7 @@ class RegistryClient:
             attempt += 1
             before = position[0]
             slow = timed_out = False
-            busy: ServerError | RateLimited | None = None
+            busy: ServerError | None = None
             try:
                 self._read_range(descriptor, position[0], end, track, subject)
                 failure = "the body ended early"
@@ -399,9 +398,8 @@ class RegistryClient:
                 timed_out = isinstance(error, httpx.TimeoutException)
                 failure = self._describe(error)
             except _BUSY as error:
-                # The registry served this blob's table or earlier ranges, so
-                # a failure now is most likely passing.
-                if failover:
+                # Retried only once this range received bytes, as whole blobs are.
+                if failover or position[0] == start:
                     raise
                 busy, failure = error, error.message
             if position[0] >= end:
@@ -438,9 +436,14 @@ class RegistryClient:
     def _retry_later(
         self, subject: str, attempt: int, where: str, failure: str, pause: float
     ) -> None:
-        """Warn that attempt ``attempt`` stopped, then sleep ``pause`` seconds."""
+        """Report that attempt ``attempt`` stopped, then sleep ``pause`` seconds.
+
+        An attempt that made progress (no pause) is routine on long transfers,
+        so only attempts without progress warn.
+        """
         after = f" in {pause:g} s" if pause else ""
-        log.warning(
+        log.log(
+            logging.WARNING if pause else logging.INFO,
             "%s from %s: attempt %d stopped %s (%s); trying again%s",
             subject, self.host, attempt, where, failure, after,
         )  # fmt: skip

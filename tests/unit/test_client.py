@@ -1273,20 +1273,62 @@ def test_busy_registry_at_first_request_fails(client):
 
 @respx.mock
 def test_busy_registry_range_is_retried(client):
-    answers = iter([httpx.Response(503), httpx.Response(429)])
-    respx.get(BLOB_PATH).mock(
-        side_effect=lambda request: next(answers, None) or ranged(request)
-    )
+    def drop_then_busy(request: httpx.Request) -> httpx.Response:
+        start = int(request.headers["Range"].removeprefix("bytes=").split("-")[0])
+        if start == 100:
+            headers = {"Content-Range": f"bytes 100-4999/{len(BLOB)}"}
+            return httpx.Response(
+                206, headers=headers, stream=BrokenStream(BLOB[100:600])
+            )
+        return next(answers, None) or ranged(request)
+
+    answers = iter([httpx.Response(503), httpx.Response(502)])
+    respx.get(BLOB_PATH).mock(side_effect=drop_then_busy)
 
     assert fetch_range(client, 100, 5000) == BLOB[100:5000]
     assert PAUSES == [0.5, 1.0]
 
 
 @respx.mock
+def test_busy_registry_at_range_start_fails(client):
+    route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(503))
+
+    with pytest.raises(ServerError):
+        fetch_range(client, 100, 5000)
+
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_rate_limit_after_some_bytes_is_not_retried(client):
+    answers = iter(
+        [
+            httpx.Response(200, stream=BrokenStream(BLOB[:100_000])),
+            httpx.Response(429, headers={"Retry-After": "30"}),
+        ]
+    )
+    route = respx.get(BLOB_PATH).mock(side_effect=lambda request: next(answers))
+
+    with pytest.raises(RateLimited):
+        fetch(client)
+
+    assert route.call_count == 2
+
+
+@respx.mock
 def test_range_from_failing_registry_gives_up(client):
-    route = respx.get(BLOB_PATH).mock(return_value=httpx.Response(502))
+    def drop_then_fail(request: httpx.Request) -> httpx.Response:
+        start = int(request.headers["Range"].removeprefix("bytes=").split("-")[0])
+        if start == 100:
+            headers = {"Content-Range": f"bytes 100-4999/{len(BLOB)}"}
+            return httpx.Response(
+                206, headers=headers, stream=BrokenStream(BLOB[100:600])
+            )
+        return httpx.Response(502)
+
+    route = respx.get(BLOB_PATH).mock(side_effect=drop_then_fail)
 
     with pytest.raises(ServerError, match="502"):
         fetch_range(client, 100, 5000)
 
-    assert route.call_count == 5
+    assert route.call_count == 6

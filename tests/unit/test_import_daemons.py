@@ -31,7 +31,7 @@ from apparate.errors import (
 )
 from apparate.importers.containerd import import_command
 from apparate.importers.docker import load_errors, uses_containerd_store
-from apparate.importers.run import import_stored
+from apparate.importers.run import check_target, import_stored
 from apparate.importers.sockets import SocketState, probe_socket, require_socket
 from apparate.importers.target import Daemons
 from tests.unit.test_import_archive import REFERENCE, make_store, read_tar
@@ -493,13 +493,19 @@ def test_cli_daemon_closing_mid_load(fake_docker, store, tmp_path):
 
 @pytest.mark.parametrize("namespace", ["bad ns!", "a..b", "-a", "a.", "a_b", "x" * 77])
 def test_invalid_namespace_is_rejected(namespace):
+    daemons = Daemons(containerd_namespace=namespace)
+
     with pytest.raises(UsageError, match="invalid containerd namespace"):
-        Daemons(containerd_namespace=namespace)
+        check_target("containerd", daemons)
 
 
 @pytest.mark.parametrize("namespace", ["k8s.io", "a--b.c-d", "moby", "x" * 76])
-def test_valid_namespace_is_kept(namespace):
-    assert Daemons(containerd_namespace=namespace).containerd_namespace == namespace
+def test_valid_namespace_is_accepted(namespace):
+    check_target("containerd", Daemons(containerd_namespace=namespace))
+
+
+def test_namespace_unchecked_for_other_targets():
+    check_target("oci", Daemons(containerd_namespace="a_b"))
 
 
 def test_ctr_failure_retry_keeps_options(
