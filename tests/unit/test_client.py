@@ -1,5 +1,6 @@
 """The registry client against misbehaving servers, played by respx."""
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -7,6 +8,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -1120,6 +1122,29 @@ def test_plain_400_kept_when_port_closes_tls(tmp_path, plain_first):
         server.close()
 
 
+def send_slowly(handler: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+    """Send ``body`` one byte every 20 ms, until the client hangs up."""
+    for byte in body:
+        try:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+        except OSError:
+            return
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a loopback port; yield its host:port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class TricklingManifest(http.server.BaseHTTPRequestHandler):
     """Sends a manifest's headers, then its body one byte every 20 ms."""
 
@@ -1130,13 +1155,7 @@ class TricklingManifest(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", OCI_MANIFEST)
         self.send_header("Content-Length", str(len(MANIFEST)))
         self.end_headers()
-        for byte in MANIFEST:
-            try:
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.02)
+        send_slowly(self, MANIFEST)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -1144,16 +1163,11 @@ class TricklingManifest(http.server.BaseHTTPRequestHandler):
 
 def test_trickling_manifest_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr("apparate.registry.client.MANIFEST_READ_SECONDS", 0.3)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TricklingManifest)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
+
+    with serving(TricklingManifest) as host:
         client = loopback_client(tmp_path, host, plain_first=True)
         with client, pytest.raises(RegistryUnreachable, match="timed out after 0.3 s"):
             client.get_manifest("v1", None)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class TenSecondClock:
@@ -1216,13 +1230,7 @@ class TricklingBlob(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(BLOB)}")
         self.send_header("Content-Length", str(end - start))
         self.end_headers()
-        for byte in BLOB[start:end]:
-            try:
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.02)
+        send_slowly(self, BLOB[start:end])
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -1230,19 +1238,14 @@ class TricklingBlob(http.server.BaseHTTPRequestHandler):
 
 def test_trickling_range_moves_on(tmp_path, monkeypatch):
     monkeypatch.setattr("apparate.registry.pace.WINDOW_SECONDS", 0.3)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TricklingBlob)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
+
+    with serving(TricklingBlob) as host:
         client = loopback_client(tmp_path, host, plain_first=True)
         with client, pytest.raises(TruncatedBody, match="least speed"):
             client.fetch_range(
                 blob_descriptor(), 0, 4096, lambda offset, data: None, "blob x",
                 failover=True,
             )  # fmt: skip
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @respx.mock
