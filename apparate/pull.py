@@ -138,7 +138,7 @@ def _pull(
     cancelled = threading.Event()
     with (
         contextlib.closing(pool),
-        ChunkIndex(store.root / INDEX_FILE) as index,
+        ChunkIndex(store.root / INDEX_FILE, read_only=options.dry_run) as index,
         TablePrefetch(pool, store, str(ref), cancelled) as tables,
     ):
         image = _resolve(pool, store, ref, wanted, options, tables)

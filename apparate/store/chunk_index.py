@@ -21,6 +21,7 @@ from typing import Self
 from apparate.chunked.format import ChunkTable
 from apparate.digest import Digest
 from apparate.errors import StoreError
+from apparate.store.history import connect_read_only
 
 log = logging.getLogger(__name__)
 # `kind` separates the layers of converted images ("layer"), whose frames a
@@ -62,22 +63,25 @@ class FrameLocation:
 
 
 class ChunkIndex:
-    """The chunk index of one store; open it per process, close it when done."""
+    """The chunk index of one store; open it per process, close it when done.
 
-    def __init__(self, path: Path) -> None:
+    A ``read_only`` index, as a dry run opens, changes nothing on disk, also
+    on a read-only mount. A missing database or one of another schema
+    version then reads as empty.
+    """
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
         # Blob values that are not digests, warned about once per process.
         self._invalid_blobs: set[str] = set()
+        self._read_only = read_only
         try:
-            # Compression threads look frames up, so the connection is shared
-            # across threads and every use is serialised by the lock.
-            self._db = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-            )
-            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._migrate()
+            if read_only:
+                self._db = _open_read_only(path)
+            else:
+                self._db = _open_writable(path)
+                self._migrate()
         except sqlite3.Error as error:
             raise StoreError(f"cannot open the chunk index {path}: {error}") from None
 
@@ -165,6 +169,8 @@ class ChunkIndex:
             "%s: chunk rows name %r, which is not a blob digest; they are forgotten",
             self.path, blob,
         )  # fmt: skip
+        if self._read_only:
+            return
         try:
             with self._writing():
                 self._db.execute("DELETE FROM chunks WHERE blob = ?", (blob,))
@@ -183,6 +189,8 @@ class ChunkIndex:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
+        if self._read_only:
+            raise StoreError(f"the chunk index {self.path} was opened read-only")
         try:
             with self._lock, self._db:
                 yield
@@ -190,6 +198,27 @@ class ChunkIndex:
             raise StoreError(
                 f"cannot write the chunk index {self.path}: {error}"
             ) from None
+
+
+def _open_writable(path: Path) -> sqlite3.Connection:
+    # Compression threads look frames up, so the connection is shared across
+    # threads and every use is serialised by the lock.
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA journal_mode = WAL")
+    return db
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Open the index for reading; a missing one or one of another version reads as empty."""
+    if path.exists():
+        db = connect_read_only(path, check_same_thread=False)
+        if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return db
+        db.close()
+    empty = sqlite3.connect(":memory:", check_same_thread=False)
+    empty.executescript(SCHEMA)
+    return empty
 
 
 def _to_signed(value: int) -> int:

@@ -127,7 +127,7 @@ class PullHistory:
             ) from None
 
 
-def connect_read_only(path: Path) -> sqlite3.Connection:
+def connect_read_only(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
     """Open a store's database for reading only, also on a read-only file system.
 
     The database is in WAL mode, and SQLite reads such a database only where
@@ -139,7 +139,7 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
     left there, not yet checkpointed, are not seen.
     Raises sqlite3.Error.
     """
-    db = _connect_uri(path, "mode=ro")
+    db = _connect_uri(path, "mode=ro", check_same_thread)
     try:
         # SQLite opens the file at the first statement, not at connect.
         db.execute("PRAGMA schema_version").fetchone()
@@ -147,10 +147,15 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
         db.close()
         if os.access(path.parent, os.W_OK):
             raise
-        return _connect_uri(path, "mode=ro&immutable=1")
+        return _connect_uri(path, "mode=ro&immutable=1", check_same_thread)
     return db
 
 
-def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
+def _connect_uri(
+    path: Path, options: str, check_same_thread: bool
+) -> sqlite3.Connection:
     uri = f"file:{quote(str(path))}?{options}"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+    return sqlite3.connect(
+        uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS,
+        check_same_thread=check_same_thread,
+    )  # fmt: skip

@@ -284,6 +284,7 @@ def test_read_only_store_lists_and_plans(registry_plain, tmp_path):
     stats = read_only(store, "stats")
     collected = read_only(store, "gc", "--dry-run")
     removed = read_only(store, "rm", "--dry-run", str(pulled.digest)[:19])
+    planned = read_only(store, "pull", "--dry-run", "--json", reference)
 
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
@@ -294,5 +295,7 @@ def test_read_only_store_lists_and_plans(registry_plain, tmp_path):
     assert collected.returncode == 0, collected.stderr
     assert removed.returncode == 0, removed.stderr
     assert f"would untag: {reference}" in removed.stdout
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["bytes_fetched"] == 0
     after = sorted((path.name, path.stat().st_mtime) for path in store.rglob("*"))
     assert after == before

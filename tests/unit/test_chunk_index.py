@@ -1,8 +1,11 @@
 import sqlite3
 import threading
 
+import pytest
+
 from apparate.chunked.format import ChunkEntry, ChunkTable
 from apparate.digest import Digest
+from apparate.errors import StoreError
 from apparate.store.chunk_index import LAYER, PACK, ChunkIndex
 
 BLOB = Digest.of(b"layer blob")
@@ -99,3 +102,35 @@ def test_locate_skips_and_forgets_invalid_blob(tmp_path, caplog):
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT COUNT(*) FROM chunks WHERE blob = 'garbage'")
         assert rows.fetchone() == (0,)
+
+
+def test_read_only_index_reads_without_writing(tmp_path):
+    path = tmp_path / "chunks.db"
+    with ChunkIndex(path) as index:
+        index.add_table(BLOB, table(b"a" * 16))
+
+    with ChunkIndex(path, read_only=True) as index:
+        assert index.has_blob(BLOB)
+        with pytest.raises(StoreError, match="read-only"):
+            index.forget_blob(BLOB)
+
+    with ChunkIndex(path) as index:
+        assert index.has_blob(BLOB)
+
+
+def test_read_only_index_missing_reads_empty(tmp_path):
+    path = tmp_path / "chunks.db"
+
+    with ChunkIndex(path, read_only=True) as index:
+        assert index.locate(b"a" * 16) == []
+
+    assert not path.exists()
+
+
+def test_read_only_index_of_old_schema_reads_empty(tmp_path):
+    path = tmp_path / "chunks.db"
+    with sqlite3.connect(path) as database:
+        database.execute("CREATE TABLE chunks (identity BLOB, blob TEXT)")
+
+    with ChunkIndex(path, read_only=True) as index:
+        assert not index.has_blob(BLOB)
