@@ -134,9 +134,9 @@ def connect_read_only(path: Path, check_same_thread: bool = True) -> sqlite3.Con
     it can create the ``-shm`` file beside it. Where this process cannot
     write that directory (a read-only mount, a store of another user), the
     database is opened as immutable instead. SQLite then takes no locks, so
-    a write by another process meanwhile can make a read fail or miss it,
-    and it does not read the ``-wal`` file, so writes that a killed process
-    left there, not yet checkpointed, are not seen.
+    a write by another process meanwhile can make a read fail or miss it.
+    Nor does it read the ``-wal`` file: writes a killed process left there,
+    not yet checkpointed, are not seen.
     Raises sqlite3.Error.
     """
     db = _connect_uri(path, "mode=ro", check_same_thread)
