@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="apparate-delta-") as temporary:
         scratch = Path(temporary)
         # A user's config.toml could add mirrors; the benchmark uses none.
-        env = dict(os.environ, APPARATE_CONFIG=str(scratch / "config.toml"))
+        settings = scratch / "config.toml"
+        settings.write_text("")
+        env = dict(os.environ, APPARATE_CONFIG=str(settings))
         links = []
         with converted_registry(scratch) as host:
             results = measure(Puller(host, [], None, env), scratch, args.rounds)

@@ -42,6 +42,7 @@ from apparate.errors import (
 )
 from apparate.registry.challenge import Challenge, parse_challenges
 from apparate.registry.credentials import Credentials, CredentialStore
+from apparate.registry.errors import login_hint
 from apparate.registry.pace import Pace
 
 log = logging.getLogger(__name__)
@@ -407,13 +408,13 @@ class RegistryAuth(httpx.Auth):
     def _rejected(self, host: str, detail: str) -> AuthRejected:
         return AuthRejected(
             f"registry {host} rejected the credentials for {self._image}: {detail}",
-            hint=_login_hint(host),
+            hint=login_hint(host),
         )
 
     def _required(self, host: str, detail: str) -> AuthRequired:
         return AuthRequired(
             f"registry {host} requires credentials for {self._image}: {detail}",
-            hint=_login_hint(host),
+            hint=login_hint(host),
         )
 
     def _unsupported(
@@ -518,10 +519,6 @@ def _error_detail(response: httpx.Response) -> str:
         if isinstance(value, str) and value:
             return f" ({value[:200]})"
     return ""
-
-
-def _login_hint(host: str) -> str:
-    return f"log in with 'docker login {host}' or pass --username and --password-stdin"
 
 
 def _read_token_body(response: httpx.Response) -> None:

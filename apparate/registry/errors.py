@@ -50,6 +50,11 @@ def read_error_detail(response: httpx.Response) -> str:
     return text[0][:200] if text else ""
 
 
+def login_hint(host: str) -> str:
+    """Tell how to give credentials for ``host``."""
+    return f"log in with 'docker login {host}' or pass --username and --password-stdin"
+
+
 def status_error(response: httpx.Response, subject: str) -> ApparateError:
     """Build the error for a non-success response about ``subject``."""
     status = response.status_code
@@ -65,8 +70,7 @@ def status_error(response: httpx.Response, subject: str) -> ApparateError:
             )
         return AuthRequired(
             f"{subject}: the registry requires authentication{suffix}",
-            hint=f"log in with 'docker login {host}' or pass --username and "
-            "--password-stdin",
+            hint=login_hint(host),
         )
     if status == 403:
         return AuthRejected(
