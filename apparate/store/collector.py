@@ -221,22 +221,19 @@ def _read_packs(store: Store, dry_run: bool) -> dict[Digest, Digest | None] | No
     the shared-memory file of its write-ahead log. gc then treats packs as
     blobs no image needs: they only speed up later pulls, and removing them
     frees space. A dry run on a store this process cannot write, such as a
-    read-only mount, fails the same way and counts packs the same way. Any
-    other failure, such as a database locked too long, is raised, so no pack
-    is removed for it.
+    read-only mount, reads them read-only. Any other failure, such as a
+    database locked too long, is raised, so no pack is removed for it.
     """
+    read_only = dry_run and not os.access(store.root, os.W_OK)
     try:
-        return pack_sources(store)
+        return pack_sources(store, read_only)
     except StoreError as error:
-        if _disk_full(store.root):
-            reason = "the disk is full, so packs are removed"
-        elif dry_run and not os.access(store.root, os.W_OK):
-            # NOTE: pack_sources opens the database read-write, so this dry
-            # run cannot see the packs. Reading them read-only would fix it.
-            reason = "this process cannot write the store, so packs are counted"
-        else:
+        if not _disk_full(store.root):
             raise
-        log.warning("%s; %s as blobs no image needs", error.message, reason)
+        log.warning(
+            "%s; the disk is full, so packs are removed as blobs no image needs",
+            error.message,
+        )
         return None
 
 

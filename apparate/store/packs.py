@@ -18,6 +18,7 @@ import zstandard
 from apparate.digest import Digest
 from apparate.errors import StoreError
 from apparate.store.chunk_index import INDEX_FILE, PACK
+from apparate.store.history import connect_read_only
 from apparate.store.layout import Store
 
 log = logging.getLogger(__name__)
@@ -47,19 +48,24 @@ def record_pack(store_root: Path, pack: Digest, diff_id: Digest) -> None:
         db.close()
 
 
-def pack_sources(store: Store) -> dict[Digest, Digest | None]:
-    """Return every stored pack with the diff_id of its content (None: unreadable)."""
+def pack_sources(store: Store, read_only: bool = False) -> dict[Digest, Digest | None]:
+    """Return every stored pack with the diff_id of its content (None: unreadable).
+
+    ``read_only``, for a dry run on a store this process cannot write,
+    learns the diff_id of packs without one but does not record it.
+    """
     path = store.root / INDEX_FILE
     if not path.exists():
         return {}
-    db = _connect(path)
+    db = _connect_read_only(path) if read_only else _connect(path)
     try:
         packs, known = _read(db, path)
         found = {pack: known.get(pack) for pack in packs if store.has_blob(pack)}
         missing = [pack for pack, diff_id in found.items() if diff_id is None]
         for pack in missing:
             found[pack] = _diff_id_of(store, pack)
-        _remember(db, path, {pack: found[pack] for pack in missing})
+        if not read_only:
+            _remember(db, path, {pack: found[pack] for pack in missing})
     finally:
         db.close()
     return found
@@ -122,6 +128,13 @@ def _diff_id_of(store: Store, pack: Digest) -> Digest | None:
         log.warning("pack %s in the store is unreadable: %s", pack, error)
         return None
     return Digest("sha256", digest.hexdigest())
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    try:
+        return connect_read_only(path)
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot open {path}: {error}") from None
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -282,7 +282,7 @@ def test_read_only_store_lists_and_plans(registry_plain, tmp_path):
 
     listed = read_only(store, "images", "--json")
     stats = read_only(store, "stats")
-    collected = read_only(store, "gc", "--dry-run")
+    collected = read_only(store, "gc", "--dry-run", "--json")
     removed = read_only(store, "rm", "--dry-run", str(pulled.digest)[:19])
     planned = read_only(store, "pull", "--dry-run", "--json", reference)
 
@@ -293,6 +293,8 @@ def test_read_only_store_lists_and_plans(registry_plain, tmp_path):
     assert stats.returncode == 0, stats.stderr
     assert "1 pull:" in stats.stdout
     assert collected.returncode == 0, collected.stderr
+    # The image's local pack is kept, as a gc with write access would keep it.
+    assert json.loads(collected.stdout)["bytes_freed"] == 0
     assert removed.returncode == 0, removed.stderr
     assert f"would untag: {reference}" in removed.stdout
     assert planned.returncode == 0, planned.stderr
