@@ -11,7 +11,7 @@ from apparate.errors import ApparateError, StoreError
 from apparate.manifest import parse_json, parse_manifest
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory, PullRecord, Totals
-from apparate.store.layout import Store, default_store_path
+from apparate.store.layout import Store, default_store_path, not_created
 from apparate.store.usage import last_used
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
     ``docker images`` before any pull.
     """
     root = store_path or default_store_path()
-    if _not_created(root):
+    if not_created(root):
         return []
     store = Store(root, create=False)
     uses = last_used(store.root)
@@ -52,19 +52,6 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
         )
         for image in store.images()
     ]
-
-
-def _not_created(root: Path) -> bool:
-    """Tell whether no store was created at ``root``: it is missing or empty.
-
-    A folder that contains other files is left to Store, which reports it.
-    """
-    try:
-        return not any(root.iterdir())
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
 
 
 def _stored_at(store: Store, digest: Digest) -> float:
@@ -101,7 +88,7 @@ def pull_statistics(
 ) -> tuple[Totals, list[PullRecord]]:
     """Return the totals of every recorded pull and the ``limit`` latest ones."""
     root = store_path or default_store_path()
-    if _not_created(root):
+    if not_created(root):
         return Totals(0, 0, 0, 0, 0.0), []
     store = Store(root, create=False)
     if not (store.root / INDEX_FILE).exists():

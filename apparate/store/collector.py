@@ -39,7 +39,12 @@ from apparate.store.gc import (
     plan_gc,
     reachable,
 )
-from apparate.store.layout import Store, StoredImage, default_store_path
+from apparate.store.layout import (
+    Store,
+    StoredImage,
+    default_store_path,
+    not_created,
+)
 from apparate.store.packs import pack_sources
 from apparate.store.selection import select_images
 from apparate.store.survey import Survey, journal_of, survey
@@ -125,9 +130,18 @@ class GcResult:
 def collect_garbage(
     store_path: Path | None = None, options: GcOptions | None = None
 ) -> GcResult:
-    """Remove what no kept image needs; with ``max_size``, fit the store to it."""
-    store = Store(store_path or default_store_path(), create=False)
-    return collect(store, options or GcOptions())
+    """Remove what no kept image needs; with ``max_size``, fit the store to it.
+
+    A store not created yet, by a first pull, has nothing to remove.
+    """
+    root = store_path or default_store_path()
+    options = options or GcOptions()
+    if not_created(root):
+        return GcResult(
+            str(root), [], [], [], 0, 0, 0, options.max_size,
+            dry_run=options.dry_run,
+        )  # fmt: skip
+    return collect(Store(root, create=False), options)
 
 
 def remove_images(

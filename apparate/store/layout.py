@@ -677,6 +677,19 @@ def default_store_path() -> Path:
     return platformdirs.user_data_path("apparate") / "store"
 
 
+def not_created(root: Path) -> bool:
+    """Tell whether no store was created at ``root``: it is missing or empty.
+
+    A folder that contains other files is left to Store, which reports it.
+    """
+    try:
+        return not any(root.iterdir())
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def _read_umask() -> int:
     """Return the process's file mode creation mask (reading means setting it)."""
     mask = os.umask(0o022)

@@ -53,12 +53,17 @@ def test_images_before_first_pull(tmp_path, kind):
     listed = run("images", "--store", str(store))
     as_json = run("images", "--json", "--store", str(store))
     stats = run("stats", "--store", str(store))
+    collected = run("gc", "--dry-run", "--json", "--store", str(store))
+    collected_for_real = run("gc", "--store", str(store))
 
     assert listed.exit_code == 0, listed.output
     assert listed.output.split() == ["REFERENCE", "DIGEST", "SIZE", "LAST", "USED"]
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.output) == []
     assert stats.exit_code == 0, stats.output
+    assert collected.exit_code == 0, collected.output
+    assert json.loads(collected.output)["bytes_freed"] == 0
+    assert collected_for_real.exit_code == 0, collected_for_real.output
     assert not store.exists() or list(store.iterdir()) == []
 
 
