@@ -275,9 +275,17 @@ def _fetch_layers(
     fetched: dict[Digest, int] = {}
     if unique:
         workers = max(1, min(options.parallel_layers, len(unique)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as executor:
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="layer")
+        try:
             futures = [executor.submit(fetcher.fetch, *item) for item in unique]
             _wait_all(futures, cancelled)
+        except KeyboardInterrupt:
+            # A layer thread blocked on a silent server would hold Ctrl-C for
+            # a whole read timeout. It stops at its next check of
+            # ``cancelled``, and the store contains only verified blobs.
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        executor.shutdown()
         for (layer, _), future in zip(unique, futures, strict=True):
             fetched[layer.digest] = future.result()
         _record_tar_sizes(store, layers, fetcher.tar_sizes)
@@ -693,4 +701,4 @@ class _LayerFetcher:
             diff_verifier.update(data)
             self._observer.layer_progress(layer.digest, len(data))
 
-        self._pool.fetch_blob(layer, write, subject, verifier)
+        self._pool.fetch_blob(layer, write, subject, verifier, self._cancelled.is_set)

@@ -65,10 +65,14 @@ class TablePrefetch:
 
     def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
         # After an error the pull stops. After success, the tables still left
-        # are of no use.
+        # are of no use. After Ctrl-C, a fetch blocked on a silent server is
+        # not waited for.
         self._cancelled.set()
+        interrupted = error_type is not None and issubclass(
+            error_type, KeyboardInterrupt
+        )
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=not interrupted, cancel_futures=True)
 
     def start(self, manifest: Manifest) -> None:
         """Begin fetching the tables of ``manifest``'s chunked layers.

@@ -297,6 +297,7 @@ class RegistryClient:
         subject: str,
         verifier: DigestVerifier | None = None,
         failover: bool = False,
+        stopped: Callable[[], bool] | None = None,
     ) -> None:
         """Stream a blob into ``write``, resuming after dropped connections.
 
@@ -309,7 +310,8 @@ class RegistryClient:
         an earlier, interrupted pull) makes the download start after them.
         With ``failover``, the first failed transfer raises TruncatedBody at
         once, so the caller can go on at another source after the bytes
-        received.
+        received. When ``stopped()`` turns true, RangeFetchStopped is raised
+        instead of another attempt.
         """
         if verifier is None:
             verifier = DigestVerifier(
@@ -319,6 +321,8 @@ class RegistryClient:
         retries = _Retries()
         initial = verifier.bytes_read
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            if stopped is not None and stopped():
+                raise RangeFetchStopped()
             before = verifier.bytes_read
             slow = timed_out = False
             busy: ServerError | None = None

@@ -126,8 +126,11 @@ class SourcePool:
         write: Callable[[bytes], None],
         subject: str,
         verifier: DigestVerifier | None = None,
+        stopped: Callable[[], bool] | None = None,
     ) -> None:
         """Stream a whole blob, moving to the next source when one fails.
+
+        When ``stopped()`` turns true, no new attempt starts (see the client).
 
         The next source resumes after the bytes already received. A digest
         mismatch is raised as it is: call ``blame`` to drop the source that
@@ -154,6 +157,7 @@ class SourcePool:
                     subject,
                     verifier,
                     failover=candidates != [self.origin],
+                    stopped=stopped,
                 )
                 return
             except DigestMismatch:
@@ -233,7 +237,9 @@ class SourcePool:
             if source.role != ORIGIN
         ]
         for source in mirrors:
-            reason = f"served {digest} with bytes that failed verification ({error})"
+            reason = (
+                f"served {digest} with bytes that failed verification ({error.message})"
+            )
             self.drop(source, reason)
         return bool(mirrors)
 

@@ -1335,3 +1335,17 @@ def test_range_from_failing_registry_gives_up(client):
         fetch_range(client, 100, 5000)
 
     assert route.call_count == 6
+
+
+@respx.mock
+def test_stopped_blob_download_makes_no_new_attempt(client):
+    route = respx.get(BLOB_PATH).mock(side_effect=httpx.ReadTimeout("no data"))
+    attempts = iter([False, True])
+
+    with pytest.raises(RangeFetchStopped):
+        client.fetch_blob(
+            blob_descriptor(), lambda data: None, "blob x",
+            stopped=lambda: next(attempts),
+        )  # fmt: skip
+
+    assert route.call_count == 1

@@ -72,7 +72,7 @@ class StandInPool:
         write(start, self._blob[start:end])
         return []
 
-    def fetch_blob(self, layer, write, subject, verifier):
+    def fetch_blob(self, layer, write, subject, verifier, stopped=None):
         data = self._blob[verifier.bytes_read :]
         if self.corrupt_mirrors:
             data = bytes(byte ^ 1 for byte in data)

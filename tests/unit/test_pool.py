@@ -36,7 +36,9 @@ class StandIn:
         self.calls = 0
         self.host = mode
 
-    def fetch_blob(self, descriptor, write, subject, verifier, failover=False):
+    def fetch_blob(
+        self, descriptor, write, subject, verifier, failover=False, stopped=None
+    ):
         self.calls += 1
         start = verifier.bytes_read
         body = BLOB[start:]
