@@ -106,8 +106,15 @@ class RegistryUnreachable(RegistryError):
 
 
 class ServerError(RegistryError):
+    """The registry failed (HTTP 5xx).
+
+    ``retry_after`` is the wait in seconds that its Retry-After header asked
+    for, when it gave one as a number.
+    """
+
     exit_code = 11
     hint = "the registry failed; try again later"
+    retry_after: float | None = None
 
 
 class RateLimited(RegistryError):

@@ -55,6 +55,8 @@ RETRY_PAUSE = 0.5
 # Blob bodies are hashed as sent: with zstandard installed httpx would ask for
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
+# The longest wait a 5xx's Retry-After gets before the next attempt.
+MAX_RETRY_AFTER = 30.0
 # Failures of a busy registry (5xx) that are worth another attempt once it
 # served part of a body. A 429 is not: it asks the client to slow down.
 _BUSY = (ServerError,)
@@ -354,7 +356,8 @@ class RegistryClient:
                 if busy is not None:
                     raise busy
                 raise self._transfer_error(subject, retries, attempt, where, failure)
-            self._retry_later(subject, attempt, where, failure, retries.pause)
+            pause = _pause_for(retries, busy)
+            self._retry_later(subject, attempt, where, failure, pause)
         verifier.verify()
 
     def fetch_range(
@@ -414,7 +417,8 @@ class RegistryClient:
                 if busy is not None:
                     raise busy
                 raise self._transfer_error(subject, retries, attempt, where, failure)
-            self._retry_later(subject, attempt, where, failure, retries.pause)
+            pause = _pause_for(retries, busy)
+            self._retry_later(subject, attempt, where, failure, pause)
 
     def _describe(self, error: httpx.HTTPError) -> str:
         """Say why a read failed; a plain read timeout gets its length in seconds."""
@@ -731,6 +735,18 @@ class _Retries:
     def pause(self) -> float:
         """Seconds before the next attempt: none after progress, then doubling."""
         return RETRY_PAUSE * 2 ** (self.stalled - 1) if self.stalled else 0.0
+
+
+def _pause_for(retries: _Retries, busy: ServerError | None) -> float:
+    """Return the seconds before the next attempt, as long as a 5xx's Retry-After asks.
+
+    The wait a registry asks for is capped, so a bad header cannot hold the
+    pull for hours.
+    """
+    asked = busy.retry_after if busy is not None else None
+    if asked is None:
+        return retries.pause
+    return max(retries.pause, min(asked, MAX_RETRY_AFTER))
 
 
 def _times(count: int) -> str:

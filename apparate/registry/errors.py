@@ -90,7 +90,11 @@ def status_error(response: httpx.Response, subject: str) -> ApparateError:
     # and IANA's status code registry), so a code such as 999 is an invalid
     # response, not a server failure.
     if 500 <= status <= 599:
-        return ServerError(f"{subject}: registry error (HTTP {status}){suffix}")
+        failure = ServerError(f"{subject}: registry error (HTTP {status}){suffix}")
+        retry_after = response.headers.get("Retry-After", "").strip()
+        if retry_after.isdigit():
+            failure.retry_after = float(retry_after)
+        return failure
     return InvalidResponse(f"{subject}: unexpected HTTP {status}{suffix}")
 
 
