@@ -55,7 +55,7 @@ RETRY_PAUSE = 0.5
 # Blob bodies are hashed as sent: with zstandard installed httpx would ask for
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
-# The longest wait a 5xx's Retry-After gets before the next attempt.
+# The maximum wait a 5xx's Retry-After sets before the next attempt.
 MAX_RETRY_AFTER = 30.0
 # Failures of a busy registry (5xx) that are worth another attempt once it
 # served part of a body. A 429 is not: it asks the client to slow down.
@@ -738,15 +738,15 @@ class _Retries:
 
 
 def _pause_for(retries: _Retries, busy: ServerError | None) -> float:
-    """Return the seconds before the next attempt, as long as a 5xx's Retry-After asks.
+    """Return the seconds before the next attempt, at least a 5xx's Retry-After.
 
-    The wait a registry asks for is capped, so a bad header cannot hold the
-    pull for hours.
+    The requested wait is capped, so a bad header cannot hold the pull for
+    hours.
     """
-    asked = busy.retry_after if busy is not None else None
-    if asked is None:
+    requested = busy.retry_after if busy is not None else None
+    if requested is None:
         return retries.pause
-    return max(retries.pause, min(asked, MAX_RETRY_AFTER))
+    return max(retries.pause, min(requested, MAX_RETRY_AFTER))
 
 
 def _times(count: int) -> str:

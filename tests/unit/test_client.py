@@ -1351,13 +1351,13 @@ def test_stopped_blob_download_makes_no_new_attempt(client):
     assert route.call_count == 1
 
 
-@pytest.mark.parametrize(("asked", "waited"), [("5", 5.0), ("3600", 30.0)])
+@pytest.mark.parametrize(("requested", "waited"), [("5", 5.0), ("3600", 30.0)])
 @respx.mock
-def test_busy_registry_retry_after_is_honoured(client, asked, waited):
+def test_busy_registry_retry_after_is_honoured(client, requested, waited):
     answers = iter(
         [
             httpx.Response(200, stream=BrokenStream(BLOB[:100_000])),
-            httpx.Response(503, headers={"Retry-After": asked}),
+            httpx.Response(503, headers={"Retry-After": requested}),
         ]
     )
     respx.get(BLOB_PATH).mock(
