@@ -106,6 +106,8 @@ class Endpoint:
         scheme, separator, rest = url.partition("://")
         if not separator:
             scheme, rest = "", url
+        # Schemes are case-insensitive (RFC 3986, section 3.1).
+        scheme = scheme.lower()
         authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
         path, _, _ = rest[len(authority) :].partition("?")
         path = path.partition("#")[0]
@@ -121,7 +123,7 @@ class Endpoint:
             raise InvalidEndpoint(
                 f"the URL of {redacted} contains a query or fragment, which a "
                 "registry URL cannot have",
-                hint=f"remove the part from '?' or '#' on: {redacted}",
+                hint="remove the part from '?' or '#' on",
             )
         if not separator:
             raise InvalidEndpoint(

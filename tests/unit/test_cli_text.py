@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from apparate.cli.text import (
@@ -98,3 +100,11 @@ def test_convert_line_counts():
     assert "1 layer," in line
     assert "1 blob mounted" in line
     assert "1 frame reused" in line
+
+
+def test_gc_report_dry_run_says_would_hold():
+    result = dataclasses.replace(gc_result(None, []), dry_run=True)
+
+    report = gc_report(result)
+
+    assert "would free 11.0 MiB; the store would hold 39.0 MiB" in report

@@ -24,6 +24,7 @@ ENDPOINT_CASES = {
         Endpoint("m", "https", "/cache/v2"),
     ),
     "override path": ("https://m/api", True, Endpoint("m", "https", "/api")),
+    "scheme in capitals": ("HTTP://m:5000", False, Endpoint("m:5000", "http")),
 }
 
 
