@@ -218,9 +218,9 @@ def gc_report(result: GcResult) -> str:
     limit = ""
     if result.limit is not None:
         limit = f" (limit {binary_size(result.limit)})"
-    holds = "would hold" if result.dry_run else "holds"
+    size_verb = "would hold" if result.dry_run else "holds"
     lines.append(
-        f"{freed} {binary_size(result.bytes_freed)}; the store {holds} "
+        f"{freed} {binary_size(result.bytes_freed)}; the store {size_verb} "
         f"{binary_size(result.size_after)}{limit}"
     )
     if result.over_limit_because:

@@ -98,6 +98,15 @@ def pull_update(origin: Origin, store: Path, mirror_url: str) -> PullResult:
     )
 
 
+def pull_update_with_hosts_toml(origin: Origin, store: Path) -> PullResult:
+    """Pull v1, then v2 with the mirrors the hosts.toml folder names."""
+    apparate.pull(f"{origin.repository}:v1", PullOptions(store=store))
+    return apparate.pull(
+        f"{origin.repository}:v2",
+        PullOptions(store=store, config=Config(stall_timeout=STALL_TIMEOUT)),
+    )
+
+
 def assert_correct_image(origin: Origin, store: Path, result: PullResult) -> None:
     inspected = subprocess.run(
         ["skopeo", "inspect", f"oci:{store}:{origin.repository}:v2"],
@@ -144,11 +153,7 @@ def test_tls_mirror_from_hosts_toml(origin, tmp_path, trust):
     )
     store = tmp_path / "store"
     try:
-        apparate.pull(f"{origin.repository}:v1", PullOptions(store=store))
-        result = apparate.pull(
-            f"{origin.repository}:v2",
-            PullOptions(store=store, config=Config(stall_timeout=STALL_TIMEOUT)),
-        )
+        result = pull_update_with_hosts_toml(origin, store)
     finally:
         handle.stop()
 
@@ -184,11 +189,7 @@ def test_mutual_tls_mirror_from_hosts_toml(origin, tmp_path, client):
     )
     store = tmp_path / "store"
     try:
-        apparate.pull(f"{origin.repository}:v1", PullOptions(store=store))
-        result = apparate.pull(
-            f"{origin.repository}:v2",
-            PullOptions(store=store, config=Config(stall_timeout=STALL_TIMEOUT)),
-        )
+        result = pull_update_with_hosts_toml(origin, store)
     finally:
         handle.stop()
 

@@ -1219,7 +1219,7 @@ def test_trickling_blob_counts_as_stalled(client, monkeypatch):
 
 
 class TricklingBlob(http.server.BaseHTTPRequestHandler):
-    """Answers a range request with its headers, then one byte every 20 ms."""
+    """A server that sends a range's headers, then one byte every 20 ms."""
 
     protocol_version = "HTTP/1.1"
 
@@ -1274,16 +1274,18 @@ def test_busy_registry_at_first_request_fails(client):
     assert route.call_count == 1
 
 
+def dropped_first_range(request: httpx.Request) -> httpx.Response | None:
+    """Answer the first request for bytes 100-4999 with 500 bytes, then a drop."""
+    if range_start(request) != 100:
+        return None
+    headers = {"Content-Range": f"bytes 100-4999/{len(BLOB)}"}
+    return httpx.Response(206, headers=headers, stream=BrokenStream(BLOB[100:600]))
+
+
 @respx.mock
 def test_busy_registry_range_is_retried(client):
     def drop_then_busy(request: httpx.Request) -> httpx.Response:
-        start = int(request.headers["Range"].removeprefix("bytes=").split("-")[0])
-        if start == 100:
-            headers = {"Content-Range": f"bytes 100-4999/{len(BLOB)}"}
-            return httpx.Response(
-                206, headers=headers, stream=BrokenStream(BLOB[100:600])
-            )
-        return next(answers, None) or ranged(request)
+        return dropped_first_range(request) or next(answers, None) or ranged(request)
 
     answers = iter([httpx.Response(503), httpx.Response(502)])
     respx.get(BLOB_PATH).mock(side_effect=drop_then_busy)
@@ -1321,13 +1323,7 @@ def test_rate_limit_after_some_bytes_is_not_retried(client):
 @respx.mock
 def test_range_from_failing_registry_gives_up(client):
     def drop_then_fail(request: httpx.Request) -> httpx.Response:
-        start = int(request.headers["Range"].removeprefix("bytes=").split("-")[0])
-        if start == 100:
-            headers = {"Content-Range": f"bytes 100-4999/{len(BLOB)}"}
-            return httpx.Response(
-                206, headers=headers, stream=BrokenStream(BLOB[100:600])
-            )
-        return httpx.Response(502)
+        return dropped_first_range(request) or httpx.Response(502)
 
     route = respx.get(BLOB_PATH).mock(side_effect=drop_then_fail)
 
