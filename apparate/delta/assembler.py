@@ -49,7 +49,7 @@ from apparate.pipeline import Stage
 from apparate.registry.client import RangeFetchStopped
 from apparate.sources.pool import ORIGIN, SourcePool
 from apparate.store.chunk_index import LAYER, ChunkIndex
-from apparate.store.layout import DELTA_PARTIAL, BlobWriter, Store
+from apparate.store.layout import DELTA_PARTIAL, BlobWriter, Store, journal_of
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class RangeJournal:
         A journal can outlive its partial file, for instance when a pull was
         killed after the commit, and it would name ranges a new file lacks.
         """
-        self.path = _journal_path(partial)
+        self.path = journal_of(partial)
         self._lock = threading.Lock()
         self._writable = True
         if fresh:
@@ -215,11 +215,7 @@ def discard_rebuild(store: Store, digest: Digest) -> None:
     """Delete the kept partial rebuild of a blob and its journal, unless a pull has it locked."""
     partial = store.partial_path(digest, DELTA_PARTIAL)
     if store.discard_partial(partial):
-        _journal_path(partial).unlink(missing_ok=True)
-
-
-def _journal_path(partial: Path) -> Path:
-    return partial.with_name(partial.name + ".ranges")
+        journal_of(partial).unlink(missing_ok=True)
 
 
 class Assembler:

@@ -58,7 +58,7 @@ IDENTITY = {"Accept-Encoding": "identity"}
 # The maximum wait a 5xx's Retry-After sets before the next attempt.
 MAX_RETRY_AFTER = 30.0
 # Failures of a busy registry (5xx) that are worth another attempt once it
-# served part of a body. A 429 is not, because it tells the client to slow down.
+# served part of a body. A 429 is not, because it requests that the client slow down.
 _BUSY = (ServerError,)
 _RETRYABLE = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
 # The maximum time a manifest's body may take to arrive, however slowly it

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import logging
 import os
@@ -100,13 +101,16 @@ class CredentialStore:
 
         ``server`` is the host where the registry is reached, such as the
         ``server`` of ``hosts.toml``. Credentials from Docker's config stay
-        keyed by the host they were saved for.
+        keyed by the host they were saved for. The new store shares this
+        one's cache of lookups, so a helper still runs once per host.
         """
         explicit = dict(self._explicit)
         for key, credentials in self._explicit.items():
             if same_registry(key, registry):
                 explicit.setdefault(server, credentials)
-        return CredentialStore(explicit, self._config_path, self._env)
+        shared = copy.copy(self)
+        shared._explicit = explicit
+        return shared
 
     def lookup(self, host: str) -> Credentials | None:
         """Return the credentials for a registry host (``host[:port]``), if any.

@@ -43,11 +43,12 @@ from apparate.store.layout import (
     Store,
     StoredImage,
     default_store_path,
+    journal_of,
     not_created,
 )
 from apparate.store.packs import pack_sources
 from apparate.store.selection import select_images
-from apparate.store.survey import Survey, journal_of, survey
+from apparate.store.survey import Survey, survey
 from apparate.store.usage import forget_uses, mark_used
 
 log = logging.getLogger(__name__)
@@ -210,10 +211,12 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
     if not options.dry_run:
         _forget_invalid_rows(store.root / INDEX_FILE)
     # Reading packs may decompress new ones, so it happens before the store
-    # is locked exclusively. The second call only reads what the first cached.
+    # is locked exclusively. The second call reads what the first cached and
+    # picks up packs written meanwhile. A dry run removes nothing, so it skips
+    # that call, which read-only would decompress unrecorded packs again.
     packs = _read_packs(store, options.dry_run)
     with store.exclusive(options.wait):
-        if packs is not None:
+        if packs is not None and not options.dry_run:
             packs = _read_packs(store, options.dry_run)
         found = survey(store, packs or {}, options.partial_max_age)
         plan = plan_gc(found.state, options.max_size, options.protected, untag)

@@ -41,6 +41,9 @@ LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 PARTIAL_PREFIX = "partial-"
 # Partial files of a whole download and of a blob rebuilt from chunks.
 DELTA_PARTIAL = "delta-"
+# The ranges already written into a partial rebuild are listed in a file
+# named after it with this suffix.
+JOURNAL_SUFFIX = ".ranges"
 PARTIAL_KINDS = ("", DELTA_PARTIAL)
 # A pull waiting for another one's blob logs a warning after the first
 # figure, and stops waiting when the other pull wrote nothing for the second.
@@ -127,6 +130,7 @@ class BlobWriter:
             os.replace(self._path, self._store.blob_path(self.digest))
             self._file.close()
         self.committed = True
+        self._store.note_committed(self.digest)
 
     def discard(self) -> None:
         # Unlinked while still locked: a resumable partial closed first could
@@ -268,6 +272,9 @@ class Store:
         self.root = Path(root)
         self.ingest_dir = self.root / "ingest"
         self._users_fd: int | None = None
+        # Blobs this process verified and committed, so exports need not hash
+        # them again.
+        self._committed_here: set[Digest] = set()
         self._check_layout()
         if not create:
             if not (self.root / "index.json").is_file():
@@ -399,6 +406,13 @@ class Store:
                     continue
                 fcntl.flock(partial, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 path.unlink()
+
+    def note_committed(self, digest: Digest) -> None:
+        self._committed_here.add(digest)
+
+    def committed_here(self, digest: Digest) -> bool:
+        """Tell whether this process verified and committed the blob itself."""
+        return digest in self._committed_here
 
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
@@ -675,6 +689,11 @@ def default_store_path() -> Path:
     if configured:
         return Path(configured)
     return platformdirs.user_data_path("apparate") / "store"
+
+
+def journal_of(partial: Path) -> Path:
+    """Return the path of a partial rebuild's journal of written ranges."""
+    return partial.with_name(partial.name + JOURNAL_SUFFIX)
 
 
 def not_created(root: Path) -> bool:

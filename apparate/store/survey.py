@@ -27,17 +27,18 @@ from apparate.errors import StoreError
 from apparate.manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Descriptor
 from apparate.store.gc import ImageEntry, PackEntry, PartialEntry, StoreState
 from apparate.store.layout import (
+    JOURNAL_SUFFIX,
     PARTIAL_PREFIX,
     REF_NAME,
     SOURCE_INDEX,
     SOURCE_MANIFEST,
     Store,
+    journal_of,
 )
 from apparate.store.usage import last_used
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SUFFIX = ".ranges"
 # Descriptors naming these kinds of blob are followed to the blobs they name.
 _FOLLOWED = ("manifest", "index")
 
@@ -327,11 +328,6 @@ def _partial_files(
         elif partial not in resumable_names:
             stale.append(journal)
     return stale, held, resumable
-
-
-def journal_of(partial: Path) -> Path:
-    """Return the path of a partial download's journal of written ranges."""
-    return partial.with_name(partial.name + JOURNAL_SUFFIX)
 
 
 def _partial_entry(path: Path) -> PartialEntry:

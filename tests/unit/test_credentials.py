@@ -335,6 +335,21 @@ def test_lookup_caches_helper_failure(
     assert "keychain is locked" in errors[1]
 
 
+def test_reaching_shares_helper_failure_cache(
+    home: Path, env: dict[str, str], helper: FakeHelper
+) -> None:
+    helper.answer({"registry.example": {"fail": "keychain is locked"}})
+    store = store_with(home, env, {"credsStore": "test"})
+    with pytest.raises(CredentialsUnavailable):
+        store.lookup("registry.example")
+
+    reaching = store.reaching("registry.example", "server.example")
+    with pytest.raises(CredentialsUnavailable):
+        reaching.lookup("registry.example")
+
+    assert helper.calls() == ["registry.example"]
+
+
 def test_lookup_helper_missing(home: Path, env: dict[str, str]) -> None:
     store = store_with(home, env, {"credHelpers": {"registry.example": "absent"}})
 

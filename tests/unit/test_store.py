@@ -159,3 +159,14 @@ def test_wait_for_other_writer_ends_when_stopped(tmp_path):
         stored = store.wait_for_other_writers(digest, 10, lambda: True)
 
     assert not stored
+
+
+def test_committed_here_only_in_committing_store(tmp_path):
+    store = Store(tmp_path / "store")
+    data = b"verified blob"
+    digest = Digest.of(data)
+
+    store.put_blob(data, digest)
+
+    assert store.committed_here(digest)
+    assert not Store(tmp_path / "store").committed_here(digest)
