@@ -140,18 +140,19 @@ class _SourceImage:
 
 @dataclass
 class _ConvertedImage:
-    """One platform's converted manifest and the blobs it names.
-
-    ``source_blobs`` are the blobs that the source repository contains
-    too, which are the config and the layers kept as they were.
-    """
+    """One platform's converted manifest and the blobs it names (config first)."""
 
     manifest: Descriptor
     body: bytes
     blobs: list[Descriptor]
     layers: list[LayerConversion]
     platform: dict[str, Any] | None
-    source_blobs: frozenset[Digest]
+
+    @property
+    def source_blobs(self) -> frozenset[Digest]:
+        """The blobs the source repository contains too: the config, kept layers."""
+        kept = [layer.source for layer in self.layers if layer.kept]
+        return frozenset([self.blobs[0].digest, *kept])
 
 
 class _Session:
@@ -333,11 +334,9 @@ def _convert_image(image: _SourceImage, session: _Session) -> _ConvertedImage:
         body = _oci_manifest(image.body, config, descriptors)
         session.store.put_blob(body, Digest.of(body))
     manifest = Descriptor(OCI_MANIFEST, Digest.of(body), len(body))
-    kept = [layer.digest for layer, c in layers if c.kept]
     return _ConvertedImage(
-        manifest, body, [config, *descriptors], conversions, image.platform,
-        frozenset([config.digest, *kept]),
-    )  # fmt: skip
+        manifest, body, [config, *descriptors], conversions, image.platform
+    )
 
 
 def _oci_manifest(source: bytes, config: Descriptor, layers: list[Descriptor]) -> bytes:

@@ -528,7 +528,7 @@ class _LayerFetcher:
             with self._store.resumable(
                 layer.digest, layer.size, DELTA_PARTIAL
             ) as writer:
-                fresh = not getattr(writer, "existing", 0)
+                fresh = not writer.existing
                 journal = RangeJournal(writer.path, fresh)
                 try:
                     assembler.assemble(remote, plan, diff_id, writer, journal)
@@ -619,7 +619,7 @@ class _LayerFetcher:
         """
         tar_sink = packer.feed if packer else None
         with self._store.resumable(layer.digest, layer.size) as writer:
-            kept = getattr(writer, "existing", 0)
+            kept = writer.existing
             diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject, tar_sink)
             verifier = DigestVerifier(
                 layer.digest, subject, self._pool.host, layer.size

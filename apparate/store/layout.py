@@ -82,7 +82,13 @@ class StoredImage:
 
 
 class BlobWriter:
-    """A blob being written; it becomes visible only through ``commit``."""
+    """A blob being written; it becomes visible only through ``commit``.
+
+    ``existing`` counts bytes kept from an earlier pull, which only a
+    ResumableWriter has.
+    """
+
+    existing = 0
 
     def __init__(self, store: Store, digest: Digest) -> None:
         self._store = store

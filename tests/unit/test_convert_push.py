@@ -12,6 +12,7 @@ import respx
 
 from apparate.convert import (
     ConvertOptions,
+    LayerConversion,
     _ConvertedImage,
     _push,
     _Session,
@@ -50,8 +51,13 @@ def converted_image(body: bytes, platform: dict | None = None) -> _ConvertedImag
     config = descriptor(CONFIG, "application/vnd.oci.image.config.v1+json")
     blobs = [config, descriptor(KEPT_LAYER), descriptor(NEW_LAYER)]
     manifest = Descriptor(OCI_MANIFEST, Digest.of(body), len(body))
-    in_source = frozenset([config.digest, Digest.of(KEPT_LAYER)])
-    return _ConvertedImage(manifest, body, blobs, [], platform, in_source)
+    kept = Digest.of(KEPT_LAYER)
+    new = Digest.of(NEW_LAYER)
+    layers = [
+        LayerConversion(kept, kept, len(KEPT_LAYER), len(KEPT_LAYER), 1, 0, True),
+        LayerConversion(Digest.of(b"gzip"), new, 4, len(NEW_LAYER), 1, 0, False),
+    ]
+    return _ConvertedImage(manifest, body, blobs, layers, platform)
 
 
 def source_image(body: bytes, platform: dict | None = None) -> _SourceImage:
