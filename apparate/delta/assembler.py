@@ -111,17 +111,16 @@ def fetch_table(
 
 def known_frames(index: ChunkIndex, table: ChunkTable) -> dict[bytes, list[LocalFrame]]:
     """Look every chunk of ``table`` up in the local chunk index."""
-    known: dict[bytes, list[LocalFrame]] = {}
+    lengths: dict[bytes, int] = {}
     for entry in table.entries:
-        if entry.identity in known:
-            continue
-        locations = index.locate(entry.identity)
-        if locations:
-            known[entry.identity] = [
-                LocalFrame(loc.blob, loc.frame_offset, loc.frame_length, loc.frame_xxh3)
-                for loc in locations
-                if loc.length == entry.length
-            ]
+        lengths.setdefault(entry.identity, entry.length)
+    known: dict[bytes, list[LocalFrame]] = {}
+    for identity, locations in index.locate_all(lengths).items():
+        known[identity] = [
+            LocalFrame(loc.blob, loc.frame_offset, loc.frame_length, loc.frame_xxh3)
+            for loc in locations
+            if loc.length == lengths[identity]
+        ]
     return known
 
 

@@ -41,6 +41,17 @@ def test_locate_filters_by_kind(tmp_path):
         assert len(index.locate(b"c" * 16, (PACK,))) == 1
 
 
+def test_locate_all_finds_chunks_beyond_one_query(tmp_path):
+    identities = [n.to_bytes(16, "big") for n in range(2000)]
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        index.add_table(BLOB, table(*identities[::2]))
+
+        found = index.locate_all([*identities, identities[0]])
+
+    assert sorted(found) == identities[::2]
+    assert found[identities[1998]][0].frame_offset == 50 * 999
+
+
 def test_forget_blob_removes_its_chunks(tmp_path):
     with ChunkIndex(tmp_path / "chunks.db") as index:
         index.add_table(BLOB, table(b"a" * 16))
