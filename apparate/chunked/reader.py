@@ -58,7 +58,9 @@ def read_table(read_range: ReadRange, footer: Footer, subject: str) -> ChunkTabl
     return table
 
 
-def decompress_frame(entry: ChunkEntry, frame: bytes, subject: str) -> bytes:
+def decompress_frame(
+    entry: ChunkEntry, frame: bytes | memoryview, subject: str
+) -> bytes:
     """Return the chunk inside ``frame``, after checking it against ``entry``."""
     chunk = decompress_trusted_frame(entry, frame, subject)
     if chunk_identity(chunk) != entry.identity:
@@ -69,7 +71,9 @@ def decompress_frame(entry: ChunkEntry, frame: bytes, subject: str) -> bytes:
     return chunk
 
 
-def decompress_trusted_frame(entry: ChunkEntry, frame: bytes, subject: str) -> bytes:
+def decompress_trusted_frame(
+    entry: ChunkEntry, frame: bytes | memoryview, subject: str
+) -> bytes:
     """Return the chunk inside ``frame``, checking its frame hash and length only.
 
     For frames copied from the store, whose chunk identity was checked when
@@ -90,7 +94,7 @@ def decompress_trusted_frame(entry: ChunkEntry, frame: bytes, subject: str) -> b
     return chunk
 
 
-def _single_frame(frame: bytes, entry: ChunkEntry, subject: str) -> bytes:
+def _single_frame(frame: bytes | memoryview, entry: ChunkEntry, subject: str) -> bytes:
     """Decompress exactly one frame of the size the table names, no more.
 
     The frame's declared content size must equal the entry's length (capped

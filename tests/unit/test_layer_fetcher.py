@@ -20,6 +20,7 @@ from apparate.chunked.writer import write_chunked_layer
 from apparate.delta import assembler
 from apparate.delta.assembler import member_runs
 from apparate.delta.image_plan import ImagePlans
+from apparate.delta.planner import Source
 from apparate.delta.prefetch import TablePrefetch
 from apparate.digest import Digest
 from apparate.manifest import Descriptor
@@ -196,3 +197,31 @@ def test_bytes_of_a_failed_attempt_are_counted(tmp_path):
     assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
     assert downloaded == pool.whole_bytes + pool.range_bytes
     assert pool.whole_bytes == 2 * layer.descriptor.size
+
+
+def test_damaged_stored_frame_is_fetched_and_its_neighbours_copied(tmp_path):
+    v2 = ConvertedLayer(changed=5)
+    pool = StandInPool(v2)
+    fetch, store, index = fetcher(tmp_path, v2, pool)
+    store_v1(store, index)
+    _, plan = fetch._plans.plan_for(v2.descriptor)
+    # A frame in the middle of a run of stored frames that are copied together.
+    stored = [
+        p for p, source in enumerate(plan.sources) if source is Source.LOCAL_FRAME
+    ]
+    damaged = next(p for p in stored[1:] if p - 1 in stored and p + 1 in stored)
+    frame = plan.local[damaged]
+    blob = store.blob_path(frame.blob)
+    data = bytearray(blob.read_bytes())
+    data[frame.offset + frame.length // 2] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+
+    fetch.fetch(v2.descriptor, v2.diff_id)
+
+    assert store.has_blob(v2.descriptor.digest, v2.descriptor.size)
+    assert pool.whole_bytes == 0
+    # The table and footer, the planned ranges, and the damaged frame alone.
+    tail = v2.descriptor.size - v2.table.frames_length
+    entry = v2.table.entries[damaged]
+    assert pool.range_bytes == tail + plan.bytes_to_fetch + entry.frame_length
