@@ -53,6 +53,27 @@ class _Pipe:
                 continue
 
     def readinto(self, buffer: memoryview) -> int:
+        if not self._next_piece():
+            return 0
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def read(self, size: int = -1) -> bytes:
+        """Return up to ``size`` bytes (all that remain for -1), b"" at the end."""
+        parts = []
+        wanted = size if size >= 0 else 1 << 62
+        while wanted > 0 and self._next_piece():
+            count = min(wanted, len(self._pending))
+            parts.append(self._pending[:count])
+            self._pending = self._pending[count:]
+            wanted -= count
+        # Slices of the pieces, copied once.
+        return b"".join(parts)
+
+    def _next_piece(self) -> bool:
+        """Wait until bytes are pending; return False at the end of the stream."""
         while not self._pending and not self._ended:
             if self.aborted:
                 raise PackAborted()
@@ -64,23 +85,7 @@ class _Pipe:
                 self._ended = True
             else:
                 self._pending = memoryview(piece)
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
-
-    def read(self, size: int = -1) -> bytes:
-        """Return up to ``size`` bytes (all that remain for -1), b"" at the end."""
-        parts = []
-        wanted = size if size >= 0 else 1 << 62
-        while wanted > 0:
-            buffer = bytearray(min(wanted, 1 << 20))
-            count = self.readinto(memoryview(buffer))
-            if count == 0:
-                break
-            parts.append(bytes(buffer[:count]))
-            wanted -= count
-        return b"".join(parts)
+        return bool(self._pending)
 
     def drain(self) -> None:
         while True:

@@ -2,7 +2,7 @@ import io
 import sqlite3
 
 from apparate.chunked.format import FOOTER_SIZE
-from apparate.chunked.packer import LocalPacker
+from apparate.chunked.packer import LocalPacker, _Pipe
 from apparate.chunked.reader import (
     file_range_reader,
     iter_chunks,
@@ -105,3 +105,16 @@ def test_pack_missing_from_store_is_forgotten(tmp_path, caplog):
     assert read_pack(store, again) == TAR
     missing = [r for r in caplog.records if "no longer in the store" in r.message]
     assert len(missing) == 1
+
+
+def test_pipe_reads_across_pieces_until_the_end():
+    pipe = _Pipe()
+    for piece in (b"abc", b"defg", b"h", None):
+        pipe.put(piece)
+    buffer = bytearray(2)
+
+    assert pipe.read(5) == b"abcde"
+    assert pipe.readinto(memoryview(buffer)) == 2
+    assert bytes(buffer) == b"fg"
+    assert pipe.read() == b"h"
+    assert pipe.read(3) == b""
