@@ -116,7 +116,12 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     options = options or PullOptions()
     started = time.monotonic()
     ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
-    store = Store(options.store or default_store_path())
+    # A dry run changes nothing: it creates no store and sweeps no partials.
+    store = Store(
+        options.store or default_store_path(),
+        create=not options.dry_run,
+        missing_ok=options.dry_run,
+    )
     try:
         return _pull(store, ref, options, started)
     finally:

@@ -269,11 +269,14 @@ def _store_errors(action: str) -> Iterator[None]:
 class Store:
     """An OCI image layout directory plus apparate's working folders."""
 
-    def __init__(self, root: Path, *, create: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, create: bool = True, missing_ok: bool = False
+    ) -> None:
         """Open the store at ``root``, creating it unless ``create`` is false.
 
         Without ``create`` the store is only read: a missing store raises
-        StoreError and nothing is written, not even the sweep of ``ingest/``.
+        StoreError, or reads as empty with ``missing_ok``, and nothing is
+        written, not even the sweep of ``ingest/``.
         """
         self.root = Path(root)
         self.ingest_dir = self.root / "ingest"
@@ -281,9 +284,13 @@ class Store:
         # Blobs this process verified and committed, so exports need not hash
         # them again.
         self._committed_here: set[Digest] = set()
+        self._absent = False
         self._check_layout()
         if not create:
             if not (self.root / "index.json").is_file():
+                if missing_ok:
+                    self._absent = True
+                    return
                 raise StoreError(
                     f"no store at {self.root}",
                     hint="check --store or APPARATE_STORE, or pull an image first",
@@ -654,6 +661,8 @@ class Store:
 
     def _read_index(self) -> list[Any]:
         """Read the entries of ``index.json``, which may be of any JSON type."""
+        if self._absent:
+            return []
         path = self.root / "index.json"
         try:
             body = path.read_bytes()

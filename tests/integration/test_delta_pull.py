@@ -98,6 +98,16 @@ def test_dry_run_equals_following_pull(converted, tmp_path):
     ]
 
 
+def test_dry_run_creates_no_store(converted, tmp_path):
+    store = tmp_path / "not-yet"
+
+    planned = apparate.pull(f"{converted}:v2", PullOptions(store=store, dry_run=True))
+    pulled = apparate.pull(f"{converted}:v2", PullOptions(store=tmp_path / "pull"))
+
+    assert not store.exists()
+    assert planned.bytes_fetched == pulled.bytes_fetched
+
+
 def test_dry_run_of_failing_table_plans_whole_layer(
     converted, fresh_registry, tmp_path
 ):
