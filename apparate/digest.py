@@ -39,6 +39,16 @@ class Digest:
         return cls(algorithm, hex_part)
 
     @classmethod
+    def parse_or_none(cls, value: object) -> Digest | None:
+        """Parse ``value`` if it is a valid digest string; return None otherwise."""
+        if not isinstance(value, str):
+            return None
+        try:
+            return cls.parse(value)
+        except ValueError:
+            return None
+
+    @classmethod
     def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 

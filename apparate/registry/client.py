@@ -262,7 +262,7 @@ class RegistryClient:
             raise transport_error(error, self.host, subject) from None
         if status != 200:
             log.debug("HEAD %s returned %s, falling back to GET", path, status)
-        return _parse_header_digest(header) if status == 200 else None
+        return Digest.parse_or_none(header) if status == 200 else None
 
     def get_manifest(self, lookup: str, expected: Digest | None) -> FetchedManifest:
         """GET a manifest or index by tag or digest and verify it."""
@@ -282,7 +282,7 @@ class RegistryClient:
             raise transport_error(error, self.host, subject) from None
         media_type = content_type.split(";")[0].strip()
 
-        digest = expected or _parse_header_digest(header) or Digest.of(body)
+        digest = expected or Digest.parse_or_none(header) or Digest.of(body)
         verify_bytes(body, digest, subject, self.host)
         return FetchedManifest(body, media_type, digest)
 
@@ -821,13 +821,6 @@ def _read_bounded(
                 hint="the registry or the link is overloaded; try again later",
             )
     return bytes(body)
-
-
-def _parse_header_digest(header: str) -> Digest | None:
-    try:
-        return Digest.parse(header) if header else None
-    except ValueError:
-        return None
 
 
 def _wrong_scheme(response: httpx.Response) -> bool:

@@ -164,11 +164,10 @@ class ChunkIndex:
 
     def _blob_digest(self, blob: object) -> Digest | None:
         """Parse a row's blob; forget the rows of a value that is not a digest."""
-        try:
-            return Digest.parse(blob)  # type: ignore[arg-type]
-        except (ValueError, TypeError):
+        digest = Digest.parse_or_none(blob)
+        if digest is None:
             self._forget_invalid(blob)
-            return None
+        return digest
 
     def has_blob(self, blob: Digest) -> bool:
         with self._reading():

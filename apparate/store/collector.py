@@ -438,7 +438,9 @@ def _forget_invalid_rows(path: Path) -> None:
         return
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=30.0)) as db, db:
-            invalid = [(blob,) for blob in _indexed(db) if not _is_digest(blob)]
+            invalid = [
+                (blob,) for blob in _indexed(db) if Digest.parse_or_none(blob) is None
+            ]
             if invalid:
                 log.warning(
                     "%s: %d chunk rows name no blob digest, such as %r; "
@@ -447,16 +449,6 @@ def _forget_invalid_rows(path: Path) -> None:
                 db.executemany("DELETE FROM chunks WHERE blob = ?", invalid)
     except sqlite3.Error as error:
         log.warning("cannot delete invalid chunk rows from %s: %s", path, error)
-
-
-def _is_digest(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        Digest.parse(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _execute(db: sqlite3.Connection, sql: str, rows: list[tuple[object]]) -> None:

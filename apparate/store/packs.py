@@ -86,20 +86,16 @@ def _read(
     except sqlite3.Error as error:
         raise StoreError(f"cannot read the packs in {path}: {error}") from None
     # Rows that name no digest (a damaged database) are left to gc to delete.
-    packs = [pack for (value,) in blobs if (pack := _digest_or_none(value))]
+    packs = [pack for (value,) in blobs if (pack := Digest.parse_or_none(value))]
     known = {}
     for pack_value, diff_value in rows:
-        pack, diff_id = _digest_or_none(pack_value), _digest_or_none(diff_value)
+        pack, diff_id = (
+            Digest.parse_or_none(pack_value),
+            Digest.parse_or_none(diff_value),
+        )
         if pack and diff_id:
             known[pack] = diff_id
     return packs, known
-
-
-def _digest_or_none(value: object) -> Digest | None:
-    try:
-        return Digest.parse(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 def _remember(

@@ -287,10 +287,7 @@ def _children(document: dict[str, Any]) -> list[tuple[Digest, str]]:
 def _digest_of(item: Any) -> Digest | None:
     if not isinstance(item, dict):
         return None
-    try:
-        return Digest.parse(item.get("digest", ""))
-    except (ValueError, TypeError):
-        return None
+    return Digest.parse_or_none(item.get("digest"))
 
 
 def _followed(media_type: str) -> bool:
