@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 QUEUE_DEPTH = 8
 _POLL_SECONDS = 0.1
@@ -93,3 +93,52 @@ class Stage:
             function(*args)
         except BaseException as error:  # noqa: BLE001 - handed to the producer
             self._error = error
+
+
+class _End:
+    """The item a read-ahead thread queues after the last one."""
+
+
+def read_ahead(items: Iterator[bytes], name: str) -> Iterator[bytes]:
+    """Yield ``items``, produced on a thread of their own up to ``QUEUE_DEPTH`` ahead.
+
+    A stream that is produced with CPU work (inflating layers) and consumed
+    by a slow reader (a socket) then does both at once. What the producer
+    raises is raised here, in its place. Closing the returned generator
+    stops the producer and closes ``items`` on the producer's thread.
+    """
+    pending: queue.Queue[bytes | _End | BaseException] = queue.Queue(QUEUE_DEPTH)
+    stopped = threading.Event()
+
+    def offer(item: bytes | _End | BaseException) -> bool:
+        while not stopped.is_set():
+            try:
+                pending.put(item, timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(_End())
+        except BaseException as error:  # noqa: BLE001 - raised to the consumer
+            offer(error)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while not isinstance(item := pending.get(), _End):
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopped.set()
+        thread.join()

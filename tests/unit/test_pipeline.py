@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from apparate.pipeline import QUEUE_DEPTH, Stage, StageClosed
+from apparate.errors import StoreError
+from apparate.pipeline import QUEUE_DEPTH, Stage, StageClosed, read_ahead
 
 
 def test_stage_consumes_in_order_then_finishes():
@@ -67,3 +68,38 @@ def test_stage_abort_frees_blocked_producer():
     assert not producer.is_alive()
     assert not aborter.is_alive()
     assert len(outcome) == 1
+
+
+def test_read_ahead_yields_every_item_in_order():
+    items = [bytes([n]) * n for n in range(50)]
+
+    assert list(read_ahead(iter(items), "test")) == items
+
+
+def test_read_ahead_raises_the_producer_error_in_place():
+    def produce():
+        yield b"first"
+        raise StoreError("damaged")
+
+    stream = read_ahead(produce(), "test")
+
+    assert next(stream) == b"first"
+    with pytest.raises(StoreError, match="damaged"):
+        next(stream)
+
+
+def test_read_ahead_closed_early_closes_the_source():
+    closed = threading.Event()
+
+    def produce():
+        try:
+            while True:
+                yield b"piece"
+        finally:
+            closed.set()
+
+    stream = read_ahead(produce(), "test")
+    assert next(stream) == b"piece"
+    stream.close()
+
+    assert closed.is_set()
