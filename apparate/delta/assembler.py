@@ -320,16 +320,23 @@ class Assembler:
         costs less, the fetch stops and DeltaUnavailable is raised.
         """
         budget = self._layer.size - remaining.bytes_to_fetch
+
+        def copy() -> list[int]:
+            try:
+                return self._copy_frames(table, plan, writer, stored, ready, budget)
+            except BaseException:
+                # A failed copy fails the rebuild, so the fetch stops too.
+                self._failed.set()
+                raise
+
         copier = ThreadPoolExecutor(1, thread_name_prefix="copy")
-        copying = copier.submit(
-            self._copy_frames, table, plan, writer, stored, ready, budget
-        )
+        copying = copier.submit(copy)
         try:
             self._fetch(remaining, table, writer, journal, ready)
         except RangeFetchStopped:
             copier.shutdown(wait=True)
             error = copying.exception()
-            if isinstance(error, DeltaUnavailable):
+            if error is not None and not isinstance(error, RangeFetchStopped):
                 raise error from None
             raise
         finally:

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import io
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,11 @@ from apparate.delta.image_plan import ImagePlans
 from apparate.delta.planner import Source
 from apparate.delta.prefetch import TablePrefetch
 from apparate.digest import Digest
+from apparate.errors import StoreError
 from apparate.manifest import Descriptor
 from apparate.progress import PullObserver
 from apparate.pull import _LayerFetcher
-from apparate.registry.client import RangesUnsupported
+from apparate.registry.client import RangeFetchStopped, RangesUnsupported
 from apparate.store import layout
 from apparate.store.chunk_index import INDEX_FILE, LAYER, ChunkIndex
 from apparate.store.layout import DELTA_PARTIAL, Store
@@ -225,3 +227,40 @@ def test_damaged_stored_frame_is_fetched_and_its_neighbours_copied(tmp_path):
     tail = v2.descriptor.size - v2.table.frames_length
     entry = v2.table.entries[damaged]
     assert pool.range_bytes == tail + plan.bytes_to_fetch + entry.frame_length
+
+
+class StoppablePool(StandInPool):
+    """Holds each range of frames until the rebuild is stopped, for up to 5 s."""
+
+    def fetch_range(self, layer, start, end, write, subject, stopped=None):
+        if start < self._frames_end:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if stopped is not None and stopped():
+                    raise RangeFetchStopped()
+                time.sleep(0.01)
+        return super().fetch_range(layer, start, end, write, subject, stopped)
+
+
+def test_failed_copy_stops_the_fetch_beside_it(tmp_path, monkeypatch):
+    v2 = ConvertedLayer(changed=5)
+    pool = StoppablePool(v2)
+    fetch, store, index = fetcher(tmp_path, v2, pool)
+    store_v1(store, index)
+    remote, plan = fetch._plans.plan_for(v2.descriptor)
+
+    def full_disk(self, *args):
+        raise StoreError("cannot write blob: No space left on device")
+
+    monkeypatch.setattr(assembler.Assembler, "_copy_run", full_disk)
+    rebuild = assembler.Assembler(pool, store, v2.descriptor, "layer", lambda n: None)
+    with store.resumable(
+        v2.descriptor.digest, v2.descriptor.size, DELTA_PARTIAL
+    ) as writer:
+        journal = assembler.RangeJournal(writer.path, True)
+        with pytest.raises(StoreError, match="No space left"):
+            rebuild.assemble(remote, plan, v2.diff_id, writer, journal)
+        writer.discard()
+
+    assert plan.ranges
+    assert pool.range_bytes == v2.descriptor.size - v2.table.frames_length
