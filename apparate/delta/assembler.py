@@ -398,8 +398,13 @@ class Assembler:
         if blob is None:
             return run
         first, last = plan.local[run[0]], plan.local[run[-1]]
-        blob.seek(first.offset)
-        data = blob.read(last.offset + last.length - first.offset)
+        try:
+            blob.seek(first.offset)
+            data = blob.read(last.offset + last.length - first.offset)
+        except OSError as error:
+            # An unreadable stored blob costs a fetch of its frames, not the pull.
+            log.warning("%s: cannot read %s: %s", self._subject, blob.name, error)
+            return run
         view = memoryview(data)
         frames = []
         for position in run:

@@ -201,7 +201,7 @@ def test_bytes_of_a_failed_attempt_are_counted(tmp_path):
     assert pool.whole_bytes == 2 * layer.descriptor.size
 
 
-def test_damaged_stored_frame_is_fetched_and_its_neighbours_copied(tmp_path):
+def test_damaged_stored_frame_fetched_alone(tmp_path):
     v2 = ConvertedLayer(changed=5)
     pool = StandInPool(v2)
     fetch, store, index = fetcher(tmp_path, v2, pool)
@@ -264,3 +264,26 @@ def test_failed_copy_stops_the_fetch_beside_it(tmp_path, monkeypatch):
 
     assert plan.ranges
     assert pool.range_bytes == v2.descriptor.size - v2.table.frames_length
+
+
+class UnreadableBlob(io.BytesIO):
+    """A stored blob whose every read fails, as on a failing disk."""
+
+    name = "unreadable"
+
+    def read(self, size=-1):
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_unreadable_stored_blob_is_fetched_instead(tmp_path, monkeypatch):
+    v2 = ConvertedLayer(changed=5)
+    pool = StandInPool(v2)
+    fetch, store, index = fetcher(tmp_path, v2, pool)
+    store_v1(store, index)
+    monkeypatch.setattr(
+        assembler.Assembler, "_open", lambda self, blob, files: UnreadableBlob()
+    )
+
+    fetch.fetch(v2.descriptor, v2.diff_id)
+
+    assert store.has_blob(v2.descriptor.digest, v2.descriptor.size)
