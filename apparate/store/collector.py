@@ -162,22 +162,27 @@ def remove_images(
     requested = list(references)
     if not (root / "index.json").is_file():
         raise _not_stored(requested[0], root)
+    options = options or GcOptions()
     store = Store(root, create=False)
-    # gc stops at an invalid entry of index.json anyway. Checking here stops
-    # rm before images() warns that it skips the entry.
+    # An invalid entry named by its reference is removed, as the only way
+    # out short of editing index.json. gc stops at any other invalid entry
+    # anyway, and checking here stops rm before images() warns about it.
+    dropped = store.drop_invalid(requested, options.dry_run)
     store.entries()
     stored = store.images()
     untag: list[str] = []
     not_found: list[str] = []
     for text in requested:
         matched = select_images(text, stored) or select_by_digest(text, stored)
-        if not matched:
+        if not matched and text not in dropped:
             not_found.append(text)
         untag.extend(ref for ref in matched if ref not in untag)
-    if not untag:
+    if not untag and not dropped:
         raise _not_stored(not_found[0], root)
-    result = collect(store, options or GcOptions(), untag)
-    return dataclasses.replace(result, not_found=not_found)
+    result = collect(store, options, untag)
+    return dataclasses.replace(
+        result, untagged=dropped + result.untagged, not_found=not_found
+    )
 
 
 def select_by_digest(text: str, stored: Iterable[StoredImage]) -> list[str]:

@@ -56,7 +56,10 @@ _LOCK_POLL_SECONDS = 0.1
 # Error numbers of a store this process cannot write, such as a read-only
 # mount or the directory of another user.
 _READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
-_INVALID_ENTRY_HINT = "remove the entry or fix it with the tool that wrote it"
+_INVALID_ENTRY_HINT = (
+    "remove a tagged entry with 'apparate rm' and its name; remove any other "
+    "from index.json, or fix it with the tool that wrote it"
+)
 _DAMAGED_INDEX_HINT = (
     "fix the file, or move it aside and pull the images again, which reuses "
     "the blobs still stored"
@@ -285,6 +288,9 @@ class Store:
         # them again.
         self._committed_here: set[Digest] = set()
         self._absent = False
+        # References of invalid entries a dry run of rm removes, left out
+        # when the index is read.
+        self._hidden: set[str] = set()
         self._check_layout()
         if not create:
             if not (self.root / "index.json").is_file():
@@ -616,6 +622,37 @@ class Store:
                 self._write_index(remaining)
         return removed
 
+    def drop_invalid(
+        self, references: Iterable[str], dry_run: bool = False
+    ) -> list[str]:
+        """Remove the invalid entries of ``index.json`` tagged with ``references``.
+
+        Such an entry names no blob gc could keep, so removing it removes no
+        blob by itself. Returns the references of the entries removed. A dry
+        run writes nothing: this object then reads the index without them.
+        """
+        requested = set(references)
+        if dry_run:
+            found = [
+                reference
+                for item in self._read_index()
+                if (reference := _reference_of(item)) in requested and _is_invalid(item)
+            ]
+            self._hidden.update(found)
+            return found
+        with _store_errors("cannot untag images"), self._locked():
+            entries = self._read_index()
+            found = [
+                reference
+                for item in entries
+                if (reference := _reference_of(item)) in requested and _is_invalid(item)
+            ]
+            if found:
+                self._write_index(
+                    [item for item in entries if not _hidden_by(item, set(found))]
+                )
+        return found
+
     def has_reference(self, reference: str) -> bool:
         """Tell whether an image is tagged ``reference`` in the store."""
         return any(_reference_of(item) == reference for item in self._read_index())
@@ -681,6 +718,8 @@ class Store:
                 f"{path} is not an OCI image index: it has no manifests list",
                 hint=_DAMAGED_INDEX_HINT,
             )
+        if self._hidden:
+            return [item for item in manifests if not _hidden_by(item, self._hidden)]
         return manifests
 
     def _write_index(self, entries: list[dict[str, Any]]) -> None:
@@ -750,6 +789,19 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+
+
+def _hidden_by(item: Any, references: set[str]) -> bool:
+    """Tell whether ``item`` is an invalid entry tagged with one of ``references``."""
+    return _reference_of(item) in references and _is_invalid(item)
+
+
+def _is_invalid(item: Any) -> bool:
+    try:
+        _descriptor(item)
+    except ValueError:
+        return True
+    return False
 
 
 def _reference_of(item: Any) -> str | None:

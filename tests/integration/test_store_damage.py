@@ -210,9 +210,34 @@ def test_invalid_entry_skipped_or_stops_gc(registry_plain, tmp_path, entry):
     for stopped in (collected, removed):
         assert stopped.returncode == 10
         assert "lists an invalid entry" in stopped.stderr
-        assert "remove the entry or fix it" in stopped.stderr
+        assert "remove a tagged entry with 'apparate rm'" in stopped.stderr
         assert "Traceback" not in stopped.stderr
     assert blob_names(store) == blobs
+    assert [image.reference for image in apparate.list_images(store)] == [reference]
+
+
+@pytest.mark.parametrize("name", ["no digest", "malformed digest"])
+def test_invalid_tagged_entry_removed_by_rm(registry_plain, tmp_path, name):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    apparate.pull(reference, PullOptions(store=store))
+    index = store / "index.json"
+    document = json.loads(index.read_text())
+    document["manifests"].append(INVALID_ENTRIES[name])
+    index.write_text(json.dumps(document))
+    damaged = TAGGED["org.opencontainers.image.ref.name"]
+
+    planned = cli("rm", "--dry-run", damaged, store=store)
+    after_dry_run = json.loads(index.read_text())["manifests"]
+    removed = cli("rm", damaged, store=store)
+    collected = cli("gc", store=store)
+
+    assert planned.returncode == 0, planned.stderr
+    assert INVALID_ENTRIES[name] in after_dry_run
+    assert removed.returncode == 0, removed.stderr
+    assert damaged in removed.stdout
+    assert INVALID_ENTRIES[name] not in json.loads(index.read_text())["manifests"]
+    assert collected.returncode == 0, collected.stderr
     assert [image.reference for image in apparate.list_images(store)] == [reference]
 
 

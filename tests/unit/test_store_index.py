@@ -85,7 +85,7 @@ def test_entries_reject_invalid_entry(store, entry, problem):
     assert caught.value.exit_code == 10
     assert "lists an invalid entry, manifests[0]" in str(caught.value)
     assert problem in str(caught.value)
-    assert "remove the entry" in str(caught.value)
+    assert "apparate rm" in str(caught.value)
 
 
 def test_tag_and_untag_keep_invalid_entry(store):
