@@ -116,11 +116,13 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
     options = options or PullOptions()
     started = time.monotonic()
     ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
-    # A dry run changes nothing: it creates no store and sweeps no partials.
+    # A dry run creates no store, sweeps no partials and removes no damaged
+    # blob. NOTE: SQLite may still leave the chunk index's -wal and -shm
+    # files beside a database it reads.
     store = Store(
         options.store or default_store_path(),
         create=not options.dry_run,
-        missing_ok=options.dry_run,
+        read_only=options.dry_run,
     )
     try:
         return _pull(store, ref, options, started)

@@ -28,6 +28,7 @@ from typing import Any
 
 from apparate.digest import Digest
 from apparate.errors import ApparateError, NotFound, StoreError, UsageError
+from apparate.reference import Reference
 from apparate.result import PullResult
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.gc import (
@@ -164,25 +165,33 @@ def remove_images(
         raise _not_stored(requested[0], root)
     options = options or GcOptions()
     store = Store(root, create=False)
-    # An invalid entry named by its reference is removed, as the only way
-    # out short of editing index.json. gc stops at any other invalid entry
-    # anyway, and checking here stops rm before images() warns about it.
-    dropped = store.drop_invalid(requested, options.dry_run)
+    # An invalid entry named by its reference is removed with the images rm
+    # untags, as the only way out short of editing index.json. gc stops at
+    # any other invalid entry anyway, and checking here stops rm before
+    # images() warns about it.
+    names = {text: _names_of(text) for text in requested}
+    hidden = store.hide_invalid(name for both in names.values() for name in both)
     store.entries()
     stored = store.images()
     untag: list[str] = []
     not_found: list[str] = []
     for text in requested:
         matched = select_images(text, stored) or select_by_digest(text, stored)
-        if not matched and text not in dropped:
+        if not matched and not set(names[text]) & set(hidden):
             not_found.append(text)
         untag.extend(ref for ref in matched if ref not in untag)
-    if not untag and not dropped:
+    if not untag and not hidden:
         raise _not_stored(not_found[0], root)
     result = collect(store, options, untag)
-    return dataclasses.replace(
-        result, untagged=dropped + result.untagged, not_found=not_found
-    )
+    return dataclasses.replace(result, not_found=not_found)
+
+
+def _names_of(text: str) -> tuple[str, ...]:
+    """Return the names an rm argument may be stored under: as given, and canonical."""
+    try:
+        return (text, str(Reference.parse(text)))
+    except ApparateError:
+        return (text,)
 
 
 def select_by_digest(text: str, stored: Iterable[StoredImage]) -> list[str]:
@@ -225,6 +234,9 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
             packs = _read_packs(store, options.dry_run)
         found = survey(store, packs or {}, options.partial_max_age)
         plan = plan_gc(found.state, options.max_size, options.protected, untag)
+        # Invalid entries rm hid are untagged with the images it names.
+        extra = [ref for ref in store.hidden_references if ref not in plan.untag]
+        plan = dataclasses.replace(plan, untag=(*plan.untag, *extra))
         found.check_kept_images_readable(plan.untag)
         if not options.dry_run:
             _apply(store, plan, found)

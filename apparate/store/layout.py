@@ -273,13 +273,14 @@ class Store:
     """An OCI image layout directory plus apparate's working folders."""
 
     def __init__(
-        self, root: Path, *, create: bool = True, missing_ok: bool = False
+        self, root: Path, *, create: bool = True, read_only: bool = False
     ) -> None:
         """Open the store at ``root``, creating it unless ``create`` is false.
 
-        Without ``create`` the store is only read: a missing store raises
-        StoreError, or reads as empty with ``missing_ok``, and nothing is
-        written, not even the sweep of ``ingest/``.
+        Without ``create`` nothing is written on opening, not even the sweep
+        of ``ingest/``, and a missing store raises StoreError. A
+        ``read_only`` store writes nothing at all: a missing one reads as
+        empty, and a damaged blob is left in place.
         """
         self.root = Path(root)
         self.ingest_dir = self.root / "ingest"
@@ -288,13 +289,14 @@ class Store:
         # them again.
         self._committed_here: set[Digest] = set()
         self._absent = False
-        # References of invalid entries a dry run of rm removes, left out
-        # when the index is read.
+        self._read_only = read_only
+        # References of invalid entries that rm removes, left out when the
+        # index is read.
         self._hidden: set[str] = set()
         self._check_layout()
         if not create:
             if not (self.root / "index.json").is_file():
-                if missing_ok:
+                if read_only:
                     self._absent = True
                     return
                 raise StoreError(
@@ -456,7 +458,13 @@ class Store:
         body = self.read_blob(digest)
         if digest.matches(body):
             return body
-        self.remove_damaged_blob(digest)
+        if self._read_only:
+            log.warning(
+                "blob %s in the store %s is damaged; the next pull fetches it",
+                digest, self.root,
+            )  # fmt: skip
+        else:
+            self.remove_damaged_blob(digest)
         return None
 
     def remove_damaged_blob(self, digest: Digest) -> None:
@@ -601,7 +609,9 @@ class Store:
         }
         with _store_errors(f"cannot tag {reference}"), self._locked():
             entries = [
-                item for item in self._read_index() if _reference_of(item) != reference
+                item
+                for item in self._read_index(filtered=False)
+                if _reference_of(item) != reference
             ]
             self._write_index([*entries, entry])
 
@@ -609,7 +619,7 @@ class Store:
         """Remove the entries tagged ``references``; return those that were there."""
         requested = set(references)
         with _store_errors("cannot untag images"), self._locked():
-            entries = self._read_index()
+            entries = self._read_index(filtered=False)
             remaining = [
                 item for item in entries if _reference_of(item) not in requested
             ]
@@ -622,36 +632,26 @@ class Store:
                 self._write_index(remaining)
         return removed
 
-    def drop_invalid(
-        self, references: Iterable[str], dry_run: bool = False
-    ) -> list[str]:
-        """Remove the invalid entries of ``index.json`` tagged with ``references``.
+    def hide_invalid(self, references: Iterable[str]) -> list[str]:
+        """Leave the invalid entries tagged ``references`` out of what this object reads.
 
-        Such an entry names no blob gc could keep, so removing it removes no
-        blob by itself. Returns the references of the entries removed. A dry
-        run writes nothing: this object then reads the index without them.
+        Such an entry names no blob gc could keep, so rm can plan without
+        it, and removes it with the images it untags. Nothing is written
+        here, and writes still see every entry. Returns the references of
+        the entries hidden.
         """
         requested = set(references)
-        if dry_run:
-            found = [
-                reference
-                for item in self._read_index()
-                if (reference := _reference_of(item)) in requested and _is_invalid(item)
-            ]
-            self._hidden.update(found)
-            return found
-        with _store_errors("cannot untag images"), self._locked():
-            entries = self._read_index()
-            found = [
-                reference
-                for item in entries
-                if (reference := _reference_of(item)) in requested and _is_invalid(item)
-            ]
-            if found:
-                self._write_index(
-                    [item for item in entries if not _hidden_by(item, set(found))]
-                )
-        return found
+        found = [
+            reference
+            for item in self._read_index()
+            if (reference := _reference_of(item)) in requested and _is_invalid(item)
+        ]
+        self._hidden.update(found)
+        return list(dict.fromkeys(found))
+
+    @property
+    def hidden_references(self) -> list[str]:
+        return sorted(self._hidden)
 
     def has_reference(self, reference: str) -> bool:
         """Tell whether an image is tagged ``reference`` in the store."""
@@ -696,8 +696,12 @@ class Store:
         path = self.root / "index.json"
         return f"{path} lists an invalid entry, manifests[{position}]: {error}"
 
-    def _read_index(self) -> list[Any]:
-        """Read the entries of ``index.json``, which may be of any JSON type."""
+    def _read_index(self, filtered: bool = True) -> list[Any]:
+        """Read the entries of ``index.json``, which may be of any JSON type.
+
+        Unless ``filtered`` is false, as for a rewrite of the file, the
+        entries ``hide_invalid`` hid are left out.
+        """
         if self._absent:
             return []
         path = self.root / "index.json"
@@ -718,7 +722,7 @@ class Store:
                 f"{path} is not an OCI image index: it has no manifests list",
                 hint=_DAMAGED_INDEX_HINT,
             )
-        if self._hidden:
+        if filtered and self._hidden:
             return [item for item in manifests if not _hidden_by(item, self._hidden)]
         return manifests
 
@@ -797,8 +801,11 @@ def _hidden_by(item: Any, references: set[str]) -> bool:
 
 
 def _is_invalid(item: Any) -> bool:
+    """Tell whether ``images`` or ``entries`` would reject an entry."""
     try:
-        _descriptor(item)
+        descriptor = _descriptor(item)
+        if descriptor.annotations.get(REF_NAME):
+            _stored_image(descriptor)
     except ValueError:
         return True
     return False

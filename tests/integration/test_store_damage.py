@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import apparate
+from apparate.digest import Digest
 from apparate.pull import PullOptions
 
 pytestmark = [
@@ -239,6 +240,29 @@ def test_invalid_tagged_entry_removed_by_rm(registry_plain, tmp_path, name):
     assert INVALID_ENTRIES[name] not in json.loads(index.read_text())["manifests"]
     assert collected.returncode == 0, collected.stderr
     assert [image.reference for image in apparate.list_images(store)] == [reference]
+
+
+def test_dry_run_leaves_damaged_config_in_place(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    pulled = apparate.pull(reference, PullOptions(store=store))
+    manifest = json.loads(
+        (store / "blobs" / pulled.digest.algorithm / pulled.digest.hex).read_text()
+    )
+    config = store / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]
+    config.chmod(0o644)
+    damaged = b" " * config.stat().st_size
+    config.write_bytes(damaged)
+
+    planned = cli("pull", "--dry-run", reference, store=store)
+    after_dry_run = config.read_bytes()
+    repaired = cli("pull", "-q", reference, store=store)
+
+    assert planned.returncode == 0, planned.stderr
+    assert "is damaged" in planned.stderr
+    assert after_dry_run == damaged
+    assert repaired.returncode == 0, repaired.stderr
+    assert Digest.of(config.read_bytes()) == Digest.parse(manifest["config"]["digest"])
 
 
 def test_malformed_index_json_repaired_as_advised(registry_plain, tmp_path):

@@ -132,6 +132,60 @@ def test_rm_stops_at_invalid_entry(store):
     assert store.has_blob(Digest.of(BASE))
 
 
+def test_rm_removes_invalid_entry_by_its_name(store):
+    add_image(store, GOOD, [BASE])
+    add_entry(store, INVALID_ENTRIES["no digest"][0])
+    add_entry(store, INVALID_ENTRIES["source annotation malformed"][0])
+    before = index_path(store).read_bytes()
+    store.close()
+
+    planned = remove_images(["example.com/bad:v1"], store.root, GcOptions(dry_run=True))
+    after_dry_run = index_path(store).read_bytes()
+    removed = remove_images(["example.com/bad:v1"], store.root)
+
+    assert planned.untagged == ["example.com/bad:v1"]
+    assert after_dry_run == before
+    assert removed.untagged == ["example.com/bad:v1"]
+    assert removed.not_found == []
+    manifests = json.loads(index_path(store).read_text())["manifests"]
+    assert len(manifests) == 1
+    assert [image.reference for image in Store(store.root).images()] == [GOOD]
+
+
+def test_rm_removes_invalid_entry_by_short_name(store):
+    add_entry(store, {"mediaType": OCI_MANIFEST,
+                      "annotations": {REF_NAME: "docker.io/library/bad:v1"}})  # fmt: skip
+    store.close()
+
+    removed = remove_images(["bad:v1"], store.root)
+
+    assert removed.untagged == ["docker.io/library/bad:v1"]
+    assert json.loads(index_path(store).read_text())["manifests"] == []
+
+
+def test_rm_failing_leaves_invalid_entry(store):
+    add_entry(store, INVALID_ENTRIES["no digest"][0])
+    add_entry(store, "hello")
+    before = index_path(store).read_bytes()
+    store.close()
+
+    with pytest.raises(StoreError, match="lists an invalid entry"):
+        remove_images(["example.com/bad:v1"], store.root)
+
+    assert index_path(store).read_bytes() == before
+
+
+def test_hidden_invalid_entry_kept_by_later_tag(store):
+    manifest = add_image(store, GOOD, [BASE])
+    add_entry(store, INVALID_ENTRIES["no digest"][0])
+
+    store.hide_invalid(["example.com/bad:v1"])
+    store.tag("example.com/app:v2", Descriptor(OCI_MANIFEST, manifest, 10))
+
+    manifests = json.loads(index_path(store).read_text())["manifests"]
+    assert INVALID_ENTRIES["no digest"][0] in manifests
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
