@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 QUEUE_DEPTH = 8
 _POLL_SECONDS = 0.1
@@ -99,7 +99,7 @@ class _End:
     """The item a read-ahead thread queues after the last one."""
 
 
-def read_ahead(items: Iterator[bytes], name: str) -> Iterator[bytes]:
+def read_ahead(items: Iterator[bytes], name: str) -> Generator[bytes, None, None]:
     """Yield ``items``, produced on a thread of their own up to ``QUEUE_DEPTH`` ahead.
 
     A stream that is produced with CPU work (inflating layers) and consumed

@@ -21,7 +21,7 @@ import io
 import json
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
@@ -69,14 +69,15 @@ def tar_header(member: Member) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def stream_tar(members: Iterable[Member]) -> Iterator[bytes]:
+def stream_tar(members: Iterable[Member]) -> Generator[bytes, None, None]:
     """Yield a tar of ``members``; raise StoreError if a file's size is off.
 
     A file that yields another number of bytes than its header states would
     leave a corrupt archive, so the stream stops there instead. The tar is
     built on a thread of its own, so inflating and hashing layers overlaps
     sending them: streaming a 79 MB docker-archive to dockerd took 0.19 s
-    instead of 0.28 s.
+    instead of 0.28 s. Close the stream when a consumer stops early, so
+    the thread ends at once.
     """
     return read_ahead(_tar_pieces(members), "archive")
 

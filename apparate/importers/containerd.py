@@ -9,6 +9,7 @@ option is passed where the installed ctr offers it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
@@ -92,7 +93,8 @@ def import_into_containerd(
     )
     log.debug("running %s", " ".join(argv))
     retry = f"apparate import {name} --into containerd{daemons.containerd_options()}"
-    sent = _run(argv, stream_tar(oci_members(store, content, name)), name, retry)
+    with contextlib.closing(stream_tar(oci_members(store, content, name))) as archive:
+        sent = _run(argv, archive, name, retry)
     return ImportResult(
         CONTAINERD, requested, name, str(content.top.digest), sent,
         time.monotonic() - started,

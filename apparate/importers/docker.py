@@ -18,6 +18,7 @@ index whose other platforms are absent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -219,8 +220,9 @@ def _load_docker(
         members = docker_members(store, content, sizes)
     finally:
         sizes.close()
-    counter = _Counter(stream_tar(members))
-    messages = engine.load(iter(counter))
+    with contextlib.closing(stream_tar(members)) as archive:
+        counter = _Counter(archive)
+        messages = engine.load(iter(counter))
     log.info("%s: %s", reference, "; ".join(messages) or "loaded")
     if not engine.has_image(image_id):
         raise DaemonRejected(
@@ -242,8 +244,11 @@ def _load_oci(
 ) -> ImportResult:
     """Load an OCI archive into an engine that keeps its images in containerd."""
     reference = str(content.reference)
-    counter = _Counter(stream_tar(oci_members(store, content, reference)))
-    messages = engine.load(iter(counter))
+    with contextlib.closing(
+        stream_tar(oci_members(store, content, reference))
+    ) as archive:
+        counter = _Counter(archive)
+        messages = engine.load(iter(counter))
     log.info("%s: %s", reference, "; ".join(messages) or "loaded")
     return ImportResult(
         DOCKER, requested, reference, str(content.top.digest), counter.sent,

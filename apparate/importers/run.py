@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -162,7 +163,8 @@ def _write_file(
         finally:
             sizes.close()
         image_id = str(content.config_digest)
-    written = write_archive(target.path, stream_tar(members), reference)
+    with contextlib.closing(stream_tar(members)) as archive:
+        written = write_archive(target.path, archive, reference)
     name = reference if target.kind == OCI_ARCHIVE or content.tag else None
     note = ""
     if target.kind == DOCKER_ARCHIVE and not content.tag:
