@@ -181,6 +181,15 @@ INVALID_ENTRIES = {
 }  # fmt: skip
 
 
+def append_entry(store: Path, entry: object) -> Path:
+    """Append ``entry`` to the store's index.json; return the file's path."""
+    index = store / "index.json"
+    document = json.loads(index.read_text())
+    document["manifests"].append(entry)
+    index.write_text(json.dumps(document))
+    return index
+
+
 def blob_names(store: Path) -> set[str]:
     return {path.name for path in (store / "blobs" / "sha256").iterdir()}
 
@@ -190,10 +199,7 @@ def test_invalid_entry_skipped_or_stops_gc(registry_plain, tmp_path, entry):
     store = tmp_path / "store"
     reference = f"{registry_plain.host}/samples/base:v1"
     apparate.pull(reference, PullOptions(store=store))
-    index = store / "index.json"
-    document = json.loads(index.read_text())
-    document["manifests"].append(entry)
-    index.write_text(json.dumps(document))
+    index = append_entry(store, entry)
     blobs = blob_names(store)
     output = tmp_path / "image.tar"
 
@@ -222,10 +228,7 @@ def test_invalid_tagged_entry_removed_by_rm(registry_plain, tmp_path, name):
     store = tmp_path / "store"
     reference = f"{registry_plain.host}/samples/base:v1"
     apparate.pull(reference, PullOptions(store=store))
-    index = store / "index.json"
-    document = json.loads(index.read_text())
-    document["manifests"].append(INVALID_ENTRIES[name])
-    index.write_text(json.dumps(document))
+    index = append_entry(store, INVALID_ENTRIES[name])
     damaged = TAGGED["org.opencontainers.image.ref.name"]
 
     planned = cli("rm", "--dry-run", damaged, store=store)
@@ -246,13 +249,11 @@ def test_dry_run_leaves_damaged_config_in_place(registry_plain, tmp_path):
     store = tmp_path / "store"
     reference = f"{registry_plain.host}/samples/base:v1"
     pulled = apparate.pull(reference, PullOptions(store=store))
-    manifest = json.loads(
-        (store / "blobs" / pulled.digest.algorithm / pulled.digest.hex).read_text()
-    )
-    config = store / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]
+    manifest = json.loads(blob(store, pulled.digest).read_text())
+    config = blob(store, manifest["config"]["digest"])
     config.chmod(0o644)
-    damaged = b" " * config.stat().st_size
-    config.write_bytes(damaged)
+    damage(config)
+    damaged = config.read_bytes()
 
     planned = cli("pull", "--dry-run", reference, store=store)
     after_dry_run = config.read_bytes()

@@ -42,6 +42,7 @@ from apparate.registry.client import (
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
 from tests.testbed import certs
+from tests.unit.test_client_failures import RawServer
 
 HOST = "registry.example"
 BLOB = bytes(range(256)) * 2000
@@ -1074,37 +1075,21 @@ def test_blob_redirect_failure_is_invalid_response(
     assert "blob x" in str(caught.value)
 
 
-class PlainClosingOnTls:
+class PlainClosingOnTls(RawServer):
     """A plain-HTTP server on 127.0.0.1 that responds with 400 NAME_INVALID and
     closes a connection that opens with a TLS handshake, sending nothing."""
 
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            with connection:
-                first = connection.recv(1, socket.MSG_PEEK)
-                connection.recv(65536)
-                if first == b"\x16":  # a TLS record: the handshake
-                    connection.shutdown(socket.SHUT_RDWR)
-                    continue
-                body = b'{"errors": [{"code": "NAME_INVALID", "message": "bad name"}]}'
-                connection.sendall(
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                    % (len(body), body)
-                )
-
-    def close(self) -> None:
-        self._listener.close()
+    def respond(self, connection: socket.socket) -> None:
+        first = connection.recv(1, socket.MSG_PEEK)
+        connection.recv(65536)
+        if first == b"\x16":  # a TLS record: the handshake
+            connection.shutdown(socket.SHUT_RDWR)
+            return
+        body = b'{"errors": [{"code": "NAME_INVALID", "message": "bad name"}]}'
+        connection.sendall(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
 
 
 @pytest.mark.parametrize(

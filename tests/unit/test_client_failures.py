@@ -212,10 +212,11 @@ class RawServer:
     It speaks neither HTTP nor TLS properly, whichever the client tries.
     """
 
-    def __init__(self, reply: bytes) -> None:
+    def __init__(self, reply: bytes = b"") -> None:
         self.reply = reply
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.host = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self.port = self._listener.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -226,10 +227,14 @@ class RawServer:
                 return
             with connection:
                 try:
-                    connection.recv(65536)
-                    connection.sendall(self.reply)
+                    self.respond(connection)
                 except OSError:
                     pass
+
+    def respond(self, connection: socket.socket) -> None:
+        """Read the request and send ``reply``; subclasses respond otherwise."""
+        connection.recv(65536)
+        connection.sendall(self.reply)
 
     def close(self) -> None:
         self._listener.close()

@@ -115,6 +115,13 @@ def store_v1(store: Store, index: ChunkIndex) -> None:
     index.add_table(v1.descriptor.digest, v1.table, LAYER)
 
 
+def update_fetcher(tmp_path: Path, pool: StandInPool, v2: ConvertedLayer):
+    """Return a fetcher of ``v2`` through ``pool``, with v1 stored and indexed."""
+    fetch, store, index = fetcher(tmp_path, v2, pool)
+    store_v1(store, index)
+    return fetch, store
+
+
 @pytest.mark.parametrize(
     "frames_by_range", [True, False], ids=["rebuilt from ranges", "fetched whole"]
 )
@@ -140,8 +147,7 @@ def test_layer_indexed_before_commit(tmp_path, monkeypatch, frames_by_range):
 def test_stale_journal_is_ignored(tmp_path):
     v2 = ConvertedLayer(changed=5)
     pool = StandInPool(v2)
-    fetch, store, index = fetcher(tmp_path, v2, pool)
-    store_v1(store, index)
+    fetch, store = update_fetcher(tmp_path, pool, v2)
     # A journal left by a killed pull whose partial file is gone: it names
     # every range this pull needs.
     _, plan = fetch._plans.plan_for(v2.descriptor)
@@ -161,8 +167,7 @@ def test_stale_journal_is_ignored(tmp_path):
 def test_whole_fallback_leaves_no_partial(tmp_path):
     v2 = ConvertedLayer(changed=5)
     pool = StandInPool(v2, frames_by_range=False)
-    fetch, store, index = fetcher(tmp_path, v2, pool)
-    store_v1(store, index)
+    fetch, store = update_fetcher(tmp_path, pool, v2)
 
     fetch.fetch(v2.descriptor, v2.diff_id)
 
@@ -204,8 +209,7 @@ def test_bytes_of_a_failed_attempt_are_counted(tmp_path):
 def test_damaged_stored_frame_fetched_alone(tmp_path):
     v2 = ConvertedLayer(changed=5)
     pool = StandInPool(v2)
-    fetch, store, index = fetcher(tmp_path, v2, pool)
-    store_v1(store, index)
+    fetch, store = update_fetcher(tmp_path, pool, v2)
     _, plan = fetch._plans.plan_for(v2.descriptor)
     # A frame in the middle of a run of stored frames that are copied together.
     stored = [
@@ -245,8 +249,7 @@ class StoppablePool(StandInPool):
 def test_failed_copy_stops_the_fetch_beside_it(tmp_path, monkeypatch):
     v2 = ConvertedLayer(changed=5)
     pool = StoppablePool(v2)
-    fetch, store, index = fetcher(tmp_path, v2, pool)
-    store_v1(store, index)
+    fetch, store = update_fetcher(tmp_path, pool, v2)
     remote, plan = fetch._plans.plan_for(v2.descriptor)
 
     def full_disk(self, *args):
@@ -278,8 +281,7 @@ class UnreadableBlob(io.BytesIO):
 def test_unreadable_stored_blob_is_fetched_instead(tmp_path, monkeypatch):
     v2 = ConvertedLayer(changed=5)
     pool = StandInPool(v2)
-    fetch, store, index = fetcher(tmp_path, v2, pool)
-    store_v1(store, index)
+    fetch, store = update_fetcher(tmp_path, pool, v2)
     monkeypatch.setattr(
         assembler.Assembler, "_open", lambda self, blob, files: UnreadableBlob()
     )
