@@ -21,9 +21,9 @@ from apparate.digest import Digest
 # costs a round trip, which on a slow link is worth more than a few kB.
 DEFAULT_MAX_GAP = 16 * 1024
 # Ranges are split at this size so several can be fetched in parallel. A
-# range is checked once it has arrived, so the last one's size is the check
-# left after the last byte: 2 MiB ranges ended a cold pull across a 100 Mbit/s
-# link 30 ms sooner than 4 MiB ones.
+# range is checked once it has arrived, so the last range's size sets the
+# check left after the last byte. With 2 MiB ranges a cold pull across a
+# 100 Mbit/s link ended 30 ms sooner than with 4 MiB ones.
 DEFAULT_MAX_RANGE = 2 * 1024 * 1024
 
 

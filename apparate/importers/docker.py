@@ -83,7 +83,7 @@ class DockerEngine:
         self.socket = docker_socket(docker_host)
         self.reference = reference
         # The Engine API is plain HTTP on the socket, so loading the TLS
-        # trust store, 20 ms of every import, is left out.
+        # trust store, about 20 ms of every import, is left out.
         self._client = httpx.Client(
             transport=httpx.HTTPTransport(uds=self.socket, verify=False),
             base_url="http://docker",

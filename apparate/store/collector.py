@@ -165,10 +165,9 @@ def remove_images(
         raise _not_stored(requested[0], root)
     options = options or GcOptions()
     store = Store(root, create=False)
-    # An invalid entry named by its reference is removed with the images rm
-    # untags, as the only way out short of editing index.json. gc stops at
-    # any other invalid entry anyway, and checking here stops rm before
-    # images() warns about it.
+    # An invalid entry tagged with a requested name is removed with the
+    # images rm untags. Any other invalid entry stops gc, so entries() stops
+    # rm here, before images() warns about it.
     names = {text: _names_of(text) for text in requested}
     hidden = store.hide_invalid(name for both in names.values() for name in both)
     store.entries()

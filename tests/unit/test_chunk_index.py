@@ -41,7 +41,7 @@ def test_locate_filters_by_kind(tmp_path):
         assert len(index.locate(b"c" * 16, (PACK,))) == 1
 
 
-def test_locate_all_finds_chunks_beyond_one_query(tmp_path):
+def test_locate_all_beyond_one_query(tmp_path):
     identities = [n.to_bytes(16, "big") for n in range(2000)]
     with ChunkIndex(tmp_path / "chunks.db") as index:
         index.add_table(BLOB, table(*identities[::2]))

@@ -234,7 +234,7 @@ def test_damaged_stored_frame_fetched_alone(tmp_path):
 
 
 class StoppablePool(StandInPool):
-    """Holds each range of frames until the rebuild is stopped, for up to 5 s."""
+    """A pool that holds each range of frames until the rebuild stops, for up to 5 s."""
 
     def fetch_range(self, layer, start, end, write, subject, stopped=None):
         if start < self._frames_end:
@@ -246,7 +246,7 @@ class StoppablePool(StandInPool):
         return super().fetch_range(layer, start, end, write, subject, stopped)
 
 
-def test_failed_copy_stops_the_fetch_beside_it(tmp_path, monkeypatch):
+def test_failed_copy_stops_the_fetch(tmp_path, monkeypatch):
     v2 = ConvertedLayer(changed=5)
     pool = StoppablePool(v2)
     fetch, store = update_fetcher(tmp_path, pool, v2)
@@ -278,7 +278,7 @@ class UnreadableBlob(io.BytesIO):
         raise OSError(errno.EIO, "Input/output error")
 
 
-def test_unreadable_stored_blob_is_fetched_instead(tmp_path, monkeypatch):
+def test_unreadable_stored_blob_fetched(tmp_path, monkeypatch):
     v2 = ConvertedLayer(changed=5)
     pool = StandInPool(v2)
     fetch, store = update_fetcher(tmp_path, pool, v2)

@@ -107,7 +107,7 @@ def test_pack_missing_from_store_is_forgotten(tmp_path, caplog):
     assert len(missing) == 1
 
 
-def test_pipe_reads_across_pieces_until_the_end():
+def test_pipe_reads_across_pieces():
     pipe = _Pipe()
     for piece in (b"abc", b"defg", b"h", None):
         pipe.put(piece)

@@ -70,13 +70,13 @@ def test_stage_abort_frees_blocked_producer():
     assert len(outcome) == 1
 
 
-def test_read_ahead_yields_every_item_in_order():
+def test_read_ahead_keeps_order():
     items = [bytes([n]) * n for n in range(50)]
 
     assert list(read_ahead(iter(items), "test")) == items
 
 
-def test_read_ahead_raises_the_producer_error_in_place():
+def test_read_ahead_raises_producer_error():
     def produce():
         yield b"first"
         raise StoreError("damaged")
@@ -88,7 +88,7 @@ def test_read_ahead_raises_the_producer_error_in_place():
         next(stream)
 
 
-def test_read_ahead_closed_early_closes_the_source():
+def test_read_ahead_close_closes_source():
     closed = threading.Event()
 
     def produce():

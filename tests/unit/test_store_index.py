@@ -132,7 +132,7 @@ def test_rm_stops_at_invalid_entry(store):
     assert store.has_blob(Digest.of(BASE))
 
 
-def test_rm_removes_invalid_entry_by_its_name(store):
+def test_rm_removes_invalid_entry(store):
     add_image(store, GOOD, [BASE])
     add_entry(store, INVALID_ENTRIES["no digest"][0])
     add_entry(store, INVALID_ENTRIES["source annotation malformed"][0])
