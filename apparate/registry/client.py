@@ -47,6 +47,9 @@ from apparate.registry.transport import TransportSettings
 log = logging.getLogger(__name__)
 
 MAX_STALLED_ATTEMPTS = 5
+# A server silent for a whole read timeout twice in a row is hung, not busy:
+# waiting five read timeouts for it held a pull for minutes.
+MAX_SILENT_ATTEMPTS = 2
 MAX_REDIRECTS = 5
 MAX_ATTEMPTS = 20
 # Seconds before the first retry without progress; it doubles each time, so
@@ -309,7 +312,8 @@ class RegistryClient:
         checked, so the caller keeps what it wrote provisional until this
         returns. A transfer that stops making progress, or trickles below
         the least speed of ``pace.paced``, is retried with growing pauses,
-        ``MAX_STALLED_ATTEMPTS`` times in a row at most.
+        ``MAX_STALLED_ATTEMPTS`` times in a row at most, or
+        ``MAX_SILENT_ATTEMPTS`` times when each of them timed out.
         A ``verifier`` that already hashed the blob's first bytes (kept from
         an earlier, interrupted pull) makes the download start after them.
         With ``failover``, the first failed transfer raises TruncatedBody at
@@ -726,7 +730,8 @@ class _Retries:
 
     @property
     def exhausted(self) -> bool:
-        return self.stalled >= MAX_STALLED_ATTEMPTS
+        silent = min(self.stalled, self.timed_out)
+        return self.stalled >= MAX_STALLED_ATTEMPTS or silent >= MAX_SILENT_ATTEMPTS
 
     @property
     def all_timed_out(self) -> bool:

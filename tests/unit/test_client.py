@@ -1196,11 +1196,11 @@ def test_trickling_blob_counts_as_stalled(client, monkeypatch):
 
     route = respx.get(BLOB_PATH).mock(side_effect=trickle)
 
-    with pytest.raises(TransferTimedOut, match="timed out 5 times.*least speed"):
+    with pytest.raises(TransferTimedOut, match="timed out 2 times.*least speed"):
         fetch(client)
 
-    assert route.call_count == 5
-    assert PAUSES == [0.5, 1.0, 2.0, 4.0]
+    assert route.call_count == 2
+    assert PAUSES == [0.5]
 
 
 class TricklingBlob(http.server.BaseHTTPRequestHandler):
