@@ -191,6 +191,10 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
         )
     session = _Session(options)
     try:
+        # A push the registry rejects would fail only after every layer
+        # was converted.
+        with RegistryWriter(dst, session.settings, session.credentials) as writer:
+            writer.check_push_access()
         if options.reuse_from is not None:
             for reference in options.reuse_from:
                 _add_reuse_source(Reference.parse(reference), session)

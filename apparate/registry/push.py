@@ -41,6 +41,15 @@ class RegistryWriter(RegistryClient):
         scopes += [f"repository:{name}:pull" for name in mount_from]
         super().__init__(reference, settings, credentials, scopes=scopes)
 
+    def check_push_access(self) -> None:
+        """Start an upload session, so a rejected push fails before any work.
+
+        Raises the error the registry gave the session's start. The session
+        is left for the registry to expire: cancelling it needs the delete
+        action, which a token for pull and push lacks.
+        """
+        self._start_upload(f"push to {self.image}")
+
     def blob_exists(self, descriptor: Descriptor) -> bool:
         """Check with HEAD whether the repository already has the blob."""
         path = self._path(f"blobs/{descriptor.digest}")

@@ -24,6 +24,7 @@ from apparate.chunked.format import footer_from_annotations
 from apparate.chunked.reader import file_range_reader, read_table
 from apparate.convert import ConvertOptions, convert
 from apparate.digest import Digest
+from apparate.errors import AuthError
 from apparate.pull import PullOptions
 from apparate.registry.credentials import Credentials
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
@@ -443,3 +444,22 @@ def test_convert_rejects_before_any_work(
     assert words in done.stderr
     assert done.stdout == ""
     assert not store.exists()
+
+
+def test_convert_without_push_access_fails_first(
+    registry_token, token_server, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("APPARATE_CERTS_D", str(registry_token.certs_dir))
+    token_server.allowed_actions = {"pull"}
+    host = registry_token.host
+    login = {host: Credentials(registry_token.username, registry_token.password)}
+    store = tmp_path / "store"
+
+    with pytest.raises(AuthError) as caught:
+        convert(f"{host}/samples/base:v1", f"{host}/readonly/base:v1",
+                ConvertOptions(store=store, credentials=login))  # fmt: skip
+
+    assert f"{host}/readonly/base:v1" in str(caught.value)
+    assert "insufficient_scope" in str(caught.value)
+    # Nothing was pulled to be converted.
+    assert not [path for path in store.rglob("blobs/*/*") if path.is_file()]

@@ -10,7 +10,7 @@ import pytest
 import respx
 
 from apparate.digest import Digest
-from apparate.errors import InvalidResponse
+from apparate.errors import AuthRejected, InvalidResponse
 from apparate.manifest import Descriptor
 from apparate.reference import Reference
 from apparate.registry.credentials import CredentialStore
@@ -151,3 +151,20 @@ def test_manifest_exists(mock, writer, status, exists):
     assert found is exists
     accepted = head.calls[0].request.headers["Accept"]
     assert "application/vnd.oci.image.manifest.v1+json" in accepted
+
+
+def test_push_access_check_starts_session(mock, writer):
+    start = mock.post(UPLOADS).mock(return_value=upload_session("u3"))
+
+    writer.check_push_access()
+
+    assert start.call_count == 1
+
+
+def test_push_access_check_raises_denial(mock, writer):
+    mock.post(UPLOADS).respond(403, json={"errors": [{"code": "DENIED"}]})
+
+    with pytest.raises(AuthRejected) as caught:
+        writer.check_push_access()
+
+    assert f"push to {HOST}/team/app:v1: access denied" in str(caught.value)
