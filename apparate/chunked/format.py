@@ -29,6 +29,12 @@ FOOTER_SIZE = SKIPPABLE_HEADER.size + FOOTER_PAYLOAD.size
 IDENTITY_BYTES = 16
 # 32 bytes per chunk: two million chunks, far more than any layer has.
 MAX_TABLE_BYTES = 64 * 1024 * 1024
+# Chunkers cut at most a few hundred kB; a table entry claiming more is bad.
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
+# zstd's compress bound for the largest chunk (ZSTD_COMPRESSBOUND adds 1/256
+# of the input) plus room for the frame header and checksum, so a frame
+# of a valid chunk is never larger than this.
+MAX_FRAME_BYTES = MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 8) + 1024
 
 # Layer descriptor annotations that let a client fetch the table with one
 # range request; the table digest is covered by the manifest's digest.
@@ -148,8 +154,11 @@ def decode_table(frame: bytes, expected: Digest, subject: str) -> ChunkTable:
         )
     try:
         return _decode_verified_table(frame, subject)
-    except (struct.error, UnicodeDecodeError, ValueError) as error:
-        raise ChunkTableCorrupt(f"{subject}: the chunk table is malformed: {error}")
+    except (struct.error, UnicodeDecodeError, ValueError, RecursionError) as error:
+        # Deeply nested JSON in a record raises RecursionError.
+        raise ChunkTableCorrupt(
+            f"{subject}: the chunk table is malformed: {error}"
+        ) from None
 
 
 def _decode_verified_table(frame: bytes, subject: str) -> ChunkTable:
@@ -165,13 +174,20 @@ def _decode_verified_table(frame: bytes, subject: str) -> ChunkTable:
         raise ValueError(f"unknown flags {flags:#x}")
     _check_version(version, subject)
     position += TABLE_HEADER.size
-    encoder = json.loads(frame[position : position + encoder_length])
+    encoder = _json_record(frame[position : position + encoder_length], "encoder")
     position += encoder_length
-    chunking = json.loads(frame[position : position + chunking_length])
+    chunking = _json_record(frame[position : position + chunking_length], "chunking")
     position += chunking_length
     if len(frame) - position != count * ENTRY.size:
         raise ValueError(f"{count} entries do not fill the table")
     return ChunkTable(version, encoder, chunking, _entries(frame, position, count))
+
+
+def _json_record(data: bytes, name: str) -> dict[str, Any]:
+    record = json.loads(data)
+    if not isinstance(record, dict):
+        raise ValueError(f"the {name} record is not a JSON object")
+    return record
 
 
 def _entries(frame: bytes, position: int, count: int) -> list[ChunkEntry]:
@@ -180,6 +196,11 @@ def _entries(frame: bytes, position: int, count: int) -> list[ChunkEntry]:
     for identity, length, frame_length, xxh3 in ENTRY.iter_unpack(
         frame[position : position + count * ENTRY.size]
     ):
+        if length > MAX_CHUNK_BYTES or frame_length > MAX_FRAME_BYTES:
+            raise ValueError(
+                f"entry {len(entries)} claims a {length}-byte chunk in a "
+                f"{frame_length}-byte frame, over the limit"
+            )
         entries.append(ChunkEntry(identity, length, frame_length, xxh3, offset))
         offset += frame_length
     return entries

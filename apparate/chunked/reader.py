@@ -18,6 +18,7 @@ import zstandard
 
 from apparate.chunked.format import (
     FOOTER_SIZE,
+    MAX_CHUNK_BYTES,
     ChunkEntry,
     ChunkTable,
     Footer,
@@ -33,8 +34,6 @@ ReadRange = Callable[[int, int], bytes]
 # zstd sets a frame's window to its content size when that is known, and
 # chunks are at most a few hundred kB; a larger window is refused.
 MAX_WINDOW_SIZE = 1 << 23
-# Chunkers cut at most a few hundred kB; a table entry claiming more is bad.
-MAX_CHUNK_BYTES = 16 * 1024 * 1024
 _thread_state = threading.local()
 
 

@@ -16,13 +16,20 @@ import zstandard
 
 import apparate
 from apparate.chunked.format import (
+    ENTRY,
     FOOTER_SIZE,
+    FORMAT_VERSION,
+    TABLE_HEADER,
+    TABLE_MAGIC,
+    TABLE_SIGNATURE,
     ChunkEntry,
     ChunkTable,
     Footer,
     encode_footer,
+    decode_table,
     encode_table,
     footer_from_annotations,
+    skippable_frame,
     table_annotations,
 )
 from apparate.chunked.reader import (
@@ -196,6 +203,37 @@ def test_annotation_digest_mismatch_is_rejected():
 
     with pytest.raises(ChunkTableCorrupt, match="sha256"):
         read_table(file_range_reader(io.BytesIO(blob)), footer, "layer x")
+
+
+def table_frame(encoder: bytes, chunking: bytes, entries: list[tuple]) -> bytes:
+    """Encode a table frame from raw records, which encode_table would not write."""
+    header = TABLE_HEADER.pack(
+        TABLE_SIGNATURE, FORMAT_VERSION, 0, len(entries), len(encoder), len(chunking)
+    )
+    packed = b"".join(ENTRY.pack(*entry) for entry in entries)
+    return skippable_frame(TABLE_MAGIC, header + encoder + chunking + packed)
+
+
+ONE_CHUNK = (bytes(16), 100, 50, 0)
+MALFORMED_TABLES = {
+    "encoder not an object": (b"[1]", b"{}", [ONE_CHUNK], "encoder record"),
+    "chunking not an object": (b"{}", b'"fastcdc"', [ONE_CHUNK], "chunking record"),
+    "deeply nested record": (b"[" * 100_000 + b"]" * 100_000, b"{}", [], "recursion"),
+    "huge chunk": (b"{}", b"{}", [(bytes(16), 1 << 30, 50, 0)], "over the limit"),
+    "huge frame": (b"{}", b"{}", [(bytes(16), 100, 1 << 31, 0)], "over the limit"),
+}
+
+
+@pytest.mark.parametrize(
+    "encoder, chunking, entries, words",
+    MALFORMED_TABLES.values(),
+    ids=MALFORMED_TABLES,
+)
+def test_malformed_table_is_corrupt(encoder, chunking, entries, words):
+    frame = table_frame(encoder, chunking, entries)
+
+    with pytest.raises(ChunkTableCorrupt, match=words):
+        decode_table(frame, Digest.of(frame), "layer x")
 
 
 def test_unknown_version_is_rejected():
