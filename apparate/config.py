@@ -31,6 +31,8 @@ from apparate.errors import UsageError
 from apparate.registry.client import Endpoint, InvalidEndpoint
 
 DEFAULT_STALL_TIMEOUT = 10.0
+# A day: longer waits only hide a dead source, and sockets overflow near 1e10 s.
+MAX_STALL_TIMEOUT = 86400.0
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -117,9 +119,11 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
         raise _invalid(path, "into must be a non-empty string")
     size = data.get("max_store_size")
     stall = data.get("stall_timeout", DEFAULT_STALL_TIMEOUT)
-    if not _is_positive_number(stall):
+    if not _is_positive_number(stall) or stall > MAX_STALL_TIMEOUT:
         raise _invalid(
-            path, f"stall_timeout must be a positive number of seconds, not {stall!r}"
+            path,
+            f"stall_timeout must be a positive number of seconds up to "
+            f"{MAX_STALL_TIMEOUT:g}, not {stall!r}",
         )
     return Config(
         into=into,
@@ -140,7 +144,10 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"not a size: {text!r} (use a number with K, M, G or T)")
     number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
+    size = float(number) * _UNITS[unit.lower()]
+    if not math.isfinite(size):
+        raise ValueError(f"size too large: {text.strip()[:32]!r}")
+    return int(size)
 
 
 def _size(value: object, path: Path | None) -> int:

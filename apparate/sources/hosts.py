@@ -77,6 +77,13 @@ _DURATION_UNITS = {
     "s": 1.0, "m": 60.0, "h": 3600.0,
 }  # fmt: skip
 _DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)([^0-9.]*)", re.ASCII)
+# Go's durations are int64 nanoseconds.
+_MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
+# A connection attempt waits at most a day, whatever hosts.toml sets.
+MAX_DIAL_SECONDS = 86400.0
+# RFC 9110's token characters, and a value of printable ASCII, spaces and tabs.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 @dataclass(frozen=True)
@@ -339,7 +346,15 @@ def _headers(value: Any, subject: str) -> tuple[tuple[str, str], ...]:
         ):
             raise _invalid(f"{subject}: header {name!r} must be text or a list")
         # HTTP joins repeated header fields with commas.
-        headers.append((name, ", ".join(values)))
+        joined = ", ".join(values)
+        if not _HEADER_NAME.fullmatch(name):
+            raise _invalid(f"{subject}: {name!r} is not a valid header name")
+        if not _HEADER_VALUE.fullmatch(joined):
+            raise _invalid(
+                f"{subject}: header {name!r} has a value with characters other "
+                "than printable ASCII"
+            )
+        headers.append((name, joined))
     return tuple(headers)
 
 
@@ -350,12 +365,14 @@ def _dial_timeout(value: Any, subject: str) -> float | None:
     if not value:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as error:
         raise _invalid(
             f"{subject}: dial_timeout {value!r} is invalid: {error}",
             hint='write it as a Go duration such as "500ms", "3s" or "1m30s"',
         ) from None
+    # Python's sockets cannot wait as long as Go's durations reach.
+    return min(seconds, MAX_DIAL_SECONDS)
 
 
 def parse_duration(text: str) -> float:
@@ -385,6 +402,8 @@ def parse_duration(text: str) -> float:
             raise ValueError(f"unknown unit {unit!r}")
         seconds += float(number) * _DURATION_UNITS[unit]
         position = part.end()
+    if seconds > _MAX_DURATION_SECONDS:
+        raise ValueError("over Go's largest duration, about 2562047h")
     return seconds
 
 

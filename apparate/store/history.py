@@ -71,10 +71,17 @@ class PullHistory:
                 self._db = connect_read_only(path)
             else:
                 self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
-                with self._db:
-                    self._db.executescript(SCHEMA)
+                self._create_table()
         except sqlite3.Error as error:
             raise StoreError(f"cannot open the pull history {path}: {error}") from None
+
+    def _create_table(self) -> None:
+        try:
+            with self._db:
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -100,6 +107,8 @@ class PullHistory:
 
     def recent(self, limit: int) -> list[PullRecord]:
         """Return the last ``limit`` pulls, newest first."""
+        # SQLite's integers are 64-bit, and a larger limit means all rows.
+        limit = min(limit, 2**63 - 1)
         rows = self._query("SELECT * FROM pulls ORDER BY finished DESC LIMIT ?", limit)
         return [PullRecord(*row) for row in rows]
 

@@ -34,6 +34,18 @@ def test_history_records_and_sums(tmp_path):
     assert totals.seconds == 4.0
 
 
+def test_limit_over_sqlite_integers_lists_all(tmp_path):
+    history = PullHistory(tmp_path / "apparate.db")
+    try:
+        history.record(result("example.com/app:v1", 1000), now=100.0)
+
+        recent = history.recent(10**20)
+    finally:
+        history.close()
+
+    assert [record.reference for record in recent] == ["example.com/app:v1"]
+
+
 def test_empty_history_sums_to_zero(tmp_path):
     history = PullHistory(tmp_path / "apparate.db")
     try:

@@ -121,6 +121,8 @@ BAD_CONFIGS = {
     "infinite stall": ("stall_timeout = inf", "stall_timeout"),
     "boolean stall": ("stall_timeout = true", "stall_timeout"),
     "string stall": ('stall_timeout = "10"', "stall_timeout"),
+    "stall over a day": ("stall_timeout = 1e12", "up to 86400"),
+    "size overflowing": (f'max_store_size = "{"9" * 400}T"', "size too large"),
     "size word": ('max_store_size = "big"', "max_store_size"),
     "negative size": ("max_store_size = -1", "max_store_size"),
     "float size": ("max_store_size = 1.5", "max_store_size"),
@@ -263,6 +265,9 @@ def test_parse_hosts_tls_and_headers(tmp_path):
         ('skip_verify = "yes"', "skip_verify must be true or false"),
         ('header = "X-A: b"', "header must be a table"),
         ("header = { X-A = 1 }", "header 'X-A' must be text"),
+        ('header = { "Bad Name" = "1" }', "'Bad Name' is not a valid header name"),
+        ('header = { X-A = "cl\u00e9" }', "header 'X-A' has a value with characters"),
+        ('header = { X-A = "a\\r\\nX-B: 1" }', "header 'X-A' has a value"),
     ],
 )
 def test_parse_hosts_rejects_bad_tls_keys(entry, words):
@@ -479,6 +484,7 @@ BAD_DURATIONS = {
     "1.2.3s": "no unit after 1.2",
     "+": "no number",
     "\u0663s": "no number before",
+    "2562048h": "over Go's largest duration",
 }
 
 
@@ -510,6 +516,14 @@ def test_parse_hosts_rejects_bad_host_keys(entry, words):
 
     with pytest.raises(UsageError, match=f"certs.d/hosts.toml: host.* {words}"):
         parse_hosts(data, "certs.d/hosts.toml")
+
+
+def test_parse_hosts_caps_dial_timeout_at_a_day():
+    data = tomllib.loads('[host."https://a.example"]\ndial_timeout = "2562047h"\n')
+
+    (mirror,) = parse_hosts(data, "hosts.toml").mirrors
+
+    assert mirror.dial_timeout == 86400.0
 
 
 def test_parse_hosts_reads_dial_timeout_of_entry():
