@@ -9,6 +9,7 @@ version shares frames with the old one even after a zstd upgrade.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from apparate.chunked.writer import (
     write_chunked_layer,
 )
 from apparate.chunker import Chunker, MalformedTar, default_chunker, fallback_chunker
+from apparate.config import load_config
 from apparate.delta.assembler import record_layer
 from apparate.digest import Digest
 from apparate.errors import (
@@ -59,6 +61,7 @@ from apparate.registry.push import RegistryWriter
 from apparate.registry.transport import TransportSettings
 from apparate.resolve import image_entries
 from apparate.store.chunk_index import INDEX_FILE, LAYER, ChunkIndex
+from apparate.store.collector import fit_to_limit
 from apparate.store.layout import Store, default_store_path
 
 log = logging.getLogger(__name__)
@@ -160,22 +163,32 @@ class _Session:
 
     def __init__(self, options: ConvertOptions) -> None:
         self.options = options
+        self.config = load_config()
         self.store = Store(options.store or default_store_path())
         self.index = ChunkIndex(self.store.root / INDEX_FILE)
         self.settings = TransportSettings.from_environment(options.insecure_registries)
         self.credentials = CredentialStore.from_environment(options.credentials)
         self.reuse_blobs: set[Digest] = set()
+        # Layers that several platforms share are converted once.
+        self.converted: dict[Digest, tuple[Descriptor, LayerConversion]] = {}
 
     def pull_options(self) -> PullOptions:
         # The source images only need to be in the store. Without "oci",
         # pull would also load each platform into this machine's docker or
-        # containerd, and fail the conversion when that load fails.
+        # containerd, and fail the conversion when that load fails. The
+        # store is fitted to its size limit once, after the push: a pull's
+        # gc would wait for this conversion to close the store.
         return PullOptions(
             store=self.store.root,
             into="oci",
             insecure_registries=self.options.insecure_registries,
             credentials=self.options.credentials,
+            config=dataclasses.replace(self.config, max_store_size=None),
         )
+
+    def close(self) -> None:
+        self.index.close()
+        self.store.close()
 
 
 def convert(source: str, destination: str, options: ConvertOptions) -> ConvertResult:
@@ -204,7 +217,13 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
         converted = [_convert_image(image, session) for image in images]
         top_body, pushed, mounted = _push(src, dst, top, images, converted, session)
     finally:
-        session.index.close()
+        session.close()
+    if session.config.max_store_size is not None:
+        store = Store(session.store.root)
+        try:
+            fit_to_limit(store, session.config.max_store_size, (), str(dst))
+        finally:
+            store.close()
     return ConvertResult(
         source=str(src),
         destination=str(dst),
@@ -235,7 +254,13 @@ def _add_reuse_source(
         for layer in image.parsed.layers:
             if not is_chunked(layer):
                 continue
-            table = _stored_table(layer, session)
+            try:
+                table = _stored_table(layer, session)
+            except ChunkedLayerError as error:
+                # The other layers' frames are still worth reusing.
+                log.warning("%s: not reusing frames of layer %s: %s",
+                            reference, layer.digest, error)  # fmt: skip
+                continue
             if not session.index.has_blob(layer.digest):
                 record_layer(
                     session.index, layer, table, str(layer.digest),
@@ -285,6 +310,13 @@ def _fetch_images(
     # platform of each of its entries.
     raw_entries = json.loads(body)["manifests"]
     wanted = {id(entry) for entry in image_entries(index)}
+    if not wanted:
+        # Pushing it would tag an index of no images at the destination.
+        raise UsageError(
+            f"the index of {reference} lists no image manifest to convert, only "
+            "attestations or nested indexes",
+            hint="convert an image or an index of platform images",
+        )
     images = [
         _pulled(reference, entry.digest, raw.get("platform"), session)
         for entry, raw in zip(index.manifests, raw_entries, strict=True)
@@ -372,6 +404,17 @@ def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
 
 
 def _convert_layer(
+    layer: Descriptor, diff_id: Digest, session: _Session
+) -> tuple[Descriptor, LayerConversion]:
+    done = session.converted.get(layer.digest)
+    if done is None:
+        done = session.converted[layer.digest] = _convert_new_layer(
+            layer, diff_id, session
+        )
+    return done
+
+
+def _convert_new_layer(
     layer: Descriptor, diff_id: Digest, session: _Session
 ) -> tuple[Descriptor, LayerConversion]:
     table = _readable_table(layer, session) if is_chunked(layer) else None

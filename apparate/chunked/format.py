@@ -154,7 +154,13 @@ def decode_table(frame: bytes, expected: Digest, subject: str) -> ChunkTable:
         )
     try:
         return _decode_verified_table(frame, subject)
-    except (struct.error, UnicodeDecodeError, ValueError, RecursionError) as error:
+    except (
+        struct.error,
+        UnicodeDecodeError,
+        ValueError,
+        TypeError,
+        RecursionError,
+    ) as error:
         # Deeply nested JSON in a record raises RecursionError.
         raise ChunkTableCorrupt(
             f"{subject}: the chunk table is malformed: {error}"
@@ -186,7 +192,7 @@ def _decode_verified_table(frame: bytes, subject: str) -> ChunkTable:
 def _json_record(data: bytes, name: str) -> dict[str, Any]:
     record = json.loads(data)
     if not isinstance(record, dict):
-        raise ValueError(f"the {name} record is not a JSON object")
+        raise TypeError(f"the {name} record is not a JSON object")
     return record
 
 

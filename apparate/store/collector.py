@@ -302,15 +302,24 @@ def _mark_and_fit(store: Store, result: PullResult, limit: int | None) -> None:
         mark_used(store.root, result.reference)
     except StoreError as error:
         log.warning("%s: last use not recorded: %s", result.reference, error)
+    fit_to_limit(store, limit, (result.reference,), result.reference)
+
+
+def fit_to_limit(
+    store: Store, limit: int | None, keep: tuple[str, ...], subject: str
+) -> None:
+    """Remove least recently used images until the store fits ``limit`` bytes.
+
+    The images named in ``keep`` stay. A failure is logged, not raised,
+    since the work that filled the store has succeeded.
+    """
     if limit is None:
         return
     try:
-        options = GcOptions(limit, (result.reference,), wait=AFTER_PULL_WAIT)
+        options = GcOptions(limit, keep, wait=AFTER_PULL_WAIT)
         done = collect(store, options)
     except (ApparateError, OSError) as error:
-        log.warning(
-            "%s: store not fitted to max_store_size: %s", result.reference, error
-        )
+        log.warning("%s: store not fitted to max_store_size: %s", subject, error)
         return
     if done.untagged:
         # Removing images the user did not name deserves a word on stderr.

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import pytest
 import zstandard
 
@@ -24,11 +25,11 @@ from apparate.chunked.format import footer_from_annotations
 from apparate.chunked.reader import file_range_reader, read_table
 from apparate.convert import ConvertOptions, convert
 from apparate.digest import Digest
-from apparate.errors import AuthError
+from apparate.errors import AuthError, UsageError
 from apparate.pull import PullOptions
 from apparate.registry.credentials import Credentials
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
-from tests.integration.push import Pusher
+from tests.integration.push import OCI_MANIFEST, Pusher, tar_of
 from tests.testbed.containerd import ctr
 
 pytestmark = [
@@ -37,6 +38,7 @@ pytestmark = [
 ]
 
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def raw_manifest(reference: str) -> dict:
@@ -120,9 +122,10 @@ def test_convert_is_deterministic_and_idempotent(
 
 def test_convert_index_keeps_platforms(registry_plain, fresh_registry, tmp_path):
     destination = f"{fresh_registry.host}/converted/multi:v1"
+    conversions = []
+    options = ConvertOptions(store=tmp_path / "store", on_layer=conversions.append)
 
-    convert(f"{registry_plain.host}/samples/multi:v1", destination,
-            ConvertOptions(store=tmp_path / "store"))  # fmt: skip
+    result = convert(f"{registry_plain.host}/samples/multi:v1", destination, options)
 
     index = raw_manifest(destination)
     platforms = sorted(
@@ -131,6 +134,10 @@ def test_convert_index_keeps_platforms(registry_plain, fresh_registry, tmp_path)
     )
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     assert platforms == ["linux/amd64", "linux/arm64"]
+    # A layer the platforms share is converted once.
+    sources = [conversion.source for conversion in conversions]
+    assert len(sources) == len(set(sources))
+    assert {layer.source for layer in result.layers} == set(sources)
 
 
 def test_convert_mounts_blobs_on_same_registry(private_registry, tmp_path):
@@ -390,6 +397,32 @@ def test_pull_with_bad_table_annotation_takes_layer_whole(
     assert str(result.layers[0].digest) in caplog.text
 
 
+def test_reuse_skips_layer_with_bad_table(
+    registry_plain, fresh_registry, tmp_path, caplog
+):
+    repository = f"{fresh_registry.host}/converted/base"
+    convert(f"{registry_plain.host}/samples/base:v1", f"{repository}:v1",
+            ConvertOptions(store=tmp_path / "convert"))  # fmt: skip
+    manifest = raw_manifest(f"{repository}:v1")
+    annotations = manifest["layers"][0]["annotations"]
+    annotations["dev.apparate.chunked.table-digest"] = "sha256:" + "0" * 64
+    Pusher(fresh_registry.host).manifest(
+        "converted/base", "lying-table", json.dumps(manifest).encode()
+    )
+    options = ConvertOptions(
+        store=tmp_path / "again", reuse_from=[f"{repository}:lying-table"]
+    )
+
+    result = convert(f"{registry_plain.host}/samples/base:v1", f"{repository}:v1b",
+                     options)  # fmt: skip
+
+    assert f"not reusing frames of layer {manifest['layers'][0]['digest']}" in (
+        caplog.text
+    )
+    assert result.layers[1].frames_reused == result.layers[1].chunks
+    assert result.layers[0].frames_reused == 0
+
+
 @pytest.mark.parametrize("tag", ["v1-zstd", "v1-docker"])
 def test_convert_other_source_formats(registry_plain, fresh_registry, tmp_path, tag):
     source = f"{registry_plain.host}/samples/base:{tag}"
@@ -463,3 +496,59 @@ def test_convert_without_push_access_fails_first(
     assert "insufficient_scope" in str(caught.value)
     # Nothing was pulled to be converted.
     assert not [path for path in store.rglob("blobs/*/*") if path.is_file()]
+
+
+def test_convert_index_of_indexes_is_refused(fresh_registry, tmp_path):
+    pusher = Pusher(fresh_registry.host)
+    tar = tar_of({"etc/hello": b"hello"})
+    image = pusher.image("nested/app", "image", [(tar, gzip.compress(tar))])
+    inner = index_of([{"mediaType": OCI_MANIFEST, "digest": image,
+                       "size": manifest_size(fresh_registry.host, "nested/app", image),
+                       "platform": {"os": "linux", "architecture": "amd64"}}])  # fmt: skip
+    inner_digest = pusher.manifest("nested/app", "inner", inner, OCI_INDEX)
+    outer = index_of(
+        [{"mediaType": OCI_INDEX, "digest": inner_digest, "size": len(inner)}]
+    )
+    pusher.manifest("nested/app", "outer", outer, OCI_INDEX)
+    destination = f"{fresh_registry.host}/nested/app:converted"
+
+    with pytest.raises(UsageError, match="lists no image manifest to convert"):
+        convert(f"{fresh_registry.host}/nested/app:outer", destination,
+                ConvertOptions(store=tmp_path / "store"))  # fmt: skip
+
+    tags = httpx.get(f"http://{fresh_registry.host}/v2/nested/app/tags/list").json()
+    assert "converted" not in tags["tags"]
+
+
+def index_of(entries: list[dict]) -> bytes:
+    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    return json.dumps(document).encode()
+
+
+def manifest_size(host: str, repository: str, digest: str) -> int:
+    response = httpx.get(
+        f"http://{host}/v2/{repository}/manifests/{digest}",
+        headers={"Accept": OCI_MANIFEST},
+    )
+    response.raise_for_status()
+    return len(response.content)
+
+
+def test_convert_fits_store_once_after_push(
+    registry_plain, fresh_registry, tmp_path, monkeypatch, caplog
+):
+    settings = tmp_path / "config.toml"
+    settings.write_text('max_store_size = "1M"\n')
+    monkeypatch.setenv("APPARATE_CONFIG", str(settings))
+    store = tmp_path / "store"
+
+    convert(f"{registry_plain.host}/samples/multi:v1",
+            f"{fresh_registry.host}/converted/multi:v1",
+            ConvertOptions(store=store))  # fmt: skip
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [message for message in messages if "in use" in message]
+    assert [message for message in messages if "to fit max_store_size" in message]
+    assert not (store / "index.json").exists() or not json.loads(
+        (store / "index.json").read_text()
+    )["manifests"]
