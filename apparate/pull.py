@@ -414,7 +414,7 @@ def _wait_all(futures: list[Future[int]], cancelled: threading.Event) -> None:
         for future in futures
         if not future.cancelled() and future.exception()
     ]
-    errors.sort(key=lambda error: isinstance(error, _Cancelled))
+    errors.sort(key=lambda error: isinstance(error, _Cancelled | RangeFetchStopped))
     if errors:
         raise errors[0]
 
@@ -469,6 +469,12 @@ class _LayerFetcher:
         """Store one layer, verified; return the bytes that crossed the network."""
         try:
             return self._fetch(layer, diff_id)
+        except RangeFetchStopped:
+            self._cancelled.set()
+            subject = self._plans.subject(layer)
+            raise _Cancelled(
+                f"{subject}: stopped because another layer failed"
+            ) from None
         except BaseException:
             # Any failure fails the pull. Stopping the other layers first
             # keeps those waiting on this one from fetching its frames.

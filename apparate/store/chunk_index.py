@@ -96,7 +96,10 @@ class ChunkIndex:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        self._db.close()
+        # After Ctrl-C, layer threads may still be in a query. Closing the
+        # connection under them crashes the interpreter, so close waits.
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> Self:
         return self

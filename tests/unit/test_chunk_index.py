@@ -6,7 +6,7 @@ import pytest
 from apparate.chunked.format import ChunkEntry, ChunkTable
 from apparate.digest import Digest
 from apparate.errors import StoreError
-from apparate.store.chunk_index import LAYER, PACK, ChunkIndex
+from apparate.store.chunk_index import INDEX_FILE, LAYER, PACK, ChunkIndex
 
 BLOB = Digest.of(b"layer blob")
 PACK_BLOB = Digest.of(b"pack blob")
@@ -145,3 +145,18 @@ def test_read_only_index_of_old_schema_reads_empty(tmp_path):
 
     with ChunkIndex(path, read_only=True) as index:
         assert not index.has_blob(BLOB)
+
+
+def test_close_waits_for_running_query(tmp_path):
+    index = ChunkIndex(tmp_path / INDEX_FILE)
+    closer = threading.Thread(target=index.close)
+
+    with index._reading():  # a layer thread's query, as after Ctrl-C
+        closer.start()
+        closer.join(0.2)
+        assert closer.is_alive()
+    closer.join(5)
+
+    assert not closer.is_alive()
+    with pytest.raises(StoreError, match="cannot read the chunk index"):
+        index.has_blob(Digest.of(b"layer"))

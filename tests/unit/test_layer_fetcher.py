@@ -24,7 +24,7 @@ from apparate.delta.image_plan import ImagePlans
 from apparate.delta.planner import Source
 from apparate.delta.prefetch import TablePrefetch
 from apparate.digest import Digest
-from apparate.errors import StoreError
+from apparate.errors import ApparateError, StoreError
 from apparate.manifest import Descriptor
 from apparate.progress import PullObserver
 from apparate.pull import _LayerFetcher
@@ -289,3 +289,18 @@ def test_unreadable_stored_blob_fetched(tmp_path, monkeypatch):
     fetch.fetch(v2.descriptor, v2.diff_id)
 
     assert store.has_blob(v2.descriptor.digest, v2.descriptor.size)
+
+
+class StoppingPool(StandInPool):
+    """Stops every whole-blob fetch, as the pool does once the pull is cancelled."""
+
+    def fetch_blob(self, layer, write, subject, verifier, stopped=None):
+        raise RangeFetchStopped()
+
+
+def test_stopped_whole_fetch_is_cancelled_error(tmp_path):
+    layer = ConvertedLayer()
+    fetch, _, _ = fetcher(tmp_path, layer, StoppingPool(layer, frames_by_range=False))
+
+    with pytest.raises(ApparateError, match="stopped because another layer failed"):
+        fetch.fetch(layer.descriptor, layer.diff_id)
