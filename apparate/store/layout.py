@@ -147,7 +147,10 @@ class BlobWriter:
         try:
             self._path.unlink(missing_ok=True)
         finally:
-            self._file.close()
+            # Bytes still buffered belong to a file that is gone, so failing
+            # to write them, as on a full disk, does not matter.
+            with contextlib.suppress(OSError):
+                self._file.close()
 
 
 class ResumableWriter(BlobWriter):

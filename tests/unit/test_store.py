@@ -1,3 +1,4 @@
+import errno
 import fcntl
 import json
 import multiprocessing
@@ -8,7 +9,7 @@ import pytest
 
 from apparate.digest import Digest
 from apparate.manifest import OCI_MANIFEST, Descriptor
-from apparate.store.layout import REF_NAME, Store
+from apparate.store.layout import REF_NAME, BlobWriter, Store
 
 
 def descriptor_of(data: bytes) -> Descriptor:
@@ -170,3 +171,24 @@ def test_committed_here_only_in_committing_store(tmp_path):
 
     assert store.committed_here(digest)
     assert not Store(tmp_path / "store").committed_here(digest)
+
+
+class FullDiskFile:
+    """A blob file whose buffered bytes cannot be written when it is closed."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+
+    def close(self) -> None:
+        self._file.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_discard_on_full_disk_removes_file(tmp_path):
+    store = Store(tmp_path / "store")
+    writer = BlobWriter(store, Digest.of(b"layer"))
+    writer._file = FullDiskFile(writer._file)
+
+    writer.discard()
+
+    assert not writer.path.exists()
