@@ -206,7 +206,7 @@ def pull_command(
 ) -> None:
     """Pull an image into the local store, then import it (see --into)."""
     _configure_logging(debug, verbose)
-    with _errors_reported():
+    with _errors_reported(reference):
         _check_one_output(quiet, as_json)
         ref = Reference.parse(reference)
         options = PullOptions(
@@ -255,7 +255,7 @@ def import_command(
 ) -> None:
     """Import an image from the local store again, without fetching it."""
     _configure_logging(debug, verbose)
-    with _errors_reported():
+    with _errors_reported(reference):
         _check_one_output(quiet, as_json)
         ref = Reference.parse(reference)
         options = ImportOptions(
@@ -602,14 +602,21 @@ def _observer(quiet: bool) -> Iterator[PullObserver]:
 
 
 @contextlib.contextmanager
-def _errors_reported() -> Iterator[None]:
-    """Print an apparate error as one ``error:`` line and exit with its code."""
+def _errors_reported(image: str | None = None) -> Iterator[None]:
+    """Print an apparate error as one ``error:`` line and exit with its code.
+
+    A message that does not name ``image``, such as a store's full disk,
+    gets it in front.
+    """
     try:
         yield
     except ApparateError as error:
         if state["debug"]:
             logging.getLogger("apparate").debug("traceback:", exc_info=True)
-        print(f"error: {error}", file=sys.stderr)
+        message = str(error)
+        if image is not None and not _names_image(message, image):
+            message = f"{image}: {message}"
+        print(f"error: {message}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         print(
@@ -618,6 +625,16 @@ def _errors_reported() -> Iterator[None]:
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
+
+
+def _names_image(message: str, image: str) -> bool:
+    """Tell whether ``message`` names ``image`` as typed or in its full form."""
+    if image in message:
+        return True
+    try:
+        return str(Reference.parse(image)) in message
+    except ApparateError:
+        return False
 
 
 def run() -> None:

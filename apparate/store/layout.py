@@ -73,6 +73,13 @@ _LAYOUT_PARTS = {
     "oci-layout": False,
 }
 
+# The files at the top of a store before its oci-layout file is written: a
+# store whose creation was stopped early is finished, not refused.
+_STORE_NAMES = frozenset(
+    [*_LAYOUT_PARTS, ".lock", USERS_LOCK, "apparate.db", "apparate.db-wal",
+     "apparate.db-shm", "apparate.db-journal"]
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class StoredImage:
@@ -405,6 +412,7 @@ class Store:
                 fcntl.flock(fd, fcntl.LOCK_SH)
 
     def _create(self) -> None:
+        self._check_not_foreign()
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         self.ingest_dir.mkdir(exist_ok=True)
         layout_file = self.root / "oci-layout"
@@ -415,6 +423,22 @@ class Store:
                 if not (self.root / "index.json").exists():
                     self._write_index([])
         self._sweep_ingest()
+
+    def _check_not_foreign(self) -> None:
+        """Raise StoreError for a folder of other files, which a store would mix with."""
+        if (self.root / "oci-layout").exists() or not self.root.is_dir():
+            return
+        foreign = sorted(
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.name not in _STORE_NAMES and not entry.name.startswith(".oci-")
+        )
+        if foreign:
+            raise StoreError(
+                f"{self.root} is not a store, and it contains other files such as "
+                f"{foreign[0]}",
+                hint="give a new or empty folder with --store or APPARATE_STORE",
+            )
 
     def _sweep_ingest(self) -> None:
         """Delete partial blobs that no running process holds.

@@ -549,6 +549,7 @@ def test_convert_fits_store_once_after_push(
     messages = [record.getMessage() for record in caplog.records]
     assert not [message for message in messages if "in use" in message]
     assert [message for message in messages if "to fit max_store_size" in message]
-    assert not (store / "index.json").exists() or not json.loads(
-        (store / "index.json").read_text()
-    )["manifests"]
+    assert (
+        not (store / "index.json").exists()
+        or not json.loads((store / "index.json").read_text())["manifests"]
+    )

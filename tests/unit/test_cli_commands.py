@@ -74,3 +74,12 @@ def test_images_of_folder_that_is_no_store(tmp_path):
 
     assert listed.exit_code == 10
     assert f"no store at {tmp_path}" in listed.output
+
+
+def test_pull_store_error_names_image(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a store")
+
+    pulled = run("pull", "--store", str(tmp_path), "127.0.0.1:9/app:v1")
+
+    assert pulled.exit_code == 10
+    assert pulled.output.startswith(f"error: 127.0.0.1:9/app:v1: {tmp_path} is not")

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from apparate.digest import Digest
+from apparate.errors import StoreError
 from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.store.layout import REF_NAME, BlobWriter, Store
 
@@ -192,3 +193,30 @@ def test_discard_on_full_disk_removes_file(tmp_path):
     writer.discard()
 
     assert not writer.path.exists()
+
+
+def test_folder_of_other_files_is_no_store(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a store")
+
+    with pytest.raises(StoreError, match="contains other files such as notes.txt"):
+        Store(tmp_path)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [[".lock", "apparate.db"], ["oci-layout", "index.json", "notes.txt"]],
+    ids=["creation stopped early", "layout of another tool"],
+)
+def test_store_opens_in_folder_of_store_files(tmp_path, names):
+    for name in names:
+        (tmp_path / name).write_text("")
+    if "oci-layout" in names:
+        (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        (tmp_path / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+
+    store = Store(tmp_path)
+
+    assert store.images() == []
+    store.close()
