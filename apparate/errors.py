@@ -40,6 +40,8 @@ The CLI maps each class to its own exit code through ``exit_code``.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApparateError(Exception):
     """Base of every error apparate raises on purpose."""
@@ -208,6 +210,9 @@ class ImageImportError(ApparateError):
 
     exit_code = 12
     hint = "the image is kept in the local store; retry with 'apparate import'"
+    # The result of the pull whose import failed, for its summary: the
+    # image was stored all the same.
+    pulled: Any = None
 
 
 class DaemonUnreachable(ImageImportError):

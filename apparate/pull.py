@@ -32,6 +32,7 @@ from apparate.errors import (
     ChunkedLayerError,
     DiffIDMismatch,
     DigestMismatch,
+    ImageImportError,
     NotFound,
     PlatformNotFound,
     RegistryError,
@@ -186,6 +187,9 @@ def _pull(
         imported = import_stored(
             store, str(ref), options.into, options.daemons, config.into
         )
+    except ImageImportError as error:
+        error.pulled = result
+        raise
     finally:
         after_pull(store, result, config.max_store_size)
     return dataclasses.replace(result, imported=imported)

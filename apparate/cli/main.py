@@ -36,7 +36,7 @@ from apparate.cli.text import (
 )
 from apparate.config import Mirror, load_config, parse_size
 from apparate.convert import ConvertOptions, LayerConversion, convert
-from apparate.errors import ApparateError, NotFound, UsageError
+from apparate.errors import ApparateError, ImageImportError, NotFound, UsageError
 from apparate.importers import Daemons, ImportOptions, import_image
 from apparate.importers.run import check_target
 from apparate.importers.target import TARGET_HELP
@@ -46,6 +46,7 @@ from apparate.pull import PullOptions, pull
 from apparate.reference import Reference
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
+from apparate.result import PullResult
 from apparate.sources.selection import describe_sources
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.collector import GcOptions, collect_garbage, remove_images
@@ -221,8 +222,17 @@ def pull_command(
         )
         with _observer(quiet or as_json or dry_run) as observer:
             options.observer = observer
-            result = pull(ref, options)
+            try:
+                result = pull(ref, options)
+            except ImageImportError as error:
+                # The image is stored, and a script may need its digest.
+                if error.pulled is not None:
+                    _print_pull(error.pulled, as_json, quiet, dry_run)
+                raise
+    _print_pull(result, as_json, quiet, dry_run)
 
+
+def _print_pull(result: PullResult, as_json: bool, quiet: bool, dry_run: bool) -> None:
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     elif quiet:

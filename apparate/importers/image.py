@@ -24,6 +24,7 @@ from apparate.manifest import (
 )
 from apparate.reference import Reference
 from apparate.store.layout import Store, StoredImage
+from apparate.store.selection import is_digest_prefix, select_by_digest
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,20 @@ def find_stored(store: Store, reference: str) -> StoredImage:
 
     A reference by digest also finds the image stored under a tag of that
     repository, which is then imported without the tag, as a pull by
-    digest would be.
+    digest would be. A manifest digest or a prefix of it, as ``apparate
+    images`` prints it, names the image under its first stored name.
     """
-    ref = Reference.parse(reference)
     images = store.images()
+    named = select_by_digest(reference, images)
+    if named:
+        return next(image for image in images if image.reference == named[0])
+    if is_digest_prefix(reference):
+        raise NotFound(
+            f"no image in the local store {store.root} has a digest starting "
+            f"with {reference}",
+            hint="list the stored images with 'apparate images'",
+        )
+    ref = Reference.parse(reference)
     for image in images:
         if image.reference == str(ref):
             return image

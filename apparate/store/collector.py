@@ -18,7 +18,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from apparate.digest import Digest
-from apparate.errors import ApparateError, NotFound, StoreError, UsageError
+from apparate.errors import ApparateError, NotFound, StoreError
 from apparate.reference import Reference
 from apparate.result import PullResult
 from apparate.store.chunk_index import INDEX_FILE
@@ -42,13 +41,12 @@ from apparate.store.gc import (
 )
 from apparate.store.layout import (
     Store,
-    StoredImage,
     default_store_path,
     journal_of,
     not_created,
 )
 from apparate.store.packs import pack_sources
-from apparate.store.selection import select_images
+from apparate.store.selection import select_by_digest, select_images
 from apparate.store.survey import Survey, survey
 from apparate.store.usage import forget_uses, mark_used
 
@@ -61,8 +59,6 @@ DEFAULT_WAIT = 60.0
 # pull applies the limit when it finishes.
 AFTER_PULL_WAIT = 2.0
 PARTIAL_MAX_AGE = 24 * 3600.0
-# A manifest digest or a prefix of it, as ``apparate images`` prints it.
-_DIGEST_PREFIX = re.compile(r"sha256:[0-9a-f]{1,64}")
 
 
 @dataclass
@@ -191,31 +187,6 @@ def _names_of(text: str) -> tuple[str, ...]:
         return (text, str(Reference.parse(text)))
     except ApparateError:
         return (text,)
-
-
-def select_by_digest(text: str, stored: Iterable[StoredImage]) -> list[str]:
-    """Return the references of the stored images whose digest starts with ``text``.
-
-    ``text`` is a manifest digest, or a prefix of it as ``apparate images``
-    prints it (``sha256:497fecd365e8``), as ``docker rmi`` takes a prefix of
-    an image ID. It names every tag of that manifest. Raises UsageError when
-    the prefix matches more than one stored manifest.
-    """
-    if not _DIGEST_PREFIX.fullmatch(text):
-        return []
-    by_manifest: dict[Digest, list[str]] = {}
-    for image in stored:
-        digests = (image.source_manifest, image.descriptor.digest)
-        if any(str(digest).startswith(text) for digest in digests):
-            by_manifest.setdefault(image.source_manifest, []).append(image.reference)
-    if len(by_manifest) > 1:
-        matched = ", ".join(str(digest) for digest in by_manifest)
-        raise UsageError(
-            f"digest prefix {text} is ambiguous: it matches {len(by_manifest)} "
-            f"stored images, {matched}",
-            hint="give more digits, as 'apparate images --json' prints them",
-        )
-    return next(iter(by_manifest.values()), [])
 
 
 def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcResult:

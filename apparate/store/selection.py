@@ -1,12 +1,17 @@
-"""Matching of references given to ``apparate rm`` with stored images. Pure."""
+"""Matching of references given to ``apparate rm`` and ``import`` with stored images. Pure."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
-from apparate.errors import InvalidReference
+from apparate.digest import Digest
+from apparate.errors import InvalidReference, UsageError
 from apparate.reference import Reference
 from apparate.store.layout import StoredImage
+
+# A manifest digest or a prefix of it, as ``apparate images`` prints it.
+_DIGEST_PREFIX = re.compile(r"sha256:[0-9a-f]{1,64}")
 
 
 def select_images(text: str, stored: Iterable[StoredImage]) -> list[str]:
@@ -38,3 +43,33 @@ def _names(requested: Reference, image: StoredImage) -> bool:
         digests = {have.digest, image.source_manifest, image.descriptor.digest}
         return requested.digest in digests
     return have.digest is None and have.tag == requested.tag
+
+
+def is_digest_prefix(text: str) -> bool:
+    """Tell whether ``text`` is a manifest digest or a prefix of one."""
+    return _DIGEST_PREFIX.fullmatch(text) is not None
+
+
+def select_by_digest(text: str, stored: Iterable[StoredImage]) -> list[str]:
+    """Return the references of the stored images whose digest starts with ``text``.
+
+    ``text`` is a manifest digest, or a prefix of it as ``apparate images``
+    prints it (``sha256:497fecd365e8``), as ``docker rmi`` takes a prefix of
+    an image ID. It names every tag of that manifest. Raises UsageError when
+    the prefix matches more than one stored manifest.
+    """
+    if not is_digest_prefix(text):
+        return []
+    by_manifest: dict[Digest, list[str]] = {}
+    for image in stored:
+        digests = (image.source_manifest, image.descriptor.digest)
+        if any(str(digest).startswith(text) for digest in digests):
+            by_manifest.setdefault(image.source_manifest, []).append(image.reference)
+    if len(by_manifest) > 1:
+        matched = ", ".join(str(digest) for digest in by_manifest)
+        raise UsageError(
+            f"digest prefix {text} is ambiguous: it matches {len(by_manifest)} "
+            f"stored images, {matched}",
+            hint="give more digits, as 'apparate images --json' prints them",
+        )
+    return next(iter(by_manifest.values()), [])

@@ -361,15 +361,21 @@ def test_docker_not_running_keeps_image(registry_plain, tmp_path):
     reference = f"{registry_plain.host}/samples/base:v1"
     store = str(tmp_path / "store")
 
-    failed = apparate("pull", "--store", store, "--into", "docker", reference,
-                      env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"},
+    failed = apparate("pull", "--json", "--store", store, "--into", "docker",
+                      reference, env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"},
                       check=False)  # fmt: skip
 
     assert failed.returncode == IMPORT_FAILED
-    assert failed.stderr.startswith("error: docker is not reachable: its socket ")
+    assert failed.stderr.startswith(
+        f"error: {reference}: docker is not reachable: its socket "
+    )
     assert "kept in the local store" in failed.stderr
-    listed = apparate("images", "--json", "--store", store).stdout
-    assert [row["reference"] for row in json.loads(listed)] == [reference]
+    listed = json.loads(apparate("images", "--json", "--store", store).stdout)
+    assert [row["reference"] for row in listed] == [reference]
+    # The summary still reaches a script: the image is stored.
+    summary = json.loads(failed.stdout)
+    assert summary["digest"] == listed[0]["digest"]
+    assert summary["imported_into"] is None
 
 
 def test_docker_disk_full_keeps_image(registry_plain, containerd_daemon, tmp_path):

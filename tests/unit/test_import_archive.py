@@ -13,7 +13,7 @@ import zstandard
 
 from apparate.cli.text import import_line
 from apparate.digest import Digest
-from apparate.errors import StoreError, UsageError
+from apparate.errors import NotFound, StoreError, UsageError
 from apparate.importers.archive import (
     archive_size,
     docker_members,
@@ -427,3 +427,23 @@ def test_find_by_digest_skips_names_other_tools_wrote(tmp_path):
 
     assert image.source_manifest == manifest
     assert image.reference == f"registry.example/team/app@{manifest}"
+
+
+def test_find_by_digest_prefix_as_images_prints(tmp_path):
+    store, facts = make_store(tmp_path / "store")
+    manifest = facts["manifest"].digest
+
+    image = find_stored(store, str(manifest)[:19])
+
+    assert image.source_manifest == manifest
+    assert image.reference == REFERENCE
+
+
+def test_unknown_digest_prefix_is_not_a_docker_hub_name(tmp_path):
+    store, _ = make_store(tmp_path / "store")
+
+    with pytest.raises(NotFound) as caught:
+        find_stored(store, "sha256:0000000000")
+
+    assert "has a digest starting with sha256:0000000000" in str(caught.value)
+    assert "docker.io" not in str(caught.value)

@@ -13,13 +13,9 @@ import pytest
 from apparate.digest import Digest
 from apparate.errors import StoreError, UsageError
 from apparate.manifest import OCI_MANIFEST, Descriptor
-from apparate.store.collector import (
-    GcOptions,
-    collect,
-    remove_images,
-    select_by_digest,
-)
+from apparate.store.collector import GcOptions, collect, remove_images
 from apparate.store.layout import REF_NAME, SOURCE_MANIFEST, Store, StoredImage
+from apparate.store.selection import select_by_digest
 from tests.unit.test_store_gc import BASE, add_image
 
 GOOD = "example.com/app:v1"
