@@ -630,8 +630,8 @@ def _errors_reported(image: str | None = None) -> Iterator[None]:
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         print(
-            "error: interrupted; nothing unverified was tagged, and a pull run "
-            "again resumes the downloads it kept",
+            "error: interrupted; nothing unverified was tagged, and the same "
+            "command run again resumes the downloads it kept",
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
