@@ -36,7 +36,13 @@ from apparate.cli.text import (
 )
 from apparate.config import Mirror, load_config, parse_size
 from apparate.convert import ConvertOptions, LayerConversion, convert
-from apparate.errors import ApparateError, ImageImportError, NotFound, UsageError
+from apparate.errors import (
+    ApparateError,
+    ImageImportError,
+    NotFound,
+    RegistryUnreachable,
+    UsageError,
+)
 from apparate.importers import Daemons, ImportOptions, import_image
 from apparate.importers.run import check_target
 from apparate.importers.target import TARGET_HELP
@@ -535,8 +541,14 @@ def sources_command(
 
     if as_json:
         print(json.dumps([row.to_dict() for row in rows], indent=2))
-        return
-    print(sources_report(rows))
+    else:
+        print(sources_report(rows))
+    if all(row.rtt is None for row in rows):
+        with _errors_reported(reference):
+            raise RegistryUnreachable(
+                f"no source of {ref} answered the probes",
+                hint="check the addresses, the network and that the registry runs",
+            )
 
 
 def _configure_logging(debug: bool, verbose: bool) -> None:

@@ -354,3 +354,31 @@ def test_mirror_without_resolve_needs_the_origin(mirror, tmp_path):
             f"{down}/converted/base:v2",
             PullOptions(store=tmp_path / "store", config=config),
         )
+
+
+def test_sources_ranks_origin_and_mirror(origin, mirror, tmp_path):
+    done = subprocess.run(
+        [APPARATE, "sources", "--json", "--store", str(tmp_path / "store"),
+         "--mirror", f"http://{mirror.host}", f"{origin.repository}:v2"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [row["rank"] for row in rows] == [1, 2]
+    assert {row["url"] for row in rows} >= {f"http://{mirror.host}"}
+    assert all(row["rtt"] is not None for row in rows)
+
+
+def test_sources_all_unreachable_fails(tmp_path):
+    down = closed_port_host()
+
+    done = subprocess.run(
+        [APPARATE, "sources", "--json", "--store", str(tmp_path / "store"),
+         f"{down}/samples/base:v1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 6, done.stderr
+    assert [row["rtt"] for row in json.loads(done.stdout)] == [None]
+    assert done.stderr.startswith(f"error: no source of {down}/samples/base:v1")
