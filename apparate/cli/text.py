@@ -57,6 +57,11 @@ class LineObserver(PullObserver):
 
 def summary_line(result: PullResult) -> str:
     """Format one sentence stating what the pull fetched and reused."""
+    if not result.layers_fetched and not result.bytes_fetched:
+        return (
+            f"{result.reference}: already up to date in the store, nothing "
+            f"fetched, {result.seconds:.1f} s; digest {result.digest}"
+        )
     saved = ""
     if result.bytes_saved:
         saved = f" ({human_size(result.bytes_saved)} less than whole layers)"

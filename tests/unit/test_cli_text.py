@@ -12,9 +12,11 @@ from apparate.cli.text import (
     counted,
     gc_report,
     stats_report,
+    summary_line,
 )
 from apparate.convert import ConvertResult, LayerConversion
 from apparate.digest import Digest
+from apparate.result import LayerResult, PullResult
 from apparate.store.collector import GcResult
 from apparate.store.gc import IMAGE, UNREFERENCED, Removal
 from apparate.store.history import Totals
@@ -108,3 +110,25 @@ def test_gc_report_dry_run_says_would_hold():
     report = gc_report(result)
 
     assert "would free 11.0 MiB; the store would hold 39.0 MiB" in report
+
+
+def pull_result(fetched: int, missing: bool) -> PullResult:
+    layers = [LayerResult(Digest.of(b"layer"), "t", 1000, missing, fetched)]
+    return PullResult(
+        "example.com/app:v1", Digest.of(b"m"), "linux/amd64", "/s", None, layers,
+        fetched, 0.25,
+    )  # fmt: skip
+
+
+def test_summary_of_stored_image_says_up_to_date():
+    line = summary_line(pull_result(0, missing=False))
+
+    assert line.startswith("example.com/app:v1: already up to date in the store")
+    assert "less than whole layers" not in line
+
+
+def test_summary_of_fetched_layer_counts_bytes():
+    line = summary_line(pull_result(400, missing=True))
+
+    assert "fetched 400 B (600 B less than whole layers)" in line
+    assert "(1 of 1 layers were missing)" in line
