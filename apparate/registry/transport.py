@@ -55,10 +55,18 @@ class TransportSettings:
         """Read ``APPARATE_CERTS_D`` and ``APPARATE_INSECURE_REGISTRIES``."""
         insecure = set(insecure_registries)
         insecure.update(
-            host
+            host.strip()
             for host in env.get("APPARATE_INSECURE_REGISTRIES", "").split(",")
-            if host
+            if host.strip()
         )
+        for host in insecure:
+            # As docker's daemon.json has it: a host, never a URL.
+            if "://" in host or "/" in host:
+                raise UsageError(
+                    f"insecure registry {host!r} must be a host such as "
+                    "registry.example:5000, not a URL",
+                    hint="leave out the scheme and any path",
+                )
         certs_dirs = DEFAULT_CERTS_DIRS
         if env.get("APPARATE_CERTS_D"):
             certs_dirs = tuple(env["APPARATE_CERTS_D"].split(os.pathsep))

@@ -69,3 +69,12 @@ def test_gc_max_size_help_states_unit():
     done = run("gc", "--help")
 
     assert "1024" in done.output
+
+
+@pytest.mark.parametrize("host", ["http://foo:5000", "foo:5000/v2"])
+def test_insecure_registry_url_rejected(tmp_path, host):
+    done = run("pull", "--insecure-registry", host, "--store",
+               str(tmp_path / "store"), SOURCE)  # fmt: skip
+
+    assert done.exit_code == 2
+    assert f"insecure registry '{host}' must be a host" in done.output
