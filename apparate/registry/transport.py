@@ -25,6 +25,30 @@ DEFAULT_CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 USER_AGENT = "apparate/0.1"
 
 
+def _insecure_host(entry: str) -> str:
+    """Read an insecure registry as docker's daemon does: a host, or an http(s) URL's.
+
+    Raises UsageError for another scheme or a path, which no host matches.
+    """
+    scheme, separator, rest = entry.partition("://")
+    host = entry
+    if separator:
+        if scheme.lower() not in ("http", "https"):
+            raise _invalid_insecure(entry)
+        host = rest.rstrip("/")
+        log.warning("insecure registry %s: using its host %s", entry, host)
+    if not host or "/" in host:
+        raise _invalid_insecure(entry)
+    return host
+
+
+def _invalid_insecure(entry: str) -> UsageError:
+    return UsageError(
+        f"insecure registry {entry!r} must be a host such as registry.example:5000",
+        hint="leave out the path, and any scheme other than http:// or https://",
+    )
+
+
 @dataclass(frozen=True)
 class TransportSettings:
     """How to reach registries: trusted CAs, which hosts may use plain HTTP."""
@@ -53,20 +77,9 @@ class TransportSettings:
         env: Mapping[str, str] = os.environ,
     ) -> TransportSettings:
         """Read ``APPARATE_CERTS_D`` and ``APPARATE_INSECURE_REGISTRIES``."""
-        insecure = set(insecure_registries)
-        insecure.update(
-            host.strip()
-            for host in env.get("APPARATE_INSECURE_REGISTRIES", "").split(",")
-            if host.strip()
-        )
-        for host in insecure:
-            # As docker's daemon.json has it: a host, never a URL.
-            if "://" in host or "/" in host:
-                raise UsageError(
-                    f"insecure registry {host!r} must be a host such as "
-                    "registry.example:5000, not a URL",
-                    hint="leave out the scheme and any path",
-                )
+        listed = [*insecure_registries]
+        listed += env.get("APPARATE_INSECURE_REGISTRIES", "").split(",")
+        insecure = {_insecure_host(entry.strip()) for entry in listed if entry.strip()}
         certs_dirs = DEFAULT_CERTS_DIRS
         if env.get("APPARATE_CERTS_D"):
             certs_dirs = tuple(env["APPARATE_CERTS_D"].split(os.pathsep))

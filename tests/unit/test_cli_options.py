@@ -71,7 +71,7 @@ def test_gc_max_size_help_states_unit():
     assert "1024" in done.output
 
 
-@pytest.mark.parametrize("host", ["http://foo:5000", "foo:5000/v2"])
+@pytest.mark.parametrize("host", ["svn://foo:5000", "foo:5000/v2", "http://foo/v2"])
 def test_insecure_registry_url_rejected(tmp_path, host):
     done = run("pull", "--insecure-registry", host, "--store",
                str(tmp_path / "store"), SOURCE)  # fmt: skip

@@ -101,3 +101,13 @@ def test_insecure_registry_is_always_asked_on_https_first(tmp_path):
     stats.close()
     assert not asks_plain_first(tmp_path, INSECURE)
     assert secure.call_count == 1
+
+
+def test_insecure_registry_url_gives_its_host(caplog):
+    settings = TransportSettings.from_environment(
+        ["http://mirror.example:5000"],
+        env={"APPARATE_INSECURE_REGISTRIES": "a.example"},
+    )
+
+    assert settings.insecure_registries == {"mirror.example:5000", "a.example"}
+    assert "using its host mirror.example:5000" in caplog.text
