@@ -218,21 +218,29 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
         top_body, pushed, mounted = _push(src, dst, top, images, converted, session)
     finally:
         session.close()
-    if session.config.max_store_size is not None:
-        store = Store(session.store.root)
-        try:
-            fit_to_limit(store, session.config.max_store_size, (), str(dst))
-        finally:
-            store.close()
+        _fit_store(session, str(dst))
+    # A layer that several platforms share is listed once.
+    layers = {layer.source: layer for image in converted for layer in image.layers}
     return ConvertResult(
         source=str(src),
         destination=str(dst),
         digest=Digest.of(top_body),
-        layers=[layer for image in converted for layer in image.layers],
+        layers=list(layers.values()),
         bytes_pushed=pushed,
         blobs_mounted=mounted,
         seconds=time.monotonic() - started,
     )
+
+
+def _fit_store(session: _Session, subject: str) -> None:
+    """Fit the store to max_store_size once, after the conversion's pulls."""
+    if session.config.max_store_size is None:
+        return
+    store = Store(session.store.root)
+    try:
+        fit_to_limit(store, session.config.max_store_size, (), subject)
+    finally:
+        store.close()
 
 
 def _add_reuse_source(

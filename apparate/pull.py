@@ -159,11 +159,14 @@ def _pull(
             )
         save_figures(pool, figures)
 
+    fetched = sum(layer.bytes_fetched for layer in layers)
+    up_to_date = False
     if not options.dry_run:
         tagged = _store_metadata(store, image)
         index_digest = image.index.digest if image.index else None
+        before = store.tagged_digest(str(ref))
         store.tag(str(ref), tagged, image.manifest.digest, index_digest)
-    fetched = sum(layer.bytes_fetched for layer in layers)
+        up_to_date = before == tagged.digest and not fetched
     result = PullResult(
         reference=str(ref),
         digest=image.manifest.digest,
@@ -176,6 +179,7 @@ def _pull(
         dry_run=options.dry_run,
         bytes_by_source=pool.bytes_by_source(),
         warnings=list(pool.warnings),
+        up_to_date=up_to_date,
     )
     if options.dry_run:
         return result

@@ -45,9 +45,13 @@ class ImportResult:
     bytes_sent: int = 0
     seconds: float = 0.0
     note: str = ""
+    # The stored image imported, which ``apparate import`` may have found
+    # by a digest prefix.
+    reference: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "reference": self.reference,
             "target": self.target,
             "requested": self.requested,
             "name": self.name,
@@ -76,6 +80,8 @@ class PullResult:
     # Sources left or dropped during the pull, and why.
     warnings: list[str] = field(default_factory=list)
     imported: ImportResult | None = None
+    # The reference already named this image, and nothing was fetched.
+    up_to_date: bool = False
 
     @property
     def imported_into(self) -> str | None:
@@ -103,6 +109,7 @@ class PullResult:
             "index_digest": str(self.index_digest) if self.index_digest else None,
             "platform": self.platform,
             "dry_run": self.dry_run,
+            "up_to_date": self.up_to_date,
             "store": self.store,
             "bytes_fetched": self.bytes_fetched,
             "bytes_reused": self.bytes_reused,

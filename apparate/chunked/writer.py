@@ -31,6 +31,10 @@ from apparate.chunker import Chunker
 from apparate.digest import Digest
 
 DEFAULT_LEVEL = 3
+# libzstd 1.5's ZSTD_minCLevel(); python-zstandard 0.25 exposes only the
+# maximum, and clamps lower levels to this one.
+MIN_LEVEL = -(1 << 17)
+MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
 WINDOW_PER_WORKER = 8
 
 

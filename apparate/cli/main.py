@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import zstandard
 from typer.exceptions import TyperException
 
 from apparate import __version__
 from apparate.catalog import list_images, pull_statistics
-from apparate.chunked.writer import DEFAULT_LEVEL
+from apparate.chunked.writer import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from apparate.cli.text import (
     LineObserver,
     conversion_line,
@@ -57,10 +56,7 @@ from apparate.sources.selection import describe_sources
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.collector import GcOptions, collect_garbage, remove_images
 from apparate.store.layout import default_store_path
-
-# libzstd 1.5's ZSTD_minCLevel(); python-zstandard 0.25 exposes only the
-# maximum, and clamps lower levels to this one.
-MIN_COMPRESS_LEVEL = -(1 << 17)
+from apparate.store.selection import is_digest_prefix
 
 app = typer.Typer(
     help="Pull container images, fetching only what this machine lacks.",
@@ -213,7 +209,7 @@ def pull_command(
 ) -> None:
     """Pull an image into the local store, then import it (see --into)."""
     _configure_logging(debug, verbose)
-    with _errors_reported(reference):
+    with _errors_reported(reference, FETCH_INTERRUPTED):
         _check_one_output(quiet, as_json)
         ref = Reference.parse(reference)
         options = PullOptions(
@@ -271,22 +267,25 @@ def import_command(
 ) -> None:
     """Import an image from the local store again, without fetching it."""
     _configure_logging(debug, verbose)
-    with _errors_reported(reference):
+    with _errors_reported(reference, IMPORT_INTERRUPTED):
         _check_one_output(quiet, as_json)
-        ref = Reference.parse(reference)
+        # A digest prefix, as ``images`` prints it, is no image name.
+        name = reference
+        if not is_digest_prefix(reference):
+            name = str(Reference.parse(reference))
         options = ImportOptions(
             store=store,
             into=_checked_target(into, _daemons(containerd_address, namespace)),
             daemons=_daemons(containerd_address, namespace),
         )
-        imported = import_image(str(ref), options)
+        imported = import_image(name, options)
 
     if as_json:
         print(json.dumps(imported.to_dict(), indent=2))
     elif quiet:
         print(imported.image_id)
     else:
-        print(f"{ref}: {import_line(imported)}")
+        print(f"{imported.reference}: {import_line(imported)}")
 
 
 def _check_one_output(quiet: bool, as_json: bool) -> None:
@@ -315,8 +314,8 @@ def convert_command(
         int,
         typer.Option(
             "--compress-level",
-            help=f"zstd level for new frames, from {MIN_COMPRESS_LEVEL} (fastest) "
-            f"to {zstandard.MAX_COMPRESSION_LEVEL} (smallest).",
+            help=f"zstd level for new frames, from {MIN_LEVEL} (fastest) "
+            f"to {MAX_LEVEL} (smallest).",
         ),
     ] = DEFAULT_LEVEL,
     reuse_from: Annotated[
@@ -337,7 +336,7 @@ def convert_command(
 ) -> None:
     """Convert an image to chunked layers and push it."""
     _configure_logging(debug, verbose)
-    with _errors_reported():
+    with _errors_reported(interrupted=FETCH_INTERRUPTED):
         _check_compress_level(compress_level)
         src, dst = Reference.parse(source), Reference.parse(destination)
         credentials = _explicit_credentials(src, username, password_stdin)
@@ -360,11 +359,11 @@ def convert_command(
 
 
 def _check_compress_level(level: int) -> None:
-    highest = zstandard.MAX_COMPRESSION_LEVEL
-    if not MIN_COMPRESS_LEVEL <= level <= highest:
+    highest = MAX_LEVEL
+    if not MIN_LEVEL <= level <= highest:
         raise UsageError(
             f"--compress-level {level} is out of range: zstd levels run from "
-            f"{MIN_COMPRESS_LEVEL} to {highest}",
+            f"{MIN_LEVEL} to {highest}",
             hint=f"the default, {DEFAULT_LEVEL}, suits most images",
         )
 
@@ -624,11 +623,13 @@ def _observer(quiet: bool) -> Iterator[PullObserver]:
 
 
 @contextlib.contextmanager
-def _errors_reported(image: str | None = None) -> Iterator[None]:
+def _errors_reported(
+    image: str | None = None, interrupted: str = "interrupted"
+) -> Iterator[None]:
     """Print an apparate error as one ``error:`` line and exit with its code.
 
     A message that does not name ``image``, such as a store's full disk,
-    gets it in front.
+    gets it in front. Usage errors are about the command line, not the image.
     """
     try:
         yield
@@ -636,17 +637,25 @@ def _errors_reported(image: str | None = None) -> Iterator[None]:
         if state["debug"]:
             logging.getLogger("apparate").debug("traceback:", exc_info=True)
         message = str(error)
-        if image is not None and not _names_image(message, image):
+        named = isinstance(error, UsageError) or _names_image(message, image or "")
+        if image is not None and not named:
             message = f"{image}: {message}"
         print(f"error: {message}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
-        print(
-            "error: interrupted; nothing unverified was tagged, and the same "
-            "command run again resumes the downloads it kept",
-            file=sys.stderr,
-        )
+        print(f"error: {interrupted}", file=sys.stderr)
         raise typer.Exit(130) from None
+
+
+# What Ctrl-C leaves behind: the commands that fetch, and import.
+FETCH_INTERRUPTED = (
+    "interrupted; nothing unverified was tagged, and the same command run again "
+    "resumes the downloads it kept"
+)
+IMPORT_INTERRUPTED = (
+    "interrupted; the image is kept in the local store, and the target may "
+    "have received it already"
+)
 
 
 def _names_image(message: str, image: str) -> bool:

@@ -57,7 +57,7 @@ class LineObserver(PullObserver):
 
 def summary_line(result: PullResult) -> str:
     """Format one sentence stating what the pull fetched and reused."""
-    if not result.layers_fetched and not result.bytes_fetched:
+    if result.up_to_date:
         return (
             f"{result.reference}: already up to date in the store, nothing "
             f"fetched, {result.seconds:.1f} s; digest {result.digest}"

@@ -34,7 +34,7 @@ from apparate.chunked.reader import (
     decompress_trusted_frame,
     verify_blob_chunks,
 )
-from apparate.chunked.writer import Encoder
+from apparate.chunked.writer import MAX_LEVEL, MIN_LEVEL, Encoder
 from apparate.delta.planner import (
     FetchRange,
     LocalFrame,
@@ -130,7 +130,10 @@ def can_recompress(table: ChunkTable) -> bool:
     parameters, so the encoder records must be equal.
     """
     level = table.encoder.get("level")
-    return isinstance(level, int) and Encoder(level).record() == table.encoder
+    if isinstance(level, bool) or not isinstance(level, int):
+        return False
+    in_range = MIN_LEVEL <= level <= MAX_LEVEL
+    return in_range and Encoder(level).record() == table.encoder
 
 
 class RangeJournal:

@@ -1,9 +1,15 @@
-"""Write an archive to a file atomically: a temporary file, then a rename."""
+"""Write an archive to a file atomically: a temporary file, then a rename.
+
+A path that is a pipe, a terminal or another device, such as /dev/stdout
+or a FIFO, is written to directly, as skopeo and docker save do. A
+symbolic link to a file is followed, so the link stays.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +23,16 @@ def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
     The archive appears under its name only once complete, so a reader never
     sees half of one, and a failed write leaves any earlier file in place.
     """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as error:
+        raise _failed(error, path, reference) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        return _write_stream(path, pieces, reference)
+    # Replacing a link would cut it; the file it points to is replaced instead.
+    path = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as error:
@@ -37,6 +53,19 @@ def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return written
+
+
+def _write_stream(path: Path, pieces: Iterator[bytes], reference: str) -> int:
+    """Write ``pieces`` into a pipe or device in place; return the bytes written."""
+    written = 0
+    try:
+        with open(path, "wb") as output:
+            for piece in pieces:
+                output.write(piece)
+                written += len(piece)
+    except OSError as error:
+        raise _failed(error, path, reference) from None
     return written
 
 

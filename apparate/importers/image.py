@@ -57,12 +57,14 @@ def find_stored(store: Store, reference: str) -> StoredImage:
     A reference by digest also finds the image stored under a tag of that
     repository, which is then imported without the tag, as a pull by
     digest would be. A manifest digest or a prefix of it, as ``apparate
-    images`` prints it, names the image under its first stored name.
+    images`` prints it, names the image under its first stored name that
+    apparate wrote, since names other tools wrote are no references.
     """
     images = store.images()
     named = select_by_digest(reference, images)
     if named:
-        return next(image for image in images if image.reference == named[0])
+        preferred = [name for name in named if _is_full_reference(name)] or named
+        return next(image for image in images if image.reference == preferred[0])
     if is_digest_prefix(reference):
         raise NotFound(
             f"no image in the local store {store.root} has a digest starting "
@@ -82,6 +84,14 @@ def find_stored(store: Store, reference: str) -> StoredImage:
         f"{ref} is not in the local store {store.root}",
         hint=f"pull it first with 'apparate pull {ref}'",
     )
+
+
+def _is_full_reference(name: str) -> bool:
+    """Tell whether a stored name is a whole reference, as apparate tags images."""
+    try:
+        return str(Reference.parse(name)) == name
+    except InvalidReference:
+        return False
 
 
 def _repository(reference: str) -> str | None:

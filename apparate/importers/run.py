@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -34,7 +35,6 @@ from apparate.importers.target import (
     docker_socket,
     requested_target,
 )
-from apparate.reference import Reference
 from apparate.result import ImportResult
 from apparate.store.layout import Store, default_store_path
 from apparate.store.usage import mark_used
@@ -56,14 +56,15 @@ def import_image(reference: str, options: ImportOptions | None = None) -> Import
     options = options or ImportOptions()
     store = Store(options.store or default_store_path(), create=False)
     try:
-        result = import_stored(store, reference, options.into, options.daemons)
+        found = find_stored(store, reference).reference
+        result = import_stored(store, found, options.into, options.daemons)
     finally:
         store.close()
     try:
-        mark_used(store.root, str(Reference.parse(reference)))
+        mark_used(store.root, found)
     except StoreError as error:
-        log.info("%s: last use not recorded: %s", reference, error)
-    return result
+        log.info("%s: last use not recorded: %s", found, error)
+    return dataclasses.replace(result, reference=found)
 
 
 def chosen_target(into: str | None, configured: str | None = None) -> ImportTarget:

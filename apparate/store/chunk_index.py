@@ -74,7 +74,9 @@ class ChunkIndex:
 
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        # Reentrant: Ctrl-C can leave a query's context open in the thread
+        # that then closes the index.
+        self._lock = threading.RLock()
         # Blob values that are not digests, warned about once per process.
         self._invalid_blobs: set[str] = set()
         self._read_only = read_only

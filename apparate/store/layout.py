@@ -74,10 +74,11 @@ _LAYOUT_PARTS = {
 }
 
 # The files at the top of a store before its oci-layout file is written: a
-# store whose creation was stopped early is finished, not refused.
+# store whose creation was stopped early is finished, not refused. A new
+# ext4 volume's lost+found does not make its root a folder of other files.
 _STORE_NAMES = frozenset(
     [*_LAYOUT_PARTS, ".lock", USERS_LOCK, "apparate.db", "apparate.db-wal",
-     "apparate.db-shm", "apparate.db-journal"]
+     "apparate.db-shm", "apparate.db-journal", "lost+found"]
 )  # fmt: skip
 
 
@@ -679,6 +680,13 @@ class Store:
     @property
     def hidden_references(self) -> list[str]:
         return sorted(self._hidden)
+
+    def tagged_digest(self, reference: str) -> Digest | None:
+        """Return the digest of the manifest tagged ``reference``, None if untagged."""
+        for item in self._read_index():
+            if _reference_of(item) == reference:
+                return Digest.parse_or_none(item.get("digest"))
+        return None
 
     def has_reference(self, reference: str) -> bool:
         """Tell whether an image is tagged ``reference`` in the store."""

@@ -119,10 +119,18 @@ def test_pull_again_fetches_nothing(registry_plain, tmp_path):
     apparate.pull(reference, options_for(registry_plain, store))
 
     again = apparate.pull(reference, options_for(registry_plain, store))
+    # Stored layers, under a tag new to the store.
+    other_tag = apparate.pull(
+        f"{registry_plain.host}/samples/base:v1-docker",
+        options_for(registry_plain, store),
+    )
 
     assert again.bytes_fetched == 0
     assert again.layers_fetched == 0
     assert again.bytes_reused == sum(layer.size for layer in again.layers)
+    assert again.up_to_date
+    assert other_tag.layers_fetched == 0
+    assert not other_tag.up_to_date
 
 
 def test_pull_next_version(registry_plain, sample_images: Samples, tmp_path):

@@ -160,3 +160,15 @@ def test_close_waits_for_running_query(tmp_path):
     assert not closer.is_alive()
     with pytest.raises(StoreError, match="cannot read the chunk index"):
         index.has_blob(Digest.of(b"layer"))
+
+
+def test_close_inside_own_query_context_returns(tmp_path):
+    # Ctrl-C can leave a query's context open in the thread that closes.
+    index = ChunkIndex(tmp_path / INDEX_FILE)
+    reading = index._reading()
+    reading.__enter__()
+
+    index.close()
+
+    with pytest.raises(StoreError):
+        index.has_blob(Digest.of(b"layer"))

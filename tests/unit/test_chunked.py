@@ -41,6 +41,7 @@ from apparate.chunked.reader import (
 )
 from apparate.chunked.writer import ConvertedLayer, Encoder, write_chunked_layer
 from apparate.chunker.fastcdc import FastCdcChunker
+from apparate.delta.assembler import can_recompress
 from apparate.digest import Digest
 from apparate.errors import ChunkCorrupt, ChunkTableCorrupt, UnsupportedChunkFormat
 from apparate.layers import ZstdFrames
@@ -370,3 +371,17 @@ def test_annotations_out_of_range_are_rejected(offset, length):
                 "dev.apparate.chunked.table-digest": str(Digest.of(b"")),
             }
         )
+
+
+@pytest.mark.parametrize("level", [100, -(1 << 40), True, "3"])
+def test_odd_encoder_level_cannot_recompress(level):
+    record = {**DEFAULT_ENCODER.record(), "level": level}
+    table = ChunkTable(1, record, {}, [])
+
+    assert not can_recompress(table)
+
+
+def test_own_encoder_level_can_recompress():
+    table = ChunkTable(1, DEFAULT_ENCODER.record(), {}, [])
+
+    assert can_recompress(table)

@@ -112,19 +112,25 @@ def test_gc_report_dry_run_says_would_hold():
     assert "would free 11.0 MiB; the store would hold 39.0 MiB" in report
 
 
-def pull_result(fetched: int, missing: bool) -> PullResult:
+def pull_result(fetched: int, missing: bool, up_to_date: bool = False) -> PullResult:
     layers = [LayerResult(Digest.of(b"layer"), "t", 1000, missing, fetched)]
     return PullResult(
         "example.com/app:v1", Digest.of(b"m"), "linux/amd64", "/s", None, layers,
-        fetched, 0.25,
+        fetched, 0.25, up_to_date=up_to_date,
     )  # fmt: skip
 
 
 def test_summary_of_stored_image_says_up_to_date():
-    line = summary_line(pull_result(0, missing=False))
+    line = summary_line(pull_result(0, missing=False, up_to_date=True))
 
     assert line.startswith("example.com/app:v1: already up to date in the store")
     assert "less than whole layers" not in line
+
+
+def test_summary_of_new_tag_of_stored_layers_counts_reuse():
+    line = summary_line(pull_result(0, missing=False))
+
+    assert "fetched 0 B (1.0 kB less than whole layers)" in line
 
 
 def test_summary_of_fetched_layer_counts_bytes():

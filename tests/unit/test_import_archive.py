@@ -5,12 +5,17 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import stat
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 import zstandard
+from typer.testing import CliRunner
 
+from apparate.cli.main import app
 from apparate.cli.text import import_line
 from apparate.digest import Digest
 from apparate.errors import NotFound, StoreError, UsageError
@@ -35,6 +40,7 @@ from apparate.importers.target import (
 from apparate.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from apparate.result import ImportResult
 from apparate.store.layout import Store
+from apparate.store.usage import last_used
 
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -258,6 +264,36 @@ def test_archive_file_is_written_atomically(tmp_path):
     assert list(target.parent.iterdir()) == [target]
 
 
+def test_archive_through_symlink_keeps_link(tmp_path):
+    store, _ = make_store(tmp_path / "store")
+    target = tmp_path / "real.tar"
+    target.write_bytes(b"older archive")
+    link = tmp_path / "link.tar"
+    link.symlink_to(target)
+
+    result = import_stored(store, REFERENCE, f"docker-archive:{link}", Daemons())
+
+    assert link.is_symlink()
+    assert target.stat().st_size == result.bytes_sent
+
+
+def test_archive_into_fifo_streams(tmp_path):
+    store, _ = make_store(tmp_path / "store")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+
+    result = import_stored(store, REFERENCE, f"oci-archive:{fifo}", Daemons())
+    reader.join(10)
+
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert len(received[0]) == result.bytes_sent
+    with tarfile.open(fileobj=io.BytesIO(received[0])) as archive:
+        assert "index.json" in archive.getnames()
+
+
 def test_missing_layer_is_a_store_error(tmp_path):
     store, facts = make_store(tmp_path)
     store.blob_path(facts["layers"][1].digest).unlink()
@@ -447,3 +483,33 @@ def test_unknown_digest_prefix_is_not_a_docker_hub_name(tmp_path):
 
     assert "has a digest starting with sha256:0000000000" in str(caught.value)
     assert "docker.io" not in str(caught.value)
+
+
+def test_cli_import_by_digest_prefix(tmp_path):
+    store, facts = make_store(tmp_path / "store")
+    prefix = str(facts["manifest"].digest)[:19]
+    archive = tmp_path / "image.tar"
+
+    done = CliRunner().invoke(
+        app, ["import", "--store", str(store.root), "--into",
+              f"oci-archive:{archive}", prefix],
+    )  # fmt: skip
+
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith(f"{REFERENCE}: ")
+    assert archive.is_file()
+    assert set(last_used(store.root)) == {REFERENCE}
+
+
+def test_find_by_digest_prefix_prefers_own_names(tmp_path):
+    store, facts = make_store(tmp_path / "store")
+    index_path = store.root / "index.json"
+    document = json.loads(index_path.read_text())
+    foreign = {**document["manifests"][0]}
+    foreign["annotations"] = {"org.opencontainers.image.ref.name": "mytag"}
+    document["manifests"].insert(0, foreign)
+    index_path.write_text(json.dumps(document))
+
+    image = find_stored(store, str(facts["manifest"].digest)[:19])
+
+    assert image.reference == REFERENCE
