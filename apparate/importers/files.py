@@ -1,7 +1,7 @@
 """Write an archive to a file atomically: a temporary file, then a rename.
 
 A path that is a pipe, a terminal or another device, such as /dev/stdout
-or a FIFO, is written to directly, as skopeo and docker save do. A
+or a FIFO, is written to directly, as skopeo does. A
 symbolic link to a file is followed, so the link stays.
 """
 

@@ -6,6 +6,7 @@ results in, so the choice of target is tested with tables of cases.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apparate.errors import UsageError
+from apparate.importers.docker_context import context_docker_host
+
+log = logging.getLogger(__name__)
 
 AUTO = "auto"
 DOCKER = "docker"
@@ -102,9 +106,11 @@ class Daemons:
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Daemons:
-        """Read DOCKER_HOST, CONTAINERD_ADDRESS and CONTAINERD_NAMESPACE."""
+        """Read DOCKER_HOST or docker's current context, CONTAINERD_ADDRESS and
+        CONTAINERD_NAMESPACE.
+        """
         return cls(
-            docker_host=env.get("DOCKER_HOST") or cls.docker_host,
+            docker_host=env.get("DOCKER_HOST") or _context_host(env) or cls.docker_host,
             containerd_address=env.get("CONTAINERD_ADDRESS") or cls.containerd_address,
             containerd_namespace=env.get("CONTAINERD_NAMESPACE")
             or cls.containerd_namespace,
@@ -128,6 +134,19 @@ class Daemons:
             containerd_address or self.containerd_address,
             containerd_namespace or self.containerd_namespace,
         )
+
+
+def _context_host(env: Mapping[str, str]) -> str | None:
+    """Return the docker host of docker's current context, if one is set.
+
+    A broken context is only a warning here, since most pulls never reach
+    docker. Docker's default socket is used then, and the warning states it.
+    """
+    try:
+        return context_docker_host(env)
+    except UsageError as error:
+        log.warning("%s; using docker's default socket", error)
+        return None
 
 
 def check_namespace(namespace: str) -> None:

@@ -1,0 +1,82 @@
+"""Which docker daemon the current docker context names, as the docker CLI reads it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from apparate.errors import UsageError
+from apparate.importers.docker_context import context_docker_host
+from apparate.importers.target import DEFAULT_DOCKER_SOCKET, Daemons
+
+
+def add_context(config_dir: Path, name: str, host: str | None) -> None:
+    """Write a context as 'docker context create' stores it."""
+    meta_dir = (
+        config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    )
+    meta_dir.mkdir(parents=True)
+    endpoints = {"docker": {"Host": host, "SkipTLSVerify": False}} if host else {}
+    meta = {"Name": name, "Metadata": {}, "Endpoints": endpoints}
+    (meta_dir / "meta.json").write_text(json.dumps(meta))
+
+
+def test_docker_context_variable_names_host(tmp_path):
+    add_context(tmp_path, "rootless", "unix:///run/user/1000/docker.sock")
+    env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "rootless"}
+
+    assert context_docker_host(env) == "unix:///run/user/1000/docker.sock"
+
+
+def test_current_context_of_config_file(tmp_path):
+    add_context(tmp_path, "lab", "unix:///lab/docker.sock")
+    (tmp_path / "config.json").write_text('{"currentContext": "lab"}')
+
+    daemons = Daemons.from_environment({"DOCKER_CONFIG": str(tmp_path)})
+
+    assert daemons.docker_host == "unix:///lab/docker.sock"
+
+
+def test_docker_host_wins_over_context(tmp_path):
+    add_context(tmp_path, "lab", "unix:///lab/docker.sock")
+    env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "lab",
+           "DOCKER_HOST": "unix:///own.sock"}  # fmt: skip
+
+    assert Daemons.from_environment(env).docker_host == "unix:///own.sock"
+
+
+@pytest.mark.parametrize("config", [None, "", "{}", '{"currentContext": "default"}'])
+def test_no_context_means_default_socket(tmp_path, config):
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+
+    daemons = Daemons.from_environment({"DOCKER_CONFIG": str(tmp_path)})
+
+    assert daemons.docker_host == f"unix://{DEFAULT_DOCKER_SOCKET}"
+
+
+def test_missing_context_is_an_error(tmp_path):
+    env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "gone"}
+
+    with pytest.raises(UsageError, match="docker context 'gone' does not exist"):
+        context_docker_host(env)
+
+
+def test_context_without_docker_endpoint_is_an_error(tmp_path):
+    add_context(tmp_path, "k8s-only", None)
+    env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "k8s-only"}
+
+    with pytest.raises(UsageError, match="has no docker endpoint"):
+        context_docker_host(env)
+
+
+def test_broken_context_warns_and_uses_default(tmp_path, caplog):
+    (tmp_path / "config.json").write_text('{"currentContext": "gone"}')
+
+    daemons = Daemons.from_environment({"DOCKER_CONFIG": str(tmp_path)})
+
+    assert daemons.docker_host == f"unix://{DEFAULT_DOCKER_SOCKET}"
+    assert "docker context 'gone' does not exist" in caplog.text
