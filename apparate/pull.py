@@ -207,13 +207,14 @@ def _resolve(
     options: PullOptions,
     tables: TablePrefetch,
 ) -> ResolvedImage:
-    """Resolve the image at the first source that may resolve tags and succeeds.
+    """Resolve the image at the first source that may resolve it and succeeds.
 
-    Mirrors allowed to resolve tags are tried first, the origin last. A
-    mirror that fails is skipped with a warning. The chunk tables of the
+    Mirrors allowed to resolve tags, or any mirror for a reference by digest,
+    are tried first, the origin last. A mirror that fails is skipped with a
+    warning. The chunk tables of the
     manifest found start downloading while its config is fetched.
     """
-    resolvers = pool.resolvers()
+    resolvers = pool.resolvers(by_digest=ref.digest is not None)
     for source in resolvers:
         try:
             return resolve_image(

@@ -105,15 +105,20 @@ class SourcePool:
         live = [source for source in self.sources if source.dropped is None]
         return [live[position] for position in rank([s.measure for s in live])]
 
-    def resolvers(self) -> list[Source]:
-        """Return the sources that may resolve tags: allowed mirrors, then the origin.
+    def resolvers(self, by_digest: bool = False) -> list[Source]:
+        """Return the sources to ask for the manifest: mirrors, then the origin.
 
-        A mirror that no probe reached is left out, so it costs no timeout.
+        Only mirrors allowed to resolve tags are asked for a tag. A manifest
+        named ``by_digest`` is content, which every mirror serves, as
+        containerd asks any pull host for it. A mirror that no probe reached
+        is left out, so it costs no timeout.
         """
         mirrors = [
             source
             for source in self.ranked()
-            if source.resolve and source.role == MIRROR and source.measure.reachable
+            if source.role == MIRROR
+            and source.measure.reachable
+            and (source.resolve or by_digest)
         ]
         return [*mirrors, self.origin]
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 import apparate
@@ -354,6 +355,24 @@ def test_mirror_without_resolve_needs_the_origin(mirror, tmp_path):
             f"{down}/converted/base:v2",
             PullOptions(store=tmp_path / "store", config=config),
         )
+
+
+def test_mirror_serves_digest_pull_while_origin_is_down(mirror, tmp_path):
+    # A manifest by digest is content, as containerd asks any pull host.
+    down = closed_port_host()
+    digest = httpx.head(
+        f"http://{mirror.host}/v2/converted/base/manifests/v2",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    ).headers["Docker-Content-Digest"]
+    config = Config(mirrors={down: (Mirror(f"http://{mirror.host}"),)})
+
+    result = apparate.pull(
+        f"{down}/converted/base@{digest}",
+        PullOptions(store=tmp_path / "store", config=config),
+    )
+
+    assert str(result.digest) == digest
+    assert set(result.bytes_by_source) == {f"http://{mirror.host}"}
 
 
 def test_sources_ranks_origin_and_mirror(origin, mirror, tmp_path):
