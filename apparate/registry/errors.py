@@ -17,6 +17,7 @@ from apparate.errors import (
     ServerError,
 )
 from apparate.registry.pace import SlowBody, paced
+from apparate.registry.transport import certs_dirs_of
 
 MAX_ERROR_BODY = 16 * 1024
 
@@ -127,7 +128,7 @@ def transport_error(error: httpx.HTTPError, host: str, subject: str) -> Apparate
         return RegistryUnreachable(
             f"{subject}: TLS with {host} failed ({error})",
             hint="for a registry with a private CA, put its certificate in "
-            f"/etc/docker/certs.d/{host}/ca.crt; for a plain-HTTP registry "
+            f"{certs_dirs_of()[0]}/{host}/ca.crt; for a plain-HTTP registry "
             f"pass --insecure-registry {host}",
         )
     if isinstance(error, httpx.ConnectError):

@@ -25,6 +25,13 @@ DEFAULT_CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 USER_AGENT = "apparate/0.1"
 
 
+def certs_dirs_of(env: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+    """Return the folders of ``HOST/*.crt`` CA files: ``APPARATE_CERTS_D``, else docker's."""
+    if env.get("APPARATE_CERTS_D"):
+        return tuple(env["APPARATE_CERTS_D"].split(os.pathsep))
+    return DEFAULT_CERTS_DIRS
+
+
 def _insecure_host(entry: str) -> str:
     """Read an insecure registry as docker's daemon does: a host, or an http(s) URL's.
 
@@ -80,10 +87,7 @@ class TransportSettings:
         listed = [*insecure_registries]
         listed += env.get("APPARATE_INSECURE_REGISTRIES", "").split(",")
         insecure = {_insecure_host(entry.strip()) for entry in listed if entry.strip()}
-        certs_dirs = DEFAULT_CERTS_DIRS
-        if env.get("APPARATE_CERTS_D"):
-            certs_dirs = tuple(env["APPARATE_CERTS_D"].split(os.pathsep))
-        return cls(frozenset(insecure), certs_dirs)
+        return cls(frozenset(insecure), certs_dirs_of(env))
 
     def allows_plain_http(self, host: str) -> bool:
         """Plain HTTP is allowed for loopback and hosts the user marked insecure."""

@@ -58,6 +58,7 @@ from typing import Any
 from apparate.config import Mirror
 from apparate.errors import UsageError
 from apparate.registry.client import Endpoint, InvalidEndpoint
+from apparate.registry.transport import certs_dirs_of
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,8 @@ def read_hosts(registry: str, directory: Path | None = None) -> HostsFile:
         if any(path.parent.glob("*.crt")):
             log.warning(
                 "%s: certificate files without hosts.toml are not read by "
-                "apparate; put them in /etc/docker/certs.d/%s/",
-                path.parent, registry,
+                "apparate; put them in %s/%s/",
+                path.parent, certs_dirs_of()[0], registry,
             )  # fmt: skip
         return HostsFile()
     except OSError as error:
