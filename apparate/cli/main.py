@@ -303,6 +303,11 @@ def _checked_target(into: str | None, daemons: Daemons) -> str | None:
 
 
 def _daemons(containerd_address: str | None, namespace: str | None) -> Daemons:
+    # As ctr does, an empty namespace is refused rather than read as the default.
+    for option, value in (("--containerd-address", containerd_address),
+                          ("--namespace", namespace)):  # fmt: skip
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} is empty", hint="give a value or leave it out")
     return Daemons.from_environment().with_options(containerd_address, namespace)
 
 
@@ -545,7 +550,7 @@ def sources_command(
     if all(row.rtt is None for row in rows):
         with _errors_reported(reference):
             raise RegistryUnreachable(
-                f"no source of {ref} answered the probes",
+                f"no source of {ref} responded to the probes",
                 hint="check the addresses, the network and that the registry runs",
             )
 
@@ -647,7 +652,7 @@ def _errors_reported(
         raise typer.Exit(130) from None
 
 
-# What Ctrl-C leaves behind: the commands that fetch, and import.
+# The messages for Ctrl-C: of the commands that fetch, and of import.
 FETCH_INTERRUPTED = (
     "interrupted; nothing unverified was tagged, and the same command run again "
     "resumes the downloads it kept"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apparate.config import load_config
+from apparate.config import config_path, load_config
 from apparate.errors import ApparateError, StoreError
 from apparate.importers.archive import docker_members, oci_members, stream_tar
 from apparate.importers.containerd import import_into_containerd
@@ -75,7 +75,8 @@ def chosen_target(into: str | None, configured: str | None = None) -> ImportTarg
     """
     if configured is None and not into and not os.environ.get("APPARATE_INTO"):
         configured = load_config().into
-    return requested_target(into, os.environ, configured)
+    settings_file = str(config_path()) if configured else "config.toml"
+    return requested_target(into, os.environ, configured, settings_file)
 
 
 def check_target(into: str | None, daemons: Daemons) -> None:

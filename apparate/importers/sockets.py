@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import grp
+import os
 import signal
 import socket
 from collections.abc import Iterator
@@ -69,9 +71,23 @@ def require_socket(path: str, daemon: str, setting: str) -> None:
         return
     message = f"{daemon} is not reachable: its socket {path} {state.value}"
     if state is SocketState.DENIED:
-        raise DaemonPermissionDenied(message)
+        raise DaemonPermissionDenied(message, hint=_permission_hint(path))
     raise DaemonUnreachable(
         message,
         hint=f"start {daemon}, or set {setting} to its socket, or pick another "
         "--into target; the image is kept in the local store",
+    )
+
+
+def _permission_hint(path: str) -> str:
+    """Say who may use the socket at ``path``: root, or its group's members."""
+    try:
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        group = "root"
+    kept = "pick another --into target; the image is kept in the local store"
+    if group == "root":
+        return f"run as root, or {kept}"
+    return (
+        f"run as root or as a member of the group {group}, which owns {path}, or {kept}"
     )

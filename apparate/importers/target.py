@@ -70,13 +70,19 @@ def parse_target(text: str, given_by: str = "--into") -> ImportTarget:
 
 
 def requested_target(
-    explicit: str | None, env: Mapping[str, str], configured: str | None
+    explicit: str | None,
+    env: Mapping[str, str],
+    configured: str | None,
+    settings_file: str = "config.toml",
 ) -> ImportTarget:
-    """Return the target asked for: the option, else APPARATE_INTO, else config."""
+    """Return the target asked for: the option, else APPARATE_INTO, else config.
+
+    ``settings_file`` is where ``configured`` was read, which errors name.
+    """
     sources = (
         (explicit, "--into"),
         (env.get("APPARATE_INTO"), "APPARATE_INTO"),
-        (configured, "into in config.toml"),
+        (configured, f"into in {settings_file}"),
     )
     for text, given_by in sources:
         if text:

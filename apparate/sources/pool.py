@@ -109,8 +109,8 @@ class SourcePool:
         """Return the sources to ask for the manifest: mirrors, then the origin.
 
         Only mirrors allowed to resolve tags are asked for a tag. A manifest
-        named ``by_digest`` is content, which every mirror serves, as
-        containerd asks any pull host for it. A mirror that no probe reached
+        named ``by_digest`` is content, which every mirror serves, and
+        containerd requests it from any pull host. A mirror that no probe reached
         is left out, so it costs no timeout.
         """
         mirrors = [

@@ -400,4 +400,6 @@ def test_sources_all_unreachable_fails(tmp_path):
 
     assert done.returncode == 6, done.stderr
     assert [row["rtt"] for row in json.loads(done.stdout)] == [None]
-    assert done.stderr.startswith(f"error: no source of {down}/samples/base:v1")
+    assert done.stderr.startswith(
+        f"error: no source of {down}/samples/base:v1 responded"
+    )

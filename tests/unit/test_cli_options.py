@@ -78,3 +78,11 @@ def test_insecure_registry_url_rejected(tmp_path, host):
 
     assert done.exit_code == 2
     assert f"insecure registry '{host}' must be a host" in done.output
+
+
+@pytest.mark.parametrize("option", ["--namespace", "--containerd-address"])
+def test_empty_containerd_option_rejected(tmp_path, option):
+    done = run("pull", option, "", "--store", str(tmp_path / "store"), SOURCE)
+
+    assert done.exit_code == 2
+    assert f"{option} is empty" in done.output

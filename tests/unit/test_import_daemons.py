@@ -31,8 +31,13 @@ from apparate.errors import (
 )
 from apparate.importers.containerd import import_command
 from apparate.importers.docker import load_errors, uses_containerd_store
-from apparate.importers.run import check_target, import_stored
-from apparate.importers.sockets import SocketState, probe_socket, require_socket
+from apparate.importers.run import check_target, chosen_target, import_stored
+from apparate.importers.sockets import (
+    SocketState,
+    _permission_hint,
+    probe_socket,
+    require_socket,
+)
 from apparate.importers.target import Daemons
 from tests.unit.test_import_archive import REFERENCE, make_store, read_tar
 
@@ -524,3 +529,24 @@ def test_ctr_failure_retry_keeps_options(
         f"--containerd-address {containerd_socket} --namespace k8s.io"
         in caught.value.hint
     )
+
+
+@pytest.mark.parametrize(
+    ("gid", "words"), [(0, "run as root, or"), (1, "member of the group")]
+)
+def test_permission_hint_names_socket_group(tmp_path, gid, words):
+    path = tmp_path / "daemon.sock"
+    path.write_text("")
+    os.chown(path, 0, gid)
+
+    assert words in _permission_hint(str(path))
+
+
+def test_into_error_names_settings_file(tmp_path, monkeypatch):
+    settings = tmp_path / "settings.toml"
+    settings.write_text('into = "dockr"\n')
+    monkeypatch.setenv("APPARATE_CONFIG", str(settings))
+    monkeypatch.delenv("APPARATE_INTO", raising=False)
+
+    with pytest.raises(UsageError, match=f"'dockr' in into in {settings}"):
+        chosen_target(None)
