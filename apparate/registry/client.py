@@ -106,6 +106,8 @@ class Endpoint:
         65535, or with credentials, a query or a fragment. Its message never
         shows those parts, because they may contain a password or a token.
         """
+        if not url.strip():
+            raise InvalidEndpoint("the URL is empty", hint="give an https:// URL")
         scheme, separator, rest = url.partition("://")
         if not separator:
             scheme, rest = "", url

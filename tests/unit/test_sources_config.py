@@ -43,6 +43,7 @@ def test_endpoint_parse_rejects(url):
 # Each row: a URL, words its error must contain, and a secret it must not show.
 BAD_ENDPOINTS = {
     "no scheme": ("127.0.0.1:6003", "has no scheme", None),
+    "empty": ("", "the URL is empty", None),
     "user and password": ("http://user:pw@127.0.0.1:6004", "user name", "pw@"),
     "user without scheme": ("user:pw@127.0.0.1:6004", "user name", "pw@"),
     "query": ("http://127.0.0.1:6006?token=abc", "query", "token"),
