@@ -449,14 +449,19 @@ def test_sizes_with_damaged_database(tmp_path):
     assert sizes.size_of(facts["layers"][0], "layer") == len(facts["tars"][0])
 
 
-def test_find_by_digest_skips_names_other_tools_wrote(tmp_path):
-    store, facts = make_store(tmp_path / "store")
+def tag_first_by_other_tool(store: Store, name: str) -> None:
+    """List the stored image first under ``name``, as skopeo tags an OCI layout."""
     index_path = store.root / "index.json"
     document = json.loads(index_path.read_text())
     foreign = {**document["manifests"][0]}
-    foreign["annotations"] = {"org.opencontainers.image.ref.name": "v1.2.3-rc1+build"}
+    foreign["annotations"] = {"org.opencontainers.image.ref.name": name}
     document["manifests"].insert(0, foreign)
     index_path.write_text(json.dumps(document))
+
+
+def test_find_by_digest_skips_names_other_tools_wrote(tmp_path):
+    store, facts = make_store(tmp_path / "store")
+    tag_first_by_other_tool(store, "v1.2.3-rc1+build")
     manifest = facts["manifest"].digest
 
     image = find_stored(store, f"registry.example/team/app@{manifest}")
@@ -503,12 +508,7 @@ def test_cli_import_by_digest_prefix(tmp_path):
 
 def test_find_by_digest_prefix_prefers_own_names(tmp_path):
     store, facts = make_store(tmp_path / "store")
-    index_path = store.root / "index.json"
-    document = json.loads(index_path.read_text())
-    foreign = {**document["manifests"][0]}
-    foreign["annotations"] = {"org.opencontainers.image.ref.name": "mytag"}
-    document["manifests"].insert(0, foreign)
-    index_path.write_text(json.dumps(document))
+    tag_first_by_other_tool(store, "mytag")
 
     image = find_stored(store, str(facts["manifest"].digest)[:19])
 
