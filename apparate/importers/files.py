@@ -1,8 +1,8 @@
 """Write an archive to a file atomically: a temporary file, then a rename.
 
 A path that is a pipe, a terminal or another device, such as /dev/stdout
-or a FIFO, is written to directly, as skopeo does. A
-symbolic link to a file is followed, so the link stays.
+or a FIFO, is written to directly, as skopeo does. A symbolic link to a
+file is followed, so the link stays.
 """
 
 from __future__ import annotations
