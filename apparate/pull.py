@@ -68,6 +68,7 @@ from apparate.store.layout import (
     DELTA_PARTIAL,
     BlobWriter,
     Store,
+    StoredElsewhere,
     default_store_path,
 )
 
@@ -521,7 +522,14 @@ class _LayerFetcher:
             if stored:
                 self._observer.layer_done(layer.digest)
                 return spent
-        downloaded = spent + self._fetch_whole_again(layer, diff_id, subject, stopped)
+        try:
+            downloaded = spent + self._fetch_whole_again(
+                layer, diff_id, subject, stopped
+            )
+        except StoredElsewhere:
+            log.info("%s: stored by another pull meanwhile", subject)
+            self._observer.layer_done(layer.digest)
+            return spent + self._downloaded.pop(layer.digest, 0)
         if chunked:
             discard_rebuild(self._store, layer.digest)
         log.info("%s: stored, %d bytes downloaded", subject, downloaded)
@@ -548,7 +556,7 @@ class _LayerFetcher:
             remote, plan = self._plans.plan_for(layer)
             fetched = len(remote.tail)
             with self._store.resumable(
-                layer.digest, layer.size, DELTA_PARTIAL
+                layer.digest, layer.size, DELTA_PARTIAL, self._cancelled.is_set
             ) as writer:
                 fresh = not writer.existing
                 journal = RangeJournal(writer.path, fresh)
@@ -564,6 +572,9 @@ class _LayerFetcher:
                 journal.remove()
         except RangeFetchStopped:
             raise _Cancelled(f"{subject}: stopped because another layer failed")
+        except StoredElsewhere:
+            log.info("%s: stored by another pull meanwhile", subject)
+            return fetched, True
         except _WHOLE_LAYER_INSTEAD as error:
             log.warning("%s: fetching the whole layer: %s", subject, error)
             return fetched + assembler.bytes_fetched, False
@@ -640,7 +651,9 @@ class _LayerFetcher:
         stored layer that no later pull indexes.
         """
         tar_sink = packer.feed if packer else None
-        with self._store.resumable(layer.digest, layer.size) as writer:
+        with self._store.resumable(
+            layer.digest, layer.size, stopped=self._cancelled.is_set
+        ) as writer:
             kept = writer.existing
             diff_verifier = DiffIDVerifier(layer.media_type, diff_id, subject, tar_sink)
             verifier = DigestVerifier(

@@ -199,7 +199,12 @@ class ResumableWriter(BlobWriter):
 
     def release(self) -> None:
         """Keep the partial file for a later pull, and let others use it."""
-        self._file.close()
+        with _store_errors(f"cannot write blob {self.digest} to {self._path}"):
+            self._file.close()
+
+
+class StoredElsewhere(Exception):
+    """Another process stored the blob while this one got ready to write it."""
 
 
 def _open_partial(path: Path) -> tuple[BinaryIO, Path] | None:
@@ -578,19 +583,33 @@ class Store:
 
     @contextlib.contextmanager
     def resumable(
-        self, digest: Digest, size: int, kind: str = ""
+        self,
+        digest: Digest,
+        size: int,
+        kind: str = "",
+        stopped: Callable[[], bool] = lambda: False,
     ) -> Iterator[BlobWriter]:
         """Yield a writer whose partial file outlives a failed or killed pull.
 
         ``kind`` keeps files written differently apart: a blob rebuilt from
         ranges has holes, so it must not be resumed as a sequential download.
-        When another process is writing the same blob (the caller waited
-        for it first, see ``wait_for_other_writers``), the writer is an
+        Another process may have started writing the blob since the caller
+        checked (see ``wait_for_other_writers``): this waits for it again,
+        and raises StoredElsewhere when it stored the blob. Only when that
+        process stalls, or ``stopped()`` turns true, is the writer an
         ordinary one that starts from nothing.
         """
+        path = self.partial_path(digest, kind)
         with _store_errors(f"cannot create a file in {self.ingest_dir}"):
             self.blob_path(digest).parent.mkdir(parents=True, exist_ok=True)
-            opened = _open_partial(self.partial_path(digest, kind))
+            opened = _open_partial(path)
+        while opened is None:
+            if self.wait_for_other_writers(digest, size, stopped):
+                raise StoredElsewhere(digest)
+            if stopped() or _locked_elsewhere(path):
+                break
+            with _store_errors(f"cannot create a file in {self.ingest_dir}"):
+                opened = _open_partial(path)
         if opened is None:
             with self.ingest(digest) as writer:
                 yield writer

@@ -10,7 +10,7 @@ import pytest
 from apparate.digest import Digest
 from apparate.errors import StoreError
 from apparate.manifest import OCI_MANIFEST, Descriptor
-from apparate.store.layout import REF_NAME, BlobWriter, Store
+from apparate.store.layout import REF_NAME, BlobWriter, Store, StoredElsewhere
 
 
 def descriptor_of(data: bytes) -> Descriptor:
@@ -220,3 +220,39 @@ def test_store_opens_in_folder_of_store_files(tmp_path, names):
 
     assert store.images() == []
     store.close()
+
+
+def test_resumable_waits_for_writer_that_took_partial(tmp_path):
+    # Two pulls passed their first wait at once; the other one locked first.
+    store = Store(tmp_path / "store")
+    data = b"layer bytes"
+    digest = Digest.of(data)
+    other = Store(tmp_path / "store")
+    outcome: list[str] = []
+
+    def second_pull() -> None:
+        try:
+            with store.resumable(digest, len(data)):
+                outcome.append("wrote it too")
+        except StoredElsewhere:
+            outcome.append("stored elsewhere")
+
+    with other.resumable(digest, len(data)) as writer:
+        waiting = threading.Thread(target=second_pull)
+        waiting.start()
+        writer.write(data)
+        writer.commit()
+    waiting.join(10)
+
+    assert outcome == ["stored elsewhere"]
+
+
+def test_release_on_full_disk_is_store_error(tmp_path):
+    store = Store(tmp_path / "store")
+    digest = Digest.of(b"layer")
+
+    with (
+        pytest.raises(StoreError, match="No space left"),
+        store.resumable(digest, 5) as writer,
+    ):
+        writer._file = FullDiskFile(writer._file)
