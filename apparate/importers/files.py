@@ -7,7 +7,10 @@ file is followed, so the link stays.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import glob
 import os
 import stat
 import tempfile
@@ -15,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from apparate.errors import ArchiveWriteFailed
+
+# Names a temporary archive as apparate's, so a sweep touches no other file.
+_TEMPORARY_MARK = ".apparate-"
 
 
 def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
@@ -33,20 +39,24 @@ def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
         return _write_stream(path, pieces, reference)
     # Replacing a link would cut it; the file it points to is replaced instead.
     path = Path(os.path.realpath(path)) if path.is_symlink() else path
+    prefix = f".{path.name}{_TEMPORARY_MARK}"
+    _remove_abandoned(path.parent, prefix)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        handle, temporary = tempfile.mkstemp(prefix=prefix, dir=path.parent)
     except OSError as error:
         raise _failed(error, path, reference) from None
     written = 0
     try:
+        # Locked until renamed, so a sweep by another import leaves it alone.
         with os.fdopen(handle, "wb") as output:
+            fcntl.flock(output, fcntl.LOCK_EX)
             os.fchmod(output.fileno(), 0o666 & ~_UMASK)
             for piece in pieces:
                 output.write(piece)
                 written += len(piece)
             output.flush()
             os.fsync(output.fileno())
-        os.replace(temporary, path)
+            os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise _failed(error, path, reference) from None
@@ -54,6 +64,14 @@ def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
         Path(temporary).unlink(missing_ok=True)
         raise
     return written
+
+
+def _remove_abandoned(folder: Path, prefix: str) -> None:
+    """Delete temporary archives that a killed import left, which no process locks."""
+    for leftover in folder.glob(f"{glob.escape(prefix)}*"):
+        with contextlib.suppress(OSError), open(leftover, "rb") as file:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            leftover.unlink()
 
 
 def _write_stream(path: Path, pieces: Iterator[bytes], reference: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import json
@@ -513,3 +514,23 @@ def test_find_by_digest_prefix_prefers_own_names(tmp_path):
     image = find_stored(store, str(facts["manifest"].digest)[:19])
 
     assert image.reference == REFERENCE
+
+
+def test_archive_write_removes_abandoned_temporaries(tmp_path):
+    store, _ = make_store(tmp_path / "store")
+    target = tmp_path / "out" / "app.tar"
+    target.parent.mkdir()
+    abandoned = target.parent / ".app.tar.apparate-killed"
+    abandoned.write_bytes(b"half an archive")
+    in_use = target.parent / ".app.tar.apparate-running"
+    in_use.write_bytes(b"another import")
+    unrelated = target.parent / ".app.tar.bak"
+    unrelated.write_bytes(b"the user's")
+
+    with open(in_use, "rb") as running:
+        fcntl.flock(running, fcntl.LOCK_EX)
+        import_stored(store, REFERENCE, f"oci-archive:{target}", Daemons())
+
+    assert sorted(path.name for path in target.parent.iterdir()) == [
+        ".app.tar.apparate-running", ".app.tar.bak", "app.tar",
+    ]  # fmt: skip
