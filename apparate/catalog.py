@@ -42,7 +42,12 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
     if not_created(root):
         return []
     store = Store(root, create=False)
-    uses = last_used(store.root)
+    try:
+        uses = last_used(store.root)
+    except StoreError as error:
+        # On a full disk, the listing is what tells the user what to remove.
+        log.warning("%s; showing when each image was stored instead", error)
+        uses = {}
     return [
         ImageSummary(
             image.reference,

@@ -666,3 +666,14 @@ def test_rm_of_image_whose_manifest_is_missing(store, damaged_first):
 
     assert result.untagged == ["example.com/app:arm64"]
     assert_whole(store, kept)
+
+
+def test_images_listed_when_database_unreadable(store, caplog):
+    add_image(store, "example.com/app:v1", [BASE])
+    (store.root / INDEX_FILE).write_bytes(b"not a database, as a full disk leaves it")
+
+    (image,) = list_images(store.root)
+
+    assert image.reference == "example.com/app:v1"
+    assert image.last_used > 0
+    assert "showing when each image was stored instead" in caplog.text
