@@ -63,6 +63,9 @@ _COPY_RUN = 1 << 20
 _COPY_PROBE = 1 << 20
 # The sources of frames that are in the store when the rebuild starts.
 _STORED_SOURCES = (Source.LOCAL_FRAME, Source.RECOMPRESS)
+# Bytes of a range's frames written between two journal entries, so a
+# killed pull fetches at most this much again per range in flight.
+_JOURNAL_STEP = 256 * 1024
 
 
 class DeltaUnavailable(Exception):
@@ -174,19 +177,28 @@ class RangeJournal:
         return any(first <= start and end <= last for first, last in self._done)
 
     def without_done(self, plan: Plan, table: ChunkTable) -> Plan:
-        """Return the plan minus the ranges an earlier pull already wrote.
+        """Return the plan minus the frames an earlier pull already wrote.
 
         A range's own frames are journalled, not the gaps between them,
-        whose bytes are not written, so a range is done when its frames are.
+        whose bytes are not written. A range with some frames done shrinks
+        to the span of the frames still missing.
         """
-        remaining = [
-            r
-            for r in plan.ranges
-            if not all(self.covered(*run) for run in member_runs(table, r))
-        ]
-        if len(remaining) < len(plan.ranges):
-            log.info("resuming a rebuild: %d of %d ranges already written",
-                     len(plan.ranges) - len(remaining), len(plan.ranges))  # fmt: skip
+        remaining = []
+        for wanted in plan.ranges:
+            missing = tuple(
+                position
+                for position in wanted.entries
+                if not self.covered(*_frame_span(table, position))
+            )
+            if missing == wanted.entries:
+                remaining.append(wanted)
+            elif missing:
+                start = _frame_span(table, missing[0])[0]
+                end = _frame_span(table, missing[-1])[1]
+                remaining.append(FetchRange(start, end, missing))
+        kept = plan.bytes_to_fetch - sum(wanted.length for wanted in remaining)
+        if kept:
+            log.info("resuming a rebuild: %d bytes of frames already written", kept)
         return Plan(plan.sources, plan.local, plan.duplicates, remaining)
 
     def done(self, start: int, end: int) -> None:
@@ -267,8 +279,10 @@ class Assembler:
         table = remote.table
         ready = _ReadyFrames(len(table.entries))
         remaining = journal.without_done(plan, table)
-        for done in set(plan.ranges) - set(remaining.ranges):
-            ready.mark(done.entries)
+        missing = {p for wanted in remaining.ranges for p in wanted.entries}
+        ready.mark(
+            p for wanted in plan.ranges for p in wanted.entries if p not in missing
+        )
         # Frames from the network have their chunk identity checked too. A
         # stored frame that fails to copy joins them before it is fetched.
         untrusted = {
@@ -524,6 +538,7 @@ class Assembler:
         def fetch(wanted: FetchRange) -> None:
             start, end = wanted.start, wanted.end
             runs = member_runs(table, wanted)
+            progress = _JournalProgress(table, wanted, journal)
 
             def write(offset: int, data: bytes) -> None:
                 # Bytes of the gaps between members are not written: those
@@ -532,6 +547,7 @@ class Assembler:
                     low, high = max(offset, run_start), min(offset + len(data), run_end)
                     if low < high:
                         writer.write_at(low, data[low - offset : high - offset])
+                progress.written_to(offset + len(data))
                 with self._lock:
                     self.bytes_fetched += len(data)
                 self._on_fetched(len(data))
@@ -581,17 +597,55 @@ class Assembler:
         )
 
 
-def member_runs(table: ChunkTable, wanted: FetchRange) -> list[tuple[int, int]]:
-    """Return the byte spans of a range's own frames, adjacent ones joined."""
+class _JournalProgress:
+    """Journal a range's frames as its bytes arrive, about every ``_JOURNAL_STEP``.
+
+    A range's bytes arrive in order, so the frames that end before the last
+    byte written are whole. They are journalled before the range is checked:
+    a killed pull's next run checks them as it checks every fetched frame.
+    """
+
+    def __init__(self, table: ChunkTable, wanted: FetchRange, journal: RangeJournal):
+        self._spans = [_frame_span(table, position) for position in wanted.entries]
+        self._journal = journal
+        self._next = 0
+        self._journalled = 0
+
+    def written_to(self, position: int) -> None:
+        """Note that every byte of the range before ``position`` is written."""
+        done = self._next
+        while done < len(self._spans) and self._spans[done][1] <= position:
+            done += 1
+        if done == self._next:
+            return
+        first, last = self._spans[self._journalled][0], self._spans[done - 1][1]
+        if last - first < _JOURNAL_STEP and done < len(self._spans):
+            self._next = done
+            return
+        for run_start, run_end in _joined(self._spans[self._journalled : done]):
+            self._journal.done(run_start, run_end)
+        self._next = self._journalled = done
+
+
+def _frame_span(table: ChunkTable, position: int) -> tuple[int, int]:
+    entry = table.entries[position]
+    return entry.frame_offset, entry.frame_offset + entry.frame_length
+
+
+def _joined(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Join spans that follow each other into one."""
     runs: list[tuple[int, int]] = []
-    for position in wanted.entries:
-        entry = table.entries[position]
-        start, end = entry.frame_offset, entry.frame_offset + entry.frame_length
+    for start, end in spans:
         if runs and runs[-1][1] == start:
             runs[-1] = (runs[-1][0], end)
         else:
             runs.append((start, end))
     return runs
+
+
+def member_runs(table: ChunkTable, wanted: FetchRange) -> list[tuple[int, int]]:
+    """Return the byte spans of a range's own frames, adjacent ones joined."""
+    return _joined(_frame_span(table, position) for position in wanted.entries)
 
 
 def _too_many_unusable(failed: list[int]) -> DeltaUnavailable:

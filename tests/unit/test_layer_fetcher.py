@@ -304,3 +304,38 @@ def test_stopped_whole_fetch_is_cancelled_error(tmp_path):
 
     with pytest.raises(ApparateError, match="stopped because another layer failed"):
         fetch.fetch(layer.descriptor, layer.diff_id)
+
+
+class DyingPool(StandInPool):
+    """Serves ranges in small pieces and stands for a SIGKILL after ``budget`` bytes."""
+
+    def __init__(self, layer: ConvertedLayer, budget: int) -> None:
+        super().__init__(layer)
+        self._budget = budget
+        self._lock = threading.Lock()
+
+    def fetch_range(self, layer, start, end, write, subject, stopped=None):
+        for offset in range(start, end, 8192):
+            with self._lock:
+                if self._budget <= 0:
+                    raise Killed()
+                self._budget -= 8192
+            write(offset, self._blob[offset : min(offset + 8192, end)])
+        return []
+
+
+def test_killed_rebuild_resumes_inside_ranges(tmp_path, monkeypatch):
+    monkeypatch.setattr(assembler, "_JOURNAL_STEP", 16 * 1024)
+    layer = ConvertedLayer()
+    dying, _, _ = fetcher(tmp_path, layer, DyingPool(layer, budget=300_000))
+    with pytest.raises(Killed):
+        dying.fetch(layer.descriptor, layer.diff_id)
+    pool = StandInPool(layer)
+    fetch, store, _ = fetcher(tmp_path, layer, pool)
+
+    fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
+    # The frames written before the kill, less one journal step per range.
+    assert pool.range_bytes < layer.descriptor.size - 200_000
+    assert pool.whole_bytes == 0
