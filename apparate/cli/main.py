@@ -677,6 +677,10 @@ def run() -> None:
     """Run the command line; usage errors become one ``error:`` line, exit 2.
 
     Without arguments it prints the help and exits 0, as docker does.
+
+    NOTE: Ctrl-C in the first 0.1 s or so, while Python still imports the
+    package, ends with Python's traceback instead of the one-line error;
+    the exit status is SIGINT's all the same.
     """
     # Die quietly when a reader such as `head` closes the pipe, as Unix tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
