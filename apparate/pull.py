@@ -212,8 +212,8 @@ def _resolve(
 
     Mirrors allowed to resolve tags, or any mirror for a reference by digest,
     are tried first, the origin last. A mirror that fails is skipped with a
-    warning. The chunk tables of the
-    manifest found start downloading while its config is fetched.
+    warning. The chunk tables of the manifest found start downloading while
+    its config is fetched.
     """
     resolvers = pool.resolvers(by_digest=ref.digest is not None)
     for source in resolvers:
