@@ -165,8 +165,7 @@ def _pull(
     if not options.dry_run:
         tagged = _store_metadata(store, image)
         index_digest = image.index.digest if image.index else None
-        before = store.tagged_digest(str(ref))
-        store.tag(str(ref), tagged, image.manifest.digest, index_digest)
+        before = store.tag(str(ref), tagged, image.manifest.digest, index_digest)
         up_to_date = before == tagged.digest and not fetched
     result = PullResult(
         reference=str(ref),

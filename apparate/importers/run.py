@@ -36,7 +36,7 @@ from apparate.importers.target import (
     requested_target,
 )
 from apparate.result import ImportResult
-from apparate.store.layout import Store, default_store_path
+from apparate.store.layout import Store, StoredImage, default_store_path
 from apparate.store.usage import mark_used
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,15 @@ def import_image(reference: str, options: ImportOptions | None = None) -> Import
     options = options or ImportOptions()
     store = Store(options.store or default_store_path(), create=False)
     try:
-        found = find_stored(store, reference).reference
-        result = import_stored(store, found, options.into, options.daemons)
+        image = find_stored(store, reference)
+        result = _import_found(store, image, options.into, options.daemons)
     finally:
         store.close()
     try:
-        mark_used(store.root, found)
+        mark_used(store.root, image.reference)
     except StoreError as error:
-        log.info("%s: last use not recorded: %s", found, error)
-    return dataclasses.replace(result, reference=found)
+        log.info("%s: last use not recorded: %s", image.reference, error)
+    return dataclasses.replace(result, reference=image.reference)
 
 
 def chosen_target(into: str | None, configured: str | None = None) -> ImportTarget:
@@ -104,12 +104,25 @@ def import_stored(
     ``auto`` picks docker when its socket accepts connections, else
     containerd, else leaves the image in the local store only.
     """
+    return _import_found(
+        store, find_stored(store, reference), into, daemons, configured
+    )
+
+
+def _import_found(
+    store: Store,
+    image: StoredImage,
+    into: str | None,
+    daemons: Daemons,
+    configured: str | None = None,
+) -> ImportResult:
+    """Hand a stored image that ``find_stored`` found to the target ``into`` names."""
     requested = chosen_target(into, configured)
     target = requested
     if requested.kind == AUTO:
         target = _detect(daemons)
-        log.info("%s: importing into %s (detected)", reference, target)
-    content = load_content(store, find_stored(store, reference))
+        log.info("%s: importing into %s (detected)", image.reference, target)
+    content = load_content(store, image)
     started = time.monotonic()
     if target.kind == DOCKER:
         return import_into_docker(store, content, daemons.docker_host, str(requested))

@@ -431,7 +431,7 @@ class Store:
         self._sweep_ingest()
 
     def _check_not_foreign(self) -> None:
-        """Raise StoreError for a folder of other files, which a store would mix with."""
+        """Raise StoreError when the folder contains files that are not a store's."""
         if (self.root / "oci-layout").exists() or not self.root.is_dir():
             return
         foreign = sorted(
@@ -637,11 +637,12 @@ class Store:
         descriptor: Descriptor,
         source_manifest: Digest | None = None,
         source_index: Digest | None = None,
-    ) -> None:
+    ) -> Digest | None:
         """Point ``reference`` at a manifest whose blobs are all stored.
 
         ``source_manifest`` is the registry's manifest digest when the tagged
-        manifest is a converted copy of it.
+        manifest is a converted copy of it. Returns the digest ``reference``
+        pointed at before, or None when it is a new tag.
         """
         annotations = {REF_NAME: reference, CONTAINERD_NAME: reference}
         if source_manifest and source_manifest != descriptor.digest:
@@ -655,12 +656,11 @@ class Store:
             "annotations": annotations,
         }
         with _store_errors(f"cannot tag {reference}"), self._locked():
-            entries = [
-                item
-                for item in self._read_index(filtered=False)
-                if _reference_of(item) != reference
-            ]
-            self._write_index([*entries, entry])
+            entries = self._read_index(filtered=False)
+            previous = [item for item in entries if _reference_of(item) == reference]
+            kept = [item for item in entries if _reference_of(item) != reference]
+            self._write_index([*kept, entry])
+        return Digest.parse_or_none(previous[0].get("digest")) if previous else None
 
     def untag(self, references: Iterable[str]) -> list[str]:
         """Remove the entries tagged ``references``; return those that were there."""
@@ -699,13 +699,6 @@ class Store:
     @property
     def hidden_references(self) -> list[str]:
         return sorted(self._hidden)
-
-    def tagged_digest(self, reference: str) -> Digest | None:
-        """Return the digest of the manifest tagged ``reference``, None if untagged."""
-        for item in self._read_index():
-            if _reference_of(item) == reference:
-                return Digest.parse_or_none(item.get("digest"))
-        return None
 
     def has_reference(self, reference: str) -> bool:
         """Tell whether an image is tagged ``reference`` in the store."""
