@@ -196,9 +196,9 @@ class RangeJournal:
                 start = _frame_span(table, missing[0])[0]
                 end = _frame_span(table, missing[-1])[1]
                 remaining.append(FetchRange(start, end, missing))
-        kept = plan.bytes_to_fetch - sum(wanted.length for wanted in remaining)
-        if kept:
-            log.info("resuming a rebuild: %d bytes of frames already written", kept)
+        written = plan.bytes_to_fetch - sum(wanted.length for wanted in remaining)
+        if written:
+            log.info("resuming a rebuild: %d bytes of frames already written", written)
         return Plan(plan.sources, plan.local, plan.duplicates, remaining)
 
     def done(self, start: int, end: int) -> None:
@@ -571,8 +571,7 @@ class Assembler:
                         source, f"bytes {start}-{end - 1} of {self._layer.digest} "
                         f"failed verification ({wrong})",
                     )  # fmt: skip
-            for run_start, run_end in runs:
-                journal.done(run_start, run_end)
+            # ``progress`` journalled every frame of the range as it arrived.
             ready.mark(wanted.entries)
 
         pool = ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range")
