@@ -392,23 +392,12 @@ def _oci_manifest(source: bytes, config: Descriptor, layers: list[Descriptor]) -
             "digest": str(config.digest),
             "size": config.size,
         },
-        "layers": [_descriptor_json(layer) for layer in layers],
+        "layers": [layer.to_json() for layer in layers],
     }
     annotations = json.loads(source).get("annotations")
     if annotations:
         document["annotations"] = annotations
     return json.dumps(document, separators=(",", ":")).encode()
-
-
-def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "mediaType": descriptor.media_type,
-        "digest": str(descriptor.digest),
-        "size": descriptor.size,
-    }
-    if descriptor.annotations:
-        item["annotations"] = dict(sorted(descriptor.annotations.items()))
-    return item
 
 
 def _convert_layer(
@@ -534,7 +523,7 @@ def _top_document(
                  "so a new index of the converted images is pushed")  # fmt: skip
     manifests = []
     for image in converted:
-        item = _descriptor_json(image.manifest)
+        item = image.manifest.to_json()
         if image.platform:
             item["platform"] = image.platform
         manifests.append(item)

@@ -70,6 +70,17 @@ class Descriptor:
     platform: Platform | None = None
     annotations: dict[str, str] = field(default_factory=dict, compare=False)
 
+    def to_json(self) -> dict[str, Any]:
+        """Return the descriptor as a manifest lists it, annotations sorted."""
+        item: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+        if self.annotations:
+            item["annotations"] = dict(sorted(self.annotations.items()))
+        return item
+
 
 @dataclass(frozen=True)
 class Manifest:

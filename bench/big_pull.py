@@ -48,7 +48,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def push_plain_image(host: str, tar: Path, scratch: Path) -> str:
-    """Push an image whose one layer is ``tar``, uncompressed; return its reference."""
+    """Push an image whose one layer is ``tar``, uncompressed, and return its reference."""
     reference = f"{host}/big/plain:v1"
     digest = file_digest(tar)
     layer = Descriptor(PLAIN_LAYER, digest, tar.stat().st_size)
@@ -64,8 +64,8 @@ def push_plain_image(host: str, tar: Path, scratch: Path) -> str:
     manifest = json.dumps({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": descriptor_json(config_descriptor),
-        "layers": [descriptor_json(layer)],
+        "config": config_descriptor.to_json(),
+        "layers": [layer.to_json()],
     }).encode()  # fmt: skip
     with RegistryWriter(
         Reference.parse(reference),
@@ -78,14 +78,6 @@ def push_plain_image(host: str, tar: Path, scratch: Path) -> str:
     return reference
 
 
-def descriptor_json(descriptor: Descriptor) -> dict[str, object]:
-    return {
-        "mediaType": descriptor.media_type,
-        "digest": str(descriptor.digest),
-        "size": descriptor.size,
-    }
-
-
 def file_digest(path: Path) -> Digest:
     with open(path, "rb") as file:
         return Digest("sha256", hashlib.file_digest(file, "sha256").hexdigest())
@@ -94,7 +86,7 @@ def file_digest(path: Path) -> Digest:
 def timed_pull(
     reference: str, store: Path, env: dict[str, str]
 ) -> tuple[float, int, int]:
-    """Pull in a fresh process; return its seconds, bytes fetched and peak RSS."""
+    """Pull in a fresh process, and return its seconds, bytes fetched and peak RSS."""
     with tempfile.NamedTemporaryFile("r") as rss:
         started = time.perf_counter()
         done = subprocess.run(
