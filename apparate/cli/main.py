@@ -303,7 +303,7 @@ def _checked_target(into: str | None, daemons: Daemons) -> str | None:
 
 
 def _daemons(containerd_address: str | None, namespace: str | None) -> Daemons:
-    # As ctr does, an empty namespace is refused rather than read as the default.
+    # An empty value is a mistake in a script, so it is an error, not the default.
     for option, value in (("--containerd-address", containerd_address),
                           ("--namespace", namespace)):  # fmt: skip
         if value is not None and not value.strip():
@@ -364,11 +364,10 @@ def convert_command(
 
 
 def _check_compress_level(level: int) -> None:
-    highest = MAX_LEVEL
-    if not MIN_LEVEL <= level <= highest:
+    if not MIN_LEVEL <= level <= MAX_LEVEL:
         raise UsageError(
             f"--compress-level {level} is out of range: zstd levels run from "
-            f"{MIN_LEVEL} to {highest}",
+            f"{MIN_LEVEL} to {MAX_LEVEL}",
             hint=f"the default, {DEFAULT_LEVEL}, suits most images",
         )
 
@@ -642,8 +641,8 @@ def _errors_reported(
         if state["debug"]:
             logging.getLogger("apparate").debug("traceback:", exc_info=True)
         message = str(error)
-        named = isinstance(error, UsageError) or _names_image(message, image or "")
-        if image is not None and not named:
+        about_image = image is not None and not isinstance(error, UsageError)
+        if about_image and not _names_image(message, image):
             message = f"{image}: {message}"
         print(f"error: {message}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
@@ -678,9 +677,9 @@ def run() -> None:
 
     Without arguments it prints the help and exits 0, as docker does.
 
-    NOTE: Ctrl-C in the first 0.1 s or so, while Python still imports the
-    package, ends with Python's traceback instead of the one-line error;
-    the exit status is SIGINT's all the same.
+    NOTE: Ctrl-C in about the first 0.1 s, while Python still imports the
+    package, ends with Python's traceback instead of the one-line error.
+    The exit status is SIGINT's all the same.
     """
     # Die quietly when a reader such as `head` closes the pipe, as Unix tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

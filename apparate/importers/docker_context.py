@@ -23,8 +23,7 @@ DEFAULT_CONTEXT = "default"
 def context_docker_host(env: Mapping[str, str]) -> str | None:
     """Return the docker host the current context names, or None for the default.
 
-    Raises UsageError for a context that is named but missing or unreadable,
-    as the docker CLI refuses to run then.
+    Raises UsageError for a context that is named but missing or unreadable.
     """
     config_path = docker_config_path(env)
     if config_path is None:
@@ -59,7 +58,7 @@ def _current_context(config_path: Path) -> str | None:
 
 
 def _read_json(path: Path, subject: str) -> dict[str, Any] | None:
-    """Read a JSON object; None when the file does not exist."""
+    """Read a JSON object, or return None when the file is missing or empty."""
     try:
         text = path.read_bytes()
     except FileNotFoundError:

@@ -85,9 +85,10 @@ def _permission_hint(path: str) -> str:
         group = grp.getgrgid(os.stat(path).st_gid).gr_name
     except (OSError, KeyError):
         group = "root"
-    kept = "pick another --into target; the image is kept in the local store"
+    other_target = "pick another --into target; the image is kept in the local store"
     if group == "root":
-        return f"run as root, or {kept}"
+        return f"run as root, or {other_target}"
     return (
-        f"run as root or as a member of the group {group}, which owns {path}, or {kept}"
+        f"run as root or as a member of the group {group}, which owns {path}, "
+        f"or {other_target}"
     )

@@ -112,8 +112,10 @@ class Daemons:
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Daemons:
-        """Read DOCKER_HOST or docker's current context, CONTAINERD_ADDRESS and
-        CONTAINERD_NAMESPACE.
+        """Read how to reach the daemons from the environment.
+
+        docker: DOCKER_HOST, else docker's current context. containerd:
+        CONTAINERD_ADDRESS and CONTAINERD_NAMESPACE.
         """
         return cls(
             docker_host=env.get("DOCKER_HOST") or _context_host(env) or cls.docker_host,

@@ -108,10 +108,10 @@ class SourcePool:
     def resolvers(self, by_digest: bool = False) -> list[Source]:
         """Return the sources to ask for the manifest: mirrors, then the origin.
 
-        Only mirrors allowed to resolve tags are asked for a tag. A manifest
-        named ``by_digest`` is content, which every mirror serves, and
-        containerd requests it from any pull host. A mirror that no probe reached
-        is left out, so it costs no timeout.
+        Only mirrors allowed to resolve tags get a request for a tag. A
+        manifest named ``by_digest`` is content, which every mirror serves,
+        and containerd's resolver needs only the pull capability for it. A
+        mirror that no probe reached is left out, so it costs no timeout.
         """
         mirrors = [
             source

@@ -498,7 +498,7 @@ def test_convert_without_push_access_fails_first(
     assert not [path for path in store.rglob("blobs/*/*") if path.is_file()]
 
 
-def test_convert_index_of_indexes_is_refused(fresh_registry, tmp_path):
+def test_convert_rejects_index_of_indexes(fresh_registry, tmp_path):
     pusher = Pusher(fresh_registry.host)
     tar = tar_of({"etc/hello": b"hello"})
     image = pusher.image("nested/app", "image", [(tar, gzip.compress(tar))])

@@ -357,8 +357,8 @@ def test_mirror_without_resolve_needs_the_origin(mirror, tmp_path):
         )
 
 
-def test_mirror_serves_digest_pull_while_origin_is_down(mirror, tmp_path):
-    # A manifest by digest is content, as containerd asks any pull host.
+def test_mirror_serves_digest_pull_origin_down(mirror, tmp_path):
+    # A manifest by digest is content, which any pull host may serve.
     down = closed_port_host()
     digest = httpx.head(
         f"http://{mirror.host}/v2/converted/base/manifests/v2",

@@ -162,7 +162,7 @@ def test_close_waits_for_running_query(tmp_path):
         index.has_blob(Digest.of(b"layer"))
 
 
-def test_close_inside_own_query_context_returns(tmp_path):
+def test_close_inside_own_query(tmp_path):
     # Ctrl-C can leave a query's context open in the thread that closes.
     index = ChunkIndex(tmp_path / INDEX_FILE)
     reading = index._reading()

@@ -120,20 +120,20 @@ def pull_result(fetched: int, missing: bool, up_to_date: bool = False) -> PullRe
     )  # fmt: skip
 
 
-def test_summary_of_stored_image_says_up_to_date():
+def test_summary_stored_image_up_to_date():
     line = summary_line(pull_result(0, missing=False, up_to_date=True))
 
     assert line.startswith("example.com/app:v1: already up to date in the store")
     assert "less than whole layers" not in line
 
 
-def test_summary_of_new_tag_of_stored_layers_counts_reuse():
+def test_summary_new_tag_counts_reuse():
     line = summary_line(pull_result(0, missing=False))
 
     assert "fetched 0 B (1.0 kB less than whole layers)" in line
 
 
-def test_summary_of_fetched_layer_counts_bytes():
+def test_summary_fetched_layer_counts_bytes():
     line = summary_line(pull_result(400, missing=True))
 
     assert "fetched 400 B (600 B less than whole layers)" in line

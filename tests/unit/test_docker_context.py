@@ -65,7 +65,7 @@ def test_missing_context_is_an_error(tmp_path):
         context_docker_host(env)
 
 
-def test_context_without_docker_endpoint_is_an_error(tmp_path):
+def test_context_without_endpoint_rejected(tmp_path):
     add_context(tmp_path, "k8s-only", None)
     env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "k8s-only"}
 
@@ -73,7 +73,7 @@ def test_context_without_docker_endpoint_is_an_error(tmp_path):
         context_docker_host(env)
 
 
-def test_broken_context_warns_and_uses_default(tmp_path, caplog):
+def test_broken_context_uses_default(tmp_path, caplog):
     (tmp_path / "config.json").write_text('{"currentContext": "gone"}')
 
     daemons = Daemons.from_environment({"DOCKER_CONFIG": str(tmp_path)})

@@ -34,7 +34,7 @@ def test_history_records_and_sums(tmp_path):
     assert totals.seconds == 4.0
 
 
-def test_limit_over_sqlite_integers_lists_all(tmp_path):
+def test_huge_limit_lists_all(tmp_path):
     history = PullHistory(tmp_path / "apparate.db")
     try:
         history.record(result("example.com/app:v1", 1000), now=100.0)

@@ -471,7 +471,7 @@ def test_find_by_digest_skips_names_other_tools_wrote(tmp_path):
     assert image.reference == f"registry.example/team/app@{manifest}"
 
 
-def test_find_by_digest_prefix_as_images_prints(tmp_path):
+def test_find_by_digest_prefix(tmp_path):
     store, facts = make_store(tmp_path / "store")
     manifest = facts["manifest"].digest
 
@@ -481,7 +481,7 @@ def test_find_by_digest_prefix_as_images_prints(tmp_path):
     assert image.reference == REFERENCE
 
 
-def test_unknown_digest_prefix_is_not_a_docker_hub_name(tmp_path):
+def test_unknown_digest_prefix_not_found(tmp_path):
     store, _ = make_store(tmp_path / "store")
 
     with pytest.raises(NotFound) as caught:
@@ -516,7 +516,7 @@ def test_find_by_digest_prefix_prefers_own_names(tmp_path):
     assert image.reference == REFERENCE
 
 
-def test_archive_write_removes_abandoned_temporaries(tmp_path):
+def test_archive_removes_abandoned_temporaries(tmp_path):
     store, _ = make_store(tmp_path / "store")
     target = tmp_path / "out" / "app.tar"
     target.parent.mkdir()

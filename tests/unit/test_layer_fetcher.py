@@ -324,7 +324,7 @@ class DyingPool(StandInPool):
         return []
 
 
-def test_killed_rebuild_resumes_inside_ranges(tmp_path, monkeypatch):
+def test_killed_rebuild_resumes_mid_range(tmp_path, monkeypatch):
     monkeypatch.setattr(assembler, "_JOURNAL_STEP", 16 * 1024)
     layer = ConvertedLayer()
     dying, _, _ = fetcher(tmp_path, layer, DyingPool(layer, budget=300_000))

@@ -223,7 +223,7 @@ def test_store_opens_in_folder_of_store_files(tmp_path, names):
 
 
 def test_resumable_waits_for_writer_that_took_partial(tmp_path):
-    # Two pulls passed their first wait at once; the other one locked first.
+    # Two pulls passed their first wait at once, and the other one locked first.
     store = Store(tmp_path / "store")
     data = b"layer bytes"
     digest = Digest.of(data)
