@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -173,9 +174,6 @@ class RangeJournal:
                 pairs.append((int(start), int(end)))
         return pairs
 
-    def covered(self, start: int, end: int) -> bool:
-        return any(first <= start and end <= last for first, last in self._done)
-
     def without_done(self, plan: Plan, table: ChunkTable) -> Plan:
         """Return the plan minus the frames an earlier pull already wrote.
 
@@ -183,12 +181,13 @@ class RangeJournal:
         whose bytes are not written. A range with some frames done shrinks
         to the span of the frames still missing.
         """
+        done = _Spans(self._done)
         remaining = []
         for wanted in plan.ranges:
             missing = tuple(
                 position
                 for position in wanted.entries
-                if not self.covered(*_frame_span(table, position))
+                if not done.cover(*_frame_span(table, position))
             )
             if missing == wanted.entries:
                 remaining.append(wanted)
@@ -198,7 +197,7 @@ class RangeJournal:
                 remaining.append(FetchRange(start, end, missing))
         written = plan.bytes_to_fetch - sum(wanted.length for wanted in remaining)
         if written:
-            log.info("resuming a rebuild: %d bytes of frames already written", written)
+            log.info("resuming a rebuild: %d planned bytes already written", written)
         return Plan(plan.sources, plan.local, plan.duplicates, remaining)
 
     def done(self, start: int, end: int) -> None:
@@ -538,7 +537,7 @@ class Assembler:
         def fetch(wanted: FetchRange) -> None:
             start, end = wanted.start, wanted.end
             runs = member_runs(table, wanted)
-            progress = _JournalProgress(table, wanted, journal)
+            progress = _CheckedProgress(table, wanted, journal, writer)
 
             def write(offset: int, data: bytes) -> None:
                 # Bytes of the gaps between members are not written: those
@@ -555,10 +554,11 @@ class Assembler:
             while True:
                 if self._stopped():
                     raise RangeFetchStopped()
+                progress.restart()
                 served = self._client.fetch_range(
                     self._layer, start, end, write, self._subject, self._stopped
                 )
-                wrong = _wrong_frame(table, wanted.entries, writer)
+                wrong = progress.finish()
                 if wrong is None:
                     break
                 mirrors = [source for source in served if source.role != ORIGIN]
@@ -571,7 +571,7 @@ class Assembler:
                         source, f"bytes {start}-{end - 1} of {self._layer.digest} "
                         f"failed verification ({wrong})",
                     )  # fmt: skip
-            # ``progress`` journalled every frame of the range as it arrived.
+            # ``progress`` checked and journalled every frame of the range.
             ready.mark(wanted.entries)
 
         pool = ThreadPoolExecutor(PARALLEL_RANGES, thread_name_prefix="range")
@@ -596,34 +596,62 @@ class Assembler:
         )
 
 
-class _JournalProgress:
-    """Journal a range's frames as its bytes arrive, about every ``_JOURNAL_STEP``.
+class _CheckedProgress:
+    """Check and journal a range's frames as its bytes arrive.
 
     A range's bytes arrive in order, so the frames that end before the last
-    byte written are whole. They are journalled before the range is checked:
-    a killed pull's next run checks them as it checks every fetched frame.
+    byte written are whole. About every ``_JOURNAL_STEP`` bytes, the whole
+    frames are read back and their xxh3 checked, and those up to the first
+    wrong one are journalled. A killed pull's next run then skips only frames
+    that were right when written.
     """
 
-    def __init__(self, table: ChunkTable, wanted: FetchRange, journal: RangeJournal):
+    def __init__(
+        self,
+        table: ChunkTable,
+        wanted: FetchRange,
+        journal: RangeJournal,
+        writer: BlobWriter,
+    ) -> None:
+        self._table = table
+        self._positions = wanted.entries
         self._spans = [_frame_span(table, position) for position in wanted.entries]
         self._journal = journal
-        self._next = 0
-        self._journalled = 0
+        self._writer = writer
+        self.restart()
+
+    def restart(self) -> None:
+        """Start over, as the range is fetched again from its first byte."""
+        self._whole = 0  # frames written whole
+        self._checked = 0  # frames checked and journalled
+        self._wrong: str | None = None
 
     def written_to(self, position: int) -> None:
         """Note that every byte of the range before ``position`` is written."""
-        done = self._next
-        while done < len(self._spans) and self._spans[done][1] <= position:
-            done += 1
-        if done == self._next:
+        whole = self._whole
+        while whole < len(self._spans) and self._spans[whole][1] <= position:
+            whole += 1
+        self._whole = whole
+        if self._wrong is not None or whole == self._checked:
             return
-        first, last = self._spans[self._journalled][0], self._spans[done - 1][1]
-        if last - first < _JOURNAL_STEP and done < len(self._spans):
-            self._next = done
-            return
-        for run_start, run_end in _joined(self._spans[self._journalled : done]):
+        first, last = self._spans[self._checked][0], self._spans[whole - 1][1]
+        if last - first >= _JOURNAL_STEP:
+            self._check(whole)
+
+    def finish(self) -> str | None:
+        """Check the frames not checked yet; describe the first wrong frame."""
+        if self._wrong is None:
+            self._check(len(self._spans))
+        return self._wrong
+
+    def _check(self, whole: int) -> None:
+        positions = self._positions[self._checked : whole]
+        right, self._wrong = _right_frames(self._table, positions, self._writer)
+        for run_start, run_end in _joined(
+            self._spans[self._checked : self._checked + right]
+        ):
             self._journal.done(run_start, run_end)
-        self._next = self._journalled = done
+        self._checked += right
 
 
 def _frame_span(table: ChunkTable, position: int) -> tuple[int, int]:
@@ -640,6 +668,24 @@ def _joined(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             runs.append((start, end))
     return runs
+
+
+class _Spans:
+    """The union of journalled byte spans, for checking whether it covers a span."""
+
+    def __init__(self, spans: Iterable[tuple[int, int]]) -> None:
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        self._starts = [start for start, _ in merged]
+        self._ends = [end for _, end in merged]
+
+    def cover(self, start: int, end: int) -> bool:
+        found = bisect_right(self._starts, start) - 1
+        return found >= 0 and end <= self._ends[found]
 
 
 def member_runs(table: ChunkTable, wanted: FetchRange) -> list[tuple[int, int]]:
@@ -686,24 +732,29 @@ def _stored_runs(
     return runs
 
 
-def _wrong_frame(
+def _right_frames(
     table: ChunkTable, positions: tuple[int, ...], writer: BlobWriter
-) -> str | None:
-    """Check the xxh3 of each fetched frame as written; describe the first bad one."""
+) -> tuple[int, str | None]:
+    """Check the xxh3 of fetched frames as written.
+
+    Returns how many frames are right before the first wrong one, and a
+    description of that one (None when all are right).
+    """
     try:
         with open(writer.path, "rb") as partial:
-            for position in positions:
+            for count, position in enumerate(positions):
                 entry = table.entries[position]
                 frame = os.pread(
                     partial.fileno(), entry.frame_length, entry.frame_offset
                 )
                 if xxhash.xxh3_64_intdigest(frame) != entry.frame_xxh3:
-                    return f"frame at byte {entry.frame_offset} has the wrong xxh3"
+                    wrong = f"frame at byte {entry.frame_offset} has the wrong xxh3"
+                    return count, wrong
     except OSError as error:
         raise StoreError(
             f"cannot read back {writer.path}: {error.strerror or error}"
         ) from None
-    return None
+    return len(positions), None
 
 
 class _ReadyFrames:

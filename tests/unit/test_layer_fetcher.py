@@ -307,20 +307,30 @@ def test_stopped_whole_fetch_is_cancelled_error(tmp_path):
 
 
 class DyingPool(StandInPool):
-    """Serves ranges in small pieces and stands for a SIGKILL after ``budget`` bytes."""
+    """Serves ranges in small pieces and stands for a SIGKILL after ``budget`` bytes.
 
-    def __init__(self, layer: ConvertedLayer, budget: int) -> None:
+    With ``flipped`` it serves the frames with every bit flipped, as a bad
+    mirror would.
+    """
+
+    def __init__(self, layer: ConvertedLayer, budget: int, flipped=False) -> None:
         super().__init__(layer)
         self._budget = budget
+        self._flipped = flipped
         self._lock = threading.Lock()
 
     def fetch_range(self, layer, start, end, write, subject, stopped=None):
+        if self._flipped and start >= self._frames_end:
+            return super().fetch_range(layer, start, end, write, subject, stopped)
         for offset in range(start, end, 8192):
             with self._lock:
                 if self._budget <= 0:
                     raise Killed()
                 self._budget -= 8192
-            write(offset, self._blob[offset : min(offset + 8192, end)])
+            piece = self._blob[offset : min(offset + 8192, end)]
+            if self._flipped:
+                piece = bytes(byte ^ 0xFF for byte in piece)
+            write(offset, piece)
         return []
 
 
@@ -339,3 +349,40 @@ def test_killed_rebuild_resumes_mid_range(tmp_path, monkeypatch):
     # The frames written before the kill, less one journal step per range.
     assert pool.range_bytes < layer.descriptor.size - 200_000
     assert pool.whole_bytes == 0
+
+
+def test_wrong_frames_not_journalled(tmp_path, monkeypatch):
+    monkeypatch.setattr(assembler, "_JOURNAL_STEP", 16 * 1024)
+    layer = ConvertedLayer()
+    dying = DyingPool(layer, budget=300_000, flipped=True)
+    fetch, _, _ = fetcher(tmp_path, layer, dying)
+    with pytest.raises(Killed):
+        fetch.fetch(layer.descriptor, layer.diff_id)
+    pool = StandInPool(layer)
+    fetch, store, _ = fetcher(tmp_path, layer, pool)
+
+    fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
+    # Had the wrong frames been journalled, the rebuild would fail its
+    # check and the whole layer would be fetched.
+    assert pool.whole_bytes == 0
+    assert pool.range_bytes >= layer.descriptor.size - 100_000
+
+
+@pytest.mark.parametrize(
+    ("journalled", "span", "covered"),
+    [
+        ([(0, 10)], (2, 8), True),
+        ([(0, 10)], (0, 10), True),
+        ([(0, 10)], (5, 11), False),
+        ([(0, 5), (5, 10)], (3, 8), True),  # adjacent entries join
+        ([(0, 6), (4, 10)], (3, 8), True),  # overlapping entries join
+        ([(0, 4), (6, 10)], (3, 8), False),  # a gap between them
+        ([(20, 30), (0, 10)], (22, 25), True),  # out of order
+        ([(0, 10)], (10, 12), False),
+        ([], (0, 1), False),
+    ],
+)
+def test_journal_spans_cover(journalled, span, covered):
+    assert assembler._Spans(journalled).cover(*span) is covered
