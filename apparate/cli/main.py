@@ -43,6 +43,7 @@ from apparate.errors import (
     UsageError,
 )
 from apparate.importers import Daemons, ImportOptions, import_image
+from apparate.importers.files import writes_to_stdout
 from apparate.importers.run import check_target
 from apparate.importers.target import TARGET_HELP
 from apparate.platform import Platform
@@ -297,8 +298,14 @@ def _check_one_output(quiet: bool, as_json: bool) -> None:
 
 
 def _checked_target(into: str | None, daemons: Daemons) -> str | None:
-    """Check --into, APPARATE_INTO, config.toml's into and the daemon settings up front."""
-    check_target(into, daemons)
+    """Check --into, APPARATE_INTO, config.toml's into and the daemon settings up front.
+
+    An archive written to standard output takes all of it, so the command's
+    own output then goes to standard error.
+    """
+    path = check_target(into, daemons).path
+    if path is not None and writes_to_stdout(path):
+        sys.stdout = sys.stderr
     return into
 
 

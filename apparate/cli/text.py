@@ -36,8 +36,8 @@ def counted(count: int, noun: str) -> str:
 class LineObserver(PullObserver):
     """One line per milestone, for output that is not a terminal."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self._stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
         self._lock = threading.Lock()
 
     def _say(self, text: str) -> None:

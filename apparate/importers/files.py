@@ -1,8 +1,10 @@
 """Write an archive to a file atomically: a temporary file, then a rename.
 
-A path that is a pipe, a terminal or another device, such as /dev/stdout
-or a FIFO, is written to directly, as skopeo does. A symbolic link to a
-file is followed, so the link stays.
+A path that is a pipe, a terminal or another device, such as a FIFO, is
+written to directly, as skopeo does. So is a path naming one of this
+process's open files, such as /dev/stdout redirected to a file: the
+archive goes where the descriptor points, at its offset. A symbolic link
+to a file is followed, so the link stays.
 """
 
 from __future__ import annotations
@@ -12,15 +14,48 @@ import errno
 import fcntl
 import glob
 import os
+import re
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from apparate.errors import ArchiveWriteFailed
+from apparate.store.layout import locked_temporary_file
 
 # Names a temporary archive as apparate's, so a sweep touches no other file.
 _TEMPORARY_MARK = ".apparate-"
+# Paths of an open file descriptor, the process's own when it is self.
+_DESCRIPTOR_PATH = re.compile(r"/(?:dev/fd|proc/(self|thread-self|\d+)/fd)/(\d+)")
+# Symbolic links followed, at most, looking for a descriptor's path (Linux's limit).
+_MAX_LINKS = 40
+
+
+def writes_to_stdout(path: Path) -> bool:
+    """Return whether ``path`` names this process's standard output."""
+    return _own_descriptor(path) == 1
+
+
+def _own_descriptor(path: Path) -> int | None:
+    """Return the descriptor number if ``path`` names one of this process's open files.
+
+    /dev/stdout and /dev/fd/N are links to /proc/self/fd/N, whose own
+    link leads to the file the descriptor points to, not to its offset.
+    """
+    current = os.path.abspath(path)
+    for _ in range(_MAX_LINKS):
+        match = _DESCRIPTOR_PATH.fullmatch(current)
+        if match is not None:
+            owner = match.group(1)
+            if owner is None or owner in ("self", "thread-self"):
+                return int(match.group(2))
+            return int(match.group(2)) if int(owner) == os.getpid() else None
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+    return None
 
 
 def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
@@ -29,6 +64,9 @@ def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
     The archive appears under its name only once complete, so a reader never
     sees half of one, and a failed write leaves any earlier file in place.
     """
+    descriptor = _own_descriptor(path)
+    if descriptor is not None:
+        return _write_descriptor(descriptor, path, pieces, reference)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -42,18 +80,14 @@ def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
     prefix = f".{path.name}{_TEMPORARY_MARK}"
     _remove_abandoned(path.parent, prefix)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        # Locked until renamed, so a sweep by another import leaves it alone.
+        output, temporary = locked_temporary_file(path.parent, prefix)
     except OSError as error:
         raise _failed(error, path, reference) from None
-    written = 0
     try:
-        # Locked until renamed, so a sweep by another import leaves it alone.
-        with os.fdopen(handle, "wb") as output:
-            fcntl.flock(output, fcntl.LOCK_EX)
+        with output:
             os.fchmod(output.fileno(), 0o666 & ~_UMASK)
-            for piece in pieces:
-                output.write(piece)
-                written += len(piece)
+            written = _write_all(output, pieces)
             output.flush()
             os.fsync(output.fileno())
             os.replace(temporary, path)
@@ -76,14 +110,29 @@ def _remove_abandoned(folder: Path, prefix: str) -> None:
 
 def _write_stream(path: Path, pieces: Iterator[bytes], reference: str) -> int:
     """Write ``pieces`` into a pipe or device in place; return the bytes written."""
-    written = 0
     try:
         with open(path, "wb") as output:
-            for piece in pieces:
-                output.write(piece)
-                written += len(piece)
+            return _write_all(output, pieces)
     except OSError as error:
         raise _failed(error, path, reference) from None
+
+
+def _write_descriptor(
+    descriptor: int, path: Path, pieces: Iterator[bytes], reference: str
+) -> int:
+    """Write ``pieces`` to an open descriptor, keeping it open; return the bytes written."""
+    try:
+        with os.fdopen(os.dup(descriptor), "wb") as output:
+            return _write_all(output, pieces)
+    except OSError as error:
+        raise _failed(error, path, reference) from None
+
+
+def _write_all(output: BinaryIO, pieces: Iterator[bytes]) -> int:
+    written = 0
+    for piece in pieces:
+        output.write(piece)
+        written += len(piece)
     return written
 
 

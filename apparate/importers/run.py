@@ -79,17 +79,19 @@ def chosen_target(into: str | None, configured: str | None = None) -> ImportTarg
     return requested_target(into, os.environ, configured, settings_file)
 
 
-def check_target(into: str | None, daemons: Daemons) -> None:
-    """Raise UsageError for a target or DOCKER_HOST that the import would reject.
+def check_target(into: str | None, daemons: Daemons) -> ImportTarget:
+    """Return the requested target (``into``, APPARATE_INTO or config.toml), checked.
 
-    The command line calls this before a pull, so a typo fails before any
-    byte is fetched.
+    Raises UsageError for a target or DOCKER_HOST that the import would
+    reject. The command line calls this before a pull, so a typo fails
+    before any byte is fetched.
     """
-    kind = chosen_target(into).kind
-    if kind == DOCKER:
+    target = chosen_target(into)
+    if target.kind == DOCKER:
         docker_socket(daemons.docker_host)
-    if kind == CONTAINERD:
+    if target.kind == CONTAINERD:
         check_namespace(daemons.containerd_namespace)
+    return target
 
 
 def import_stored(

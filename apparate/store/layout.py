@@ -107,7 +107,9 @@ class BlobWriter:
         self.size = 0
         self.committed = False
         with _store_errors(f"cannot create a file in {store.ingest_dir}"):
-            self._file, self._path = _locked_temporary_file(store.ingest_dir, digest)
+            self._file, self._path = locked_temporary_file(
+                store.ingest_dir, f"{digest.hex[:16]}-"
+            )
 
     def write(self, data: bytes) -> None:
         with _store_errors(f"cannot write blob {self.digest} to {self._path}"):
@@ -231,8 +233,8 @@ def _open_partial(path: Path) -> tuple[BinaryIO, Path] | None:
     return None
 
 
-def _locked_temporary_file(directory: Path, digest: Digest) -> tuple[BinaryIO, Path]:
-    """Create and lock a new file in ``directory``.
+def locked_temporary_file(directory: Path, prefix: str) -> tuple[BinaryIO, Path]:
+    """Create and lock a new file in ``directory``, its name starting with ``prefix``.
 
     The lock marks the file as in use: a file that no process has locked is
     left over from a killed pull, and the next sweep deletes it. A sweep may
@@ -240,7 +242,7 @@ def _locked_temporary_file(directory: Path, digest: Digest) -> tuple[BinaryIO, P
     is checked to still be the one at its path.
     """
     while True:
-        handle, name = tempfile.mkstemp(prefix=f"{digest.hex[:16]}-", dir=directory)
+        handle, name = tempfile.mkstemp(prefix=prefix, dir=directory)
         file = os.fdopen(handle, "wb")
         fcntl.flock(file, fcntl.LOCK_EX)
         try:

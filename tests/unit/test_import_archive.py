@@ -8,7 +8,10 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import tarfile
+import tempfile
 import threading
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from apparate.cli.main import app
 from apparate.cli.text import import_line
 from apparate.digest import Digest
 from apparate.errors import NotFound, StoreError, UsageError
+from apparate.importers import files
 from apparate.importers.archive import (
     archive_size,
     docker_members,
@@ -40,6 +44,7 @@ from apparate.importers.target import (
 )
 from apparate.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from apparate.result import ImportResult
+from apparate.store import layout
 from apparate.store.layout import Store
 from apparate.store.usage import last_used
 
@@ -534,3 +539,84 @@ def test_archive_removes_abandoned_temporaries(tmp_path):
     assert sorted(path.name for path in target.parent.iterdir()) == [
         ".app.tar.apparate-running", ".app.tar.bak", "app.tar",
     ]  # fmt: skip
+
+
+def test_archive_into_own_descriptor_appends(tmp_path):
+    store, _ = make_store(tmp_path / "store")
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"earlier lines\n")
+
+    with open(log, "ab") as output:
+        result = import_stored(
+            store, REFERENCE, f"oci-archive:/dev/fd/{output.fileno()}", Daemons()
+        )
+
+    data = log.read_bytes()
+    assert data.startswith(b"earlier lines\n")
+    assert len(data) == len(b"earlier lines\n") + result.bytes_sent
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["log.txt", "store"]
+
+
+def test_cli_archive_to_stdout_keeps_it_whole(tmp_path):
+    store, _ = make_store(tmp_path / "store")
+    command = [sys.executable, "-m", "apparate.cli.main", "import", "--store",
+               str(store.root), "--into", "docker-archive:/dev/stdout", REFERENCE]  # fmt: skip
+
+    # An unlinked file, as a caller capturing the output might use.
+    with tempfile.TemporaryFile(dir=tmp_path) as output:
+        done = subprocess.run(
+            command, check=False, stdout=output, stderr=subprocess.PIPE, text=True
+        )
+        output.seek(0)
+        archive = output.read()
+
+    assert done.returncode == 0, done.stderr
+    assert "manifest.json" in read_tar(archive)
+    assert done.stderr.startswith(f"{REFERENCE}: written to docker-archive:/dev/stdout")
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/dev/stdout", True),
+        ("/dev/fd/1", True),
+        ("/proc/self/fd/1", True),
+        (f"/proc/{os.getpid()}/fd/1", True),
+        ("/dev/stderr", False),
+        ("/proc/1/fd/1", False),  # another process's
+        ("/tmp", False),
+    ],
+)
+def test_writes_to_stdout(path, expected):
+    assert files.writes_to_stdout(Path(path)) is expected
+
+
+def test_writes_to_stdout_through_link(tmp_path):
+    link = tmp_path / "out"
+    link.symlink_to("/dev/stdout")
+
+    assert files.writes_to_stdout(link)
+
+
+def test_archive_temporary_swept_before_lock(tmp_path, monkeypatch):
+    store, _ = make_store(tmp_path / "store")
+    target = tmp_path / "out" / "app.tar"
+    target.parent.mkdir()
+    create = tempfile.mkstemp
+    swept = []
+
+    def create_then_sweep(**options):
+        handle, name = create(**options)
+        if not swept:
+            # Another import's sweep, between the creation and the lock.
+            swept.append(name)
+            os.unlink(name)
+        return handle, name
+
+    monkeypatch.setattr(layout.tempfile, "mkstemp", create_then_sweep)
+
+    result = import_stored(store, REFERENCE, f"oci-archive:{target}", Daemons())
+
+    assert swept
+    assert target.stat().st_size == result.bytes_sent
+    assert list(target.parent.iterdir()) == [target]
