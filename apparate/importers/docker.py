@@ -32,7 +32,7 @@ from apparate.importers.archive import docker_members, oci_members, stream_tar
 from apparate.importers.image import StoredContent
 from apparate.importers.sizes import LayerSizes
 from apparate.importers.sockets import broken_pipes_raise, require_socket
-from apparate.importers.target import DOCKER, docker_socket
+from apparate.importers.target import DOCKER
 from apparate.result import ImportResult
 from apparate.store.layout import Store
 
@@ -79,8 +79,8 @@ class DockerEngine:
     ``reference`` is the image being imported, which error messages name.
     """
 
-    def __init__(self, docker_host: str, reference: str) -> None:
-        self.socket = docker_socket(docker_host)
+    def __init__(self, socket: str, reference: str) -> None:
+        self.socket = socket
         self.reference = reference
         # The Engine API is plain HTTP on the socket, so loading the TLS
         # trust store, about 20 ms of every import, is left out.
@@ -179,11 +179,11 @@ class DockerEngine:
 
 
 def import_into_docker(
-    store: Store, content: StoredContent, docker_host: str, requested: str
+    store: Store, content: StoredContent, socket: str, requested: str
 ) -> ImportResult:
-    """Hand a stored image to docker; return its name and image ID there."""
+    """Hand a stored image to docker at ``socket``; return its name and image ID there."""
     started = time.monotonic()
-    engine = DockerEngine(docker_host, str(content.reference))
+    engine = DockerEngine(socket, str(content.reference))
     try:
         require_socket(engine.socket, "docker", "DOCKER_HOST")
         if uses_containerd_store(engine.info()):

@@ -20,8 +20,8 @@ from apparate.registry.credentials import docker_config_path
 DEFAULT_CONTEXT = "default"
 
 
-def context_docker_host(env: Mapping[str, str]) -> str | None:
-    """Return the docker host the current context names, or None for the default.
+def context_docker_host(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """Return the current context's name and docker host, or None for the default.
 
     Raises UsageError for a context that is named but missing or unreadable.
     """
@@ -31,7 +31,8 @@ def context_docker_host(env: Mapping[str, str]) -> str | None:
     name = env.get("DOCKER_CONTEXT") or _current_context(config_path)
     if not name or name == DEFAULT_CONTEXT:
         return None
-    identity = hashlib.sha256(name.encode()).hexdigest()
+    # The bytes docker hashes, even for a name that is not UTF-8.
+    identity = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
     meta_path = config_path.parent / "contexts" / "meta" / identity / "meta.json"
     meta = _read_json(meta_path, f"docker context {name!r}")
     if meta is None:
@@ -47,7 +48,7 @@ def context_docker_host(env: Mapping[str, str]) -> str | None:
             f"docker context {name!r} in {meta_path} has no docker endpoint",
             hint="fix the context with 'docker context update', or set DOCKER_HOST",
         )
-    return host
+    return name, host
 
 
 def _current_context(config_path: Path) -> str | None:

@@ -32,7 +32,6 @@ from apparate.importers.target import (
     check_namespace,
     containerd_socket,
     detected_target,
-    docker_socket,
     requested_target,
 )
 from apparate.result import ImportResult
@@ -88,7 +87,7 @@ def check_target(into: str | None, daemons: Daemons) -> ImportTarget:
     """
     target = chosen_target(into)
     if target.kind == DOCKER:
-        docker_socket(daemons.docker_host)
+        daemons.docker_socket()
     if target.kind == CONTAINERD:
         check_namespace(daemons.containerd_namespace)
     return target
@@ -127,7 +126,9 @@ def _import_found(
     content = load_content(store, image)
     started = time.monotonic()
     if target.kind == DOCKER:
-        return import_into_docker(store, content, daemons.docker_host, str(requested))
+        return import_into_docker(
+            store, content, daemons.docker_socket(), str(requested)
+        )
     if target.kind == CONTAINERD:
         return import_into_containerd(store, content, daemons, str(requested))
     if target.path is not None:
@@ -140,7 +141,7 @@ def _import_found(
 
 def _detect(daemons: Daemons) -> ImportTarget:
     """Probe docker's and containerd's sockets for ``auto``."""
-    docker = _answers("docker", lambda: docker_socket(daemons.docker_host))
+    docker = _answers("docker", daemons.docker_socket)
     containerd = not docker and _answers(
         "containerd", lambda: containerd_socket(daemons.containerd_address)
     )

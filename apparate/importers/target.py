@@ -6,6 +6,8 @@ results in, so the choice of target is tested with tables of cases.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import re
@@ -29,6 +31,7 @@ FILE_KINDS = (DOCKER_ARCHIVE, OCI_ARCHIVE)
 TARGET_HELP = "docker, containerd, oci, docker-archive:FILE, oci-archive:FILE or auto"
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+DOCKER_HOST = "DOCKER_HOST"
 DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"
 # containerd's rule for namespace names (its identifiers package): labels of
@@ -104,11 +107,15 @@ class Daemons:
     """How to reach docker and containerd.
 
     ``docker_host`` is a ``DOCKER_HOST`` value; only ``unix://`` is served.
+    ``docker_host_source`` names where it was set, for error messages, and
+    ``docker_context_problem`` is why docker's current context was not used.
     """
 
     docker_host: str = f"unix://{DEFAULT_DOCKER_SOCKET}"
     containerd_address: str = DEFAULT_CONTAINERD_SOCKET
     containerd_namespace: str = DEFAULT_NAMESPACE
+    docker_host_source: str = DOCKER_HOST
+    docker_context_problem: str | None = None
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Daemons:
@@ -117,12 +124,34 @@ class Daemons:
         docker: DOCKER_HOST, else docker's current context. containerd:
         CONTAINERD_ADDRESS and CONTAINERD_NAMESPACE.
         """
-        return cls(
-            docker_host=env.get("DOCKER_HOST") or _context_host(env) or cls.docker_host,
-            containerd_address=env.get("CONTAINERD_ADDRESS") or cls.containerd_address,
-            containerd_namespace=env.get("CONTAINERD_NAMESPACE")
+        containerd = {
+            "containerd_address": env.get("CONTAINERD_ADDRESS")
+            or cls.containerd_address,
+            "containerd_namespace": env.get("CONTAINERD_NAMESPACE")
             or cls.containerd_namespace,
+        }
+        if env.get(DOCKER_HOST):
+            return cls(docker_host=env[DOCKER_HOST], **containerd)
+        try:
+            context = context_docker_host(env)
+        except UsageError as error:
+            # Most pulls never reach docker, so the warning waits until one does.
+            problem = f"{error}; using docker's default socket"
+            return cls(docker_context_problem=problem, **containerd)
+        if context is None:
+            return cls(**containerd)
+        name, host = context
+        return cls(
+            docker_host=host,
+            docker_host_source=f"docker context {name!r}",
+            **containerd,
         )
+
+    def docker_socket(self) -> str:
+        """Return docker's socket path, raising UsageError for a host apparate cannot reach."""
+        if self.docker_context_problem is not None:
+            _warn_once(self.docker_context_problem)
+        return docker_socket(self.docker_host, self.docker_host_source)
 
     def containerd_options(self) -> str:
         """Return the command-line options that reach this containerd, if not the defaults."""
@@ -137,24 +166,16 @@ class Daemons:
         self, containerd_address: str | None, containerd_namespace: str | None
     ) -> Daemons:
         """Return a copy with the command-line options applied over the environment."""
-        return Daemons(
-            self.docker_host,
-            containerd_address or self.containerd_address,
-            containerd_namespace or self.containerd_namespace,
+        return dataclasses.replace(
+            self,
+            containerd_address=containerd_address or self.containerd_address,
+            containerd_namespace=containerd_namespace or self.containerd_namespace,
         )
 
 
-def _context_host(env: Mapping[str, str]) -> str | None:
-    """Return the docker host of docker's current context, if one is set.
-
-    A broken context is only a warning here, since most pulls never reach
-    docker. Docker's default socket is used then, and the warning states it.
-    """
-    try:
-        return context_docker_host(env)
-    except UsageError as error:
-        log.warning("%s; using docker's default socket", error)
-        return None
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def check_namespace(namespace: str) -> None:
@@ -167,22 +188,26 @@ def check_namespace(namespace: str) -> None:
         )
 
 
-def docker_socket(docker_host: str) -> str:
-    """Return the socket path of a ``DOCKER_HOST`` value, raising for other schemes."""
+def docker_socket(docker_host: str, source: str = DOCKER_HOST) -> str:
+    """Return the socket path of a ``DOCKER_HOST`` value, raising for other schemes.
+
+    ``source`` names where the value was set: DOCKER_HOST or a docker context.
+    """
+    named = f"DOCKER_HOST={docker_host}" if source == DOCKER_HOST else (
+        f"{source} (host {docker_host})"
+    )  # fmt: skip
     scheme, separator, rest = docker_host.partition("://")
     if not separator:
-        raise UsageError(
-            f"DOCKER_HOST={docker_host!r} is not a URL such as unix:///PATH"
-        )
+        raise UsageError(f"{named} is not a URL such as unix:///PATH")
     if scheme != "unix":
         raise UsageError(
-            f"DOCKER_HOST={docker_host} uses {scheme}://, but apparate reaches docker "
-            "only through a unix socket",
+            f"{named} uses {scheme}://, but apparate reaches docker only through "
+            "a unix socket",
             hint="point DOCKER_HOST at unix:///PATH of the daemon's socket, or use "
             "--into docker-archive:FILE and 'docker load -i FILE'",
         )
     if not rest.startswith("/"):
-        raise UsageError(f"DOCKER_HOST={docker_host} must name an absolute socket path")
+        raise UsageError(f"{named} must name an absolute socket path")
     return rest
 
 

@@ -16,7 +16,10 @@ from apparate.importers.target import DEFAULT_DOCKER_SOCKET, Daemons
 def add_context(config_dir: Path, name: str, host: str | None) -> None:
     """Write a context as 'docker context create' stores it."""
     meta_dir = (
-        config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+        config_dir
+        / "contexts"
+        / "meta"
+        / hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
     )
     meta_dir.mkdir(parents=True)
     endpoints = {"docker": {"Host": host, "SkipTLSVerify": False}} if host else {}
@@ -28,7 +31,7 @@ def test_docker_context_variable_names_host(tmp_path):
     add_context(tmp_path, "rootless", "unix:///run/user/1000/docker.sock")
     env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "rootless"}
 
-    assert context_docker_host(env) == "unix:///run/user/1000/docker.sock"
+    assert context_docker_host(env) == ("rootless", "unix:///run/user/1000/docker.sock")
 
 
 def test_current_context_of_config_file(tmp_path):
@@ -79,4 +82,39 @@ def test_broken_context_uses_default(tmp_path, caplog):
     daemons = Daemons.from_environment({"DOCKER_CONFIG": str(tmp_path)})
 
     assert daemons.docker_host == f"unix://{DEFAULT_DOCKER_SOCKET}"
-    assert "docker context 'gone' does not exist" in caplog.text
+    assert daemons.docker_socket() == DEFAULT_DOCKER_SOCKET
+    daemons.docker_socket()
+    assert caplog.text.count("docker context 'gone' does not exist") == 1
+
+
+def test_broken_context_unused_is_not_reported(tmp_path, caplog):
+    (tmp_path / "config.json").write_text('{"currentContext": "gone"}')
+
+    Daemons.from_environment({"DOCKER_CONFIG": str(tmp_path)})
+
+    assert caplog.text == ""
+
+
+def test_context_name_not_utf8(tmp_path):
+    # A name of bytes that are not UTF-8, as Python reads it from the environment.
+    name = b"\xfflab".decode("utf-8", "surrogateescape")
+    add_context(tmp_path, name, "unix:///lab/docker.sock")
+
+    daemons = Daemons.from_environment(
+        {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": name}
+    )
+
+    assert daemons.docker_socket() == "/lab/docker.sock"
+
+
+def test_remote_context_error_names_context(tmp_path):
+    add_context(tmp_path, "remote", "ssh://builder@build-host")
+    env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "remote"}
+    daemons = Daemons.from_environment(env)
+
+    with pytest.raises(UsageError) as raised:
+        daemons.docker_socket()
+
+    assert str(raised.value).startswith(
+        "docker context 'remote' (host ssh://builder@build-host) uses ssh://"
+    )
