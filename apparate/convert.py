@@ -164,10 +164,15 @@ class _Session:
     def __init__(self, options: ConvertOptions) -> None:
         self.options = options
         self.config = load_config()
-        self.store = Store(options.store or default_store_path())
-        self.index = ChunkIndex(self.store.root / INDEX_FILE)
         self.settings = TransportSettings.from_environment(options.insecure_registries)
         self.credentials = CredentialStore.from_environment(options.credentials)
+        # Opened last, so that invalid settings leave nothing open.
+        self.store = Store(options.store or default_store_path())
+        try:
+            self.index = ChunkIndex(self.store.root / INDEX_FILE)
+        except BaseException:
+            self.store.close()
+            raise
         self.reuse_blobs: set[Digest] = set()
         # Layers that several platforms share are converted once.
         self.converted: dict[Digest, tuple[Descriptor, LayerConversion]] = {}
@@ -203,11 +208,14 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
             hint="name a tag, e.g. REPOSITORY:v1-chunked",
         )
     session = _Session(options)
+    pulling = False
     try:
         # A push the registry rejects would fail only after every layer
         # was converted.
         with RegistryWriter(dst, session.settings, session.credentials) as writer:
             writer.check_push_access()
+        # From here on, pulls add images to the store, even if a later step fails.
+        pulling = True
         if options.reuse_from is not None:
             for reference in options.reuse_from:
                 _add_reuse_source(Reference.parse(reference), session)
@@ -216,9 +224,14 @@ def convert(source: str, destination: str, options: ConvertOptions) -> ConvertRe
         top, images = _fetch_images(src, session)
         converted = [_convert_image(image, session) for image in images]
         top_body, pushed, mounted = _push(src, dst, top, images, converted, session)
+    except KeyboardInterrupt:
+        # Ctrl-C ends the command at once, without a gc.
+        pulling = False
+        raise
     finally:
         session.close()
-        _fit_store(session, str(dst))
+        if pulling:
+            _fit_store(session, str(dst))
     # A layer that several platforms share is listed once.
     layers = {layer.source: layer for image in converted for layer in image.layers}
     return ConvertResult(
@@ -236,7 +249,11 @@ def _fit_store(session: _Session, subject: str) -> None:
     """Fit the store to max_store_size once, after the conversion's pulls."""
     if session.config.max_store_size is None:
         return
-    store = Store(session.store.root)
+    try:
+        store = Store(session.store.root)
+    except ApparateError as error:
+        log.warning("%s: store not fitted to max_store_size: %s", subject, error)
+        return
     try:
         fit_to_limit(store, session.config.max_store_size, (), subject)
     finally:

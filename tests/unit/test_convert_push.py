@@ -20,6 +20,7 @@ from apparate.convert import (
     _top_document,
 )
 from apparate.digest import Digest
+from apparate.errors import UsageError
 from apparate.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor, parse_manifest
 from apparate.reference import Reference
 
@@ -226,3 +227,12 @@ def test_source_pulls_stay_in_store(session):
     # Without a target, pull would import into docker or containerd when
     # their sockets accept connections.
     assert session.pull_options().into == "oci"
+
+
+def test_invalid_settings_leave_no_store(tmp_path):
+    options = ConvertOptions(store=tmp_path / "store", insecure_registries=("ftp://x",))
+
+    with pytest.raises(UsageError, match="ftp://x"):
+        _Session(options)
+
+    assert not (tmp_path / "store").exists()
