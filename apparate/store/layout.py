@@ -621,9 +621,16 @@ class Store:
             writer.restart()
         try:
             yield writer
-        finally:
+        except BaseException:
             if not writer.committed:
-                writer.release()
+                # The error already raised says more than a failed close.
+                try:
+                    writer.release()
+                except StoreError as error:
+                    log.warning("%s", error)
+            raise
+        if not writer.committed:
+            writer.release()
 
     def put_blob(self, data: bytes, digest: Digest) -> None:
         """Store a small blob whose digest the caller has already verified."""

@@ -195,6 +195,28 @@ def test_discard_on_full_disk_removes_file(tmp_path):
     assert not writer.path.exists()
 
 
+class Interrupted(Exception):
+    """Stands for an error that ends a download, such as a truncated body."""
+
+
+def test_full_disk_on_release_keeps_first_error(tmp_path):
+    store = Store(tmp_path / "store")
+
+    with pytest.raises(Interrupted), store.resumable(Digest.of(b"layer"), 5) as writer:
+        writer._file = FullDiskFile(writer._file)
+        raise Interrupted()
+
+
+def test_full_disk_on_release_is_store_error(tmp_path):
+    store = Store(tmp_path / "store")
+
+    with (
+        pytest.raises(StoreError, match="disk is full|No space"),
+        store.resumable(Digest.of(b"layer"), 5) as writer,
+    ):
+        writer._file = FullDiskFile(writer._file)
+
+
 def test_folder_of_other_files_is_no_store(tmp_path):
     (tmp_path / "notes.txt").write_text("not a store")
 
