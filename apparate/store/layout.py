@@ -616,6 +616,14 @@ class Store:
             with self.ingest(digest) as writer:
                 yield writer
             return
+        if self.has_blob(digest, size):
+            # Another process committed it after the caller checked, and
+            # this open made an empty partial file.
+            file, partial = opened
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            file.close()
+            raise StoredElsewhere(digest)
         writer = ResumableWriter(self, digest, *opened)
         if writer.existing > size:
             writer.restart()

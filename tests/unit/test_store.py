@@ -207,16 +207,6 @@ def test_full_disk_on_release_keeps_first_error(tmp_path):
         raise Interrupted()
 
 
-def test_full_disk_on_release_is_store_error(tmp_path):
-    store = Store(tmp_path / "store")
-
-    with (
-        pytest.raises(StoreError, match="disk is full|No space"),
-        store.resumable(Digest.of(b"layer"), 5) as writer,
-    ):
-        writer._file = FullDiskFile(writer._file)
-
-
 def test_folder_of_other_files_is_no_store(tmp_path):
     (tmp_path / "notes.txt").write_text("not a store")
 
@@ -267,6 +257,19 @@ def test_resumable_waits_for_writer_that_took_partial(tmp_path):
     waiting.join(10)
 
     assert outcome == ["stored elsewhere"]
+
+
+def test_resumable_after_other_commit_is_stored_elsewhere(tmp_path):
+    # The other pull committed between this one's check and its open.
+    store = Store(tmp_path / "store")
+    data = b"layer bytes"
+    digest = Digest.of(data)
+    Store(tmp_path / "store").put_blob(data, digest)
+
+    with pytest.raises(StoredElsewhere), store.resumable(digest, len(data)):
+        pass
+
+    assert list(store.ingest_dir.iterdir()) == []
 
 
 def test_release_on_full_disk_is_store_error(tmp_path):
