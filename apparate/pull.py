@@ -286,7 +286,7 @@ def _fetch_layers(
     plans = ImagePlans(index, tables, [layer for layer, _ in unique])
     fetcher = _LayerFetcher(
         pool, store, index, str(image.reference), observer, cancelled, plans,
-        [layer.digest for layer, _ in unique],
+        [layer for layer, _ in unique],
     )  # fmt: skip
     fetched: dict[Digest, int] = {}
     if unique:
@@ -456,7 +456,7 @@ class _LayerFetcher:
         observer: PullObserver,
         cancelled: threading.Event,
         plans: ImagePlans,
-        fetching: list[Digest],
+        fetching: list[Descriptor],
     ) -> None:
         self._pool = pool
         self._plans = plans
@@ -472,7 +472,9 @@ class _LayerFetcher:
         self._downloaded: dict[Digest, int] = {}
         # Set when a layer's fetch ends, stored or not, for the layers that
         # copy frames from it.
-        self._ended = {digest: threading.Event() for digest in fetching}
+        self._ended = {layer.digest: threading.Event() for layer in fetching}
+        # What the downloads may still write, which local packs leave room for.
+        self._room_needed = sum(layer.size for layer in fetching)
 
     def fetch(self, layer: Descriptor, diff_id: Digest) -> int:
         """Store one layer, verified; return the bytes that crossed the network."""
@@ -622,7 +624,7 @@ class _LayerFetcher:
     def _fetch_packed(
         self, layer: Descriptor, diff_id: Digest, subject: str, stopped: _Cancelled
     ) -> None:
-        packer = LocalPacker(self._store, self._index, subject)
+        packer = LocalPacker(self._store, self._index, subject, self._room_needed)
         try:
             self._fetch_verified(
                 layer, diff_id, subject, stopped, packer,

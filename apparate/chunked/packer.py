@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 
 from apparate.chunked.reuse import StoredFrames
@@ -19,6 +20,7 @@ from apparate.chunker import default_chunker
 from apparate.digest import Digest
 from apparate.errors import ApparateError
 from apparate.store.chunk_index import PACK, ChunkIndex
+from apparate.store.gc import binary_size
 from apparate.store.layout import BlobWriter, Store
 from apparate.store.packs import record_pack
 
@@ -29,10 +31,19 @@ log = logging.getLogger(__name__)
 PACK_LEVEL = 1
 PIPE_DEPTH = 16
 _POLL_SECONDS = 0.1
+# Free space kept on the store's disk beyond what the pull's layers need: a
+# pack only speeds up later pulls, so it gives way to the image and index.
+SPARE_BYTES = 16 * 1024 * 1024
+# Pack bytes written between two checks of the free space.
+_ROOM_CHECK_BYTES = 1024 * 1024
 
 
 class PackAborted(Exception):
     """The layer failed, so its pack is not written."""
+
+
+class NoRoomForPack(Exception):
+    """The disk has too little space left for the pack beside the pull's layers."""
 
 
 class _Pipe:
@@ -98,12 +109,17 @@ class _Pipe:
 class LocalPacker:
     """Write the frames of one plain layer's tar into a pack, on its own thread."""
 
-    def __init__(self, store: Store, index: ChunkIndex, subject: str) -> None:
+    def __init__(
+        self, store: Store, index: ChunkIndex, subject: str, room_needed: int = 0
+    ) -> None:
+        """``room_needed`` is the bytes the pull's downloads may still write."""
         self._store = store
         self._index = index
         self._subject = subject
+        self._room_needed = room_needed + SPARE_BYTES
+        self._unchecked = _ROOM_CHECK_BYTES
         self._pipe = _Pipe()
-        self._blob = BlobWriter(store, Digest("sha256", "0" * 64))
+        self._blob = BlobWriter(store, Digest("sha256", "0" * 64), "the local pack")
         self._result: ConvertedLayer | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pack", daemon=True)
@@ -125,7 +141,10 @@ class LocalPacker:
         self._thread.join()
         result = self._result
         if self._error is not None or result is None:
-            log.warning("%s: no local pack written: %s", self._subject, self._error)
+            log.warning(
+                "%s: no local pack written, so later delta pulls reuse none of "
+                "this layer: %s", self._subject, self._error,
+            )  # fmt: skip
             self._blob.discard()
             return None
         try:
@@ -154,7 +173,7 @@ class LocalPacker:
         try:
             self._result = write_chunked_layer(
                 self._pipe,  # type: ignore[arg-type]
-                self._blob.write,
+                self._write,
                 default_chunker(),  # packs cut where converters cut
                 Encoder(PACK_LEVEL),
                 StoredFrames(self._store, self._index),
@@ -165,3 +184,22 @@ class LocalPacker:
             self._error = error
             self._pipe.aborted = True
             self._pipe.drain()
+
+    def _write(self, data: bytes) -> None:
+        self._unchecked += len(data)
+        if self._unchecked >= _ROOM_CHECK_BYTES:
+            self._unchecked = 0
+            self._check_room()
+        self._blob.write(data)
+
+    def _check_room(self) -> None:
+        """Raise NoRoomForPack when the pull's layers need the space left."""
+        try:
+            free = shutil.disk_usage(self._store.ingest_dir).free
+        except OSError:
+            return
+        if free < self._room_needed:
+            raise NoRoomForPack(
+                f"{binary_size(free)} free on the store's disk, and the pull may "
+                f"need {binary_size(self._room_needed)} for the image"
+            )

@@ -101,9 +101,11 @@ class BlobWriter:
 
     existing = 0
 
-    def __init__(self, store: Store, digest: Digest) -> None:
+    def __init__(self, store: Store, digest: Digest, name: str | None = None) -> None:
+        """``name`` is what error messages call the blob, by default its digest."""
         self._store = store
         self.digest = digest
+        self.name = name or f"blob {digest}"
         self.size = 0
         self.committed = False
         with _store_errors(f"cannot create a file in {store.ingest_dir}"):
@@ -112,7 +114,7 @@ class BlobWriter:
             )
 
     def write(self, data: bytes) -> None:
-        with _store_errors(f"cannot write blob {self.digest} to {self._path}"):
+        with _store_errors(f"cannot write {self.name} to {self._path}"):
             self._file.write(data)
         self.size += len(data)
 
@@ -127,7 +129,7 @@ class BlobWriter:
         A writer is filled either with ``write`` or with ``write_at``, never
         both, since ``write`` buffers.
         """
-        with _store_errors(f"cannot write blob {self.digest} to {self._path}"):
+        with _store_errors(f"cannot write {self.name} to {self._path}"):
             view = memoryview(data)
             while view:
                 written = os.pwrite(self._file.fileno(), view, offset)
@@ -142,7 +144,7 @@ class BlobWriter:
         another process cannot take it for an abandoned one.
         """
         self.digest = digest or self.digest
-        with _store_errors(f"cannot store blob {self.digest}"):
+        with _store_errors(f"cannot store {self.name}"):
             self._file.flush()
             os.fchmod(self._file.fileno(), 0o666 & ~_UMASK)
             os.fsync(self._file.fileno())
@@ -176,6 +178,7 @@ class ResumableWriter(BlobWriter):
     ) -> None:
         self._store = store
         self.digest = digest
+        self.name = f"blob {digest}"
         self.committed = False
         self._file, self._path = file, path
         self._file.seek(0, os.SEEK_END)
@@ -201,7 +204,7 @@ class ResumableWriter(BlobWriter):
 
     def release(self) -> None:
         """Keep the partial file for a later pull, and let others use it."""
-        with _store_errors(f"cannot write blob {self.digest} to {self._path}"):
+        with _store_errors(f"cannot write {self.name} to {self._path}"):
             self._file.close()
 
 
@@ -631,7 +634,7 @@ class Store:
             yield writer
         except BaseException:
             if not writer.committed:
-                # The error already raised says more than a failed close.
+                # The error already raised explains more than a failed close.
                 try:
                     writer.release()
                 except StoreError as error:

@@ -104,7 +104,7 @@ def fetcher(store_path: Path, layer: ConvertedLayer, pool: StandInPool):
     plans = ImagePlans(index, tables, [layer.descriptor])
     fetch = _LayerFetcher(
         pool, store, index, "image", PullObserver(), cancelled, plans,
-        [layer.descriptor.digest],
+        [layer.descriptor],
     )  # fmt: skip
     return fetch, store, index
 

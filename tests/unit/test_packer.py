@@ -118,3 +118,17 @@ def test_pipe_reads_across_pieces():
     assert bytes(buffer) == b"fg"
     assert pipe.read() == b"h"
     assert pipe.read(3) == b""
+
+
+def test_pack_gives_way_to_the_pull(tmp_path, caplog):
+    store = Store(tmp_path)
+    with ChunkIndex(tmp_path / "chunks.db") as index:
+        # Layers being pulled that need more room than any disk has.
+        packer = LocalPacker(store, index, "layer x", room_needed=1 << 60)
+        feed_all(packer, TAR)
+
+        digest = packer.finish(Digest.of(TAR))
+
+    assert digest is None
+    assert "free on the store's disk" in caplog.text
+    assert list(store.ingest_dir.iterdir()) == []
