@@ -365,7 +365,7 @@ class RegistryClient:
                     raise busy
                 raise self._transfer_error(subject, retries, attempt, where, failure)
             pause = _pause_for(retries, busy)
-            self._retry_later(subject, attempt, where, failure, pause)
+            self._retry_later(subject, attempt, where, failure, pause, timed_out)
         verifier.verify()
 
     def fetch_range(
@@ -426,7 +426,7 @@ class RegistryClient:
                     raise busy
                 raise self._transfer_error(subject, retries, attempt, where, failure)
             pause = _pause_for(retries, busy)
-            self._retry_later(subject, attempt, where, failure, pause)
+            self._retry_later(subject, attempt, where, failure, pause, timed_out)
 
     def _describe(self, error: httpx.HTTPError) -> str:
         """Say why a read failed; a plain read timeout gets its length in seconds."""
@@ -450,16 +450,23 @@ class RegistryClient:
         )
 
     def _retry_later(
-        self, subject: str, attempt: int, where: str, failure: str, pause: float
+        self,
+        subject: str,
+        attempt: int,
+        where: str,
+        failure: str,
+        pause: float,
+        timed_out: bool,
     ) -> None:
         """Report that attempt ``attempt`` stopped, then sleep ``pause`` seconds.
 
-        An attempt that made progress (no pause) is routine on long transfers,
-        so only attempts without progress warn.
+        A dropped connection after progress (no pause) is routine on long
+        transfers, so only attempts without progress, and those that waited
+        a whole read timeout, warn.
         """
         after = f" in {pause:g} s" if pause else ""
         log.log(
-            logging.WARNING if pause else logging.INFO,
+            logging.WARNING if pause or timed_out else logging.INFO,
             "%s from %s: attempt %d stopped %s (%s); trying again%s",
             subject, self.host, attempt, where, failure, after,
         )  # fmt: skip

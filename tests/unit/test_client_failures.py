@@ -215,7 +215,7 @@ class StallingAfterPiece(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_timeouts_after_progress_keep_going(tmp_path, serve):
+def test_timeouts_after_progress_keep_going(tmp_path, serve, caplog):
     # Only timeouts in a row without a byte mean a hung server.
     host = serve(StallingAfterPiece)
     pauses: list[float] = []
@@ -227,6 +227,10 @@ def test_timeouts_after_progress_keep_going(tmp_path, serve):
 
     assert b"".join(received) == BLOB
     assert pauses == []
+    # Each wait of a whole read timeout is worth a word all the same.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 5
+    assert "(no data for 0.1 s); trying again" in warnings[0].getMessage()
 
 
 @respx.mock
