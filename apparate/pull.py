@@ -71,6 +71,7 @@ from apparate.store.layout import (
     StoredElsewhere,
     default_store_path,
 )
+from apparate.warnings_kept import WarningRecorder
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,19 @@ def pull(reference: str | Reference, options: PullOptions | None = None) -> Pull
         read_only=options.dry_run,
     )
     try:
-        return _pull(store, ref, options, started)
+        with WarningRecorder().attached() as warnings:
+            try:
+                result = _pull(store, ref, options, started)
+            except ImageImportError as error:
+                if error.pulled is not None:
+                    error.pulled = dataclasses.replace(
+                        error.pulled, warnings=list(warnings.messages)
+                    )
+                raise
     finally:
         store.close()
+    # Taken last, so that the warnings of the import and the gc are listed too.
+    return dataclasses.replace(result, warnings=list(warnings.messages))
 
 
 def _pull(
@@ -178,7 +189,6 @@ def _pull(
         seconds=time.monotonic() - started,
         dry_run=options.dry_run,
         bytes_by_source=pool.bytes_by_source(),
-        warnings=list(pool.warnings),
         up_to_date=up_to_date,
     )
     if options.dry_run:
@@ -226,9 +236,10 @@ def _resolve(
         ) as error:  # fmt: skip
             if source is pool.origin:
                 raise
-            message = f"{ref}: mirror {source.name} could not resolve it ({error})"
-            pool.warnings.append(message)
-            log.warning("%s; asking the next source", message)
+            log.warning(
+                "%s: mirror %s could not resolve it (%s); asking the next source",
+                ref, source.name, error,
+            )  # fmt: skip
     raise AssertionError("the origin is always a resolver")
 
 

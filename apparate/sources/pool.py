@@ -80,7 +80,6 @@ class SourcePool:
         if not sources or sources[-1].role != ORIGIN:
             raise ValueError("the origin must be the last source")
         self.sources = sources
-        self.warnings: list[str] = []
         self._lock = threading.Lock()
         self._failed: dict[Digest, set[Source]] = {}
         self._no_ranges: dict[Digest, set[Source]] = {}
@@ -253,9 +252,9 @@ class SourcePool:
         if source.role == ORIGIN or source.dropped is not None:
             return
         source.dropped = reason
-        message = f"source {source.name} dropped for the rest of the pull: {reason}"
-        self.warnings.append(message)
-        log.warning("%s", message)
+        log.warning(
+            "source %s dropped for the rest of the pull: %s", source.name, reason
+        )
 
     def _candidates(self, digest: Digest, ranges: bool) -> list[Source]:
         with self._lock:
@@ -289,12 +288,17 @@ class SourcePool:
         self, source: Source, digest: Digest, subject: str, error: Exception
     ) -> None:
         with self._lock:
-            self._failed.setdefault(digest, set()).add(source)
-        message = (
-            f"{subject}: source {source.name} failed ({error}); trying the next one"
+            failed = self._failed.setdefault(digest, set())
+            if source in failed:
+                # Another range of the blob met the same failure and warned.
+                return
+            failed.add(source)
+        log.warning(
+            "%s: source %s failed (%s); trying the next one",
+            subject,
+            source.name,
+            error,
         )
-        self.warnings.append(message)
-        log.warning("%s", message)
 
     def _stop_ranges(
         self, source: Source, digest: Digest, subject: str, error: Exception
@@ -309,9 +313,7 @@ class SourcePool:
             if source in sources_without_ranges:
                 return
             sources_without_ranges.add(source)
-        message = f"{error}; its other ranges go to other sources"
-        self.warnings.append(message)
-        log.warning("%s", message)
+        log.warning("%s; its other ranges go to other sources", error)
 
     def _begin(self, source: Source) -> None:
         """Count a request to ``source`` as open, starting its busy time if it is the first."""

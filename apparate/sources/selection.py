@@ -183,7 +183,6 @@ def _open_sources(
     pool = SourcePool(sources)
     for warning in warnings:
         log.warning("%s", warning)
-        pool.warnings.append(warning)
     return pool
 
 

@@ -327,13 +327,13 @@ def test_max_store_size_applies_after_each_pull(registry_plain, tmp_path):
     v1, v2 = (f"{registry_plain.host}/samples/base:{tag}" for tag in ("v1", "v2"))
 
     first = cli("pull", "-q", v1, store=store, env=env)
-    second = cli("pull", "-q", v2, store=store, env=env)
+    second = cli("pull", "--json", v2, store=store, env=env)
 
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
-    assert f"removed an image from the store to fit max_store_size: {v1}" in (
-        second.stderr
-    )
+    removed = f"removed an image from the store to fit max_store_size: {v1}"
+    assert removed in second.stderr
+    assert removed in json.loads(second.stdout)["warnings"]
     assert list(images(store)) == [v2]
     assert store_bytes(store) <= 40 << 20
     assert_every_image_whole(store)

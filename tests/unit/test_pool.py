@@ -95,11 +95,12 @@ def fetch_span(pool: SourcePool, start: int, end: int) -> bytes:
     return bytes(received)
 
 
-def test_failed_mirror_resumes_at_origin():
+def test_failed_mirror_resumes_at_origin(caplog):
     pool = pool_of(StandIn("truncate"), StandIn())
 
     assert fetch_whole(pool) == BLOB
-    assert len(pool.warnings) == 1
+    assert len(caplog.records) == 1
+    assert "trying the next one" in caplog.records[0].getMessage()
 
 
 def test_corrupt_mirror_is_blamed():
@@ -224,3 +225,15 @@ def test_throughput_counts_overlapping_requests_once(monkeypatch):
     assert source.seconds_fetching == 3
     assert source.observed_throughput == 3 * piece / 3
     assert source.measure.throughput == piece
+
+
+def test_source_failing_twice_for_a_blob_warns_once(caplog):
+    mirror, origin = StandIn("truncate"), StandIn()
+    pool = pool_of(mirror, origin)
+    source = pool.sources[0]
+
+    # Two ranges of one blob, fetched side by side, meet the same failure.
+    pool._leave(source, DESCRIPTOR.digest, "blob", OSError("HTTP 500"))
+    pool._leave(source, DESCRIPTOR.digest, "blob", OSError("HTTP 500"))
+
+    assert len(caplog.records) == 1
