@@ -52,8 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the registry's storage, config and logs "
         "(default: a temporary folder removed at exit)",
     )
+    parser.add_argument(
+        "--proxy-of",
+        metavar="URL",
+        help="for --kind proxy: the registry it caches, such as http://127.0.0.1:5000",
+    )
     parser.add_argument("--json", action="store_true", help="print all fields as JSON")
     args = parser.parse_args(argv)
+    if (args.kind == "proxy") != (args.proxy_of is not None):
+        parser.error("--proxy-of goes with --kind proxy, and only with it")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -70,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         if workdir is None:
             temporary = tempfile.TemporaryDirectory(prefix="apparate-registry-")
             workdir = Path(cleanup.enter_context(temporary))
-        handle = start_registry(args.kind, workdir, populated=not args.empty)
+        handle = start_registry(
+            args.kind, workdir, populated=not args.empty, proxy_of=args.proxy_of
+        )
         try:
             if args.json:
                 print(json.dumps(describe(handle)), flush=True)
