@@ -196,11 +196,11 @@ def collect(store: Store, options: GcOptions, untag: Sequence[str] = ()) -> GcRe
         _forget_invalid_rows(store.root / INDEX_FILE)
     # Reading packs may decompress new ones, so it happens before the store
     # is locked exclusively. The second call reads what the first cached and
-    # picks up packs written meanwhile. A dry run removes nothing, so it skips
-    # that call, which read-only would decompress unrecorded packs again.
+    # picks up packs that pulls wrote meanwhile, which a dry run must not
+    # report as blobs no image needs either.
     packs = _read_packs(store, options.dry_run)
     with store.exclusive(options.wait):
-        if packs is not None and not options.dry_run:
+        if packs is not None:
             packs = _read_packs(store, options.dry_run)
         found = survey(store, packs or {}, options.partial_max_age)
         plan = plan_gc(found.state, options.max_size, options.protected, untag)

@@ -378,6 +378,27 @@ def test_gc_waits_for_a_running_pull(registry_plain, sample_images, tmp_path):
     assert_every_image_whole(store)
 
 
+def test_gc_dry_run_during_a_pull_matches_gc(registry_plain, tmp_path):
+    """A dry run that waited for a pull counts the pack that pull wrote as kept."""
+    store = tmp_path / "store"
+    port = int(registry_plain.host.rsplit(":", 1)[1])
+    with throttled(port, 8 * 1024 * 1024) as slow_port:
+        v2 = f"127.0.0.1:{slow_port}/samples/base:v2"
+        pulling = subprocess.Popen(
+            [APPARATE, "pull", "-q", "--store", str(store), v2],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.5)
+        planned = cli("gc", "--json", "--dry-run", store=store)
+        _, errors = pulling.communicate(timeout=300)
+    done = cli("gc", "--json", store=store)
+
+    assert pulling.returncode == 0, errors
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["removed"] == []
+    assert json.loads(done.stdout)["removed"] == []
+
+
 def test_delta_pull_after_packs_are_dropped(registry_plain, converted, tmp_path):
     """Without packs a delta pull fetches more, and its image is still right."""
     fetched = {}
