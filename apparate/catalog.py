@@ -8,7 +8,7 @@ from pathlib import Path
 
 from apparate.digest import Digest
 from apparate.errors import ApparateError, StoreError
-from apparate.manifest import parse_json, parse_manifest
+from apparate.manifest import Manifest, parse_json, parse_manifest
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory, PullRecord, Totals
 from apparate.store.layout import Store, default_store_path, not_created
@@ -23,13 +23,16 @@ class ImageSummary:
 
     ``last_used`` is when it was last pulled or imported (seconds since the
     epoch), else when its manifest was stored. ``size`` is None when the
-    manifest cannot be read, and a warning names the image.
+    manifest cannot be read, and a warning names the image. ``complete`` is
+    false when blobs of the image are missing, for instance a layer that an
+    import found damaged and removed.
     """
 
     reference: str
     digest: Digest
     size: int | None
     last_used: float = 0.0
+    complete: bool = True
 
 
 def list_images(store_path: Path | None = None) -> list[ImageSummary]:
@@ -48,15 +51,26 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
         # On a full disk, the listing is what tells the user what to remove.
         log.warning("%s; showing when each image was stored instead", error)
         uses = {}
-    return [
-        ImageSummary(
-            image.reference,
-            image.source_manifest,
-            _image_size(store, image.descriptor.digest, image.reference),
-            uses.get(image.reference) or _stored_at(store, image.descriptor.digest),
+    summaries = []
+    for image in store.images():
+        manifest = _read_manifest(store, image.descriptor.digest, image.reference)
+        size, complete = None, manifest is not None
+        if manifest is not None:
+            blobs = [manifest.config, *manifest.layers]
+            size = image.descriptor.size + sum(blob.size for blob in blobs)
+            missing = [blob for blob in blobs if not store.has_blob(blob.digest)]
+            complete = not missing
+            if missing:
+                log.warning(
+                    "%s: missing %d of its %d blobs, such as a layer removed as "
+                    "damaged: pull it again to repair it",
+                    image.reference, len(missing), len(blobs),
+                )  # fmt: skip
+        used = uses.get(image.reference) or _stored_at(store, image.descriptor.digest)
+        summaries.append(
+            ImageSummary(image.reference, image.source_manifest, size, used, complete)
         )
-        for image in store.images()
-    ]
+    return summaries
 
 
 def _stored_at(store: Store, digest: Digest) -> float:
@@ -66,26 +80,20 @@ def _stored_at(store: Store, digest: Digest) -> float:
         return 0.0
 
 
-def _image_size(store: Store, digest: Digest, reference: str) -> int | None:
-    """Return the bytes of manifest, config and layers, as stored (compressed).
-
-    A damaged manifest gives None, so one image does not hide the others.
-    """
+def _read_manifest(store: Store, digest: Digest, reference: str) -> Manifest | None:
+    """Read a stored manifest; a damaged one gives None, so one image does not hide the others."""
     subject = f"manifest {digest} of {reference} in the store"
     try:
         body = store.read_blob(digest)
         if not digest.matches(body):
             raise StoreError("its bytes do not match its digest")
-        manifest = parse_manifest(parse_json(body, subject), subject)
+        return parse_manifest(parse_json(body, subject), subject)
     except ApparateError as error:
         log.warning(
             "%s is unreadable (%s): pull the image again to repair it",
             subject, error.message,
         )  # fmt: skip
         return None
-    return (
-        len(body) + manifest.config.size + sum(layer.size for layer in manifest.layers)
-    )
 
 
 def pull_statistics(

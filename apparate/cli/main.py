@@ -401,6 +401,7 @@ def images_command(
                 "digest": str(i.digest),
                 "size": i.size,
                 "last_used": round(i.last_used, 3),
+                "complete": i.complete,
             }
             for i in images
         ]

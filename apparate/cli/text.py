@@ -190,12 +190,20 @@ def images_report(images: list[ImageSummary], now: float | None = None) -> str:
         [
             image.reference,
             str(image.digest)[:19],
-            "damaged" if image.size is None else human_size(image.size),
+            _size_column(image),
             ago(image.last_used, now) if image.last_used else "-",
         ]
         for image in images
     ]
     return format_table(["REFERENCE", "DIGEST", "SIZE", "LAST USED"], rows)
+
+
+def _size_column(image: ImageSummary) -> str:
+    if image.size is None:
+        return "damaged"
+    if not image.complete:
+        return f"{human_size(image.size)} (incomplete)"
+    return human_size(image.size)
 
 
 def gc_report(result: GcResult) -> str:

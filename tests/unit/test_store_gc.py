@@ -16,7 +16,7 @@ import pytest
 
 from apparate.catalog import list_images
 from apparate.chunked.packer import LocalPacker
-from apparate.cli.text import gc_report
+from apparate.cli.text import gc_report, images_report
 from apparate.digest import Digest
 from apparate.errors import NotFound, StoreError
 from apparate.manifest import OCI_MANIFEST, Descriptor
@@ -677,3 +677,17 @@ def test_images_listed_when_database_unreadable(store, caplog):
     assert image.reference == "example.com/app:v1"
     assert image.last_used > 0
     assert "showing when each image was stored instead" in caplog.text
+
+
+def test_images_marks_image_missing_a_layer(store, caplog):
+    add_image(store, "example.com/app:v1", [BASE, APP2])
+    add_image(store, "example.com/app:v2", [BASE])
+    # As an import does with a layer it found damaged.
+    store.blob_path(Digest.of(APP2)).unlink()
+
+    images = {image.reference: image for image in list_images(store.root)}
+
+    assert not images["example.com/app:v1"].complete
+    assert images["example.com/app:v2"].complete
+    assert "example.com/app:v1: missing 1 of its 3 blobs" in caplog.text
+    assert "(incomplete)" in images_report(list(images.values()))
