@@ -63,7 +63,7 @@ def import_image(reference: str, options: ImportOptions | None = None) -> Import
         mark_used(store.root, image.reference)
     except StoreError as error:
         log.info("%s: last use not recorded: %s", image.reference, error)
-    return dataclasses.replace(result, reference=image.reference)
+    return result
 
 
 def chosen_target(into: str | None, configured: str | None = None) -> ImportTarget:
@@ -118,6 +118,17 @@ def _import_found(
     configured: str | None = None,
 ) -> ImportResult:
     """Hand a stored image that ``find_stored`` found to the target ``into`` names."""
+    result = _import_into_target(store, image, into, daemons, configured)
+    return dataclasses.replace(result, reference=image.reference)
+
+
+def _import_into_target(
+    store: Store,
+    image: StoredImage,
+    into: str | None,
+    daemons: Daemons,
+    configured: str | None,
+) -> ImportResult:
     requested = chosen_target(into, configured)
     target = requested
     if requested.kind == AUTO:

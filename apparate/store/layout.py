@@ -303,7 +303,8 @@ class Store:
         ``read_only`` store writes nothing at all: a missing one reads as
         empty, and a damaged blob is left in place.
         """
-        self.root = Path(root)
+        # Absolute, as summaries and messages show it.
+        self.root = Path(os.path.abspath(root))
         self.ingest_dir = self.root / "ingest"
         self._users_fd: int | None = None
         # Blobs this process verified and committed, so exports need not hash

@@ -290,6 +290,7 @@ def test_cli_json_summary(registry_basic, tmp_path):
     assert summary["reference"] == reference
     assert summary["bytes_fetched"] == sum(layer["size"] for layer in summary["layers"])
     assert all(layer["fetched"] for layer in summary["layers"])
+    assert summary["import"]["reference"] == reference
 
 
 def test_cli_images_lists_pulled(registry_plain, tmp_path):

@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -281,3 +282,11 @@ def test_release_on_full_disk_is_store_error(tmp_path):
         store.resumable(digest, 5) as writer,
     ):
         writer._file = FullDiskFile(writer._file)
+
+
+def test_store_given_relative_has_absolute_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    store = Store(Path("store"))
+
+    assert store.root == tmp_path / "store"
