@@ -77,7 +77,8 @@ class PullResult:
     dry_run: bool = False
     # Bytes each source served, keyed by its URL.
     bytes_by_source: dict[str, int] = field(default_factory=dict)
-    # Sources left or dropped during the pull, and why.
+    # Each warning logged during the pull, once, in order: sources left or
+    # dropped, the import, max_store_size.
     warnings: list[str] = field(default_factory=list)
     imported: ImportResult | None = None
     # The reference already named this image, and nothing was fetched.
