@@ -53,7 +53,7 @@ from apparate.manifest import (
     parse_json,
     parse_manifest,
 )
-from apparate.pull import PullOptions, pull
+from apparate.pulling import PullOptions, pull
 from apparate.reference import Reference
 from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import Credentials, CredentialStore

@@ -48,7 +48,7 @@ from apparate.importers.run import check_target
 from apparate.importers.target import TARGET_HELP
 from apparate.platform import Platform
 from apparate.progress import PullObserver
-from apparate.pull import PullOptions, pull
+from apparate.pulling import PullOptions, pull
 from apparate.reference import Reference
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
@@ -684,10 +684,7 @@ def run() -> None:
     """Run the command line; usage errors become one ``error:`` line, exit 2.
 
     Without arguments it prints the help and exits 0, as docker does.
-
-    NOTE: Ctrl-C in about the first 0.1 s, while Python still imports the
-    package, ends with Python's traceback instead of the one-line error.
-    The exit status is SIGINT's all the same.
+    ``apparate.cli.launch`` handles Ctrl-C while this module is imported.
     """
     # Die quietly when a reader such as `head` closes the pipe, as Unix tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -26,7 +26,7 @@ from apparate.chunked.reader import file_range_reader, read_table
 from apparate.convert import ConvertOptions, convert
 from apparate.digest import Digest
 from apparate.errors import AuthError, UsageError
-from apparate.pull import PullOptions
+from apparate.pulling import PullOptions
 from apparate.registry.credentials import Credentials
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.integration.push import OCI_MANIFEST, Pusher, tar_of

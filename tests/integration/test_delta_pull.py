@@ -17,7 +17,7 @@ import pytest
 
 import apparate
 from apparate.convert import ConvertOptions, convert
-from apparate.pull import PullOptions
+from apparate.pulling import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.integration.faulty import misbehaving
 from tests.integration.push import Pusher, tar_of

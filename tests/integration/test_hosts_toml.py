@@ -17,7 +17,7 @@ import pytest
 
 import apparate
 from apparate.errors import AuthError, RegistryUnreachable
-from apparate.pull import PullOptions
+from apparate.pulling import PullOptions
 from apparate.registry.credentials import Credentials
 from tests.testbed.registry import RegistryHandle, start_registry
 

@@ -26,7 +26,7 @@ import apparate
 from apparate.config import Config, Mirror
 from apparate.convert import ConvertOptions, convert
 from apparate.errors import RegistryUnreachable
-from apparate.pull import PullOptions
+from apparate.pulling import PullOptions
 from apparate.result import PullResult
 from tests.integration.faulty import misbehaving
 from tests.integration.throttle import throttled

@@ -18,7 +18,7 @@ import apparate
 from apparate.digest import Digest
 from apparate.errors import AuthRejected, AuthRequired, PlatformNotFound
 from apparate.platform import Platform
-from apparate.pull import PullOptions
+from apparate.pulling import PullOptions
 from apparate.registry.credentials import Credentials
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.testbed.registry import RegistryHandle, start_registry

@@ -20,7 +20,7 @@ import pytest
 import apparate
 from apparate.errors import DiffIDMismatch, DigestMismatch, InvalidResponse
 from apparate.manifest import OCI_INDEX, OCI_MANIFEST
-from apparate.pull import PullOptions
+from apparate.pulling import PullOptions
 from apparate.reference import Reference
 from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import Credentials, CredentialStore

@@ -14,7 +14,7 @@ import pytest
 
 import apparate
 from apparate.digest import Digest
-from apparate.pull import PullOptions
+from apparate.pulling import PullOptions
 
 pytestmark = [
     pytest.mark.integration,

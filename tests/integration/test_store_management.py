@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import apparate
-from apparate.pull import PullOptions
+from apparate.pulling import PullOptions
 from apparate.store.chunk_index import INDEX_FILE
 from tests.integration.throttle import throttled
 from tests.testbed.registry import RegistryHandle

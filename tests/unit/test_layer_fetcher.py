@@ -27,7 +27,7 @@ from apparate.digest import Digest
 from apparate.errors import ApparateError, StoreError
 from apparate.manifest import Descriptor
 from apparate.progress import PullObserver
-from apparate.pull import _LayerFetcher
+from apparate.pulling import _LayerFetcher
 from apparate.registry.client import RangeFetchStopped, RangesUnsupported
 from apparate.store import layout
 from apparate.store.chunk_index import INDEX_FILE, LAYER, ChunkIndex

@@ -6,7 +6,7 @@ import sys
 
 def test_core_does_not_import_cli_packages():
     code = (
-        "import sys, apparate, apparate.pull, apparate.catalog;"
+        "import sys, apparate, apparate.pulling, apparate.catalog;"
         "print(' '.join(m for m in ('typer', 'rich', 'click') if m in sys.modules))"
     )
 
