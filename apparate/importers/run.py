@@ -53,7 +53,8 @@ class ImportOptions:
 def import_image(reference: str, options: ImportOptions | None = None) -> ImportResult:
     """Import an image that is already in the local store, without fetching."""
     options = options or ImportOptions()
-    store = Store(options.store or default_store_path(), create=False)
+    # Held, so that rm and gc wait before removing the blobs it sends.
+    store = Store(options.store or default_store_path(), create=False, hold=True)
     try:
         image = find_stored(store, reference)
         result = _import_found(store, image, options.into, options.daemons)

@@ -294,14 +294,21 @@ class Store:
     """An OCI image layout directory plus apparate's working folders."""
 
     def __init__(
-        self, root: Path, *, create: bool = True, read_only: bool = False
+        self,
+        root: Path,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        hold: bool = False,
     ) -> None:
         """Open the store at ``root``, creating it unless ``create`` is false.
 
         Without ``create`` nothing is written on opening, not even the sweep
         of ``ingest/``, and a missing store raises StoreError. A
         ``read_only`` store writes nothing at all: a missing one reads as
-        empty, and a damaged blob is left in place.
+        empty, and a damaged blob is left in place. A store opened with
+        ``create`` or ``hold`` is held shared until ``close``, so gc and rm
+        wait for its user.
         """
         # Absolute, as summaries and messages show it.
         self.root = Path(os.path.abspath(root))
@@ -325,6 +332,9 @@ class Store:
                     f"no store at {self.root}",
                     hint="check --store or APPARATE_STORE, or pull an image first",
                 )
+            if hold:
+                with _store_errors(f"cannot lock {self.root / USERS_LOCK}"):
+                    self._hold_shared()
             return
         try:
             self._create()
@@ -907,7 +917,7 @@ def _lock_alone(fd: int, wait: float, root: Path) -> None:
             if time.monotonic() >= deadline:
                 raise StoreError(
                     f"the store {root} is in use by another apparate process",
-                    hint="try again once its pull or convert has finished",
+                    hint="try again once its pull, import or convert has finished",
                 ) from None
             time.sleep(_LOCK_POLL_SECONDS)
 

@@ -228,6 +228,17 @@ def test_gc_waits_for_other_users_of_the_store(store):
     assert not store.has_blob(Digest.of(b"left over"))
 
 
+def test_rm_waits_for_a_running_import(store):
+    add_image(store, "example.com/app:v1", [BASE, APP1])
+    importing = Store(store.root, create=False, hold=True)
+
+    with pytest.raises(StoreError, match="in use"):
+        remove_images(["example.com/app:v1"], store.root, GcOptions(wait=0.3))
+
+    assert store.has_blob(Digest.of(APP1))
+    importing.close()
+
+
 def test_killed_gc_leaves_kept_images_whole(store, monkeypatch):
     add_image(store, "example.com/app:v1", [BASE, APP1])
     survivor = add_image(store, "example.com/app:v2", [BASE, APP2])
