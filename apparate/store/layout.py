@@ -805,6 +805,11 @@ class Store:
         return manifests
 
     def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        """Replace ``index.json``; the caller holds ``_locked``."""
+        # Temporary copies are left only by a process killed while writing
+        # one, since the lock held here rules out a live writer.
+        for leftover in self.root.glob(".index.json-*"):
+            leftover.unlink(missing_ok=True)
         document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
         body = json.dumps(document, indent=2).encode()
         _write_atomically(self.root / "index.json", body)

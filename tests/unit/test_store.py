@@ -290,3 +290,15 @@ def test_store_given_relative_has_absolute_root(tmp_path, monkeypatch):
     store = Store(Path("store"))
 
     assert store.root == tmp_path / "store"
+
+
+def test_tag_removes_index_copy_of_killed_writer(tmp_path):
+    store = Store(tmp_path / "store")
+    leftover = store.root / ".index.json-k1lled"
+    leftover.write_text("{}")
+    manifest = b'{"schemaVersion":2}'
+    store.put_blob(manifest, Digest.of(manifest))
+
+    store.tag("registry.example/app:v1", descriptor_of(manifest))
+
+    assert not leftover.exists()
