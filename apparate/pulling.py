@@ -381,9 +381,12 @@ def _plan_layers(
 
 def _kept_bytes(store: Store, layer: Descriptor) -> int:
     """Bytes of a layer kept from an interrupted pull, which a pull resumes after."""
-    partial = store.partial_path(layer.digest)
+    return min(_kept_size(store.partial_path(layer.digest)), layer.size)
+
+
+def _kept_size(partial: Path) -> int:
     try:
-        return min(partial.stat().st_size, layer.size)
+        return partial.stat().st_size
     except FileNotFoundError:
         return 0
 
@@ -396,7 +399,11 @@ def _planned_bytes(store: Store, layer: Descriptor, plans: ImagePlans) -> int:
     except _WHOLE_LAYER_INSTEAD as error:
         log.warning("%s: would fetch the whole layer: %s", plans.subject(layer), error)
         return layer.size
-    return len(remote.tail) + plan.bytes_to_fetch
+    partial = store.partial_path(layer.digest, DELTA_PARTIAL)
+    if _kept_size(partial):
+        # The frames a killed pull wrote, which the next pull keeps.
+        plan = RangeJournal(partial, fresh=False).without_done(plan, remote.table)
+    return remote.fetched + plan.bytes_to_fetch
 
 
 def _check_repeated_layers(
@@ -566,7 +573,7 @@ class _LayerFetcher:
         )  # fmt: skip
         try:
             remote, plan = self._plans.plan_for(layer)
-            fetched = len(remote.tail)
+            fetched = remote.fetched
             with self._store.resumable(
                 layer.digest, layer.size, DELTA_PARTIAL, self._cancelled.is_set
             ) as writer:

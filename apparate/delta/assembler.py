@@ -25,6 +25,7 @@ import xxhash
 from apparate.chunked.format import (
     ChunkEntry,
     ChunkTable,
+    Footer,
     check_table_location,
     decode_footer,
     decode_table,
@@ -66,7 +67,7 @@ _COPY_PROBE = 1 << 20
 _STORED_SOURCES = (Source.LOCAL_FRAME, Source.RECOMPRESS)
 # Bytes of a range's frames written between two journal entries, so a
 # killed pull fetches at most this much again per range in flight.
-_JOURNAL_STEP = 256 * 1024
+_JOURNAL_STEP = 64 * 1024
 
 
 class DeltaUnavailable(Exception):
@@ -75,11 +76,16 @@ class DeltaUnavailable(Exception):
 
 @dataclass(frozen=True)
 class RemoteTable:
-    """A layer's chunk table, fetched and verified, with its raw tail bytes."""
+    """A layer's chunk table, verified, with its raw tail bytes.
+
+    ``fetched`` counts the bytes that crossed the network for it: none when
+    the tail was read back from a killed pull's partial rebuild.
+    """
 
     table: ChunkTable
     table_offset: int
     tail: bytes
+    fetched: int
 
 
 def fetch_table(
@@ -103,13 +109,44 @@ def fetch_table(
         tail[start : start + len(data)] = data
 
     client.fetch_range(layer, footer.table_offset, layer.size, place, subject, stopped)
-    tail = bytes(tail)
+    table = _verified_table(bytes(tail), footer, layer, subject)
+    return RemoteTable(table, footer.table_offset, bytes(tail), len(tail))
+
+
+def kept_table(store: Store, layer: Descriptor, subject: str) -> RemoteTable | None:
+    """Read a chunked layer's tail back from a killed pull's partial rebuild.
+
+    A rebuild writes the tail first, so a rerun need not fetch it again.
+    Returns None when there is no such file or its tail does not verify.
+    """
+    partial = store.partial_path(layer.digest, DELTA_PARTIAL)
+    try:
+        footer = footer_from_annotations(layer.annotations)
+        if footer is None:
+            return None
+        check_table_location(footer, layer.size, subject)
+        with open(partial, "rb") as file:
+            tail = os.pread(
+                file.fileno(), layer.size - footer.table_offset, footer.table_offset
+            )
+        table = _verified_table(tail, footer, layer, subject)
+    except (OSError, ApparateError):
+        # fetch_table reports what is wrong with the annotations, if anything.
+        return None
+    log.info("%s: chunk table read from the partial rebuild", subject)
+    return RemoteTable(table, footer.table_offset, tail, 0)
+
+
+def _verified_table(
+    tail: bytes, footer: Footer, layer: Descriptor, subject: str
+) -> ChunkTable:
+    """Decode the table of a layer's tail, checked against its annotations."""
     table = decode_table(tail[: footer.table_length], footer.table_digest, subject)
     if decode_footer(tail[footer.table_length :], layer.size, subject) != footer:
         raise ChunkTableCorrupt(f"{subject}: the footer and the annotations disagree")
     if table.frames_length != footer.table_offset:
         raise ChunkTableCorrupt(f"{subject}: the table does not cover the frames")
-    return RemoteTable(table, footer.table_offset, tail)
+    return table
 
 
 def known_frames(index: ChunkIndex, table: ChunkTable) -> dict[bytes, list[LocalFrame]]:
@@ -276,6 +313,8 @@ class Assembler:
         copy are fetched instead.
         """
         table = remote.table
+        # Written first, so a killed pull's rerun need not fetch it again.
+        writer.write_at(remote.table_offset, remote.tail)
         ready = _ReadyFrames(len(table.entries))
         remaining = journal.without_done(plan, table)
         missing = {p for wanted in remaining.ranges for p in wanted.entries}
@@ -315,7 +354,6 @@ class Assembler:
             # still unmarked stops the verifier instead of blocking it.
             ready.close()
             thread.join()
-        writer.write_at(remote.table_offset, remote.tail)
         verifier.finish()
 
     def _copy_while_fetching(

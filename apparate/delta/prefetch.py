@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Self
 
 from apparate.chunked.format import is_chunked_layer
-from apparate.delta.assembler import RemoteTable, fetch_table
+from apparate.delta.assembler import RemoteTable, fetch_table, kept_table
 from apparate.digest import Digest
 from apparate.manifest import Descriptor, Manifest
 from apparate.registry.client import RangeFetchStopped
@@ -106,7 +107,7 @@ class TablePrefetch:
         for layer in new:
             stop = threading.Event()
             future = self._executor.submit(
-                fetch_table, self._pool, layer, self.subject(layer),
+                self._table_of, layer,
                 lambda stop=stop: stop.is_set() or self._cancelled.is_set(),
             )  # fmt: skip
             self._started[layer.digest] = _Started(layer, future, stop)
@@ -115,15 +116,21 @@ class TablePrefetch:
         """Return the table of ``layer``, fetched now if it was not started."""
         started = self._started.pop(layer.digest, None)
         if started is None or started.layer.annotations != layer.annotations:
-            return fetch_table(
-                self._pool, layer, self.subject(layer), self._cancelled.is_set
-            )
+            return self._table_of(layer, self._cancelled.is_set)
         # Polled with wait(), not result(timeout=...): result() raises the
         # fetch's own TimeoutError, if it had one, as if the wait had ended.
         while not wait([started.future], timeout=_POLL_SECONDS).done:
             if self._cancelled.is_set():
                 raise RangeFetchStopped()
         return started.future.result()
+
+    def _table_of(self, layer: Descriptor, stopped: Callable[[], bool]) -> RemoteTable:
+        """Read the table back from a killed pull's partial rebuild, else fetch it."""
+        subject = self.subject(layer)
+        kept = kept_table(self._store, layer, subject)
+        if kept is not None:
+            return kept
+        return fetch_table(self._pool, layer, subject, stopped)
 
     def subject(self, layer: Descriptor) -> str:
         """Name a layer of the image in messages, as the whole pull does."""

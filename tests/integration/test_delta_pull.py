@@ -218,9 +218,12 @@ def test_killed_rebuild_resumes(converted, fresh_registry, tmp_path):
     journals = list((store / "ingest").glob("partial-delta-*.ranges"))
     assert journals, "the pull was killed before it finished a range"
 
+    replanned = apparate.pull(f"{converted}:v2", PullOptions(store=store, dry_run=True))
     result = apparate.pull(f"{converted}:v2", PullOptions(store=store))
 
     assert result.bytes_fetched < planned.bytes_fetched
+    # Neither fetches the chunk tables again, nor the frames written.
+    assert replanned.bytes_fetched == result.bytes_fetched
     assert list((store / "ingest").iterdir()) == []
     assert_store_verified(store)
 

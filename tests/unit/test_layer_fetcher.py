@@ -64,14 +64,15 @@ class StandInPool:
         self._frames_by_range = frames_by_range
         self.range_bytes = 0
         self.whole_bytes = 0
+        self.range_starts: list[int] = []
         # Mirrors that serve whole blobs with wrong bytes until dropped.
         self.corrupt_mirrors = 0
-        self.warnings: list[str] = []
 
     def fetch_range(self, layer, start, end, write, subject, stopped=None):
         if not self._frames_by_range and start < self._frames_end:
             raise RangesUnsupported(f"{subject}: responded 200 to a range")
         self.range_bytes += end - start
+        self.range_starts.append(start)
         write(start, self._blob[start:end])
         return []
 
@@ -349,6 +350,8 @@ def test_killed_rebuild_resumes_mid_range(tmp_path, monkeypatch):
     # The frames written before the kill, less one journal step per range.
     assert pool.range_bytes < layer.descriptor.size - 200_000
     assert pool.whole_bytes == 0
+    # The chunk table was read back from the partial rebuild.
+    assert layer.table.frames_length not in pool.range_starts
 
 
 def test_wrong_frames_not_journalled(tmp_path, monkeypatch):
