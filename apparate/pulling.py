@@ -539,6 +539,8 @@ class _LayerFetcher:
         if chunked:
             spent, stored = self._fetch_delta(layer, diff_id, subject)
             if stored:
+                # A whole download that an earlier pull left is of no use now.
+                self._store.discard_partial(self._store.partial_path(layer.digest))
                 self._observer.layer_done(layer.digest)
                 return spent
         try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from apparate.digest import Digest
-from apparate.errors import StoreError
+from apparate.errors import ApparateError, StoreError
 from apparate.manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Descriptor
 from apparate.store.gc import ImageEntry, PackEntry, PartialEntry, StoreState
 from apparate.store.layout import (
@@ -299,7 +299,8 @@ def _partial_files(
 ) -> tuple[list[Path], list[Path], list[Path]]:
     """Split ``ingest/`` into stale files, held files and resumable downloads.
 
-    A resumable download is stale once older than ``max_age``, and its
+    A resumable download is stale once older than ``max_age`` or once its
+    blob is stored by another way (a rebuild from ranges, say), and its
     journal of written ranges with it; other files there are leftovers of
     killed pulls. A file that a process has locked is held, so gc keeps it.
     The resumable downloads returned are younger ones that no process holds,
@@ -312,7 +313,11 @@ def _partial_files(
             journals.append(path)
         elif _held(path):
             held.append(path)
-        elif path.name.startswith(PARTIAL_PREFIX) and now - _mtime(path) < max_age:
+        elif (
+            path.name.startswith(PARTIAL_PREFIX)
+            and now - _mtime(path) < max_age
+            and not _blob_stored(store, path)
+        ):
             resumable.append(path)
         else:
             stale.append(path)
@@ -325,6 +330,15 @@ def _partial_files(
         elif partial not in resumable_names:
             stale.append(journal)
     return stale, held, resumable
+
+
+def _blob_stored(store: Store, partial: Path) -> bool:
+    """Tell whether the blob a partial download is for is stored already."""
+    try:
+        digest = Digest.parse(f"sha256:{partial.name[-64:]}")
+    except ApparateError:
+        return False
+    return store.has_blob(digest)
 
 
 def _partial_entry(path: Path) -> PartialEntry:

@@ -389,3 +389,16 @@ def test_wrong_frames_not_journalled(tmp_path, monkeypatch):
 )
 def test_journal_spans_cover(journalled, span, covered):
     assert assembler._Spans(journalled).cover(*span) is covered
+
+
+def test_rebuild_removes_kept_whole_download(tmp_path):
+    layer = ConvertedLayer()
+    fetch, store, _ = fetcher(tmp_path, layer, StandInPool(layer))
+    # Left by an earlier pull that fell back to the whole layer.
+    whole = store.partial_path(layer.descriptor.digest)
+    whole.write_bytes(layer.blob[:1000])
+
+    fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
+    assert not whole.exists()

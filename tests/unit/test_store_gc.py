@@ -215,6 +215,18 @@ def test_stale_partial_downloads_go(store):
     assert sorted(path.name for path in store.ingest_dir.iterdir()) == [fresh.name]
 
 
+def test_partial_of_stored_blob_goes(store):
+    add_image(store, "example.com/app:v1", [BASE])
+    # A whole download an earlier pull left, before a rebuild stored the blob.
+    useless = store.partial_path(Digest.of(BASE))
+    useless.write_bytes(BASE[:100])
+
+    result = collect(store, GcOptions())
+
+    assert result.partial_files == [useless.name]
+    assert not useless.exists()
+
+
 def test_gc_waits_for_other_users_of_the_store(store):
     store.put_blob(b"left over", Digest.of(b"left over"))
     pulling = Store(store.root)
