@@ -508,9 +508,11 @@ def test_plain_http_only_when_allowed(tmp_path):
         return_value=manifest_answer()
     )
 
-    with loopback_client(tmp_path, "insecure.example:5000") as client:
-        with pytest.raises(RegistryUnreachable, match="cannot connect"):
-            client.get_manifest("v1", None)
+    with (
+        loopback_client(tmp_path, "insecure.example:5000") as client,
+        pytest.raises(RegistryUnreachable, match="cannot connect"),
+    ):
+        client.get_manifest("v1", None)
     with loopback_client(
         tmp_path, "insecure.example:5000", frozenset({"insecure.example:5000"})
     ) as c:
