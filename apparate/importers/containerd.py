@@ -24,7 +24,7 @@ from apparate.errors import (
     DaemonUnreachable,
 )
 from apparate.importers.archive import oci_members, stream_tar
-from apparate.importers.image import StoredContent
+from apparate.importers.image import StoredContent, retry_command
 from apparate.importers.sockets import broken_pipes_raise, require_socket
 from apparate.importers.target import (
     CONTAINERD,
@@ -92,7 +92,7 @@ def import_into_containerd(
         ctr, address, daemons.containerd_namespace, content.platform, ctr_has_local(ctr)
     )
     log.debug("running %s", " ".join(argv))
-    retry = f"apparate import {name} --into containerd{daemons.containerd_options()}"
+    retry = retry_command(store, name, f"containerd{daemons.containerd_options()}")
     with contextlib.closing(stream_tar(oci_members(store, content, name))) as archive:
         sent = _run(argv, archive, name, retry)
     return ImportResult(

@@ -29,7 +29,7 @@ import httpx
 
 from apparate.errors import DaemonRejected, DaemonUnreachable
 from apparate.importers.archive import docker_members, oci_members, stream_tar
-from apparate.importers.image import StoredContent
+from apparate.importers.image import StoredContent, retry_command
 from apparate.importers.sizes import LayerSizes
 from apparate.importers.sockets import broken_pipes_raise, require_socket
 from apparate.importers.target import DOCKER
@@ -79,9 +79,11 @@ class DockerEngine:
     ``reference`` is the image being imported, which error messages name.
     """
 
-    def __init__(self, socket: str, reference: str) -> None:
+    def __init__(self, socket: str, reference: str, retry: str) -> None:
+        """``retry`` is the command that imports the image again."""
         self.socket = socket
         self.reference = reference
+        self._retry_command = retry
         # The Engine API is plain HTTP on the socket, so loading the TLS
         # trust store, about 20 ms of every import, is left out.
         self._client = httpx.Client(
@@ -136,7 +138,7 @@ class DockerEngine:
     def _retry(self) -> str:
         return (
             "the image is kept in the local store, so retry with "
-            f"'apparate import {self.reference} --into docker'"
+            f"'{self._retry_command}'"
         )
 
     def _request(
@@ -183,7 +185,8 @@ def import_into_docker(
 ) -> ImportResult:
     """Hand a stored image to docker at ``socket``; return its name and image ID there."""
     started = time.monotonic()
-    engine = DockerEngine(socket, str(content.reference))
+    reference = str(content.reference)
+    engine = DockerEngine(socket, reference, retry_command(store, reference, DOCKER))
     try:
         require_socket(engine.socket, "docker", "DOCKER_HOST")
         if uses_containerd_store(engine.info()):

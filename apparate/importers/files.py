@@ -58,32 +58,40 @@ def _own_descriptor(path: Path) -> int | None:
     return None
 
 
-def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
+def write_archive(
+    path: Path, pieces: Iterator[bytes], reference: str, retry: str
+) -> int:
     """Write ``pieces`` to ``path``; return the bytes written.
 
     The archive appears under its name only once complete, so a reader never
     sees half of one, and a failed write leaves any earlier file in place.
+    ``retry`` is the command that writes the archive again, which errors name.
     """
+    try:
+        return _write(path, pieces)
+    except OSError as error:
+        raise _failed(error, path, reference, retry) from None
+
+
+def _write(path: Path, pieces: Iterator[bytes]) -> int:
     descriptor = _own_descriptor(path)
     if descriptor is not None:
-        return _write_descriptor(descriptor, path, pieces, reference)
+        with os.fdopen(os.dup(descriptor), "wb") as output:
+            return _write_all(output, pieces)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         mode = None
-    except OSError as error:
-        raise _failed(error, path, reference) from None
     if mode is not None and not stat.S_ISREG(mode):
-        return _write_stream(path, pieces, reference)
+        # A pipe or a device.
+        with open(path, "wb") as output:
+            return _write_all(output, pieces)
     # Replacing a link would cut it; the file it points to is replaced instead.
     path = Path(os.path.realpath(path)) if path.is_symlink() else path
     prefix = f".{path.name}{_TEMPORARY_MARK}"
     _remove_abandoned(path.parent, prefix)
-    try:
-        # Locked until renamed, so a sweep by another import leaves it alone.
-        output, temporary = locked_temporary_file(path.parent, prefix)
-    except OSError as error:
-        raise _failed(error, path, reference) from None
+    # Locked until renamed, so a sweep by another import leaves it alone.
+    output, temporary = locked_temporary_file(path.parent, prefix)
     try:
         with output:
             os.fchmod(output.fileno(), 0o666 & ~_UMASK)
@@ -91,9 +99,6 @@ def write_archive(path: Path, pieces: Iterator[bytes], reference: str) -> int:
             output.flush()
             os.fsync(output.fileno())
             os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise _failed(error, path, reference) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -108,26 +113,6 @@ def _remove_abandoned(folder: Path, prefix: str) -> None:
             leftover.unlink()
 
 
-def _write_stream(path: Path, pieces: Iterator[bytes], reference: str) -> int:
-    """Write ``pieces`` into a pipe or device in place; return the bytes written."""
-    try:
-        with open(path, "wb") as output:
-            return _write_all(output, pieces)
-    except OSError as error:
-        raise _failed(error, path, reference) from None
-
-
-def _write_descriptor(
-    descriptor: int, path: Path, pieces: Iterator[bytes], reference: str
-) -> int:
-    """Write ``pieces`` to an open descriptor, keeping it open; return the bytes written."""
-    try:
-        with os.fdopen(os.dup(descriptor), "wb") as output:
-            return _write_all(output, pieces)
-    except OSError as error:
-        raise _failed(error, path, reference) from None
-
-
 def _write_all(output: BinaryIO, pieces: Iterator[bytes]) -> int:
     written = 0
     for piece in pieces:
@@ -136,18 +121,20 @@ def _write_all(output: BinaryIO, pieces: Iterator[bytes]) -> int:
     return written
 
 
-def _failed(error: OSError, path: Path, reference: str) -> ArchiveWriteFailed:
-    retry = f"retry with 'apparate import {reference} --into ...:FILE'"
+def _failed(
+    error: OSError, path: Path, reference: str, retry: str
+) -> ArchiveWriteFailed:
+    again = f"retry with '{retry}'"
     reason = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return ArchiveWriteFailed(
             f"cannot write the archive of {reference} to {path}: the disk is full",
-            hint=f"free space or pick another folder, then {retry}; the image "
+            hint=f"free space or pick another folder, then {again}; the image "
             "is kept in the local store",
         )
     return ArchiveWriteFailed(
         f"cannot write the archive of {reference} to {path}: {reason}",
-        hint=f"check the folder and its permissions, then {retry}; the image "
+        hint=f"check the folder and its permissions, then {again}; the image "
         "is kept in the local store",
     )
 

@@ -9,6 +9,7 @@ under its registry digest (containerd) use those, found through the
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass
 
 from apparate.digest import Digest
@@ -23,7 +24,7 @@ from apparate.manifest import (
     parse_manifest,
 )
 from apparate.reference import Reference
-from apparate.store.layout import Store, StoredImage
+from apparate.store.layout import Store, StoredImage, default_store_path
 from apparate.store.selection import is_digest_prefix, select_by_digest
 
 
@@ -159,3 +160,14 @@ def _check_layers(
 def _platform(config: dict[str, object]) -> str:
     parts = [config.get("os"), config.get("architecture"), config.get("variant")]
     return "/".join(str(part) for part in parts if isinstance(part, str) and part)
+
+
+def retry_command(store: Store, reference: str, into: str) -> str:
+    """Return the ``apparate import`` command that hands the image on again.
+
+    It names the store when the command would otherwise read another one.
+    """
+    store_option = ""
+    if store.root != default_store_path():
+        store_option = f" --store {shlex.quote(str(store.root))}"
+    return f"apparate import{store_option} {shlex.quote(reference)} --into {into}"

@@ -17,7 +17,12 @@ from apparate.importers.archive import docker_members, oci_members, stream_tar
 from apparate.importers.containerd import import_into_containerd
 from apparate.importers.docker import import_into_docker
 from apparate.importers.files import write_archive
-from apparate.importers.image import StoredContent, find_stored, load_content
+from apparate.importers.image import (
+    StoredContent,
+    find_stored,
+    load_content,
+    retry_command,
+)
 from apparate.importers.sizes import LayerSizes
 from apparate.importers.sockets import SocketState, probe_socket
 from apparate.importers.target import (
@@ -194,7 +199,8 @@ def _write_file(
             sizes.close()
         image_id = str(content.config_digest)
     with contextlib.closing(stream_tar(members)) as archive:
-        written = write_archive(target.path, archive, reference)
+        retry = retry_command(store, reference, f"{target.kind}:FILE")
+        written = write_archive(target.path, archive, reference, retry)
     name = reference if target.kind == OCI_ARCHIVE or content.tag else None
     note = ""
     if target.kind == DOCKER_ARCHIVE and not content.tag:

@@ -396,7 +396,7 @@ def test_docker_disk_full_keeps_image(registry_plain, containerd_daemon, tmp_pat
     assert failed.returncode == IMPORT_FAILED, failed.stderr
     assert "no space left on device" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
-    assert f"apparate import {reference} --into docker" in failed.stderr
+    assert f"apparate import --store {store} {reference} --into docker" in failed.stderr
 
 
 def test_archive_disk_full_leaves_no_file(registry_plain, tmp_path):
@@ -412,6 +412,10 @@ def test_archive_disk_full_leaves_no_file(registry_plain, tmp_path):
 
     assert failed.returncode == IMPORT_FAILED
     assert "the disk is full" in failed.stderr
+    assert (
+        f"apparate import --store {store} {reference} --into docker-archive:FILE"
+        in (failed.stderr)
+    )
     assert left == []
 
 
@@ -434,4 +438,6 @@ def test_containerd_disk_full_keeps_image(registry_plain, tmp_path):
     assert failed.returncode == IMPORT_FAILED, failed.stderr
     assert "no space left on device" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
-    assert f"apparate import {reference} --into containerd" in failed.stderr
+    assert f"apparate import --store {store} {reference} --into containerd" in (
+        failed.stderr
+    )

@@ -31,7 +31,7 @@ from apparate.importers.archive import (
     oci_members,
     stream_tar,
 )
-from apparate.importers.image import find_stored, load_content
+from apparate.importers.image import find_stored, load_content, retry_command
 from apparate.importers.run import import_stored
 from apparate.importers.sizes import LayerSizes
 from apparate.importers.target import (
@@ -620,3 +620,23 @@ def test_archive_temporary_swept_before_lock(tmp_path, monkeypatch):
     assert swept
     assert target.stat().st_size == result.bytes_sent
     assert list(target.parent.iterdir()) == [target]
+
+
+def test_retry_command_names_other_store(tmp_path, monkeypatch):
+    store = Store(tmp_path / "my store")
+    monkeypatch.setenv("APPARATE_STORE", str(tmp_path / "default"))
+
+    command = retry_command(store, REFERENCE, "docker")
+
+    assert command == (
+        f"apparate import --store '{tmp_path}/my store' {REFERENCE} --into docker"
+    )
+
+
+def test_retry_command_of_default_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPARATE_STORE", str(tmp_path / "default"))
+    store = Store(tmp_path / "default")
+
+    assert retry_command(store, REFERENCE, "docker") == (
+        f"apparate import {REFERENCE} --into docker"
+    )
