@@ -491,8 +491,10 @@ class _LayerFetcher:
         # Set when a layer's fetch ends, stored or not, for the layers that
         # copy frames from it.
         self._ended = {layer.digest: threading.Event() for layer in fetching}
-        # What the downloads may still write, which local packs leave room for.
-        self._room_needed = sum(layer.size for layer in fetching)
+        # The bytes each layer's fetch may still write, which local packs
+        # leave room for; the range threads of a layer update it too.
+        self._to_write = {layer.digest: layer.size for layer in fetching}
+        self._to_write_lock = threading.Lock()
 
     def fetch(self, layer: Descriptor, diff_id: Digest) -> int:
         """Store one layer, verified; return the bytes that crossed the network."""
@@ -510,7 +512,19 @@ class _LayerFetcher:
             self._cancelled.set()
             raise
         finally:
+            with self._to_write_lock:
+                self._to_write[layer.digest] = 0
             self._ended[layer.digest].set()
+
+    def _room_needed(self) -> int:
+        with self._to_write_lock:
+            return sum(self._to_write.values())
+
+    def _wrote(self, layer: Digest, count: int) -> None:
+        """Count ``count`` bytes of a layer as on disk, and report them."""
+        with self._to_write_lock:
+            self._to_write[layer] = max(self._to_write[layer] - count, 0)
+        self._observer.layer_progress(layer, count)
 
     def _sibling_stored(self, blob: Digest) -> bool:
         """Wait until another layer's fetch ends; return whether it was stored.
@@ -570,7 +584,7 @@ class _LayerFetcher:
         fetched = 0
         assembler = Assembler(
             self._pool, self._store, layer, subject,
-            lambda count: self._observer.layer_progress(layer.digest, count),
+            lambda count: self._wrote(layer.digest, count),
             self._cancelled, self._sibling_stored,
         )  # fmt: skip
         try:
@@ -712,7 +726,7 @@ class _LayerFetcher:
         for piece in writer.existing_pieces():  # type: ignore[attr-defined]
             verifier.update(piece)
             diff_verifier.update(piece)
-            self._observer.layer_progress(layer.digest, len(piece))
+            self._wrote(layer.digest, len(piece))
 
     def _index_chunked(self, layer: Descriptor, subject: str, blob: Path) -> None:
         """Record the chunks of a verified converted layer; it is its own pack."""
@@ -755,6 +769,6 @@ class _LayerFetcher:
             writer.write(data)
             self._downloaded[layer.digest] += len(data)
             diff_verifier.update(data)
-            self._observer.layer_progress(layer.digest, len(data))
+            self._wrote(layer.digest, len(data))
 
         self._pool.fetch_blob(layer, write, subject, verifier, self._cancelled.is_set)

@@ -13,6 +13,7 @@ import logging
 import queue
 import shutil
 import threading
+from collections.abc import Callable
 
 from apparate.chunked.reuse import StoredFrames
 from apparate.chunked.writer import ConvertedLayer, Encoder, write_chunked_layer
@@ -110,13 +111,17 @@ class LocalPacker:
     """Write the frames of one plain layer's tar into a pack, on its own thread."""
 
     def __init__(
-        self, store: Store, index: ChunkIndex, subject: str, room_needed: int = 0
+        self,
+        store: Store,
+        index: ChunkIndex,
+        subject: str,
+        room_needed: Callable[[], int] = lambda: 0,
     ) -> None:
-        """``room_needed`` is the bytes the pull's downloads may still write."""
+        """``room_needed()`` returns the bytes the pull's downloads may still write."""
         self._store = store
         self._index = index
         self._subject = subject
-        self._room_needed = room_needed + SPARE_BYTES
+        self._room_needed = room_needed
         self._unchecked = _ROOM_CHECK_BYTES
         self._pipe = _Pipe()
         self._blob = BlobWriter(store, Digest("sha256", "0" * 64), "the local pack")
@@ -198,8 +203,9 @@ class LocalPacker:
             free = shutil.disk_usage(self._store.ingest_dir).free
         except OSError:
             return
-        if free < self._room_needed:
+        needed = self._room_needed() + SPARE_BYTES
+        if free < needed:
             raise NoRoomForPack(
                 f"{binary_size(free)} free on the store's disk, and the pull may "
-                f"need {binary_size(self._room_needed)} for the image"
+                f"still need {binary_size(needed)} for the image"
             )

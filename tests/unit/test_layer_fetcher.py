@@ -402,3 +402,14 @@ def test_rebuild_removes_kept_whole_download(tmp_path):
 
     assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
     assert not whole.exists()
+
+
+def test_room_needed_shrinks_as_layer_is_written(tmp_path):
+    layer = ConvertedLayer()
+    fetch, _, _ = fetcher(tmp_path, layer, StandInPool(layer))
+    before = fetch._room_needed()
+
+    fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert before == layer.descriptor.size
+    assert fetch._room_needed() == 0

@@ -124,7 +124,7 @@ def test_pack_gives_way_to_the_pull(tmp_path, caplog):
     store = Store(tmp_path)
     with ChunkIndex(tmp_path / "chunks.db") as index:
         # Layers being pulled that need more room than any disk has.
-        packer = LocalPacker(store, index, "layer x", room_needed=1 << 60)
+        packer = LocalPacker(store, index, "layer x", room_needed=lambda: 1 << 60)
         feed_all(packer, TAR)
 
         digest = packer.finish(Digest.of(TAR))
