@@ -213,6 +213,7 @@ def pull_command(
     with _errors_reported(reference, FETCH_INTERRUPTED):
         _check_one_output(quiet, as_json)
         ref = Reference.parse(reference)
+        daemons = _daemons(containerd_address, namespace)
         options = PullOptions(
             store=store,
             platform=_parse_platform(platform),
@@ -220,8 +221,8 @@ def pull_command(
             credentials=_explicit_credentials(ref, username, password_stdin),
             dry_run=dry_run,
             mirrors=_flag_mirrors(mirror, resolving_mirror),
-            into=_checked_target(into, _daemons(containerd_address, namespace)),
-            daemons=_daemons(containerd_address, namespace),
+            into=_checked_target(into, daemons, dry_run),
+            daemons=daemons,
         )
         with _observer(quiet or as_json or dry_run) as observer:
             options.observer = observer
@@ -274,10 +275,9 @@ def import_command(
         name = reference
         if not is_digest_prefix(reference):
             name = str(Reference.parse(reference))
+        daemons = _daemons(containerd_address, namespace)
         options = ImportOptions(
-            store=store,
-            into=_checked_target(into, _daemons(containerd_address, namespace)),
-            daemons=_daemons(containerd_address, namespace),
+            store=store, into=_checked_target(into, daemons), daemons=daemons
         )
         imported = import_image(name, options)
 
@@ -297,14 +297,16 @@ def _check_one_output(quiet: bool, as_json: bool) -> None:
         )
 
 
-def _checked_target(into: str | None, daemons: Daemons) -> str | None:
+def _checked_target(
+    into: str | None, daemons: Daemons, dry_run: bool = False
+) -> str | None:
     """Check --into, APPARATE_INTO, config.toml's into and the daemon settings up front.
 
     An archive written to standard output takes all of it, so the command's
-    own output then goes to standard error.
+    own output then goes to standard error. A dry run writes no archive.
     """
     path = check_target(into, daemons).path
-    if path is not None and writes_to_stdout(path):
+    if path is not None and writes_to_stdout(path) and not dry_run:
         sys.stdout = sys.stderr
     return into
 

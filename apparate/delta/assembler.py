@@ -589,12 +589,12 @@ class Assembler:
                     self.bytes_fetched += len(data)
                 self._on_fetched(len(data))
 
+            first = start
             while True:
                 if self._stopped():
                     raise RangeFetchStopped()
-                progress.restart()
                 served = self._client.fetch_range(
-                    self._layer, start, end, write, self._subject, self._stopped
+                    self._layer, first, end, write, self._subject, self._stopped
                 )
                 wrong = progress.finish()
                 if wrong is None:
@@ -609,6 +609,8 @@ class Assembler:
                         source, f"bytes {start}-{end - 1} of {self._layer.digest} "
                         f"failed verification ({wrong})",
                     )  # fmt: skip
+                # Frames checked already are neither fetched nor written again.
+                first = progress.retry_from()
             # ``progress`` checked and journalled every frame of the range.
             ready.mark(wanted.entries)
 
@@ -656,13 +658,15 @@ class _CheckedProgress:
         self._spans = [_frame_span(table, position) for position in wanted.entries]
         self._journal = journal
         self._writer = writer
-        self.restart()
-
-    def restart(self) -> None:
-        """Start over, as the range is fetched again from its first byte."""
         self._whole = 0  # frames written whole
         self._checked = 0  # frames checked and journalled
         self._wrong: str | None = None
+
+    def retry_from(self) -> int:
+        """Return where to fetch the range again: the first frame not checked."""
+        self._whole = self._checked
+        self._wrong = None
+        return self._spans[self._checked][0]
 
     def written_to(self, position: int) -> None:
         """Note that every byte of the range before ``position`` is written."""

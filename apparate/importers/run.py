@@ -93,7 +93,8 @@ def check_target(into: str | None, daemons: Daemons) -> ImportTarget:
     """
     target = chosen_target(into)
     if target.kind == DOCKER:
-        daemons.docker_socket()
+        # The import warns of a broken context, where --json records it.
+        daemons.docker_socket(warn=False)
     if target.kind == CONTAINERD:
         check_namespace(daemons.containerd_namespace)
     return target

@@ -7,7 +7,6 @@ results in, so the choice of target is tested with tables of cases.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import re
@@ -147,10 +146,14 @@ class Daemons:
             **containerd,
         )
 
-    def docker_socket(self) -> str:
-        """Return docker's socket path, raising UsageError for a host apparate cannot reach."""
-        if self.docker_context_problem is not None:
-            _warn_once(self.docker_context_problem)
+    def docker_socket(self, warn: bool = True) -> str:
+        """Return docker's socket path, raising UsageError for a host apparate cannot reach.
+
+        With ``warn``, a broken docker context that led to the default
+        socket is named in a warning.
+        """
+        if warn and self.docker_context_problem is not None:
+            log.warning("%s", self.docker_context_problem)
         return docker_socket(self.docker_host, self.docker_host_source)
 
     def containerd_options(self) -> str:
@@ -171,11 +174,6 @@ class Daemons:
             containerd_address=containerd_address or self.containerd_address,
             containerd_namespace=containerd_namespace or self.containerd_namespace,
         )
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    log.warning(message)
 
 
 def check_namespace(namespace: str) -> None:

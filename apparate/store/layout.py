@@ -631,11 +631,12 @@ class Store:
                 yield writer
             return
         if self.has_blob(digest, size):
-            # Another process committed it after the caller checked, and
-            # this open made an empty partial file.
+            # Another process committed it after the caller checked, so the
+            # partial file, new or left over, is of no use.
             file, partial = opened
             with contextlib.suppress(OSError):
                 partial.unlink()
+                journal_of(partial).unlink(missing_ok=True)
             file.close()
             raise StoredElsewhere(digest)
         writer = ResumableWriter(self, digest, *opened)

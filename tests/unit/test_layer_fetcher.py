@@ -413,3 +413,50 @@ def test_room_needed_shrinks_as_layer_is_written(tmp_path):
 
     assert before == layer.descriptor.size
     assert fetch._room_needed() == 0
+
+
+class MirrorSource:
+    role = "mirror"
+    name = "mirror.example"
+
+
+class HalfBadMirrorPool(StandInPool):
+    """Serves its first range with the second half flipped, as a bad mirror."""
+
+    def __init__(self, layer: ConvertedLayer) -> None:
+        super().__init__(layer)
+        self.dropped: list[str] = []
+        self._served_bad = False
+
+    def fetch_range(self, layer, start, end, write, subject, stopped=None):
+        if self._served_bad or start >= self._frames_end:
+            return super().fetch_range(layer, start, end, write, subject, stopped)
+        self._served_bad = True
+        self.range_starts.append(start)
+        middle = (start + end) // 2
+        for offset in range(start, end, 8192):
+            piece = self._blob[offset : min(offset + 8192, end)]
+            if offset >= middle:
+                piece = bytes(byte ^ 0xFF for byte in piece)
+            write(offset, piece)
+        return [MirrorSource()]
+
+    def drop(self, source, reason):
+        self.dropped.append(reason)
+
+
+def test_retry_after_bad_mirror_skips_checked_frames(tmp_path, monkeypatch):
+    monkeypatch.setattr(assembler, "_JOURNAL_STEP", 16 * 1024)
+    layer = ConvertedLayer()
+    pool = HalfBadMirrorPool(layer)
+    fetch, store, _ = fetcher(tmp_path, layer, pool)
+
+    fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
+    assert len(pool.dropped) == 1
+    frames_end = layer.table.frames_length
+    first, retried = [start for start in pool.range_starts if start < frames_end]
+    # The frames of the first half were checked, so the retry starts after them.
+    assert retried > first + 100_000
+    assert pool.whole_bytes == 0

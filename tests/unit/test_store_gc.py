@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -19,11 +20,12 @@ from apparate.chunked.packer import LocalPacker
 from apparate.cli.text import gc_report, images_report
 from apparate.digest import Digest
 from apparate.errors import NotFound, StoreError
+from apparate.importers import ImportOptions, import_image
 from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.result import PullResult
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.collector import GcOptions, after_pull, collect, remove_images
-from apparate.store.layout import Store
+from apparate.store.layout import USERS_LOCK, Store
 from apparate.store.usage import last_used, mark_used
 from tests.unit.test_chunked import make_tar
 
@@ -240,15 +242,45 @@ def test_gc_waits_for_other_users_of_the_store(store):
     assert not store.has_blob(Digest.of(b"left over"))
 
 
-def test_rm_waits_for_a_running_import(store):
+def held_by_another(store: Store) -> bool:
+    """Tell whether another Store object holds the store open."""
+    with open(store.root / USERS_LOCK, "rb") as users:
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(users, fcntl.LOCK_UN)
+        return False
+
+
+def test_rm_waits_for_a_running_import(store, tmp_path):
     add_image(store, "example.com/app:v1", [BASE, APP1])
-    importing = Store(store.root, create=False, hold=True)
+    store.close()
+    # The import blocks on opening the FIFO until a reader comes.
+    fifo = tmp_path / "archive"
+    os.mkfifo(fifo)
+    options = ImportOptions(store=store.root, into=f"oci-archive:{fifo}")
+    importing = threading.Thread(
+        target=import_image, args=("example.com/app:v1", options), daemon=True
+    )
+    importing.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not held_by_another(store) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
-    with pytest.raises(StoreError, match="in use"):
-        remove_images(["example.com/app:v1"], store.root, GcOptions(wait=0.3))
+        with pytest.raises(StoreError, match="in use"):
+            remove_images(["example.com/app:v1"], store.root, GcOptions(wait=0.3))
 
-    assert store.has_blob(Digest.of(APP1))
-    importing.close()
+        assert store.has_blob(Digest.of(APP1))
+    finally:
+        # A reader lets the import finish, or fail, whatever happened above.
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        while importing.is_alive():
+            with contextlib.suppress(BlockingIOError):
+                os.read(reader, 1 << 20)
+            importing.join(0.01)
+        os.close(reader)
 
 
 def test_killed_gc_leaves_kept_images_whole(store, monkeypatch):
