@@ -12,6 +12,9 @@ class WarningRecorder(logging.Handler):
 
     It takes records from every thread, so warnings of the layer and range
     threads are kept too.
+
+    NOTE: so two pulls that run at once in one process each keep the
+    other's warnings as well.
     """
 
     def __init__(self) -> None:
