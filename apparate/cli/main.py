@@ -20,6 +20,7 @@ from typer.exceptions import TyperException
 from apparate import __version__
 from apparate.catalog import list_images, pull_statistics
 from apparate.chunked.writer import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
+from apparate.cli.launch import exit_code_of
 from apparate.cli.text import (
     LineObserver,
     conversion_line,
@@ -656,9 +657,9 @@ def _errors_reported(
             message = f"{image}: {message}"
         print(f"error: {message}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"error: {interrupted}", file=sys.stderr)
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_code_of(stop)) from None
 
 
 # The messages for Ctrl-C: of the commands that fetch, and of import.
@@ -700,9 +701,11 @@ def run() -> None:
         message = getattr(error, "format_message", error.__str__)().rstrip(".")
         print(f"error: {message}: see '{command} --help'", file=sys.stderr)
         code = getattr(error, "exit_code", UsageError.exit_code)
-    except typer.Abort:
+    except typer.Abort as abort:
+        # click raises Abort from the KeyboardInterrupt or SIGTERM it caught.
         print("error: interrupted", file=sys.stderr)
-        code = 130
+        stop = abort.__cause__
+        code = exit_code_of(stop if isinstance(stop, KeyboardInterrupt) else None)
     _exit_now(code if isinstance(code, int) else 0)
 
 

@@ -1,7 +1,10 @@
-"""The apparate command's entry point, while it still loads the command line."""
+"""The apparate command's entry point: Ctrl-C while it loads, and SIGTERM."""
 
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 # Raises KeyboardInterrupt where importing the command line takes its time,
 # as Ctrl-C then does.
@@ -40,3 +43,23 @@ def test_entry_point_loads_nothing_heavy():
     )
 
     assert done.stdout.strip() == "False"
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    # A pull from a port where nothing answers quickly enough to finish first.
+    server = socket.create_server(("127.0.0.1", 0))
+    host = f"127.0.0.1:{server.getsockname()[1]}"
+    command = [str(Path(sys.executable).with_name("apparate")), "pull",
+               "--store", str(tmp_path / "store"), f"{host}/app:v1"]  # fmt: skip
+    pulling = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        # The registry's socket accepts, but never responds.
+        connection, _ = server.accept()
+        pulling.send_signal(signal.SIGTERM)
+        _, errors = pulling.communicate(timeout=30)
+    finally:
+        server.close()
+
+    assert pulling.returncode == 143
+    assert errors.startswith("error: interrupted; nothing unverified was tagged")
+    connection.close()
