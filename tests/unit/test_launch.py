@@ -46,14 +46,13 @@ def test_entry_point_loads_nothing_heavy():
 
 
 def test_sigterm_stops_like_ctrl_c(tmp_path):
-    # A pull from a port where nothing answers quickly enough to finish first.
+    # A registry that accepts the connection and never responds, so the pull waits.
     server = socket.create_server(("127.0.0.1", 0))
     host = f"127.0.0.1:{server.getsockname()[1]}"
     command = [str(Path(sys.executable).with_name("apparate")), "pull",
                "--store", str(tmp_path / "store"), f"{host}/app:v1"]  # fmt: skip
     pulling = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
-        # The registry's socket accepts, but never responds.
         connection, _ = server.accept()
         pulling.send_signal(signal.SIGTERM)
         _, errors = pulling.communicate(timeout=30)
