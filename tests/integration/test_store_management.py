@@ -354,46 +354,49 @@ def test_max_store_size_never_removes_the_pulled_image(registry_plain, tmp_path)
     assert_every_image_whole(store)
 
 
+def gc_during_slow_pull(
+    registry, store: Path, *gc_args: str
+) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """Run ``gc --json`` 1.5 s into a pull of base:v2 throttled to 8 MB/s.
+
+    Returns the finished pull, whose ``args[-1]`` is the reference it
+    pulled, and the gc.
+    """
+    port = int(registry.host.rsplit(":", 1)[1])
+    with throttled(port, 8 * 1024 * 1024) as slow_port:
+        v2 = f"127.0.0.1:{slow_port}/samples/base:v2"
+        command = [APPARATE, "pull", "-q", "--store", str(store), v2]
+        pulling = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(1.5)
+        gc = cli("gc", "--json", *gc_args, store=store)
+        out, errors = pulling.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, pulling.returncode, out, errors), gc
+
+
 def test_gc_waits_for_a_running_pull(registry_plain, sample_images, tmp_path):
     """A gc never deletes the blobs a running pull has stored but not tagged."""
     store = tmp_path / "store"
     v1 = f"{registry_plain.host}/samples/base:v1"
     pull_all(registry_plain, store, ["base:v1"])
     limit = sample_images.images["base:v2"].layer_bytes + 1_000_000
-    port = int(registry_plain.host.rsplit(":", 1)[1])
-    with throttled(port, 8 * 1024 * 1024) as slow_port:
-        v2 = f"127.0.0.1:{slow_port}/samples/base:v2"
-        pulling = subprocess.Popen(
-            [APPARATE, "pull", "-q", "--store", str(store), v2],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        time.sleep(1.5)
-        gc = cli("gc", "--json", "--max-size", str(limit), store=store)
-        _, errors = pulling.communicate(timeout=300)
+    pulling, gc = gc_during_slow_pull(registry_plain, store, "--max-size", str(limit))
 
-    assert pulling.returncode == 0, errors
+    assert pulling.returncode == 0, pulling.stderr
     assert gc.returncode == 0, gc.stderr
     assert json.loads(gc.stdout)["untagged"] == [v1]
-    assert list(images(store)) == [v2]
+    assert list(images(store)) == [pulling.args[-1]]
     assert_every_image_whole(store)
 
 
 def test_gc_dry_run_during_a_pull_matches_gc(registry_plain, tmp_path):
     """A dry run that waited for a pull counts the pack that pull wrote as kept."""
     store = tmp_path / "store"
-    port = int(registry_plain.host.rsplit(":", 1)[1])
-    with throttled(port, 8 * 1024 * 1024) as slow_port:
-        v2 = f"127.0.0.1:{slow_port}/samples/base:v2"
-        pulling = subprocess.Popen(
-            [APPARATE, "pull", "-q", "--store", str(store), v2],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        time.sleep(1.5)
-        planned = cli("gc", "--json", "--dry-run", store=store)
-        _, errors = pulling.communicate(timeout=300)
+    pulling, planned = gc_during_slow_pull(registry_plain, store, "--dry-run")
     done = cli("gc", "--json", store=store)
 
-    assert pulling.returncode == 0, errors
+    assert pulling.returncode == 0, pulling.stderr
     assert planned.returncode == 0, planned.stderr
     assert json.loads(planned.stdout)["removed"] == []
     assert json.loads(done.stdout)["removed"] == []
