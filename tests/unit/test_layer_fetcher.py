@@ -335,16 +335,24 @@ class DyingPool(StandInPool):
         return []
 
 
+def rerun_after_kill(
+    tmp_path: Path, layer: ConvertedLayer, dying: DyingPool
+) -> tuple[StandInPool, Store]:
+    """Fetch the layer until ``dying`` stands for a SIGKILL, then again from a good pool."""
+    fetch, _, _ = fetcher(tmp_path, layer, dying)
+    with pytest.raises(Killed):
+        fetch.fetch(layer.descriptor, layer.diff_id)
+    pool = StandInPool(layer)
+    fetch, store, _ = fetcher(tmp_path, layer, pool)
+    fetch.fetch(layer.descriptor, layer.diff_id)
+    return pool, store
+
+
 def test_killed_rebuild_resumes_mid_range(tmp_path, monkeypatch):
     monkeypatch.setattr(assembler, "_JOURNAL_STEP", 16 * 1024)
     layer = ConvertedLayer()
-    dying, _, _ = fetcher(tmp_path, layer, DyingPool(layer, budget=300_000))
-    with pytest.raises(Killed):
-        dying.fetch(layer.descriptor, layer.diff_id)
-    pool = StandInPool(layer)
-    fetch, store, _ = fetcher(tmp_path, layer, pool)
 
-    fetch.fetch(layer.descriptor, layer.diff_id)
+    pool, store = rerun_after_kill(tmp_path, layer, DyingPool(layer, budget=300_000))
 
     assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
     # The frames written before the kill, less one journal step per range.
@@ -358,13 +366,8 @@ def test_wrong_frames_not_journalled(tmp_path, monkeypatch):
     monkeypatch.setattr(assembler, "_JOURNAL_STEP", 16 * 1024)
     layer = ConvertedLayer()
     dying = DyingPool(layer, budget=300_000, flipped=True)
-    fetch, _, _ = fetcher(tmp_path, layer, dying)
-    with pytest.raises(Killed):
-        fetch.fetch(layer.descriptor, layer.diff_id)
-    pool = StandInPool(layer)
-    fetch, store, _ = fetcher(tmp_path, layer, pool)
 
-    fetch.fetch(layer.descriptor, layer.diff_id)
+    pool, store = rerun_after_kill(tmp_path, layer, dying)
 
     assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
     # Had the wrong frames been journalled, the rebuild would fail its
