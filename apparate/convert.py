@@ -343,7 +343,7 @@ def _fetch_images(
             hint="convert an image or an index of platform images",
         )
     images = [
-        _pulled(reference, entry.digest, raw.get("platform"), session)
+        _pulled(reference, entry.digest, raw.get("platform"), session, raw)
         for entry, raw in zip(index.manifests, raw_entries, strict=True)
         if id(entry) in wanted
     ]
@@ -355,7 +355,9 @@ def _pulled(
     digest: Digest,
     platform: dict[str, Any] | None,
     session: _Session,
+    entry: dict[str, Any] | None = None,
 ) -> _SourceImage:
+    """Pull one manifest of ``reference`` by digest; ``entry`` is its index entry."""
     by_digest = Reference(reference.registry, reference.repository, None, digest)
     # A manifest pulled by digest is what the index names, whatever its
     # platform, so it is not checked against this machine's.
@@ -368,7 +370,13 @@ def _pulled(
     )
     config = session.store.read_blob(parsed.config.digest)
     diff_ids = parse_diff_ids(parse_json(config, "config"), f"config of {by_digest}")
-    descriptor = Descriptor(parsed.media_type, digest, len(body))
+    annotations = (entry or {}).get("annotations")
+    descriptor = Descriptor(
+        parsed.media_type,
+        digest,
+        len(body),
+        annotations=dict(annotations) if isinstance(annotations, dict) else {},
+    )
     return _SourceImage(descriptor, body, parsed, diff_ids, platform)
 
 
@@ -539,13 +547,39 @@ def _top_document(
         log.info("the destination lacks manifests that the source index names, "
                  "so a new index of the converted images is pushed")  # fmt: skip
     manifests = []
-    for image in converted:
+    for image, source in zip(converted, sources, strict=True):
         item = image.manifest.to_json()
+        if source.manifest.annotations:
+            item["annotations"] = dict(sorted(source.manifest.annotations.items()))
         if image.platform:
             item["platform"] = image.platform
         manifests.append(item)
-    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+    document: dict[str, Any] = {
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests,
+    }  # fmt: skip
+    source_index = json.loads(body)
+    if (
+        isinstance(source_index.get("annotations"), dict)
+        and source_index["annotations"]
+    ):
+        document["annotations"] = source_index["annotations"]
+    _warn_left_out(source_index, sources)
     return json.dumps(document, separators=(",", ":")).encode(), OCI_INDEX
+
+
+def _warn_left_out(source_index: dict[str, Any], sources: list[_SourceImage]) -> None:
+    """Warn of the source index's entries that the new index leaves out."""
+    converted = {str(source.manifest.digest) for source in sources}
+    left_out = [
+        entry for entry in source_index.get("manifests", [])
+        if entry.get("digest") not in converted
+    ]  # fmt: skip
+    if left_out:
+        log.warning(
+            "the converted index leaves out %d of the source's entries, such as "
+            "attestations: they describe the source's manifests, not the "
+            "converted ones", len(left_out),
+        )  # fmt: skip
 
 
 def _push(

@@ -223,6 +223,27 @@ def test_top_document_rebuilds_incomplete_index():
     assert str(attestation) not in body.decode()
 
 
+def test_rebuilt_index_keeps_annotations(caplog):
+    image = manifest_body([KEPT_LAYER])
+    index, _ = index_with_attestation(image)
+    document = json.loads(index)
+    document["annotations"] = {"org.opencontainers.image.revision": "abc123"}
+    entry_annotations = {"org.opencontainers.image.ref.name": "v1"}
+    platform = {"os": "linux", "architecture": "amd64"}
+    source = source_image(image, platform)
+    source.manifest.annotations.update(entry_annotations)
+
+    body, _ = _top_document(
+        (json.dumps(document).encode(), OCI_INDEX), [source],
+        [converted_image(image, platform)], lambda digest: False,
+    )  # fmt: skip
+
+    rebuilt = json.loads(body)
+    assert rebuilt["annotations"] == document["annotations"]
+    assert rebuilt["manifests"][0]["annotations"] == entry_annotations
+    assert "leaves out 1 of the source's entries" in caplog.text
+
+
 def test_source_pulls_stay_in_store(session):
     # Without a target, pull would import into docker or containerd when
     # their sockets accept connections.
