@@ -263,6 +263,16 @@ class RegistryAuth(httpx.Auth):
         means that the token does not grant access.
         """
         error = challenge.params.get("error", "")
+        if error == "insufficient_scope" and attempt.used_credentials:
+            # The credentials were accepted: the token grants less than needed.
+            scope = challenge.params.get("scope", "") or "the access needed"
+            raise AuthRejected(
+                f"registry {host} denied {scope} for {self._image} to the "
+                "credentials given (insufficient_scope); the repository may "
+                "also not exist",
+                hint="use credentials with that access to the repository "
+                f"('docker login {host}' or --username), or another repository",
+            )
         if error != "invalid_token" or attempt.reauthenticated:
             # Docker Hub also responds this way for a repository that does
             # not exist, so the message names both causes.

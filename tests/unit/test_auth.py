@@ -385,6 +385,21 @@ def test_bearer_anonymous_denied_requires_auth(mock: respx.MockRouter) -> None:
     assert "insufficient_scope" in str(caught.value)
 
 
+def test_bearer_too_little_access_is_not_a_wrong_password(
+    mock: respx.MockRouter,
+) -> None:
+    registry(mock, set(), bearer(error="insufficient_scope"))
+    token_server(mock, {"token": "pull-only"})
+
+    with pytest.raises(AuthRejected) as caught:
+        get(make_auth(Credentials("ann", PASSWORD)))
+
+    message = str(caught.value)
+    assert f"denied {SCOPE} for {IMAGE} to the credentials given" in message
+    assert "insufficient_scope" in message
+    assert "rejected the credentials" not in message
+
+
 def test_bearer_sends_basic_to_realm(mock: respx.MockRouter) -> None:
     registry(mock, {"Bearer tok-1"})
     tokens = token_server(mock, {"token": "tok-1"})
