@@ -7,7 +7,7 @@ import logging
 from apparate.chunked.format import ChunkEntry
 from apparate.chunked.reader import decompress_frame
 from apparate.digest import Digest
-from apparate.errors import ChunkCorrupt, StoreError
+from apparate.errors import ChunkCorrupt
 from apparate.store.chunk_index import LAYER, PACK, ChunkIndex, FrameLocation
 from apparate.store.layout import Store
 
@@ -69,11 +69,13 @@ class StoredFrames:
             return b""
 
     def _forget(self, blob: Digest) -> None:
-        """Stop offering the frames of a blob that left the store."""
+        """Stop offering the frames of a blob that is not in the store.
+
+        Its rows stay: another pull indexes a layer before it commits the
+        blob, so the blob may be on its way. gc deletes the rows of blobs
+        that are gone, under its exclusive lock.
+        """
         self._missing.add(blob)
-        log.warning("blob %s is indexed but no longer in the store; "
-                    "its chunks are forgotten", blob)  # fmt: skip
-        try:
-            self._index.forget_blob(blob)
-        except StoreError as error:
-            log.warning("%s", error)
+        log.info(
+            "blob %s is indexed but not in the store; its frames are not used", blob
+        )

@@ -181,11 +181,6 @@ class ChunkIndex:
             ).fetchone()
         return row is not None
 
-    def forget_blob(self, blob: Digest) -> None:
-        """Drop the chunks of a blob that is being removed from the store."""
-        with self._writing():
-            self._db.execute("DELETE FROM chunks WHERE blob = ?", (str(blob),))
-
     def _forget_invalid(self, blob: object) -> None:
         """Drop the rows of a blob value that is not a digest, such as a damaged row.
 

@@ -1,7 +1,9 @@
 import io
+import logging
 import sqlite3
+from pathlib import Path
 
-from apparate.chunked.format import FOOTER_SIZE
+from apparate.chunked.format import FOOTER_SIZE, ChunkEntry
 from apparate.chunked.packer import LocalPacker, _Pipe
 from apparate.chunked.reader import (
     file_range_reader,
@@ -9,6 +11,7 @@ from apparate.chunked.reader import (
     read_footer,
     read_table,
 )
+from apparate.chunked.reuse import StoredFrames
 from apparate.digest import Digest
 from apparate.store.chunk_index import ChunkIndex
 from apparate.store.layout import Store
@@ -20,6 +23,15 @@ TAR = make_tar(7)
 def feed_all(packer: LocalPacker, data: bytes, piece: int = 100_000) -> None:
     for start in range(0, len(data), piece):
         packer.feed(data[start : start + piece])
+
+
+def read_table_of(path: Path) -> list[ChunkEntry]:
+    """Return the chunk entries of a pack file."""
+    blob = path.read_bytes()
+    read_range = file_range_reader(io.BytesIO(blob))
+    return read_table(
+        read_range, read_footer(read_range, len(blob), "pack"), "pack"
+    ).entries
 
 
 def read_pack(store: Store, digest: Digest) -> bytes:
@@ -88,7 +100,8 @@ def test_pack_of_changed_layer_round_trips(tmp_path):
     assert store.blob_path(second_digest).stat().st_size > FOOTER_SIZE
 
 
-def test_pack_missing_from_store_is_forgotten(tmp_path, caplog):
+def test_pack_missing_from_store_is_written_again(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="apparate")
     store = Store(tmp_path)
     with ChunkIndex(tmp_path / "apparate.db") as index:
         first = LocalPacker(store, index, "layer x")
@@ -103,7 +116,7 @@ def test_pack_missing_from_store_is_forgotten(tmp_path, caplog):
     # The same tar gives the same pack, written again in full.
     assert again == removed
     assert read_pack(store, again) == TAR
-    missing = [r for r in caplog.records if "no longer in the store" in r.message]
+    missing = [r for r in caplog.records if "not in the store" in r.message]
     assert len(missing) == 1
 
 
@@ -132,3 +145,19 @@ def test_pack_gives_way_to_the_pull(tmp_path, caplog):
     assert digest is None
     assert "free on the store's disk" in caplog.text
     assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_rows_of_blob_on_its_way_are_kept(tmp_path):
+    # Another pull indexes a layer before it commits the blob.
+    store = Store(tmp_path)
+    with ChunkIndex(tmp_path / "apparate.db") as index:
+        packer = LocalPacker(store, index, "layer x")
+        feed_all(packer, TAR)
+        pack = packer.finish(Digest.of(TAR))
+        moved = store.blob_path(pack).rename(tmp_path / "on its way")
+        entry = read_table_of(moved)[0]
+
+        frame = StoredFrames(store, index).frame_for(entry.identity, entry.length)
+
+        assert frame is None
+        assert index.has_blob(pack)
