@@ -11,8 +11,10 @@ from apparate.digest import Digest
 def saved_bytes(layer_bytes: int, bytes_fetched: int) -> int:
     """Return the bytes a pull did not fetch against pulling every layer whole.
 
-    A pull of an image that is already stored saves all of its layer bytes.
-    ``apparate pull --json`` and ``apparate stats`` both count savings so.
+    A new tag for an image whose layers are stored saves all of its layer
+    bytes; a pull that found its tag up to date saves nothing, since any
+    client fetches nothing then. ``apparate pull --json`` and ``apparate
+    stats`` both count savings so.
     """
     return max(layer_bytes - bytes_fetched, 0)
 
@@ -95,9 +97,20 @@ class PullResult:
         return sum(max(layer.size - layer.bytes_fetched, 0) for layer in self.layers)
 
     @property
+    def layer_bytes(self) -> int:
+        """The bytes of the layers, which a pull of every layer whole would fetch.
+
+        Zero for a pull that found the image up to date: any client fetches
+        nothing then, so it saved nothing either.
+        """
+        if self.up_to_date:
+            return 0
+        return sum(layer.size for layer in self.layers)
+
+    @property
     def bytes_saved(self) -> int:
         """Bytes not fetched against pulling every layer whole; see saved_bytes."""
-        return saved_bytes(sum(layer.size for layer in self.layers), self.bytes_fetched)
+        return saved_bytes(self.layer_bytes, self.bytes_fetched)
 
     @property
     def layers_fetched(self) -> int:

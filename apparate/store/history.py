@@ -92,7 +92,7 @@ class PullHistory:
             time.time() if now is None else now,
             result.reference,
             str(result.digest),
-            sum(layer.size for layer in result.layers),
+            result.layer_bytes,
             result.bytes_fetched,
             result.bytes_reused,
             result.seconds,

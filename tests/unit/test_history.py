@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from apparate.digest import Digest
@@ -100,3 +102,17 @@ def test_pull_of_stored_image_saves_every_layer():
 
     assert pulled.bytes_saved == 1000
     assert pulled.to_dict()["bytes_saved"] == 1000
+
+
+def test_up_to_date_pull_saves_nothing(tmp_path):
+    pulled = dataclasses.replace(stored_result("example.com/app:v1"), up_to_date=True)
+    history = PullHistory(tmp_path / "apparate.db")
+    try:
+        history.record(pulled)
+        totals = history.totals()
+    finally:
+        history.close()
+
+    assert pulled.bytes_saved == 0
+    assert pulled.to_dict()["bytes_saved"] == 0
+    assert (totals.pulls, totals.layer_bytes, totals.bytes_saved) == (1, 0, 0)
