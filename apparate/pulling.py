@@ -611,7 +611,9 @@ class _LayerFetcher:
             log.info("%s: stored by another pull meanwhile", subject)
             return fetched, True
         except _WHOLE_LAYER_INSTEAD as error:
-            log.warning("%s: fetching the whole layer: %s", subject, error)
+            # Errors of the layer's requests name it already.
+            reason = str(error).removeprefix(f"{subject}: ")
+            log.warning("%s: fetching the whole layer: %s", subject, reason)
             return fetched + assembler.bytes_fetched, False
         total = fetched + assembler.bytes_fetched
         log.info(

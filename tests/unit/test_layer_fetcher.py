@@ -463,3 +463,17 @@ def test_retry_after_bad_mirror_skips_checked_frames(tmp_path, monkeypatch):
     # The frames of the first half were checked, so the retry starts after them.
     assert retried > first + 100_000
     assert pool.whole_bytes == 0
+
+
+def test_whole_layer_warning_names_layer_once(tmp_path, caplog):
+    layer = ConvertedLayer()
+    pool = StandInPool(layer, frames_by_range=False)
+    fetch, _, _ = fetcher(tmp_path, layer, pool)
+
+    fetch.fetch(layer.descriptor, layer.diff_id)
+
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "whole layer" in r.getMessage()
+    ]
+    assert warning.count(str(layer.descriptor.digest)) == 1
+    assert warning.endswith("fetching the whole layer: responded 200 to a range")
