@@ -67,7 +67,7 @@ def summary_line(result: PullResult) -> str:
         saved = f" ({human_size(result.bytes_saved)} less than whole layers)"
     return (
         f"{result.reference}: fetched {human_size(result.bytes_fetched)}{saved}, "
-        f"reused {human_size(result.bytes_reused)} of stored chunks and layers "
+        f"reused {human_size(result.bytes_reused)} of local chunks and layers "
         f"({result.layers_fetched} of {len(result.layers)} layers were missing), "
         f"{result.seconds:.1f} s; digest {result.digest}"
     )
