@@ -397,13 +397,24 @@ def _planned_bytes(store: Store, layer: Descriptor, plans: ImagePlans) -> int:
     try:
         remote, plan = plans.plan_for(layer)
     except _WHOLE_LAYER_INSTEAD as error:
-        log.warning("%s: would fetch the whole layer: %s", plans.subject(layer), error)
+        subject = plans.subject(layer)
+        reason = _without_subject(error, subject)
+        log.warning("%s: would fetch the whole layer: %s", subject, reason)
         return layer.size
     partial = store.partial_path(layer.digest, DELTA_PARTIAL)
     if _kept_size(partial):
         # The frames a killed pull wrote, which the next pull keeps.
         plan = RangeJournal(partial, fresh=False).without_done(plan, remote.table)
     return remote.fetched + plan.bytes_to_fetch
+
+
+def _without_subject(error: Exception, subject: str) -> str:
+    """Return an error's message without the layer's name, which a warning gives first."""
+    message = str(error)
+    if message.startswith(f"{subject}: "):
+        return message.removeprefix(f"{subject}: ")
+    # "LAYER from HOST: ..." keeps the source it names.
+    return message.removeprefix(f"{subject} ")
 
 
 def _check_repeated_layers(
@@ -611,8 +622,7 @@ class _LayerFetcher:
             log.info("%s: stored by another pull meanwhile", subject)
             return fetched, True
         except _WHOLE_LAYER_INSTEAD as error:
-            # Errors of the layer's requests name it already.
-            reason = str(error).removeprefix(f"{subject}: ")
+            reason = _without_subject(error, subject)
             log.warning("%s: fetching the whole layer: %s", subject, reason)
             return fetched + assembler.bytes_fetched, False
         total = fetched + assembler.bytes_fetched

@@ -93,7 +93,12 @@ class PullResult:
 
     @property
     def bytes_reused(self) -> int:
-        """Layer bytes that did not cross the network: stored, or rebuilt locally."""
+        """Layer bytes that did not cross the network: stored, or rebuilt locally.
+
+        Zero for a pull that found the image up to date, which needed nothing.
+        """
+        if self.up_to_date:
+            return 0
         return sum(max(layer.size - layer.bytes_fetched, 0) for layer in self.layers)
 
     @property

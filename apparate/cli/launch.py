@@ -16,6 +16,10 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: the command stops as after Ctrl-C."""
 
 
+# Set by SIGTERM, for interrupts that typer turns into exit code 130.
+_terminated = False
+
+
 def run() -> None:
     """Import the command line and run it; Ctrl-C while importing exits 130."""
     signal.signal(signal.SIGTERM, _terminate)
@@ -28,9 +32,16 @@ def run() -> None:
 
 
 def exit_code_of(stop: KeyboardInterrupt | None) -> int:
-    """Return the shell's code for a command that a signal stopped (None: Ctrl-C)."""
-    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+    """Return the shell's code for a command that a signal stopped.
+
+    ``stop`` None stands for an interrupt whose exception is gone.
+    """
+    if isinstance(stop, Terminated) or (stop is None and _terminated):
+        return 128 + signal.SIGTERM
+    return 128 + signal.SIGINT
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    global _terminated
+    _terminated = True
     raise Terminated()

@@ -68,7 +68,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-state = {"debug": False, "verbose": False}
+state = {"debug": False, "verbose": False, "interrupt_reported": False}
 
 
 StoreOption = Annotated[
@@ -500,8 +500,9 @@ def stats_command(
 ) -> None:
     """Show past pulls: bytes fetched and saved, and speed.
 
-    Bytes saved are the layer bytes a pull did not fetch, so a pull of an image
-    already stored saves all of them.
+    Bytes saved are the layer bytes a pull did not fetch: a new tag for an
+    image already stored saves all of them, a pull that found its image up to
+    date saves none.
     """
     with _errors_reported():
         if limit < 1:
@@ -659,6 +660,7 @@ def _errors_reported(
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt as stop:
         print(f"error: {interrupted}", file=sys.stderr)
+        state["interrupt_reported"] = True
         raise typer.Exit(exit_code_of(stop)) from None
 
 
@@ -701,11 +703,14 @@ def run() -> None:
         message = getattr(error, "format_message", error.__str__)().rstrip(".")
         print(f"error: {message}: see '{command} --help'", file=sys.stderr)
         code = getattr(error, "exit_code", UsageError.exit_code)
-    except typer.Abort as abort:
-        # click raises Abort from the KeyboardInterrupt or SIGTERM it caught.
+    except typer.Abort:
         print("error: interrupted", file=sys.stderr)
-        stop = abort.__cause__
-        code = exit_code_of(stop if isinstance(stop, KeyboardInterrupt) else None)
+        code = exit_code_of(None)
+    if code == 130 and not state["interrupt_reported"]:
+        # typer turns an interrupt outside _errors_reported, such as one
+        # while printing, into exit code 130 without a word.
+        print("error: interrupted", file=sys.stderr)
+        code = exit_code_of(None)
     _exit_now(code if isinstance(code, int) else 0)
 
 

@@ -149,18 +149,31 @@ def _verified_table(
     return table
 
 
-def known_frames(index: ChunkIndex, table: ChunkTable) -> dict[bytes, list[LocalFrame]]:
-    """Look every chunk of ``table`` up in the local chunk index."""
+def known_frames(
+    index: ChunkIndex, table: ChunkTable, stored: Callable[[Digest], bool]
+) -> dict[bytes, list[LocalFrame]]:
+    """Look every chunk of ``table`` up in the local chunk index.
+
+    Rows of a blob that ``stored`` does not find are left out: gc deletes
+    them, and until then the blob may be on its way or removed as damaged.
+    """
     lengths: dict[bytes, int] = {}
     for entry in table.entries:
         lengths.setdefault(entry.identity, entry.length)
+    present: dict[Digest, bool] = {}
     known: dict[bytes, list[LocalFrame]] = {}
     for identity, locations in index.locate_all(lengths.keys()).items():
-        known[identity] = [
-            LocalFrame(loc.blob, loc.frame_offset, loc.frame_length, loc.frame_xxh3)
-            for loc in locations
-            if loc.length == lengths[identity]
-        ]
+        frames = []
+        for loc in locations:
+            if loc.blob not in present:
+                present[loc.blob] = stored(loc.blob)
+            if loc.length == lengths[identity] and present[loc.blob]:
+                frames.append(
+                    LocalFrame(
+                        loc.blob, loc.frame_offset, loc.frame_length, loc.frame_xxh3
+                    )
+                )
+        known[identity] = frames
     return known
 
 

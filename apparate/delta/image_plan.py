@@ -76,7 +76,7 @@ class ImagePlans:
             LayerToPlan(
                 digest,
                 remote.table,
-                known_frames(self._index, remote.table),
+                known_frames(self._index, remote.table, self._tables.store.has_blob),
                 can_recompress(remote.table),
             )
             for digest, remote in remotes.items()

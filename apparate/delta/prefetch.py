@@ -132,6 +132,11 @@ class TablePrefetch:
             return kept
         return fetch_table(self._pool, layer, subject, stopped)
 
+    @property
+    def store(self) -> Store:
+        """The store the pull writes to, which also holds the chunks it reuses."""
+        return self._store
+
     def subject(self, layer: Descriptor) -> str:
         """Name a layer of the image in messages, as the whole pull does."""
         return f"layer {layer.digest} of {self._image}"

@@ -114,11 +114,12 @@ def _run(argv: list[str], archive: Iterator[bytes], reference: str, retry: str) 
     try:
         with broken_pipes_raise():
             sent = _feed(process, archive)
+        code = process.wait()
     except BaseException:
+        # A SIGTERM sent to apparate alone does not reach ctr.
         process.kill()
         process.wait()
         raise
-    code = process.wait()
     text = output.text()
     if code != 0:
         raise _failure(text, reference, retry)

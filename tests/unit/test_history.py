@@ -114,5 +114,7 @@ def test_up_to_date_pull_saves_nothing(tmp_path):
         history.close()
 
     assert pulled.bytes_saved == 0
+    assert pulled.bytes_reused == 0
     assert pulled.to_dict()["bytes_saved"] == 0
     assert (totals.pulls, totals.layer_bytes, totals.bytes_saved) == (1, 0, 0)
+    assert totals.bytes_reused == 0

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from apparate.cli import launch, main
+
 # Raises KeyboardInterrupt where importing the command line takes its time,
 # as Ctrl-C then does.
 INTERRUPTED_IMPORT = """
@@ -62,3 +64,17 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
     assert pulling.returncode == 143
     assert errors.startswith("error: interrupted; nothing unverified was tagged")
     connection.close()
+
+
+def test_interrupt_outside_error_wrapper_reported(monkeypatch, capsys):
+    # typer turns an interrupt while printing a command's output into 130.
+    monkeypatch.setattr(main, "app", lambda **options: 130)
+    monkeypatch.setattr(launch, "_terminated", True)
+    monkeypatch.setitem(main.state, "interrupt_reported", False)
+    exits: list[int] = []
+    monkeypatch.setattr(main, "_exit_now", exits.append)
+
+    main.run()
+
+    assert exits == [143]
+    assert capsys.readouterr().err == "error: interrupted\n"

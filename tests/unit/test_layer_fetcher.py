@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from apparate import pulling
 from apparate.chunked.format import ZSTD_LAYER_TYPES, table_annotations
 from apparate.chunked.writer import write_chunked_layer
 from apparate.delta import assembler
@@ -477,3 +478,27 @@ def test_whole_layer_warning_names_layer_once(tmp_path, caplog):
     ]
     assert warning.count(str(layer.descriptor.digest)) == 1
     assert warning.endswith("fetching the whole layer: responded 200 to a range")
+
+
+def test_rows_of_missing_blob_not_planned(tmp_path):
+    layer = ConvertedLayer()
+    with ChunkIndex(tmp_path / INDEX_FILE) as index:
+        index.add_table(layer.descriptor.digest, layer.table, LAYER)
+
+        present = assembler.known_frames(index, layer.table, lambda blob: True)
+        missing = assembler.known_frames(index, layer.table, lambda blob: False)
+
+    assert all(present.values())
+    assert not any(missing.values())
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("layer x: responded 200 to a range", "responded 200 to a range"),
+        ("layer x from host: the transfer failed", "from host: the transfer failed"),
+        ("no chunk table annotations", "no chunk table annotations"),
+    ],
+)
+def test_fallback_reason_without_subject(message, reason):
+    assert pulling._without_subject(ApparateError(message), "layer x") == reason
