@@ -357,7 +357,7 @@ def _pulled(
     session: _Session,
     entry: dict[str, Any] | None = None,
 ) -> _SourceImage:
-    """Pull one manifest of ``reference`` by digest; ``entry`` is its index entry."""
+    """Pull one manifest of ``reference`` by digest. ``entry`` is its index entry."""
     by_digest = Reference(reference.registry, reference.repository, None, digest)
     # A manifest pulled by digest is what the index names, whatever its
     # platform, so it is not checked against this machine's.

@@ -503,7 +503,7 @@ class _LayerFetcher:
         # copy frames from it.
         self._ended = {layer.digest: threading.Event() for layer in fetching}
         # The bytes each layer's fetch may still write, which local packs
-        # leave room for; the range threads of a layer update it too.
+        # leave room for. The range threads of a layer update it too.
         self._to_write = {layer.digest: layer.size for layer in fetching}
         self._to_write_lock = threading.Lock()
 

@@ -12,7 +12,7 @@ def saved_bytes(layer_bytes: int, bytes_fetched: int) -> int:
     """Return the bytes a pull did not fetch against pulling every layer whole.
 
     A new tag for an image whose layers are stored saves all of its layer
-    bytes; a pull that found its tag up to date saves nothing, since any
+    bytes. A pull that found its tag up to date saves nothing, because any
     client fetches nothing then. ``apparate pull --json`` and ``apparate
     stats`` both count savings so.
     """

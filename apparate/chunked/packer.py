@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PACK_LEVEL = 1
 PIPE_DEPTH = 16
 _POLL_SECONDS = 0.1
-# Free space kept on the store's disk beyond what the pull's layers need: a
+# Free space kept on the store's disk beyond what the pull's layers need. A
 # pack only speeds up later pulls, so it gives way to the image and index.
 SPARE_BYTES = 16 * 1024 * 1024
 # Pack bytes written between two checks of the free space.

@@ -13,7 +13,7 @@ from types import FrameType
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: the command stops as after Ctrl-C."""
+    """The interrupt SIGTERM raises, which stops a command as Ctrl-C does."""
 
 
 # Set by SIGTERM, for interrupts that typer turns into exit code 130.
@@ -21,7 +21,7 @@ _terminated = False
 
 
 def run() -> None:
-    """Import the command line and run it; Ctrl-C while importing exits 130."""
+    """Import the command line and run it. Ctrl-C while importing exits 130."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         from apparate.cli.main import run as run_command

@@ -127,14 +127,14 @@ class TablePrefetch:
     def _table_of(self, layer: Descriptor, stopped: Callable[[], bool]) -> RemoteTable:
         """Read the table back from a killed pull's partial rebuild, else fetch it."""
         subject = self.subject(layer)
-        kept = kept_table(self._store, layer, subject)
-        if kept is not None:
-            return kept
+        from_partial = kept_table(self._store, layer, subject)
+        if from_partial is not None:
+            return from_partial
         return fetch_table(self._pool, layer, subject, stopped)
 
     @property
     def store(self) -> Store:
-        """The store the pull writes to, which also holds the chunks it reuses."""
+        """The store the pull writes to, which also contains the chunks it reuses."""
         return self._store
 
     def subject(self, layer: Descriptor) -> str:

@@ -806,7 +806,7 @@ class Store:
         return manifests
 
     def _write_index(self, entries: list[dict[str, Any]]) -> None:
-        """Replace ``index.json``; the caller holds ``_locked``."""
+        """Replace ``index.json``. Call it inside ``_locked``."""
         # Temporary copies are left only by a process killed while writing
         # one, since the lock held here rules out a live writer.
         for leftover in self.root.glob(".index.json-*"):

@@ -385,9 +385,7 @@ def test_bearer_anonymous_denied_requires_auth(mock: respx.MockRouter) -> None:
     assert "insufficient_scope" in str(caught.value)
 
 
-def test_bearer_too_little_access_is_not_a_wrong_password(
-    mock: respx.MockRouter,
-) -> None:
+def test_insufficient_scope_is_denied_access(mock: respx.MockRouter) -> None:
     registry(mock, set(), bearer(error="insufficient_scope"))
     token_server(mock, {"token": "pull-only"})
 

@@ -1,9 +1,8 @@
 import io
 import logging
 import sqlite3
-from pathlib import Path
 
-from apparate.chunked.format import FOOTER_SIZE, ChunkEntry
+from apparate.chunked.format import FOOTER_SIZE, ChunkTable
 from apparate.chunked.packer import LocalPacker, _Pipe
 from apparate.chunked.reader import (
     file_range_reader,
@@ -25,20 +24,15 @@ def feed_all(packer: LocalPacker, data: bytes, piece: int = 100_000) -> None:
         packer.feed(data[start : start + piece])
 
 
-def read_table_of(path: Path) -> list[ChunkEntry]:
-    """Return the chunk entries of a pack file."""
-    blob = path.read_bytes()
+def table_of(blob: bytes) -> ChunkTable:
+    """Return the chunk table of a pack's bytes."""
     read_range = file_range_reader(io.BytesIO(blob))
-    return read_table(
-        read_range, read_footer(read_range, len(blob), "pack"), "pack"
-    ).entries
+    return read_table(read_range, read_footer(read_range, len(blob), "pack"), "pack")
 
 
 def read_pack(store: Store, digest: Digest) -> bytes:
     blob = store.read_blob(digest)
-    read_range = file_range_reader(io.BytesIO(blob))
-    table = read_table(read_range, read_footer(read_range, len(blob), "pack"), "pack")
-    return b"".join(iter_chunks(io.BytesIO(blob), table, "pack"))
+    return b"".join(iter_chunks(io.BytesIO(blob), table_of(blob), "pack"))
 
 
 def test_pack_of_verified_layer_is_stored_and_indexed(tmp_path):
@@ -147,7 +141,7 @@ def test_pack_gives_way_to_the_pull(tmp_path, caplog):
     assert list(store.ingest_dir.iterdir()) == []
 
 
-def test_rows_of_blob_on_its_way_are_kept(tmp_path):
+def test_rows_of_blob_on_its_way_kept(tmp_path):
     # Another pull indexes a layer before it commits the blob.
     store = Store(tmp_path)
     with ChunkIndex(tmp_path / "apparate.db") as index:
@@ -155,7 +149,7 @@ def test_rows_of_blob_on_its_way_are_kept(tmp_path):
         feed_all(packer, TAR)
         pack = packer.finish(Digest.of(TAR))
         moved = store.blob_path(pack).rename(tmp_path / "on its way")
-        entry = read_table_of(moved)[0]
+        entry = table_of(moved.read_bytes()).entries[0]
 
         frame = StoredFrames(store, index).frame_for(entry.identity, entry.length)
 

@@ -243,7 +243,7 @@ def test_gc_waits_for_other_users_of_the_store(store):
 
 
 def held_by_another(store: Store) -> bool:
-    """Tell whether another Store object holds the store open."""
+    """Tell whether another Store object keeps the store open."""
     with open(store.root / USERS_LOCK, "rb") as users:
         try:
             fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
