@@ -96,21 +96,41 @@ def fetch_table(
 ) -> RemoteTable:
     """Fetch the table frame and footer of a chunked layer with one range request.
 
-    When ``stopped()`` turns true the fetch ends with RangeFetchStopped.
+    When ``stopped()`` turns true the fetch ends with RangeFetchStopped. A
+    mirror whose bytes fail the table's check is dropped, as for any other
+    range, and the table is fetched again from the next source. A table
+    that the origin alone served raises ChunkTableCorrupt when it fails.
     """
     footer = footer_from_annotations(layer.annotations)
     if footer is None:
         raise ChunkTableCorrupt(f"{subject}: no chunk table annotations")
     check_table_location(footer, layer.size, subject)
     tail = bytearray(layer.size - footer.table_offset)
+    fetched = 0
 
     def place(offset: int, data: bytes) -> None:
+        nonlocal fetched
         start = offset - footer.table_offset
         tail[start : start + len(data)] = data
+        fetched += len(data)
 
-    client.fetch_range(layer, footer.table_offset, layer.size, place, subject, stopped)
-    table = _verified_table(bytes(tail), footer, layer, subject)
-    return RemoteTable(table, footer.table_offset, bytes(tail), len(tail))
+    while True:
+        served = client.fetch_range(
+            layer, footer.table_offset, layer.size, place, subject, stopped
+        )
+        try:
+            table = _verified_table(bytes(tail), footer, layer, subject)
+        except ChunkTableCorrupt as error:
+            mirrors = [source for source in served if source.role != ORIGIN]
+            if not mirrors:
+                raise
+            for source in mirrors:
+                client.drop(
+                    source, f"served the chunk table of {layer.digest} with bytes "
+                    f"that failed verification ({error.message})",
+                )  # fmt: skip
+            continue
+        return RemoteTable(table, footer.table_offset, bytes(tail), fetched)
 
 
 def kept_table(store: Store, layer: Descriptor, subject: str) -> RemoteTable | None:

@@ -502,3 +502,36 @@ def test_rows_of_missing_blob_not_planned(tmp_path):
 )
 def test_fallback_reason_without_subject(message, reason):
     assert pulling._without_subject(ApparateError(message), "layer x") == reason
+
+
+class BadTableMirrorPool(StandInPool):
+    """Serves the chunk table with a flipped byte from a mirror, once."""
+
+    def __init__(self, layer: ConvertedLayer) -> None:
+        super().__init__(layer)
+        self.dropped: list[str] = []
+
+    def fetch_range(self, layer, start, end, write, subject, stopped=None):
+        if self.dropped or start < self._frames_end:
+            return super().fetch_range(layer, start, end, write, subject, stopped)
+        self.range_starts.append(start)
+        write(start, bytes([self._blob[start] ^ 0xFF]) + self._blob[start + 1 : end])
+        return [MirrorSource()]
+
+    def drop(self, source, reason):
+        self.dropped.append(reason)
+
+
+def test_bad_mirror_table_drops_mirror(tmp_path):
+    layer = ConvertedLayer()
+    pool = BadTableMirrorPool(layer)
+    fetch, store, _ = fetcher(tmp_path, layer, pool)
+
+    fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert store.has_blob(layer.descriptor.digest, layer.descriptor.size)
+    [reason] = pool.dropped
+    assert "chunk table" in reason
+    assert "failed verification" in reason
+    # The table came again from the next source, so no whole blob was fetched.
+    assert pool.whole_bytes == 0

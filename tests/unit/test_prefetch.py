@@ -24,9 +24,10 @@ class BlobServer:
         self.blob = blob
         self.requests = 0
 
-    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> None:
+    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> list:
         self.requests += 1
         place(start, self.blob[start:end])
+        return []
 
 
 class StalledServer:
@@ -52,11 +53,10 @@ class StalledForOneLayer(StalledServer):
         self.stalled = stalled
         self.served = BlobServer(blob)
 
-    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> None:
+    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> list:
         if layer.digest == self.stalled:
-            super().fetch_range(layer, start, end, place, subject, stopped)
-        else:
-            self.served.fetch_range(layer, start, end, place, subject, stopped)
+            return super().fetch_range(layer, start, end, place, subject, stopped)
+        return self.served.fetch_range(layer, start, end, place, subject, stopped)
 
 
 def chunked_layer(seed: int = 3) -> tuple[Descriptor, bytes]:
@@ -194,12 +194,13 @@ class BlockedThenParallel:
         self.release = threading.Event()
         self.together = threading.Barrier(parallel, timeout=5)
 
-    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> None:
+    def fetch_range(self, layer, start, end, place, subject, stopped=None) -> list:
         if layer.digest == self.blocked:
             self.release.wait(10)
             raise RangeFetchStopped()
         self.together.wait()
         place(start, self.blobs[layer.digest][start:end])
+        return []
 
 
 def test_second_manifest_gets_parallel_fetches(tmp_path):
