@@ -71,6 +71,8 @@ MANIFEST_READ_SECONDS = 60.0
 # The reason code at the start of an OpenSSL error message, as in
 # "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed".
 _SSL_REASON = re.compile(r"\[SSL: (\w+)\]")
+# Characters that no host name contains: spaces, and those URLs percent-encode.
+_NOT_IN_HOST = re.compile(r'[\s"%<>\\^`{|}]')
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,10 @@ def _check_host(host: str, redacted: str) -> None:
         raise InvalidEndpoint(f"invalid host {name!r} in {redacted}") from None
     if not parts.hostname:
         raise InvalidEndpoint(f"no host in {redacted}")
+    # httpx would percent-encode these, so requests went to another host name
+    # than the one the TLS and plain-HTTP settings are keyed by.
+    if _NOT_IN_HOST.search(name) or not name.isprintable():
+        raise InvalidEndpoint(f"invalid host {name!r} in {redacted}")
 
 
 class RegistryClient:

@@ -54,6 +54,8 @@ BAD_ENDPOINTS = {
     "port not a number": ("http://m:http", "from 1 to 65535", None),
     "empty port": ("http://m:", "from 1 to 65535", None),
     "unclosed bracket": ("http://[bad", "invalid host", None),
+    "space in host": ("http://mirror example:5000", "invalid host", None),
+    "angle bracket in host": ("https://m<x>/cache", "invalid host", None),
 }
 
 
