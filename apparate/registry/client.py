@@ -143,6 +143,7 @@ class Endpoint:
                 f"unsupported scheme in {redacted!r}: use https:// or http://"
             )
         _check_host(host, redacted)
+        host = _as_requested(scheme, host, redacted)
         path = "/" + path.strip("/") if path.strip("/") else ""
         if not override_path and not path.endswith("/v2"):
             path += "/v2"
@@ -167,6 +168,19 @@ class Endpoint:
         root = "" if self.api_root == "/v2" else self.api_root.removesuffix("/v2")
         prefix = f"{self.scheme}://" if self.scheme else ""
         return f"{prefix}{self.host}{root}"
+
+
+def _as_requested(scheme: str, host: str, redacted: str) -> str:
+    """Return ``host`` as httpx writes it in requests.
+
+    httpx lower-cases a host name, encodes an international one in its
+    ``xn--`` form and drops a default port. The plain-HTTP check compares a
+    request's host with the hosts allowed, so both must be written alike.
+    """
+    try:
+        return httpx.URL(f"{scheme}://{host}/").netloc.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError):
+        raise InvalidEndpoint(f"invalid host {host!r} in {redacted}") from None
 
 
 class InvalidEndpoint(ValueError):

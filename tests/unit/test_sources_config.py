@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import tomllib
 
+import httpx
 import pytest
 
 from apparate.config import Config, Mirror, load_config, parse_config, parse_size
 from apparate.errors import UsageError
 from apparate.reference import Reference
 from apparate.registry.client import Endpoint
+from apparate.registry.transport import TransportSettings
 from apparate.sources.hosts import parse_duration, parse_hosts, read_hosts
 from apparate.sources.selection import SourceSpec, list_sources
 
@@ -25,6 +27,17 @@ ENDPOINT_CASES = {
     ),
     "override path": ("https://m/api", True, Endpoint("m", "https", "/api")),
     "scheme in capitals": ("HTTP://m:5000", False, Endpoint("m:5000", "http")),
+    "host in capitals": (
+        "http://Mirror.Lan:5000",
+        False,
+        Endpoint("mirror.lan:5000", "http"),
+    ),
+    "default port": ("http://m:80/cache", False, Endpoint("m", "http", "/cache/v2")),
+    "international name": (
+        "https://bücher.example",
+        False,
+        Endpoint("xn--bcher-kva.example", "https"),
+    ),
 }
 
 
@@ -664,3 +677,12 @@ def test_list_sources_keeps_origin_without_hosts_file(tmp_path):
 
     assert specs == [SourceSpec(Endpoint("registry-1.docker.io"), "origin", True,
                                 "reference")]  # fmt: skip
+
+
+@pytest.mark.parametrize("url", ["http://Mirror.Lan:5000", "http://mirror.lan:80"])
+def test_plain_http_mirror_passes_scheme_check(url):
+    endpoint = Endpoint.parse(url)
+    settings = TransportSettings(insecure_registries=frozenset({endpoint.host}))
+    request = httpx.Request("GET", f"{endpoint.base_urls(settings)[0]}/v2/")
+
+    settings._check_scheme(request)
