@@ -507,7 +507,8 @@ class RegistryClient:
                 # Neither body is read: a 200 is the whole blob, and
                 # distribution's 416 announces more bytes than it sends.
                 raise RangesUnsupported(
-                    f"{subject}: {self.host} responded {response.status_code} to a range"
+                    f"{subject}: {self.endpoint} responded {response.status_code} "
+                    "to a range"
                 )
             if response.status_code != 206:
                 raise status_error(response, subject)

@@ -689,6 +689,23 @@ def test_mirror_endpoint_with_path_prefix():
     assert route.called
 
 
+
+@respx.mock
+def test_mirror_range_rejection_names_mirror_url():
+    credentials = CredentialStore.from_environment({}, env={"HOME": "/nonexistent"})
+    endpoint = Endpoint.parse("https://mirror.example/cache")
+    reference = Reference.parse(f"{HOST}/team/app:v1")
+    respx.get(f"https://mirror.example/cache/v2/team/app/blobs/{BLOB_DIGEST}").mock(
+        return_value=httpx.Response(200, content=BLOB)
+    )
+
+    settings = TransportSettings(certs_dirs=())
+    with RegistryClient(reference, settings, credentials, endpoint=endpoint) as mirror:
+        with pytest.raises(RangesUnsupported) as raised:
+            fetch_range(mirror, 0, 100)
+
+    assert "https://mirror.example/cache responded 200" in str(raised.value)
+
 def test_tls_context_loads_system_trust_at_first_handshake(tmp_path):
     context = TransportSettings(certs_dirs=()).ssl_context("registry.example")
     system = ssl.create_default_context().cert_store_stats()["x509_ca"]
