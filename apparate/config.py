@@ -28,6 +28,7 @@ from typing import Any
 import platformdirs
 
 from apparate.errors import UsageError
+from apparate.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
 from apparate.registry.client import Endpoint, InvalidEndpoint
 
 DEFAULT_STALL_TIMEOUT = 10.0
@@ -173,16 +174,30 @@ def _registries(value: object, path: Path | None) -> dict[str, tuple[Mirror, ...
         raise _invalid(path, "registries must be a table of registry hosts")
     mirrors: dict[str, tuple[Mirror, ...]] = {}
     for host, settings in value.items():
+        _check_registry_key(host, path)
         if not isinstance(settings, dict) or set(settings) - {"mirrors"}:
             raise _invalid(path, f"registries.{host} takes only a mirrors list")
         entries = settings.get("mirrors", [])
         if not isinstance(entries, list):
             raise _invalid(path, f"registries.{host}.mirrors must be a list")
-        mirrors[host] = tuple(
+        # References name Docker Hub docker.io, whichever alias they use.
+        registry = DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
+        mirrors[registry] = mirrors.get(registry, ()) + tuple(
             _mirror(entry, f"registries.{host}.mirrors[{n}]", path)
             for n, entry in enumerate(entries)
         )
     return mirrors
+
+
+def _check_registry_key(host: str, path: Path | None) -> None:
+    """Reject a registries key that no reference's registry could match, such as a URL."""
+    if "/" in host or not host:
+        raise _invalid(
+            path,
+            f"registries.{host!r} is not a registry host",
+            hint='name the registry as references do, such as "docker.io" or '
+            '"registry.example:5000", without a scheme or path',
+        )
 
 
 def _mirror(entry: object, key: str, path: Path | None) -> Mirror:

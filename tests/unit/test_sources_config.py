@@ -145,6 +145,14 @@ BAD_CONFIGS = {
     "nan size": ("max_store_size = nan", "max_store_size"),
     "boolean size": ("max_store_size = true", "max_store_size"),
     "registries list": ("registries = []", "registries"),
+    "registry as URL": (
+        '[registries."http://r:5000"]\nmirrors = ["https://m"]',
+        "not a registry host",
+    ),
+    "registry with path": (
+        '[registries."r/team"]\nmirrors = ["https://m"]',
+        "not a registry host",
+    ),
     "mirrors string": ('[registries."r"]\nmirrors = "https://m"', "registries.r"),
     "mirror without url": (
         '[registries."r"]\nmirrors = [{ resolve = true }]',
@@ -175,6 +183,17 @@ def test_parse_config_rejects(tmp_path, text, key):
 
     assert str(path) in str(raised.value)
     assert key in str(raised.value)
+
+
+def test_parse_config_docker_hub_alias():
+    text = (
+        '[registries."registry-1.docker.io"]\nmirrors = ["https://a"]\n'
+        '[registries."docker.io"]\nmirrors = ["https://b"]'
+    )
+
+    config = parse_config(tomllib.loads(text))
+
+    assert config.mirrors_of("docker.io") == (Mirror("https://a"), Mirror("https://b"))
 
 
 def test_parse_config_resolve_false():
