@@ -300,6 +300,7 @@ def _fetch_layers(
         [layer for layer, _ in unique],
     )  # fmt: skip
     fetched: dict[Digest, int] = {}
+    reused: dict[Digest, int] = {}
     if unique:
         workers = max(1, min(options.parallel_layers, len(unique)))
         executor = ThreadPoolExecutor(workers, thread_name_prefix="layer")
@@ -315,7 +316,11 @@ def _fetch_layers(
         executor.shutdown()
         for (layer, _), future in zip(unique, futures, strict=True):
             fetched[layer.digest] = future.result()
+            reused[layer.digest] = fetcher.reused.get(
+                layer.digest, max(layer.size - fetched[layer.digest], 0)
+            )
         _record_tar_sizes(store, layers, fetcher.tar_sizes)
+    # A layer listed twice is fetched once, and reused the second time.
     return [
         LayerResult(
             layer.digest,
@@ -323,6 +328,7 @@ def _fetch_layers(
             layer.size,
             layer.digest in missing_digests,
             fetched.pop(layer.digest, 0),
+            reused.pop(layer.digest, layer.size),
         )
         for layer in layers
     ]
@@ -373,7 +379,8 @@ def _plan_layers(
             layer.media_type,
             layer.size,
             layer.digest in planned,
-            planned.pop(layer.digest, 0),
+            planned.get(layer.digest, 0),
+            max(layer.size - planned.pop(layer.digest, 0), 0),
         )
         for layer in image.parsed.layers
     ]
@@ -499,6 +506,11 @@ class _LayerFetcher:
         # The bytes of each layer downloaded whole, attempts that failed
         # verification included, since they crossed the network too.
         self._downloaded: dict[Digest, int] = {}
+        # The bytes of each stored layer that did not cross the network in
+        # this pull: copied from the store, or kept from an earlier pull.
+        # Failed attempts fetch bytes again, so the bytes fetched do not
+        # tell this.
+        self.reused: dict[Digest, int] = {}
         # Set when a layer's fetch ends, stored or not, for the layers that
         # copy frames from it.
         self._ended = {layer.digest: threading.Event() for layer in fetching}
@@ -626,6 +638,10 @@ class _LayerFetcher:
             log.warning("%s: fetching the whole layer: %s", subject, reason)
             return fetched + assembler.bytes_fetched, False
         total = fetched + assembler.bytes_fetched
+        table_bytes = len(remote.tail) if remote.fetched else 0
+        self.reused[layer.digest] = max(
+            layer.size - table_bytes - assembler.blob_bytes_fetched, 0
+        )
         log.info(
             "%s: rebuilt from chunks, %d of %d bytes fetched",
             subject,
@@ -718,6 +734,7 @@ class _LayerFetcher:
                     self.tar_sizes[layer.digest] = diff_verifier.uncompressed_size
                     before_commit(writer.path)
                     writer.commit()
+                    self.reused[layer.digest] = kept
             except VerificationError as error:
                 # Wrong bytes are dropped; a transfer that only broke off is
                 # kept for the next pull to finish.

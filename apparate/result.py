@@ -28,6 +28,10 @@ class LayerResult:
     size: int
     fetched: bool
     bytes_fetched: int = 0
+    # Bytes of the layer that did not cross the network in this pull: all
+    # of a stored layer, the frames a rebuilt one copied. Bytes fetched
+    # again after a failed attempt do not lower it.
+    bytes_reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class PullResult:
         """
         if self.up_to_date:
             return 0
-        return sum(max(layer.size - layer.bytes_fetched, 0) for layer in self.layers)
+        return sum(layer.bytes_reused for layer in self.layers)
 
     @property
     def layer_bytes(self) -> int:

@@ -123,7 +123,7 @@ def dry_run_report(result: PullResult) -> str:
             short(layer.digest),
             human_size(layer.size),
             human_size(layer.bytes_fetched),
-            human_size(max(layer.size - layer.bytes_fetched, 0)),
+            human_size(layer.bytes_reused),
             "stored" if not layer.fetched else "",
         ]
         for layer in result.layers

@@ -326,7 +326,11 @@ class Assembler:
         # fails elsewhere. Either stops the ranges still running.
         self._failed = threading.Event()
         self._cancelled = cancelled
+        # Every byte that crossed the network, failed attempts included.
         self.bytes_fetched = 0
+        # The blob bytes fetched, each counted once however many attempts
+        # it took: the rest of the blob was copied from the store.
+        self.blob_bytes_fetched = 0
 
     def assemble(
         self,
@@ -350,6 +354,7 @@ class Assembler:
         writer.write_at(remote.table_offset, remote.tail)
         ready = _ReadyFrames(len(table.entries))
         remaining = journal.without_done(plan, table)
+        self.blob_bytes_fetched = remaining.bytes_to_fetch
         missing = {p for wanted in remaining.ranges for p in wanted.entries}
         ready.mark(
             p for wanted in plan.ranges for p in wanted.entries if p not in missing
@@ -381,6 +386,7 @@ class Assembler:
                     len(failed),
                 )
                 untrusted.update(failed)
+                self.blob_bytes_fetched += again.bytes_to_fetch
                 self._fetch(again, table, writer, journal, ready)
         finally:
             # Every frame is marked by now unless a fetch failed, and a frame

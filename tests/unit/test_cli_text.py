@@ -113,7 +113,9 @@ def test_gc_report_dry_run_says_would_hold():
 
 
 def pull_result(fetched: int, missing: bool, up_to_date: bool = False) -> PullResult:
-    layers = [LayerResult(Digest.of(b"layer"), "t", 1000, missing, fetched)]
+    layers = [
+        LayerResult(Digest.of(b"layer"), "t", 1000, missing, fetched, 1000 - fetched)
+    ]
     return PullResult(
         "example.com/app:v1", Digest.of(b"m"), "linux/amd64", "/s", None, layers,
         fetched, 0.25, up_to_date=up_to_date,

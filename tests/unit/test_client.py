@@ -689,7 +689,6 @@ def test_mirror_endpoint_with_path_prefix():
     assert route.called
 
 
-
 @respx.mock
 def test_mirror_range_rejection_names_mirror_url():
     credentials = CredentialStore.from_environment({}, env={"HOME": "/nonexistent"})
@@ -700,11 +699,14 @@ def test_mirror_range_rejection_names_mirror_url():
     )
 
     settings = TransportSettings(certs_dirs=())
-    with RegistryClient(reference, settings, credentials, endpoint=endpoint) as mirror:
-        with pytest.raises(RangesUnsupported) as raised:
-            fetch_range(mirror, 0, 100)
+    with (
+        RegistryClient(reference, settings, credentials, endpoint=endpoint) as mirror,
+        pytest.raises(RangesUnsupported) as raised,
+    ):
+        fetch_range(mirror, 0, 100)
 
     assert "https://mirror.example/cache responded 200" in str(raised.value)
+
 
 def test_tls_context_loads_system_trust_at_first_handshake(tmp_path):
     context = TransportSettings(certs_dirs=()).ssl_context("registry.example")

@@ -8,7 +8,11 @@ from apparate.store.history import PullHistory
 
 
 def result(reference: str, fetched: int) -> PullResult:
-    layers = [LayerResult(Digest.of(reference.encode()), "t", 1000, True, fetched)]
+    layers = [
+        LayerResult(
+            Digest.of(reference.encode()), "t", 1000, True, fetched, 1000 - fetched
+        )
+    ]
     return PullResult(
         reference, Digest.of(b"m"), "linux/amd64", "/s", None, layers, fetched, 2.0
     )
@@ -61,7 +65,7 @@ def test_empty_history_sums_to_zero(tmp_path):
 
 def stored_result(reference: str) -> PullResult:
     """A pull of an image whose layers were all stored already."""
-    layers = [LayerResult(Digest.of(reference.encode()), "t", 1000, False, 0)]
+    layers = [LayerResult(Digest.of(reference.encode()), "t", 1000, False, 0, 1000)]
     return PullResult(
         reference, Digest.of(b"m"), "linux/amd64", "/s", None, layers, 0, 0.1
     )

@@ -535,3 +535,20 @@ def test_bad_mirror_table_drops_mirror(tmp_path):
     assert "failed verification" in reason
     # The table came again from the next source, so no whole blob was fetched.
     assert pool.whole_bytes == 0
+
+
+def test_reused_bytes_not_lowered_by_a_bad_mirror(tmp_path):
+    v2 = ConvertedLayer(changed=1)
+    clean_fetch, _ = update_fetcher(tmp_path / "clean", StandInPool(v2), v2)
+    clean_fetched = clean_fetch.fetch(v2.descriptor, v2.diff_id)
+    bad_pool = HalfBadMirrorPool(v2)
+    bad_fetch, _ = update_fetcher(tmp_path / "bad", bad_pool, v2)
+
+    bad_fetched = bad_fetch.fetch(v2.descriptor, v2.diff_id)
+
+    reused = clean_fetch.reused[v2.descriptor.digest]
+    assert 0 < reused == v2.descriptor.size - clean_fetched
+    # The bad mirror's range was fetched again, and the same frames were copied.
+    assert bad_pool.dropped
+    assert bad_fetched > clean_fetched
+    assert bad_fetch.reused[v2.descriptor.digest] == reused
