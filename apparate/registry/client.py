@@ -402,8 +402,9 @@ class RegistryClient:
 
         ``write`` receives each piece with its offset in the blob; after a
         dropped connection the request resumes after the last byte written.
-        A server that responds with the whole blob (200) or rejects the range
-        (416) does not honour ranges for it: the body is not read and
+        A server that responds with the whole blob (200), rejects the range
+        (416) or sends a 206 whose Content-Range does not start at the
+        requested byte does not honour ranges for it: the body is not read and
         RangesUnsupported is raised. When ``stopped()`` turns true the fetch
         ends with RangeFetchStopped. With ``failover``, the first failed
         transfer raises TruncatedBody at once.
@@ -514,8 +515,11 @@ class RegistryClient:
                 raise status_error(response, subject)
             content_range = response.headers.get("Content-Range", "")
             if not content_range.startswith(f"bytes {start}-"):
-                raise InvalidResponse(
-                    f"{subject}: asked for bytes from {start}, got {content_range!r}"
+                # The body is not the requested bytes, or does not say which
+                # bytes it is. The server may still serve the whole blob.
+                raise RangesUnsupported(
+                    f"{subject}: {self.host} responded to a range from byte "
+                    f"{start} with Content-Range {content_range!r}"
                 )
             position = start
             # A body of exactly the requested length is read to its end, so

@@ -620,6 +620,14 @@ def test_fetch_range_resumes_after_the_last_byte(client):
         httpx.Response(
             416, headers={"Content-Length": "999"}, stream=UnreadableStream()
         ),
+        # A 206 whose Content-Range is wrong or missing. The caller then
+        # fetches the layer whole instead of failing the pull.
+        httpx.Response(
+            206,
+            headers={"Content-Range": f"bytes 5-104/{len(BLOB)}"},
+            stream=UnreadableStream(),
+        ),
+        httpx.Response(206, stream=UnreadableStream()),
     ],
 )
 @respx.mock
