@@ -424,6 +424,11 @@ def _without_subject(error: Exception, subject: str) -> str:
     return message.removeprefix(f"{subject} ")
 
 
+def _warn_not_indexed(subject: str, error: Exception) -> None:
+    reason = _without_subject(error, subject)
+    log.warning("%s: chunks not indexed, the layer stays usable: %s", subject, reason)
+
+
 def _check_repeated_layers(
     layers: list[Descriptor], diff_ids: list[Digest], image: str
 ) -> None:
@@ -762,9 +767,7 @@ class _LayerFetcher:
         try:
             table = read_stored_table(blob, layer.annotations, subject)
         except ChunkedLayerError as error:
-            log.warning(
-                "%s: chunks not indexed, the layer stays usable: %s", subject, error
-            )
+            _warn_not_indexed(subject, error)
             return
         self._record(layer, table, subject, blob)
 
@@ -779,9 +782,7 @@ class _LayerFetcher:
         try:
             record_layer(self._index, layer, table, subject, unchecked_blob)
         except (ChunkedLayerError, StoreError) as error:
-            log.warning(
-                "%s: chunks not indexed, the layer stays usable: %s", subject, error
-            )
+            _warn_not_indexed(subject, error)
 
     def _download(
         self,

@@ -28,6 +28,8 @@ FOOTER_PAYLOAD = struct.Struct("<4sHHQQ32s")
 FOOTER_SIZE = SKIPPABLE_HEADER.size + FOOTER_PAYLOAD.size
 IDENTITY_BYTES = 16
 # 32 bytes per chunk: two million chunks, far more than any layer has.
+# NOTE: decoded, a table this large takes about 700 MB of Python objects, so
+# a hostile layer can make a pull use that much memory.
 MAX_TABLE_BYTES = 64 * 1024 * 1024
 # Chunkers cut at most a few hundred kB; a table entry claiming more is bad.
 MAX_CHUNK_BYTES = 16 * 1024 * 1024

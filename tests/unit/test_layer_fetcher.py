@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from apparate import pulling
-from apparate.chunked.format import ZSTD_LAYER_TYPES, table_annotations
+from apparate.chunked.format import FOOTER_SIZE, ZSTD_LAYER_TYPES, table_annotations
 from apparate.chunked.writer import write_chunked_layer
 from apparate.delta import assembler
 from apparate.delta.assembler import member_runs
@@ -552,3 +552,18 @@ def test_reused_bytes_not_lowered_by_a_bad_mirror(tmp_path):
     assert bad_pool.dropped
     assert bad_fetched > clean_fetched
     assert bad_fetch.reused[v2.descriptor.digest] == reused
+
+
+def test_not_indexed_warning_names_layer_once(tmp_path, caplog):
+    layer = ConvertedLayer()
+    fetch, _, _ = fetcher(tmp_path, layer, StandInPool(layer))
+    blob = tmp_path / "damaged"
+    # The last byte of the table, just before the footer.
+    end = len(layer.blob) - FOOTER_SIZE
+    blob.write_bytes(layer.blob[: end - 1] + b"\0" + layer.blob[end:])
+
+    fetch._index_chunked(layer.descriptor, "layer x of image", blob)
+
+    [record] = caplog.records
+    assert record.getMessage().startswith("layer x of image: chunks not indexed")
+    assert record.getMessage().count("layer x") == 1
