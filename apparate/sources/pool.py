@@ -293,11 +293,13 @@ class SourcePool:
                 # Another range of the blob met the same failure and warned.
                 return
             failed.add(source)
+        # The hint of the error is for a pull that fails, which this one does not.
+        reason = error.message if isinstance(error, ApparateError) else str(error)
         log.warning(
             "%s: source %s failed (%s); trying the next one",
             subject,
             source.name,
-            error,
+            reason.removeprefix(f"{subject}: "),
         )
 
     def _stop_ranges(

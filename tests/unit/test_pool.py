@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from apparate.digest import Digest, DigestVerifier
-from apparate.errors import DigestMismatch, ServerError, TruncatedBody
+from apparate.errors import DigestMismatch, NotFound, ServerError, TruncatedBody
 from apparate.manifest import Descriptor
 from apparate.registry.client import Endpoint, RangesUnsupported
 from apparate.registry.transport import TransportSettings
@@ -28,7 +28,7 @@ class StandIn:
 
     ``corrupt`` serves flipped bytes, ``truncate`` stops after 100 bytes,
     ``error`` fails with a 500, ``whole`` ignores ranges, ``flaky`` fails its first
-    call only.
+    call only, ``missing`` answers 404.
     """
 
     def __init__(self, mode: str = "good") -> None:
@@ -48,6 +48,8 @@ class StandIn:
             body = body[:100]
         if self.mode == "error":
             raise ServerError("HTTP 500")
+        if self.mode == "missing":
+            raise NotFound(f"{subject}: blob not found", hint="check the name")
         verifier.update(body)
         write(body)
         if self.mode == "truncate":
@@ -101,6 +103,17 @@ def test_failed_mirror_resumes_at_origin(caplog):
     assert fetch_whole(pool) == BLOB
     assert len(caplog.records) == 1
     assert "trying the next one" in caplog.records[0].getMessage()
+
+
+def test_missing_blob_warning_gives_reason_only(caplog):
+    pool = pool_of(StandIn("missing"), StandIn())
+
+    assert fetch_whole(pool) == BLOB
+    [record] = caplog.records
+    message = record.getMessage()
+    assert message.startswith("blob: source missing-0.example failed")
+    assert "(blob not found); trying the next one" in message
+    assert "check the name" not in message
 
 
 def test_corrupt_mirror_is_blamed():
