@@ -149,6 +149,7 @@ class PullResult:
                     "size": layer.size,
                     "fetched": layer.fetched,
                     "bytes_fetched": layer.bytes_fetched,
+                    "bytes_reused": layer.bytes_reused,
                 }
                 for layer in self.layers
             ],

@@ -44,6 +44,10 @@ def test_update_fetches_only_changed_chunks(converted, tmp_path):
     layer_bytes = sum(layer.size for layer in result.layers)
     assert result.bytes_fetched < layer_bytes / 4
     assert result.bytes_reused > layer_bytes / 2
+    # Nothing failed, so every layer byte was either fetched once or reused.
+    assert result.bytes_reused == layer_bytes - result.bytes_fetched
+    layers = result.to_dict()["layers"]
+    assert sum(layer["bytes_reused"] for layer in layers) == result.bytes_reused
     inspected = subprocess.run(
         ["skopeo", "inspect", f"oci:{store}:{converted}:v2"],
         capture_output=True, text=True, check=True,
