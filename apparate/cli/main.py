@@ -21,6 +21,7 @@ from apparate import __version__
 from apparate.catalog import list_images, pull_statistics
 from apparate.chunked.writer import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from apparate.cli.launch import exit_code_of
+from apparate.cli.output import CheckedOutput, OutputUnwritable
 from apparate.cli.text import (
     LineObserver,
     conversion_line,
@@ -693,8 +694,19 @@ def run() -> None:
     """
     # Die quietly when a reader such as `head` closes the pipe, as Unix tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if sys.stdout is None:
+        # Python sets it to None when the descriptor was closed (`>&-`), and
+        # print() then drops every line without a word.
+        print("error: standard output is closed", file=sys.stderr)
+        _exit_now(OutputUnwritable.exit_code)
+    sys.stdout = CheckedOutput(sys.stdout)
     try:
         code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
+    except OutputUnwritable as error:
+        # A summary is printed outside _errors_reported, so its write error
+        # arrives here.
+        print(f"error: {error}", file=sys.stderr)
+        code = error.exit_code
     except TyperException as error:
         # typer's copy of click raises these for unknown options, missing
         # arguments and the like.
@@ -723,8 +735,14 @@ def _exit_now(code: int) -> None:
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except (BrokenPipeError, ValueError):
+            if stream is not None:
+                stream.flush()
+        except OutputUnwritable as error:
+            # Output still buffered for a file on a full disk fails on this flush.
+            with contextlib.suppress(OSError):
+                print(f"error: {error}", file=sys.stderr, flush=True)
+            code = code or error.exit_code
+        except (OSError, ValueError):
             code = code or 1
     os._exit(code)
 

@@ -83,3 +83,30 @@ def test_pull_store_error_names_image(tmp_path):
 
     assert pulled.exit_code == 10
     assert pulled.output.startswith(f"error: 127.0.0.1:9/app:v1: {tmp_path} is not")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["images", "--json"]])
+def test_full_standard_output_is_one_error_line(tmp_path, args):
+    # As `apparate images --json > summary.json` on a full disk.
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "apparate.cli.main", *args,
+             *(["--store", str(tmp_path / "store")] if len(args) > 1 else [])],
+            stdout=full, stderr=subprocess.PIPE, text=True, check=False,
+        )  # fmt: skip
+
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: cannot write to standard output: No space left on device"
+    ]
+
+
+def test_closed_standard_output_is_one_error_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "apparate.cli.main", "--version"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        check=False, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["error: standard output is closed"]
