@@ -72,10 +72,19 @@ app = typer.Typer(
 state = {"debug": False, "verbose": False, "interrupt_reported": False}
 
 
+def _store_path(text: str) -> Path:
+    """Parse --store, rejecting an empty value, which Path reads as the current folder."""
+    if not text:
+        raise typer.BadParameter("it is empty: give a folder or leave it out")
+    return Path(text)
+
+
 StoreOption = Annotated[
     Path | None,
     typer.Option(
         "--store",
+        parser=_store_path,
+        metavar="<path>",
         help="Local store directory (default: APPARATE_STORE, "
         "else the user data directory).",
     ),

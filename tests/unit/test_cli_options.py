@@ -86,3 +86,16 @@ def test_empty_containerd_option_rejected(tmp_path, option):
 
     assert done.exit_code == 2
     assert f"{option} is empty" in done.output
+
+
+@pytest.mark.parametrize("command", [["pull", SOURCE], ["images"], ["gc"], ["stats"]])
+def test_empty_store_option_rejected(tmp_path, monkeypatch, command):
+    # `--store "$STORE"` with STORE unset would otherwise create a store in the
+    # current folder.
+    monkeypatch.chdir(tmp_path)
+
+    done = run(command[0], "--store", "", *command[1:])
+
+    assert done.exit_code == 2
+    assert "--store" in done.output
+    assert list(tmp_path.iterdir()) == []
