@@ -158,7 +158,7 @@ def remove_images(
     root = store_path or default_store_path()
     requested = list(references)
     if not (root / "index.json").is_file():
-        raise _not_stored(requested[0], root)
+        raise _not_stored(requested, root)
     options = options or GcOptions()
     store = Store(root, create=False)
     # An invalid entry tagged with a requested name is removed with the
@@ -176,7 +176,7 @@ def remove_images(
             not_found.append(text)
         untag.extend(ref for ref in matched if ref not in untag)
     if not untag and not hidden:
-        raise _not_stored(not_found[0], root)
+        raise _not_stored(not_found, root)
     result = collect(store, options, untag)
     return dataclasses.replace(result, not_found=not_found)
 
@@ -485,8 +485,8 @@ def _result(
     )
 
 
-def _not_stored(reference: str, root: Path) -> NotFound:
+def _not_stored(references: list[str], root: Path) -> NotFound:
     return NotFound(
-        f"{reference}: no such image in the store {root}",
+        f"{', '.join(references)}: no such image in the store {root}",
         hint="'apparate images' lists the stored images",
     )

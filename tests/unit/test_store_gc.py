@@ -126,8 +126,15 @@ def test_rm_of_images_none_stored_removes_nothing(store):
         remove_images(["example.com/app:v8", "example.com/app:v9"], store.root)
 
     assert caught.value.exit_code == 4
-    assert "example.com/app:v8" in str(caught.value)
+    assert "example.com/app:v8, example.com/app:v9:" in str(caught.value)
     assert len(store.images()) == 1
+
+
+def test_rm_without_store_names_every_image(tmp_path):
+    with pytest.raises(NotFound) as caught:
+        remove_images(["example.com/app:v8", "example.com/app:v9"], tmp_path / "s")
+
+    assert "example.com/app:v8, example.com/app:v9:" in str(caught.value)
 
 
 def test_rm_lists_missing_and_removes_others(store):
