@@ -42,7 +42,7 @@ from apparate.errors import (
 )
 from apparate.registry.challenge import Challenge, parse_challenges
 from apparate.registry.credentials import Credentials, CredentialStore
-from apparate.registry.errors import login_hint
+from apparate.registry.errors import login_hint, relogin_hint
 from apparate.registry.pace import Pace
 
 log = logging.getLogger(__name__)
@@ -418,7 +418,7 @@ class RegistryAuth(httpx.Auth):
     def _rejected(self, host: str, detail: str) -> AuthRejected:
         return AuthRejected(
             f"registry {host} rejected the credentials for {self._image}: {detail}",
-            hint=login_hint(host),
+            hint=relogin_hint(host),
         )
 
     def _required(self, host: str, detail: str) -> AuthRequired:

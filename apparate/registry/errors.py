@@ -56,18 +56,24 @@ def login_hint(host: str) -> str:
     return f"log in with 'docker login {host}' or pass --username and --password-stdin"
 
 
+def relogin_hint(host: str) -> str:
+    """Return the advice for credentials that ``host`` rejected."""
+    return (
+        f"check the username and password, or log in again with 'docker login {host}'"
+    )
+
+
 def status_error(response: httpx.Response, subject: str) -> ApparateError:
     """Build the error for a non-success response about ``subject``."""
     status = response.status_code
     detail = read_error_detail(response)
     suffix = f" ({detail})" if detail else ""
     host = response.url.netloc.decode()
-    login = f"log in again with 'docker login {host}'"
     if status == 401:
         if "authorization" in response.request.headers:
             return AuthRejected(
                 f"{subject}: credentials were rejected (HTTP 401){suffix}",
-                hint=f"check the username and password, or {login}",
+                hint=relogin_hint(host),
             )
         return AuthRequired(
             f"{subject}: the registry requires authentication{suffix}",
@@ -76,7 +82,7 @@ def status_error(response: httpx.Response, subject: str) -> ApparateError:
     if status == 403:
         return AuthRejected(
             f"{subject}: access denied (HTTP 403){suffix}",
-            hint=f"check the username and password, or {login}",
+            hint=relogin_hint(host),
         )
     if status == 404:
         return NotFound(f"{subject} not found (HTTP 404){suffix}")

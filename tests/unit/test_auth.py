@@ -610,6 +610,17 @@ def test_basic_rejected(mock: respx.MockRouter) -> None:
     assert BASIC.split()[1] not in str(caught.value)
 
 
+def test_basic_rejected_hint_checks_password(mock: respx.MockRouter) -> None:
+    # The credentials were given already, so the hint must not ask for them.
+    registry(mock, set(), f'Basic realm="{HOST}"')
+
+    with pytest.raises(AuthRejected) as caught:
+        get(make_auth(Credentials("ann", PASSWORD)))
+
+    assert caught.value.hint.startswith("check the username and password")
+    assert f"docker login {HOST}" in caught.value.hint
+
+
 @pytest.mark.parametrize(
     ("headers", "problem"),
     [
