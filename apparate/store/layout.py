@@ -203,9 +203,22 @@ class ResumableWriter(BlobWriter):
         self.existing = self.size = 0
 
     def release(self) -> None:
-        """Keep the partial file for a later pull, and let others use it."""
+        """Keep the partial file for a later pull, and let others use it.
+
+        A file without a byte would only wait for gc, so it is removed,
+        while still locked, as ``discard`` does.
+        """
+        if self._file.closed:
+            # The writer was discarded already, as when its bytes failed verification.
+            return
         with _store_errors(f"cannot write {self.name} to {self._path}"):
-            self._file.close()
+            try:
+                self._file.flush()
+                if os.fstat(self._file.fileno()).st_size == 0:
+                    self._path.unlink(missing_ok=True)
+                    journal_of(self._path).unlink(missing_ok=True)
+            finally:
+                self._file.close()
 
 
 class StoredElsewhere(Exception):

@@ -181,6 +181,13 @@ class FullDiskFile:
     def __init__(self, file) -> None:
         self._file = file
 
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     def close(self) -> None:
         self._file.close()
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -271,6 +278,27 @@ def test_resumable_after_other_commit_is_stored_elsewhere(tmp_path):
         pass
 
     assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_resumable_without_bytes_leaves_no_partial(tmp_path):
+    # As for the other layers of a pull that a corrupt layer stopped.
+    store = Store(tmp_path / "store")
+
+    with pytest.raises(Interrupted), store.resumable(Digest.of(b"layer"), 5):
+        raise Interrupted()
+
+    assert list(store.ingest_dir.iterdir()) == []
+
+
+def test_resumable_with_bytes_keeps_partial(tmp_path):
+    store = Store(tmp_path / "store")
+    digest = Digest.of(b"layer")
+
+    with pytest.raises(Interrupted), store.resumable(digest, 5) as writer:
+        writer.write(b"la")
+        raise Interrupted()
+
+    assert store.partial_path(digest, "").read_bytes() == b"la"
 
 
 def test_release_on_full_disk_is_store_error(tmp_path):
