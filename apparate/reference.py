@@ -83,6 +83,14 @@ def _parse(text: str) -> Reference:
             f"invalid reference {text!r}: it is empty or starts or ends with whitespace"
         )
 
+    scheme, found, _ = text.partition("://")
+    if found and "/" not in scheme:
+        # A registry URL given as an image, whose scheme would otherwise be
+        # reported as a bad port.
+        raise InvalidReference(
+            f"invalid reference {text!r}: an image reference has no URL scheme, "
+            f"so drop '{scheme}://'"
+        )
     remainder, digest = _split_digest(text)
     remainder, tag = _split_tag(text, remainder)
     registry, path = _split_registry(text, remainder)

@@ -194,6 +194,8 @@ INVALID = [
     ("[fe80::1%25eth0]/a", "not an IPv6 address"),
     ("alpine@sha256:" + "a" * 64 + "\n", "whitespace"),
     ("alpine@sha256:" + "a" * 63 + "\n0", "invalid digest"),
+    ("http://127.0.0.1:5000/team/app:v1", "drop 'http://'"),
+    ("https://example.com/app", "drop 'https://'"),
 ]
 
 
