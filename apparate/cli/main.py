@@ -446,7 +446,7 @@ def rm_command(
 ) -> None:
     """Remove images, and the blobs no other stored image needs.
 
-    As ``docker rmi`` does, an image that is not stored is an error, and the
+    As 'docker rmi' does, an image that is not stored is an error, and the
     others are removed all the same.
     """
     _configure_logging(debug, verbose)

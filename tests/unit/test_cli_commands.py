@@ -110,3 +110,13 @@ def test_closed_standard_output_is_one_error_line():
 
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["error: standard output is closed"]
+
+
+@pytest.mark.parametrize(
+    "command", ["pull", "import", "convert", "images", "rm", "gc", "stats", "sources"]
+)
+def test_help_shows_no_markup(command):
+    done = run(command, "--help")
+
+    assert done.exit_code == 0
+    assert "``" not in done.output
