@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from apparate.errors import ArchiveWriteFailed
+from apparate.errors import ArchiveWriteFailed, UsageError
 from apparate.store.layout import locked_temporary_file
 
 # Names a temporary archive as apparate's, so a sweep touches no other file.
@@ -56,6 +56,26 @@ def _own_descriptor(path: Path) -> int | None:
             return None
         current = os.path.normpath(os.path.join(os.path.dirname(current), target))
     return None
+
+
+def check_archive_path(path: Path) -> None:
+    """Raise UsageError when no archive can be written at ``path``.
+
+    Checked before a pull, so that a folder or a missing folder named by
+    mistake fails before any byte is fetched, not after the whole pull.
+    """
+    if _own_descriptor(path) is not None:
+        return
+    if path.is_dir():
+        raise UsageError(
+            f"the archive path {path} is a folder",
+            hint=f"name a file in it, such as {path / 'image.tar'}",
+        )
+    if not path.parent.is_dir():
+        raise UsageError(
+            f"the folder {path.parent} of the archive path does not exist",
+            hint="create it first, or name a file in an existing folder",
+        )
 
 
 def write_archive(

@@ -16,7 +16,7 @@ from apparate.errors import ApparateError, StoreError
 from apparate.importers.archive import docker_members, oci_members, stream_tar
 from apparate.importers.containerd import import_into_containerd
 from apparate.importers.docker import import_into_docker
-from apparate.importers.files import write_archive
+from apparate.importers.files import check_archive_path, write_archive
 from apparate.importers.image import (
     StoredContent,
     find_stored,
@@ -97,6 +97,8 @@ def check_target(into: str | None, daemons: Daemons) -> ImportTarget:
         daemons.docker_socket(warn=False)
     if target.kind == CONTAINERD:
         check_namespace(daemons.containerd_namespace)
+    if target.path is not None:
+        check_archive_path(target.path)
     return target
 
 

@@ -550,3 +550,22 @@ def test_into_error_names_settings_file(tmp_path, monkeypatch):
 
     with pytest.raises(UsageError, match=f"'dockr' in into in {settings}"):
         chosen_target(None)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("folder", "is a folder"),
+        ("missing/image.tar", "does not exist"),
+    ],
+)
+def test_unusable_archive_path_is_rejected_first(tmp_path, name, message):
+    (tmp_path / "folder").mkdir()
+
+    with pytest.raises(UsageError, match=message):
+        check_target(f"docker-archive:{tmp_path / name}", Daemons())
+
+
+def test_archive_to_new_file_or_stdout_is_accepted(tmp_path):
+    check_target(f"oci-archive:{tmp_path / 'image.tar'}", Daemons())
+    check_target("docker-archive:/dev/stdout", Daemons())
