@@ -527,7 +527,10 @@ def stats_command(
             "bytes_reused": totals.bytes_reused,
             "bytes_saved": totals.bytes_saved,
             "seconds": round(totals.seconds, 3),
-            "recent": [dataclasses.asdict(record) for record in records],
+            "recent": [
+                {**dataclasses.asdict(record), "seconds": round(record.seconds, 3)}
+                for record in records
+            ],
         }
         print(json.dumps(document, indent=2))
         return

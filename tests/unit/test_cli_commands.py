@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from apparate.cli.main import app
+from apparate.store.chunk_index import INDEX_FILE
+from apparate.store.history import PullHistory
+from apparate.store.layout import Store
+from tests.unit.test_history import result as pull_result
 
 
 def run(*args: str):
@@ -65,6 +70,23 @@ def test_images_before_first_pull(tmp_path, kind):
     assert json.loads(collected.output)["bytes_freed"] == 0
     assert collected_for_real.exit_code == 0, collected_for_real.output
     assert not store.exists() or list(store.iterdir()) == []
+
+
+def test_stats_json_rounds_recent_seconds(tmp_path):
+    store = tmp_path / "store"
+    Store(store).close()
+    history = PullHistory(store / INDEX_FILE)
+    try:
+        pulled = pull_result("example.com/app:v1", 400)
+        history.record(dataclasses.replace(pulled, seconds=2.123456), now=100.0)
+    finally:
+        history.close()
+
+    shown = run("stats", "--json", "--store", str(store))
+
+    assert shown.exit_code == 0, shown.output
+    [recent] = json.loads(shown.output)["recent"]
+    assert recent["seconds"] == 2.123
 
 
 def test_images_of_folder_that_is_no_store(tmp_path):
