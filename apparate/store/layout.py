@@ -349,6 +349,7 @@ class Store:
                 with _store_errors(f"cannot lock {self.root / USERS_LOCK}"):
                     self._hold_shared()
             return
+        self._check_writable()
         try:
             self._create()
             self._hold_shared()
@@ -356,6 +357,21 @@ class Store:
             raise StoreError(
                 f"cannot create the store at {self.root}: {error}"
             ) from None
+
+    def _check_writable(self) -> None:
+        """Raise StoreError if the store exists but this process cannot write to it.
+
+        SQLite would report it later as "unable to open database file".
+        """
+        if not self.root.is_dir() or os.access(self.root, os.W_OK):
+            return
+        read_only_mount = os.statvfs(self.root).f_flag & os.ST_RDONLY
+        reason = "a read-only file system" if read_only_mount else "permission denied"
+        raise StoreError(
+            f"the store {self.root} is not writable: {reason}",
+            hint="give a writable --store, or 'apparate images' and 'import' "
+            "read this one as it is",
+        )
 
     def _check_layout(self) -> None:
         """Raise StoreError if a part of the layout exists with the wrong type.

@@ -2,6 +2,7 @@ import errno
 import fcntl
 import json
 import multiprocessing
+import os
 import threading
 import time
 from pathlib import Path
@@ -330,3 +331,15 @@ def test_tag_removes_index_copy_of_killed_writer(tmp_path):
     store.tag("registry.example/app:v1", descriptor_of(manifest))
 
     assert not leftover.exists()
+
+
+def test_unwritable_store_is_named_before_sqlite(tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    Store(root).close()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != root)
+
+    with pytest.raises(StoreError, match="is not writable: permission denied"):
+        Store(root)
+
+    # Reading it needs no writes.
+    Store(root, create=False, read_only=True).close()
