@@ -238,3 +238,16 @@ class ArchiveWriteFailed(ImageImportError):
         "free space or pick another folder, then retry with 'apparate import'; "
         "the image is kept in the local store"
     )
+
+
+def reason_for_warning(error: Exception, subject: str) -> str:
+    """Return an error's message for a warning that names ``subject`` first.
+
+    The subject goes from the start of the message, and so does the hint,
+    which advises on a command that fails while the warning's goes on.
+    """
+    message = error.message if isinstance(error, ApparateError) else str(error)
+    if message.startswith(f"{subject}: "):
+        return message.removeprefix(f"{subject}: ")
+    # "LAYER from HOST: ..." keeps the source it names.
+    return message.removeprefix(f"{subject} ")

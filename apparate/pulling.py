@@ -20,6 +20,7 @@ from apparate.delta.assembler import (
     Assembler,
     DeltaUnavailable,
     RangeJournal,
+    RemoteTable,
     discard_rebuild,
     record_layer,
 )
@@ -40,6 +41,7 @@ from apparate.errors import (
     StoreError,
     TruncatedBody,
     VerificationError,
+    reason_for_warning,
 )
 from apparate.image import ResolvedImage, resolve_image
 from apparate.importers import Daemons, import_stored
@@ -373,17 +375,16 @@ def _plan_layers(
     missing = [layer for layer, _ in _missing_layers(store, image)]
     plans = ImagePlans(index, tables, missing)
     planned = {layer.digest: _planned_bytes(store, layer, plans) for layer in missing}
-    return [
-        LayerResult(
-            layer.digest,
-            layer.media_type,
-            layer.size,
-            layer.digest in planned,
-            planned.get(layer.digest, 0),
-            max(layer.size - planned.pop(layer.digest, 0), 0),
+    results = []
+    for layer in image.parsed.layers:
+        # A layer listed twice is fetched once, and reused the second time.
+        missing_here = layer.digest in planned
+        fetched, reused = planned.pop(layer.digest, (0, layer.size))
+        result = LayerResult(
+            layer.digest, layer.media_type, layer.size, missing_here, fetched, reused
         )
-        for layer in image.parsed.layers
-    ]
+        results.append(result)
+    return results
 
 
 def _kept_bytes(store: Store, layer: Descriptor) -> int:
@@ -398,34 +399,40 @@ def _kept_size(partial: Path) -> int:
         return 0
 
 
-def _planned_bytes(store: Store, layer: Descriptor, plans: ImagePlans) -> int:
+def _planned_bytes(
+    store: Store, layer: Descriptor, plans: ImagePlans
+) -> tuple[int, int]:
+    """Return the bytes a pull would fetch for a layer, and those it would reuse.
+
+    The fetched bytes count every attempt at the chunk table, as a pull's
+    do; the reused bytes are the blob's bytes not fetched.
+    """
     if not is_chunked_layer(layer.media_type, layer.annotations):
-        return layer.size - _kept_bytes(store, layer)
+        kept = _kept_bytes(store, layer)
+        return layer.size - kept, kept
     try:
         remote, plan = plans.plan_for(layer)
     except _WHOLE_LAYER_INSTEAD as error:
         subject = plans.subject(layer)
-        reason = _without_subject(error, subject)
+        reason = reason_for_warning(error, subject)
         log.warning("%s: would fetch the whole layer: %s", subject, reason)
-        return layer.size
+        return layer.size, 0
     partial = store.partial_path(layer.digest, DELTA_PARTIAL)
     if _kept_size(partial):
         # The frames a killed pull wrote, which the next pull keeps.
         plan = RangeJournal(partial, fresh=False).without_done(plan, remote.table)
-    return remote.fetched + plan.bytes_to_fetch
+    fetched = remote.fetched + plan.bytes_to_fetch
+    return fetched, layer.size - _distinct_bytes(remote, plan.bytes_to_fetch)
 
 
-def _without_subject(error: Exception, subject: str) -> str:
-    """Return an error's message without the layer's name, which a warning gives first."""
-    message = str(error)
-    if message.startswith(f"{subject}: "):
-        return message.removeprefix(f"{subject}: ")
-    # "LAYER from HOST: ..." keeps the source it names.
-    return message.removeprefix(f"{subject} ")
+def _distinct_bytes(remote: RemoteTable, frame_bytes: int) -> int:
+    """Return the blob bytes a rebuild fetches, each counted once however many attempts."""
+    table_bytes = len(remote.tail) if remote.fetched else 0
+    return table_bytes + frame_bytes
 
 
 def _warn_not_indexed(subject: str, error: Exception) -> None:
-    reason = _without_subject(error, subject)
+    reason = reason_for_warning(error, subject)
     log.warning("%s: chunks not indexed, the layer stays usable: %s", subject, reason)
 
 
@@ -639,14 +646,12 @@ class _LayerFetcher:
             log.info("%s: stored by another pull meanwhile", subject)
             return fetched, True
         except _WHOLE_LAYER_INSTEAD as error:
-            reason = _without_subject(error, subject)
+            reason = reason_for_warning(error, subject)
             log.warning("%s: fetching the whole layer: %s", subject, reason)
             return fetched + assembler.bytes_fetched, False
         total = fetched + assembler.bytes_fetched
-        table_bytes = len(remote.tail) if remote.fetched else 0
-        self.reused[layer.digest] = max(
-            layer.size - table_bytes - assembler.blob_bytes_fetched, 0
-        )
+        distinct = _distinct_bytes(remote, assembler.blob_bytes_fetched)
+        self.reused[layer.digest] = max(layer.size - distinct, 0)
         log.info(
             "%s: rebuilt from chunks, %d of %d bytes fetched",
             subject,

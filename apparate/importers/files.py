@@ -66,12 +66,18 @@ def check_archive_path(path: Path) -> None:
     """
     if _own_descriptor(path) is not None:
         return
-    if path.is_dir():
+    try:
+        is_folder, parent_exists = path.is_dir(), path.parent.is_dir()
+    except OSError:
+        # A folder this user cannot search: the write reports it, with the
+        # command to retry.
+        return
+    if is_folder:
         raise UsageError(
             f"the archive path {path} is a folder",
             hint=f"name a file in it, such as {path / 'image.tar'}",
         )
-    if not path.parent.is_dir():
+    if not parent_exists:
         raise UsageError(
             f"the folder {path.parent} of the archive path does not exist",
             hint="create it first, or name a file in an existing folder",

@@ -518,7 +518,7 @@ class RegistryClient:
                 # The body is not the requested bytes, or does not say which
                 # bytes it is. The server may still serve the whole blob.
                 raise RangesUnsupported(
-                    f"{subject}: {self.host} responded to a range from byte "
+                    f"{subject}: {self.endpoint} responded to a range from byte "
                     f"{start} with Content-Range {content_range!r}"
                 )
             position = start

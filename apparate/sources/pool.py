@@ -24,6 +24,7 @@ from apparate.errors import (
     NotFound,
     RegistryError,
     TruncatedBody,
+    reason_for_warning,
 )
 from apparate.manifest import Descriptor
 from apparate.registry.client import (
@@ -293,13 +294,11 @@ class SourcePool:
                 # Another range of the blob met the same failure and warned.
                 return
             failed.add(source)
-        # The hint of the error is for a pull that fails, which this one does not.
-        reason = error.message if isinstance(error, ApparateError) else str(error)
         log.warning(
             "%s: source %s failed (%s); trying the next one",
             subject,
             source.name,
-            reason.removeprefix(f"{subject}: "),
+            reason_for_warning(error, subject),
         )
 
     def _stop_ranges(

@@ -569,3 +569,12 @@ def test_unusable_archive_path_is_rejected_first(tmp_path, name, message):
 def test_archive_to_new_file_or_stdout_is_accepted(tmp_path):
     check_target(f"oci-archive:{tmp_path / 'image.tar'}", Daemons())
     check_target("docker-archive:/dev/stdout", Daemons())
+
+
+def test_unsearchable_archive_folder_is_left_to_the_write(tmp_path, monkeypatch):
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "is_dir", denied)
+
+    check_target(f"docker-archive:{tmp_path / 'locked' / 'image.tar'}", Daemons())

@@ -492,18 +492,6 @@ def test_rows_of_missing_blob_not_planned(tmp_path):
     assert not any(missing.values())
 
 
-@pytest.mark.parametrize(
-    ("message", "reason"),
-    [
-        ("layer x: responded 200 to a range", "responded 200 to a range"),
-        ("layer x from host: the transfer failed", "from host: the transfer failed"),
-        ("no chunk table annotations", "no chunk table annotations"),
-    ],
-)
-def test_fallback_reason_without_subject(message, reason):
-    assert pulling._without_subject(ApparateError(message), "layer x") == reason
-
-
 class BadTableMirrorPool(StandInPool):
     """Serves the chunk table with a flipped byte from a mirror, once."""
 
@@ -567,3 +555,21 @@ def test_not_indexed_warning_names_layer_once(tmp_path, caplog):
     [record] = caplog.records
     assert record.getMessage().startswith("layer x of image: chunks not indexed")
     assert record.getMessage().count("layer x") == 1
+
+
+def test_dry_run_reuse_matches_pull_after_bad_table(tmp_path):
+    layer = ConvertedLayer()
+    planning_pool = BadTableMirrorPool(layer)
+    store = Store(tmp_path / "planned")
+    index = ChunkIndex(store.root / INDEX_FILE)
+    tables = TablePrefetch(planning_pool, store, "image", threading.Event())
+    plans = ImagePlans(index, tables, [layer.descriptor])
+    fetch, _, _ = fetcher(tmp_path / "pulled", layer, BadTableMirrorPool(layer))
+
+    planned_fetch, planned_reuse = pulling._planned_bytes(
+        store, layer.descriptor, plans
+    )
+    fetched = fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert planned_fetch == fetched
+    assert planned_reuse == fetch.reused[layer.descriptor.digest]
