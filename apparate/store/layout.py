@@ -495,16 +495,36 @@ class Store:
         """Delete partial blobs that no running process holds.
 
         Resumable downloads (``partial-*``) are kept for a later pull to
-        finish, unless they are older than ``PARTIAL_MAX_AGE``.
+        finish, unless they are older than ``PARTIAL_MAX_AGE`` or their blob
+        is stored already, as after a pull killed right after its commit.
+        A journal goes with its partial file, and alone once that is gone.
         """
         now = time.time()
         for path in self.ingest_dir.iterdir():
+            if path.name.endswith(JOURNAL_SUFFIX):
+                continue
             with contextlib.suppress(OSError), open(path, "rb") as partial:
                 resumable = path.name.startswith(PARTIAL_PREFIX)
-                if resumable and now - path.stat().st_mtime < PARTIAL_MAX_AGE:
+                if (
+                    resumable
+                    and now - path.stat().st_mtime < PARTIAL_MAX_AGE
+                    and not self._stored_already(path)
+                ):
                     continue
                 fcntl.flock(partial, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 path.unlink()
+                journal_of(path).unlink(missing_ok=True)
+        # A pull creates a partial file before its journal and deletes the
+        # journal after it, so a journal without its partial file is of no use.
+        for journal in self.ingest_dir.glob(f"{PARTIAL_PREFIX}*{JOURNAL_SUFFIX}"):
+            if not journal.with_name(journal.name[: -len(JOURNAL_SUFFIX)]).exists():
+                with contextlib.suppress(OSError):
+                    journal.unlink()
+
+    def _stored_already(self, partial: Path) -> bool:
+        """Tell whether the blob a partial download is for is in ``blobs/``."""
+        digest = Digest.parse_or_none(f"sha256:{partial.name[-64:]}")
+        return digest is not None and self.has_blob(digest)
 
     def note_committed(self, digest: Digest) -> None:
         self._committed_here.add(digest)

@@ -115,6 +115,29 @@ def test_store_sweeps_abandoned_ingest_files(tmp_path):
         assert len(list(store.ingest_dir.iterdir())) == 1
 
 
+def test_sweep_removes_killed_commit_leftovers(tmp_path):
+    # A pull killed between committing a blob and deleting its partial file
+    # or journal leaves them young, and no later pull needs them.
+    store = Store(tmp_path)
+    blob = b"a blob that was committed"
+    store.put_blob(blob, Digest.of(blob))
+    hex_digest = Digest.of(blob).hex
+    journal = store.ingest_dir / f"partial-delta-{hex_digest}.ranges"
+    whole = store.ingest_dir / f"partial-{hex_digest}"
+    orphan = store.ingest_dir / f"partial-delta-{'0' * 64}.ranges"
+    resumable = store.ingest_dir / f"partial-{'1' * 64}"
+    resumable_rebuild = store.ingest_dir / f"partial-delta-{'2' * 64}"
+    for path in (journal, whole, orphan, resumable, resumable_rebuild):
+        path.write_bytes(b"0-10\n")
+    (store.ingest_dir / f"{resumable_rebuild.name}.ranges").write_bytes(b"0-10\n")
+
+    Store(tmp_path)
+
+    assert sorted(path.name for path in store.ingest_dir.iterdir()) == sorted(
+        [resumable.name, resumable_rebuild.name, f"{resumable_rebuild.name}.ranges"]
+    )
+
+
 def hold_partial(store: Store, digest: Digest):
     """Lock a partial download of ``digest`` as another pull writing it would."""
     path = store.partial_path(digest)
