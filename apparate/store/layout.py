@@ -467,11 +467,17 @@ class Store:
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         self.ingest_dir.mkdir(exist_ok=True)
         layout_file = self.root / "oci-layout"
-        if not layout_file.exists():
-            _write_atomically(layout_file, json.dumps(LAYOUT_VERSION).encode())
-        if not (self.root / "index.json").exists():
+        index_file = self.root / "index.json"
+        leftovers = list(self.root.glob(f".{layout_file.name}-*"))
+        if leftovers or not layout_file.exists() or not index_file.exists():
             with self._locked():
-                if not (self.root / "index.json").exists():
+                # Every writer of oci-layout takes the lock, so a temporary
+                # copy found here was left by a process killed while writing.
+                for leftover in self.root.glob(f".{layout_file.name}-*"):
+                    leftover.unlink(missing_ok=True)
+                if not layout_file.exists():
+                    _write_atomically(layout_file, json.dumps(LAYOUT_VERSION).encode())
+                if not index_file.exists():
                     self._write_index([])
         self._sweep_ingest()
 

@@ -115,6 +115,24 @@ def test_store_sweeps_abandoned_ingest_files(tmp_path):
         assert len(list(store.ingest_dir.iterdir())) == 1
 
 
+@pytest.mark.parametrize("layout_written", [False, True])
+def test_store_removes_killed_layout_copy(tmp_path, layout_written):
+    # A process killed while creating the store leaves its temporary copy
+    # of oci-layout, before or after another process wrote the file.
+    (tmp_path / "blobs" / "sha256").mkdir(parents=True)
+    leftover = tmp_path / ".oci-layout-k1ll3d"
+    leftover.write_bytes(b"{")
+    if layout_written:
+        (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+    Store(tmp_path)
+
+    assert not leftover.exists()
+    assert json.loads((tmp_path / "oci-layout").read_text()) == {
+        "imageLayoutVersion": "1.0.0"
+    }
+
+
 def test_sweep_removes_killed_commit_leftovers(tmp_path):
     # A pull killed between committing a blob and deleting its partial file
     # or journal leaves them young, and no later pull needs them.
