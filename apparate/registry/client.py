@@ -239,6 +239,8 @@ class RegistryClient:
         self.image = str(reference)
         self.endpoint = endpoint or Endpoint(reference.api_host)
         self.host = self.endpoint.host
+        # Sent with every request, to this host and to its probes.
+        self.headers = dict(headers or {})
         self._settings = settings
         scopes = scopes or [f"repository:{reference.repository}:pull"]
         auth = RegistryAuth(credentials, scopes, self.image)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import httpx
 
@@ -25,16 +26,21 @@ def probe_timeout(settings: TransportSettings, host: str) -> httpx.Timeout:
 
 
 def probe_rtt(
-    endpoint: Endpoint, settings: TransportSettings, probes: int = PROBES
+    endpoint: Endpoint,
+    settings: TransportSettings,
+    probes: int = PROBES,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[float | None, str | None]:
     """Return the shortest of a few round trips to ``endpoint``, in seconds.
 
     Any HTTP status counts, a 401 included: it shows the server is up. The
     first request also opens the connection, so later ones are nearer the
     link's own round trip. A round trip of None means no request got a
-    response, and the second value then gives the last error.
+    response, and the second value then gives the last error. ``headers``
+    go with each probe, as hosts.toml's ``header`` tables ask for every
+    request to a host.
     """
-    client = settings.client(endpoint.host)
+    client = settings.client(endpoint.host, headers=headers)
     client.timeout = probe_timeout(settings, endpoint.host)
     best: float | None = None
     failure: str | None = None

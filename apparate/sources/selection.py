@@ -253,6 +253,12 @@ def _plain_http_first(specs: list[SourceSpec], stats: SourceStats | None) -> set
     return {host for host, scheme in remembered.items() if scheme != "https"}
 
 
+def _probe(
+    source: Source, settings: TransportSettings
+) -> tuple[float | None, str | None]:
+    return probe_rtt(source.endpoint, settings, headers=source.client.headers)
+
+
 def measure_sources(
     sources: list[Source],
     settings: TransportSettings,
@@ -270,7 +276,7 @@ def measure_sources(
         if stats is not None:
             stale = _fill_kept(sources, stats, refresh)
         with ThreadPoolExecutor(max(1, len(stale)), thread_name_prefix="probe") as pool:
-            probes = list(pool.map(lambda s: probe_rtt(s.endpoint, settings), stale))
+            probes = list(pool.map(lambda s: _probe(s, settings), stale))
         for source, (rtt, failure) in zip(stale, probes, strict=True):
             source.measure = Measure(rtt, source.measure.throughput)
             if rtt is None and source.role == MIRROR:

@@ -5,9 +5,16 @@ import respx
 
 from apparate.config import Config
 from apparate.reference import Reference
+from apparate.registry.client import Endpoint
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
-from apparate.sources.selection import list_sources, open_pool, save_figures
+from apparate.sources.pool import MIRROR
+from apparate.sources.selection import (
+    SourceSpec,
+    list_sources,
+    open_pool,
+    save_figures,
+)
 from apparate.store.source_stats import SourceStats
 
 HOST = "127.0.0.1:5000"
@@ -111,3 +118,25 @@ def test_insecure_registry_url_gives_its_host(caplog):
 
     assert settings.insecure_registries == {"mirror.example:5000", "a.example"}
     assert "using its host mirror.example:5000" in caplog.text
+
+
+@respx.mock
+def test_probes_send_the_hosts_toml_headers(tmp_path):
+    probes = respx.get("https://mirror.lan/v2/").mock(return_value=httpx.Response(401))
+    respx.get("https://registry.lan/v2/").mock(return_value=httpx.Response(401))
+    reference = Reference.parse("registry.lan/app:v1")
+    mirror = SourceSpec(
+        Endpoint.parse("https://mirror.lan"), MIRROR, False, "hosts.toml",
+        headers=(("X-Mirror-Token", "secret"),),
+    )  # fmt: skip
+    [origin] = list_sources(reference, [], Config(), tmp_path / "no-hosts")
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    settings = TransportSettings(certs_dirs=())
+
+    pool = open_pool(reference, [mirror, origin], settings, credentials, 10.0)
+    pool.close()
+
+    assert probes.calls
+    assert all(
+        call.request.headers.get("X-Mirror-Token") == "secret" for call in probes.calls
+    )
