@@ -145,7 +145,10 @@ class DockerEngine:
         self, method: str, path: str, missing_ok: bool = False, **kwargs: Any
     ) -> httpx.Response:
         try:
-            answer = self._client.request(method, path, **kwargs)
+            # A daemon that hangs up before the request is written must not
+            # end the process by SIGPIPE, which the command line leaves on.
+            with broken_pipes_raise():
+                answer = self._client.request(method, path, **kwargs)
         except httpx.TransportError as error:
             raise DaemonUnreachable(
                 f"docker at {self.socket} sent no response to {method} {path} while "

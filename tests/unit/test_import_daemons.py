@@ -578,3 +578,52 @@ def test_unsearchable_archive_folder_is_left_to_the_write(tmp_path, monkeypatch)
     monkeypatch.setattr(Path, "is_dir", denied)
 
     check_target(f"docker-archive:{tmp_path / 'locked' / 'image.tar'}", Daemons())
+
+
+def test_docker_hang_up_without_sigpipe(tmp_path):
+    """A daemon that hangs up at once is reported, not a silent death by SIGPIPE.
+
+    The command line restores SIGPIPE's default action, which ends the
+    process when it writes a request to a connection the daemon has closed.
+    Whether the write comes before or after the close is a race, so the
+    child sends the request 40 times.
+    """
+    path = str(tmp_path / "closing.sock")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(path)
+    listening.listen(64)
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listening.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    child = (
+        "import signal, sys\n"
+        "from apparate.errors import DaemonUnreachable\n"
+        "from apparate.importers.docker import DockerEngine\n"
+        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n"
+        "reported = 0\n"
+        "for _ in range(40):\n"
+        "    engine = DockerEngine(sys.argv[1], 'x', 'retry')\n"
+        "    try:\n"
+        "        engine.info()\n"
+        "    except DaemonUnreachable:\n"
+        "        reported += 1\n"
+        "    finally:\n"
+        "        engine.close()\n"
+        "print(reported)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", child, path],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        listening.close()
+
+    assert (done.returncode, done.stdout.strip()) == (0, "40"), done.stderr
