@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from apparate.errors import ArchiveWriteFailed, UsageError
+from apparate.importers.sockets import broken_pipes_raise
 from apparate.store.layout import locked_temporary_file
 
 # Names a temporary archive as apparate's, so a sweep touches no other file.
@@ -94,7 +95,10 @@ def write_archive(
     ``retry`` is the command that writes the archive again, which errors name.
     """
     try:
-        return _write(path, pieces)
+        # A reader of a pipe that exits, such as a failing `docker load`,
+        # must fail the import rather than end the process by SIGPIPE.
+        with broken_pipes_raise():
+            return _write(path, pieces)
     except OSError as error:
         raise _failed(error, path, reference, retry) from None
 
@@ -157,6 +161,13 @@ def _failed(
             f"cannot write the archive of {reference} to {path}: the disk is full",
             hint=f"free space or pick another folder, then {again}; the image "
             "is kept in the local store",
+        )
+    if error.errno == errno.EPIPE:
+        return ArchiveWriteFailed(
+            f"cannot write the archive of {reference} to {path}: the reader "
+            "of the pipe exited",
+            hint=f"see the reader's error, then {again}; the image is kept in "
+            "the local store",
         )
     return ArchiveWriteFailed(
         f"cannot write the archive of {reference} to {path}: {reason}",

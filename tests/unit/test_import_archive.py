@@ -575,6 +575,26 @@ def test_cli_archive_to_stdout_keeps_it_whole(tmp_path):
     assert done.stderr.startswith(f"{REFERENCE}: written to docker-archive:/dev/stdout")
 
 
+
+def test_cli_archive_to_closed_pipe_fails(tmp_path):
+    """A reader that exits, as a failing ``docker load`` does, fails the import with code 12."""
+    store, _ = make_store(tmp_path / "store")
+    command = [sys.executable, "-m", "apparate.cli.main", "import", "--store",
+               str(store.root), "--into", "docker-archive:/dev/stdout", REFERENCE]  # fmt: skip
+    reader, writer = os.pipe()
+    os.close(reader)
+
+    try:
+        done = subprocess.run(
+            command, check=False, stdout=writer, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(writer)
+
+    assert done.returncode == 12, done.stderr
+    assert done.stderr.startswith("error: cannot write the archive")
+    assert "kept in the local store" in done.stderr
+
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
