@@ -575,7 +575,6 @@ def test_cli_archive_to_stdout_keeps_it_whole(tmp_path):
     assert done.stderr.startswith(f"{REFERENCE}: written to docker-archive:/dev/stdout")
 
 
-
 def test_cli_archive_to_closed_pipe_fails(tmp_path):
     """A reader that exits, as a failing ``docker load`` does, fails the import with code 12."""
     store, _ = make_store(tmp_path / "store")
@@ -594,6 +593,7 @@ def test_cli_archive_to_closed_pipe_fails(tmp_path):
     assert done.returncode == 12, done.stderr
     assert done.stderr.startswith("error: cannot write the archive")
     assert "kept in the local store" in done.stderr
+
 
 @pytest.mark.parametrize(
     ("path", "expected"),
