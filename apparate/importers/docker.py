@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 CONTAINERD_SNAPSHOTTER_DRIVER = "io.containerd.snapshotter.v1"
 TIMEOUT = httpx.Timeout(30.0, read=None, write=None)
+# Seconds to wait for the response to a request other than the load, whose
+# response comes only once docker has unpacked the image. The limit is an
+# estimate: these requests take milliseconds on a working daemon.
+REQUEST_TIMEOUT = 60.0
 NO_SPACE = "no space left on device"
 
 
@@ -144,11 +148,19 @@ class DockerEngine:
     def _request(
         self, method: str, path: str, missing_ok: bool = False, **kwargs: Any
     ) -> httpx.Response:
+        timeout = httpx.Timeout(30.0, read=REQUEST_TIMEOUT)
         try:
             # A daemon that hangs up before the request is written must not
             # end the process by SIGPIPE, which the command line leaves on.
             with broken_pipes_raise():
-                answer = self._client.request(method, path, **kwargs)
+                answer = self._client.request(method, path, timeout=timeout, **kwargs)
+        except httpx.TimeoutException:
+            raise DaemonUnreachable(
+                f"docker at {self.socket} sent no response to {method} {path} while "
+                f"importing {self.reference}: timed out after {REQUEST_TIMEOUT:g} s",
+                hint="check the daemon with 'docker info' and see its log, or pick "
+                "another --into target; " + self._retry,
+            ) from None
         except httpx.TransportError as error:
             raise DaemonUnreachable(
                 f"docker at {self.socket} sent no response to {method} {path} while "

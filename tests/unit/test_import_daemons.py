@@ -29,6 +29,7 @@ from apparate.errors import (
     ImageImportError,
     UsageError,
 )
+from apparate.importers import docker as docker_importer
 from apparate.importers.containerd import import_command
 from apparate.importers.docker import load_errors, uses_containerd_store
 from apparate.importers.run import check_target, chosen_target, import_stored
@@ -627,3 +628,19 @@ def test_docker_hang_up_without_sigpipe(tmp_path):
         listening.close()
 
     assert (done.returncode, done.stdout.strip()) == (0, "40"), done.stderr
+
+
+def test_docker_silent_daemon_times_out(tmp_path, store, monkeypatch):
+    """A daemon that accepts connections and never responds fails the import."""
+    monkeypatch.setattr(docker_importer, "REQUEST_TIMEOUT", 0.5)
+    path = str(tmp_path / "silent.sock")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(path)
+        listening.listen(8)
+        daemons = Daemons(docker_host=f"unix://{path}")
+
+        with pytest.raises(DaemonUnreachable, match="timed out") as caught:
+            import_stored(store[0], REFERENCE, "docker", daemons)
+
+    assert "GET /info" in str(caught.value)
+    assert caught.value.exit_code == 12
