@@ -9,6 +9,7 @@ import grp
 import os
 import signal
 import socket
+import stat
 from collections.abc import Iterator
 
 from apparate.errors import DaemonPermissionDenied, DaemonUnreachable
@@ -80,11 +81,19 @@ def require_socket(path: str, daemon: str, setting: str) -> None:
 
 
 def _permission_hint(path: str) -> str:
-    """Say who may use the socket at ``path``: root, or its group's members."""
+    """Say who may use the socket at ``path``: root, or its group's members.
+
+    Connecting needs write permission on the socket, so the group is named
+    only when its members have it.
+    """
     try:
-        group = grp.getgrgid(os.stat(path).st_gid).gr_name
+        status = os.stat(path)
+        group = grp.getgrgid(status.st_gid).gr_name
     except (OSError, KeyError):
         group = "root"
+    else:
+        if not status.st_mode & stat.S_IWGRP:
+            group = "root"
     other_target = "pick another --into target; the image is kept in the local store"
     if group == "root":
         return f"run as root, or {other_target}"

@@ -533,12 +533,20 @@ def test_ctr_failure_retry_keeps_options(
 
 
 @pytest.mark.parametrize(
-    ("gid", "words"), [(0, "run as root, or"), (1, "member of the group")]
+    ("gid", "mode", "words"),
+    [
+        (0, 0o660, "run as root, or"),
+        (1, 0o660, "member of the group"),
+        # Connecting needs write permission, which the group lacks here.
+        (1, 0o640, "run as root, or"),
+        (1, 0o000, "run as root, or"),
+    ],
 )
-def test_permission_hint_names_socket_group(tmp_path, gid, words):
+def test_permission_hint_names_socket_group(tmp_path, gid, mode, words):
     path = tmp_path / "daemon.sock"
     path.write_text("")
     os.chown(path, 0, gid)
+    path.chmod(mode)
 
     assert words in _permission_hint(str(path))
 
