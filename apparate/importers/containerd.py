@@ -25,7 +25,12 @@ from apparate.errors import (
 )
 from apparate.importers.archive import oci_members, stream_tar
 from apparate.importers.image import StoredContent, retry_command
-from apparate.importers.sockets import broken_pipes_raise, require_socket
+from apparate.importers.sockets import (
+    SocketState,
+    broken_pipes_raise,
+    probe_socket,
+    require_socket,
+)
 from apparate.importers.target import (
     CONTAINERD,
     Daemons,
@@ -41,6 +46,10 @@ CTR = "ctr"
 HELP_TIMEOUT = 30.0
 OUTPUT_LIMIT = 64 * 1024
 ADDRESS_SETTING = "CONTAINERD_ADDRESS or --containerd-address"
+# Seconds between checks that containerd still accepts connections while
+# ctr runs, because ctr 1.6 can wait without a timeout for a containerd
+# killed mid-import (seen once in about 20 kills, between two blobs).
+WATCH_INTERVAL = 2.0
 
 
 @functools.cache
@@ -94,7 +103,7 @@ def import_into_containerd(
     log.debug("running %s", " ".join(argv))
     retry = retry_command(store, name, f"containerd{daemons.containerd_options()}")
     with contextlib.closing(stream_tar(oci_members(store, content, name))) as archive:
-        sent = _run(argv, archive, name, retry)
+        sent = _run(argv, archive, name, retry, address)
     return ImportResult(
         CONTAINERD, requested, name, str(content.top.digest), sent,
         time.monotonic() - started,
@@ -102,15 +111,19 @@ def import_into_containerd(
     )  # fmt: skip
 
 
-def _run(argv: list[str], archive: Iterator[bytes], reference: str, retry: str) -> int:
+def _run(
+    argv: list[str], archive: Iterator[bytes], reference: str, retry: str, address: str
+) -> int:
     """Feed ``archive`` to ctr; return the bytes sent, raising if ctr failed.
 
-    ``retry`` is the command that imports the image again.
+    ``retry`` is the command that imports the image again, and ``address``
+    the socket of containerd, which is watched while ctr runs.
     """
     process = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     output = _Output(process)
+    watch = _Watch(process, address)
     try:
         with broken_pipes_raise():
             sent = _feed(process, archive)
@@ -120,7 +133,16 @@ def _run(argv: list[str], archive: Iterator[bytes], reference: str, retry: str) 
         process.kill()
         process.wait()
         raise
+    finally:
+        watch.stop()
     text = output.text()
+    if watch.lost is not None:
+        raise DaemonUnreachable(
+            f"containerd at {address} stopped during the import of {reference}: "
+            f"its socket {watch.lost.value}",
+            hint=f"start containerd again, then retry with '{retry}'; the image "
+            "is kept in the local store",
+        )
     if code != 0:
         raise _failure(text, reference, retry)
     log.info("%s: %s", reference, text.strip().replace("\n", "; "))
@@ -161,6 +183,42 @@ def _failure(output: str, reference: str, command: str) -> Exception:
     if "connection refused" in lowered or "no such file or directory" in lowered:
         return DaemonUnreachable(message)
     return DaemonRejected(message, hint=f"see containerd's log; {retry}")
+
+
+class _Watch:
+    """A check on its own thread that containerd still accepts connections while ctr runs.
+
+    When the socket is gone or refuses connections, ctr is killed and
+    ``lost`` records the socket's state.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], address: str) -> None:
+        self.lost: SocketState | None = None
+        self._process = process
+        self._address = address
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._watch, name="containerd-watch", daemon=True
+        )
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(WATCH_INTERVAL):
+            try:
+                state = probe_socket(self._address)
+            except DaemonUnreachable:
+                continue
+            if state in (SocketState.MISSING, SocketState.REFUSED):
+                self.lost = state
+                log.info(
+                    "containerd at %s %s; stopping ctr", self._address, state.value
+                )
+                self._process.kill()
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 class _Output:

@@ -29,6 +29,7 @@ from apparate.errors import (
     ImageImportError,
     UsageError,
 )
+from apparate.importers import containerd as containerd_importer
 from apparate.importers import docker as docker_importer
 from apparate.importers.containerd import import_command
 from apparate.importers.docker import load_errors, uses_containerd_store
@@ -652,3 +653,24 @@ def test_docker_silent_daemon_times_out(tmp_path, store, monkeypatch):
 
     assert "GET /info" in str(caught.value)
     assert caught.value.exit_code == 12
+
+
+def test_ctr_stopped_daemon_ends_import(tmp_path, monkeypatch, store):
+    """A containerd that stops mid-import fails it, even while ctr keeps waiting."""
+    monkeypatch.setattr(containerd_importer, "WATCH_INTERVAL", 0.1)
+    path = tmp_path / "containerd.sock"
+    # ctr 1.6 can keep waiting for a containerd that was killed, so the fake
+    # ctr removes the socket, as if the daemon stopped, and waits too.
+    script = (
+        'case "$*" in *--help*) exit 0;; esac\n'
+        f"head -c 1000 >/dev/null\nrm {path}\nexec sleep 30\n"
+    )
+    fake_ctr(tmp_path / "bin", script)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    daemons = Daemons(containerd_address=str(path))
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        listening.listen(8)
+
+        with pytest.raises(DaemonUnreachable, match="stopped during the import"):
+            import_stored(store[0], REFERENCE, "containerd", daemons)
