@@ -93,8 +93,7 @@ def check_target(into: str | None, daemons: Daemons) -> ImportTarget:
     """
     target = chosen_target(into)
     if target.kind == DOCKER:
-        # The import warns of a broken context, where --json records it.
-        daemons.docker_socket(warn=False)
+        daemons.docker_socket()
     if target.kind == CONTAINERD:
         check_namespace(daemons.containerd_namespace)
     if target.path is not None:

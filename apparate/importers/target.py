@@ -7,7 +7,6 @@ results in, so the choice of target is tested with tables of cases.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -16,8 +15,6 @@ from pathlib import Path
 
 from apparate.errors import UsageError
 from apparate.importers.docker_context import context_docker_host
-
-log = logging.getLogger(__name__)
 
 AUTO = "auto"
 DOCKER = "docker"
@@ -107,14 +104,15 @@ class Daemons:
 
     ``docker_host`` is a ``DOCKER_HOST`` value; only ``unix://`` is served.
     ``docker_host_source`` names where it was set, for error messages, and
-    ``docker_context_problem`` is why docker's current context was not used.
+    ``docker_context_error`` why docker's current context cannot be used:
+    the docker CLI refuses to run then, so no other socket is tried.
     """
 
     docker_host: str = f"unix://{DEFAULT_DOCKER_SOCKET}"
     containerd_address: str = DEFAULT_CONTAINERD_SOCKET
     containerd_namespace: str = DEFAULT_NAMESPACE
     docker_host_source: str = DOCKER_HOST
-    docker_context_problem: str | None = None
+    docker_context_error: UsageError | None = None
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Daemons:
@@ -134,9 +132,8 @@ class Daemons:
         try:
             context = context_docker_host(env)
         except UsageError as error:
-            # Most pulls never reach docker, so the warning waits until one does.
-            problem = f"{error}; using docker's default socket"
-            return cls(docker_context_problem=problem, **containerd)
+            # Most pulls never reach docker, so the error waits until one does.
+            return cls(docker_context_error=error, **containerd)
         if context is None:
             return cls(**containerd)
         name, host = context
@@ -146,14 +143,14 @@ class Daemons:
             **containerd,
         )
 
-    def docker_socket(self, warn: bool = True) -> str:
+    def docker_socket(self) -> str:
         """Return docker's socket path, raising UsageError for a host apparate cannot reach.
 
-        With ``warn``, a broken docker context that led to the default
-        socket is named in a warning.
+        A broken docker context raises its error: the default socket may
+        belong to another daemon than the one the context names.
         """
-        if warn and self.docker_context_problem is not None:
-            log.warning("%s", self.docker_context_problem)
+        if self.docker_context_error is not None:
+            raise self.docker_context_error
         return docker_socket(self.docker_host, self.docker_host_source)
 
     def containerd_options(self) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from apparate.errors import UsageError
 from apparate.importers.docker_context import context_docker_host
+from apparate.importers.run import _detect, check_target
 from apparate.importers.target import DEFAULT_DOCKER_SOCKET, Daemons
 
 
@@ -76,16 +77,17 @@ def test_context_without_endpoint_rejected(tmp_path):
         context_docker_host(env)
 
 
-def test_broken_context_uses_default(tmp_path, caplog):
+def test_broken_context_is_an_error_when_docker_is_used(tmp_path, caplog):
     (tmp_path / "config.json").write_text('{"currentContext": "gone"}')
 
     daemons = Daemons.from_environment({"DOCKER_CONFIG": str(tmp_path)})
 
-    assert daemons.docker_host == f"unix://{DEFAULT_DOCKER_SOCKET}"
-    assert daemons.docker_socket(warn=False) == DEFAULT_DOCKER_SOCKET
+    # The default socket may be another daemon than the context meant.
+    with pytest.raises(UsageError, match="docker context 'gone' does not exist"):
+        daemons.docker_socket()
+    with pytest.raises(UsageError, match="docker context 'gone' does not exist"):
+        check_target("docker", daemons)
     assert caplog.text == ""
-    assert daemons.docker_socket() == DEFAULT_DOCKER_SOCKET
-    assert "docker context 'gone' does not exist" in caplog.text
 
 
 def test_broken_context_unused_is_not_reported(tmp_path, caplog):
@@ -119,3 +121,16 @@ def test_remote_context_error_names_context(tmp_path):
     assert str(raised.value).startswith(
         "docker context 'remote' (host ssh://builder@build-host) uses ssh://"
     )
+
+
+def test_broken_context_leaves_docker_out_of_auto(tmp_path, caplog):
+    (tmp_path / "config.json").write_text('{"currentContext": "gone"}')
+    env = {"DOCKER_CONFIG": str(tmp_path)}
+    daemons = Daemons.from_environment(env).with_options(
+        str(tmp_path / "no.sock"), None
+    )
+
+    target = _detect(daemons)
+
+    assert target.kind == "oci"
+    assert "not importing into docker: docker context 'gone'" in caplog.text
