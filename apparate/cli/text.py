@@ -109,8 +109,8 @@ def import_line(imported: ImportResult) -> str:
     if imported.target == "oci":
         return f"not imported, target {target}: {imported.note}"
     verb = "written to" if ":" in imported.target else "imported into"
-    name = imported.name or "no name"
-    line = f"{verb} {target} as {name}, ID {imported.image_id}"
+    name = f"as {imported.name}" if imported.name else "without a name"
+    line = f"{verb} {target} {name}, ID {imported.image_id}"
     if imported.bytes_sent:
         line += f", {human_size(imported.bytes_sent)} sent in {imported.seconds:.1f} s"
     return f"{line}; {imported.note}" if imported.note else line

@@ -225,8 +225,14 @@ def _load_docker(
     if engine.has_image(image_id):
         log.info("%s: docker already has image %s, not loading it", reference, image_id)
         if content.tag:
-            engine.tag(image_id, reference.name, content.tag)
-            note = "docker already held this image ID, so it was only tagged"
+            try:
+                engine.tag(image_id, reference.name, content.tag)
+            except DaemonRejected as error:
+                if not _unnameable(content, error):
+                    raise
+                name, note = None, _unnameable_note(content)
+            else:
+                note = "docker already held this image ID, so it was only tagged"
         else:
             note = f"docker already held this image ID; it was {note}"
         return ImportResult(
@@ -240,7 +246,15 @@ def _load_docker(
         sizes.close()
     with contextlib.closing(stream_tar(members)) as archive:
         counter = _Counter(archive)
-        messages = engine.load(iter(counter))
+        try:
+            messages = engine.load(iter(counter))
+        except DaemonRejected as error:
+            # docker 20.10 creates the image before it reads the tag, so
+            # only the tag is missing then.
+            if not (_unnameable(content, error) and engine.has_image(image_id)):
+                raise
+            name, note = None, _unnameable_note(content)
+            messages = [str(error)]
     log.info("%s: %s", reference, "; ".join(messages) or "loaded")
     if not engine.has_image(image_id):
         raise DaemonRejected(
@@ -272,6 +286,23 @@ def _load_oci(
         DOCKER, requested, reference, str(content.top.digest), counter.sent,
         time.monotonic() - started, "docker keeps its images in containerd",
     )  # fmt: skip
+
+
+def _unnameable(content: StoredContent, error: DaemonRejected) -> bool:
+    """Tell whether docker refused the image's name for its IPv6 registry address.
+
+    docker 20.10's reference grammar has no IPv6 hosts, so it rejects a
+    name such as ``[::1]:5000/app:v1`` as an invalid reference format.
+    """
+    registry = content.reference.registry
+    return registry.startswith("[") and "invalid reference format" in str(error)
+
+
+def _unnameable_note(content: StoredContent) -> str:
+    return (
+        f"loaded without a tag because this docker cannot name images of "
+        f"{content.reference.registry}, an IPv6 address; refer to it by its image ID"
+    )
 
 
 def _untagged_note(content: StoredContent) -> str:

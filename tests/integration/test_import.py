@@ -271,7 +271,7 @@ def test_digest_pull_into_docker_loads_untagged(
                       reference, env=docker_env(dockerd_daemon)).stdout  # fmt: skip
 
     image_id = sample_config_digest(sample_images, "base:v1")
-    assert f"as no name, ID {image_id}" in output
+    assert f"without a name, ID {image_id}" in output
     assert "pulled by digest" in output
     assert docker_inspect(dockerd_daemon, image_id)["RepoTags"] == []
     assert "bookworm" in docker_os_release(dockerd_daemon, image_id)

@@ -433,7 +433,7 @@ FILE_RESULT = ImportResult(
         ),
         (
             ImportResult("docker", "docker", None, "sha256:c", note="pulled by digest"),
-            "imported into docker as no name, ID sha256:c; pulled by digest",
+            "imported into docker without a name, ID sha256:c; pulled by digest",
         ),
         (
             ImportResult("oci", "auto", "r/a:v1", "sha256:m", note="kept in /s only"),

@@ -59,6 +59,8 @@ class FakeDocker:
     info: dict[str, object] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     loaded: bytes = b""
+    # The message of a 400 answer to a tag request, or None for success.
+    tag_refused: str | None = None
 
 
 def _handler(fake: FakeDocker) -> type[http.server.BaseHTTPRequestHandler]:
@@ -87,6 +89,8 @@ def _handler(fake: FakeDocker) -> type[http.server.BaseHTTPRequestHandler]:
             fake.requests.append(f"POST {self.path}")
             if self.path.startswith("/images/load"):
                 self._load()
+            elif "/tag?" in self.path and fake.tag_refused is not None:
+                self._json(400, {"message": fake.tag_refused})
             else:
                 self._send(201, b"", "text/plain")
 
@@ -211,6 +215,49 @@ def test_docker_digest_pull_loads_without_tag(fake_docker, tmp_path):
     assert result.name is None
     assert "pulled by digest" in result.note
     assert json.loads(read_tar(fake.loaded)["manifest.json"])[0]["RepoTags"] == []
+
+
+IPV6_REFERENCE = "[::1]:5000/team/app:v1"
+INVALID_NAME = "invalid reference format"
+
+
+def test_docker_without_ipv6_names_loads_untagged(fake_docker, tmp_path):
+    fake, daemons = fake_docker
+    image_store, facts = make_store(tmp_path / "ipv6-store", IPV6_REFERENCE)
+    image_id = str(facts["config"].digest)
+    fake.load_lines = [
+        {"errorDetail": {"message": INVALID_NAME}, "error": INVALID_NAME}
+    ]
+
+    result = _after_load(fake, lambda: fake.images.add(image_id), lambda: (
+        import_stored(image_store, IPV6_REFERENCE, "docker", daemons)))  # fmt: skip
+
+    assert result.name is None
+    assert result.image_id == image_id
+    assert "IPv6 address" in result.note
+
+
+def test_docker_held_image_without_ipv6_name(fake_docker, tmp_path):
+    fake, daemons = fake_docker
+    image_store, facts = make_store(tmp_path / "ipv6-store", IPV6_REFERENCE)
+    fake.images.add(str(facts["config"].digest))
+    fake.tag_refused = INVALID_NAME
+
+    result = import_stored(image_store, IPV6_REFERENCE, "docker", daemons)
+
+    assert result.name is None
+    assert "IPv6 address" in result.note
+
+
+def test_docker_ipv6_name_refused_without_image_fails(fake_docker, tmp_path):
+    fake, daemons = fake_docker
+    image_store, _ = make_store(tmp_path / "ipv6-store", IPV6_REFERENCE)
+    fake.load_lines = [
+        {"errorDetail": {"message": INVALID_NAME}, "error": INVALID_NAME}
+    ]
+
+    with pytest.raises(DaemonRejected, match=INVALID_NAME):
+        import_stored(image_store, IPV6_REFERENCE, "docker", daemons)
 
 
 def test_docker_error_in_stream_fails_import(fake_docker, store):
