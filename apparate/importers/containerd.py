@@ -208,7 +208,11 @@ class _Watch:
                 state = probe_socket(self._address)
             except DaemonUnreachable:
                 continue
-            if state in (SocketState.MISSING, SocketState.REFUSED):
+            if state in (
+                SocketState.MISSING,
+                SocketState.REFUSED,
+                SocketState.NOT_SOCKET,
+            ):
                 self.lost = state
                 log.info(
                     "containerd at %s %s; stopping ctr", self._address, state.value

@@ -23,6 +23,7 @@ class SocketState(enum.Enum):
     REFUSED = "refuses connections"
     DENIED = "is not open to this user"
     TIMED_OUT = "does not accept connections in time"
+    NOT_SOCKET = "is not a socket"
 
 
 def probe_socket(path: str, timeout: float = CONNECT_TIMEOUT) -> SocketState:
@@ -39,9 +40,20 @@ def probe_socket(path: str, timeout: float = CONNECT_TIMEOUT) -> SocketState:
             return SocketState.TIMED_OUT
         except OSError as error:
             if error.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
-                return SocketState.REFUSED
+                # Linux refuses a connection to a file that is no socket, too.
+                return (
+                    SocketState.REFUSED if _is_socket(path) else SocketState.NOT_SOCKET
+                )
             raise DaemonUnreachable(f"cannot connect to {path}: {error}") from None
     return SocketState.ACCEPTS
+
+
+def _is_socket(path: str) -> bool:
+    """Tell whether ``path`` is a socket; a path that cannot be read counts as one."""
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return True
 
 
 @contextlib.contextmanager

@@ -333,6 +333,15 @@ def test_stale_socket_is_refused(tmp_path):
             require_socket(path, "docker", "DOCKER_HOST")
 
 
+def test_plain_file_is_no_socket(tmp_path):
+    path = tmp_path / "docker.sock"
+    path.write_text("not a socket")
+
+    assert probe_socket(str(path)) is SocketState.NOT_SOCKET
+    with pytest.raises(DaemonUnreachable, match="docker.sock is not a socket"):
+        require_socket(str(path), "docker", "DOCKER_HOST")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
 def test_socket_permission_denied(tmp_path):
     path = str(tmp_path / "private.sock")
