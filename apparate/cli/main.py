@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -704,14 +703,17 @@ def run() -> None:
     Without arguments it prints the help and exits 0, as docker does.
     ``apparate.cli.launch`` handles Ctrl-C while this module is imported.
     """
-    # Die quietly when a reader such as `head` closes the pipe, as Unix tools do.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if sys.stdout is None:
         # Python sets it to None when the descriptor was closed (`>&-`), and
         # print() then drops every line without a word.
         print("error: standard output is closed", file=sys.stderr)
         _exit_now(OutputUnwritable.exit_code)
+    # SIGPIPE stays ignored, as Python sets it, so that a registry closing
+    # a connection mid-upload is an error, not a silent end. The wrappers
+    # end the process quietly when a reader such as `head` exits instead.
     sys.stdout = CheckedOutput(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = CheckedOutput(sys.stderr, report=False)
     try:
         code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
     except OutputUnwritable as error:

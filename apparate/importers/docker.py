@@ -151,7 +151,7 @@ class DockerEngine:
         timeout = httpx.Timeout(30.0, read=REQUEST_TIMEOUT)
         try:
             # A daemon that hangs up before the request is written must not
-            # end the process by SIGPIPE, which the command line leaves on.
+            # end the process by SIGPIPE, if a calling program turned it on.
             with broken_pipes_raise():
                 answer = self._client.request(method, path, timeout=timeout, **kwargs)
         except httpx.TimeoutException:

@@ -96,7 +96,8 @@ def write_archive(
     """
     try:
         # A reader of a pipe that exits, such as a failing `docker load`,
-        # must fail the import rather than end the process by SIGPIPE.
+        # must fail the import rather than end the process by SIGPIPE, if a
+        # calling program turned it on.
         with broken_pipes_raise():
             return _write(path, pieces)
     except OSError as error:

@@ -60,11 +60,12 @@ def _is_socket(path: str) -> bool:
 def broken_pipes_raise() -> Iterator[None]:
     """Make writes to a closed pipe or socket raise BrokenPipeError in this thread.
 
-    The command line restores the default action of SIGPIPE, which ends the
-    process, so that it stops quietly when a reader such as ``head`` exits. A
-    daemon that closes its end while apparate streams an archive must give an
-    error message instead. The signal is blocked in this thread only and any
-    pending one is consumed before the old mask returns.
+    Python ignores SIGPIPE, and so does the command line, but a program
+    that uses apparate's API may restore its default action, which ends
+    the process. A daemon that closes its end while apparate streams an
+    archive must give an error message instead. The signal is blocked in
+    this thread only and any pending one is consumed before the old mask
+    returns.
     """
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
     try:

@@ -553,3 +553,69 @@ def test_convert_fits_store_once_after_push(
         not (store / "index.json").exists()
         or not json.loads((store / "index.json").read_text())["manifests"]
     )
+
+
+class _RefusingLargeUploads(socketserver.StreamRequestHandler):
+    """A destination that answers 413 to a large upload and closes, as a proxy's
+    body size limit does, before reading the body."""
+
+    def handle(self) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            piece = self.connection.recv(65536)
+            # A TLS handshake (first byte 0x16) is closed at once, so the
+            # client moves on to plain HTTP.
+            if not piece or head + piece[:1] == b"\x16":
+                return
+            head += piece
+        request, _, headers = head.decode("latin-1").partition("\r\n")
+        method, path, _ = request.split(" ", 2)
+        length = 0
+        for line in headers.lower().splitlines():
+            if line.startswith("content-length:"):
+                length = int(line.split(":", 1)[1])
+        if method in ("PATCH", "PUT") and "/uploads/" in path and length > 1 << 20:
+            self._answer("413 Request Entity Too Large")
+            return
+        body = head.partition(b"\r\n\r\n")[2]
+        while len(body) < length:
+            body += self.connection.recv(65536)
+        if method == "POST" and "/blobs/uploads/" in path or method == "PATCH":
+            self._answer("202 Accepted", "Location: /v2/app/blobs/uploads/1\r\n")
+        elif method == "PUT":
+            self._answer("201 Created")
+        elif path == "/v2/":
+            self._answer("200 OK")
+        else:
+            self._answer("404 Not Found")
+
+    def _answer(self, status: str, headers: str = "") -> None:
+        self.connection.sendall(
+            f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n"
+            f"{headers}\r\n".encode()
+        )
+
+
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+
+
+def test_convert_reports_upload_refused_mid_body(registry_plain, tmp_path):
+    """A destination that closes during an upload fails the command with a
+    message, not a silent end by SIGPIPE (exit 141)."""
+    server = _TcpServer(("127.0.0.1", 0), _RefusingLargeUploads)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    apparate_cli = str(Path(sys.executable).with_name("apparate"))
+    try:
+        done = subprocess.run(
+            [apparate_cli, "convert", "--store", str(tmp_path / "store"),
+             f"{registry_plain.host}/samples/base:v1",
+             f"127.0.0.1:{server.server_address[1]}/app:converted"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert done.returncode == 8, done.stderr
+    assert "HTTP 413" in done.stderr

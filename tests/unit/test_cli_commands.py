@@ -40,6 +40,22 @@ def test_no_arguments_prints_help():
     assert done.stderr == ""
 
 
+def test_reader_gone_ends_quietly():
+    """A closed pipe ends the command as SIGPIPE ends Unix tools, without a word."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "apparate.cli.main", "--version"],
+            stdout=writer, stderr=subprocess.PIPE, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+
+    assert done.returncode == 141
+    assert done.stderr == b""
+
+
 def test_help_shows_whole_command_summaries():
     done = run_program("--help")
 

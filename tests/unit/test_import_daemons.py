@@ -649,8 +649,9 @@ def test_unsearchable_archive_folder_is_left_to_the_write(tmp_path, monkeypatch)
 def test_docker_hang_up_without_sigpipe(tmp_path):
     """A daemon that hangs up at once is reported, not a silent death by SIGPIPE.
 
-    The command line restores SIGPIPE's default action, which ends the
-    process when it writes a request to a connection the daemon has closed.
+    A program calling apparate may restore SIGPIPE's default action, which
+    ends the process when it writes a request to a connection the daemon
+    has closed.
     Whether the write comes before or after the close is a race, so the
     child sends the request 40 times.
     """
