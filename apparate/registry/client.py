@@ -30,7 +30,7 @@ from apparate.errors import (
     TruncatedBody,
 )
 from apparate.manifest import ACCEPTED_TYPES, MAX_MANIFEST_BYTES, Descriptor
-from apparate.reference import Reference
+from apparate.reference import Reference, is_loopback
 from apparate.registry.auth import RegistryAuth
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.errors import (
@@ -218,8 +218,9 @@ class RegistryClient:
     ``endpoint`` serves the repository from elsewhere than the reference's
     registry, as a mirror does. ``read_timeout`` bounds the wait for each
     piece of a body, so a stalled source is left sooner. ``plain_http_first``
-    tries plain http before https, as for loopback registries. ``headers``
-    go with every request, as hosts.toml's ``header`` tables set.
+    tries plain http before https; by default a loopback registry is asked
+    so, since its traffic never leaves the machine. ``headers`` go with
+    every request, as hosts.toml's ``header`` tables set.
     """
 
     def __init__(
@@ -231,7 +232,7 @@ class RegistryClient:
         scopes: list[str] | None = None,
         endpoint: Endpoint | None = None,
         read_timeout: float | None = None,
-        plain_http_first: bool = False,
+        plain_http_first: bool | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.reference = reference
@@ -254,6 +255,8 @@ class RegistryClient:
                 connect=limits.connect, read=read_timeout, write=limits.write,
                 pool=limits.pool,
             )  # fmt: skip
+        if plain_http_first is None:
+            plain_http_first = self.endpoint.scheme is None and is_loopback(self.host)
         self.plain_http_first = plain_http_first
         self._base_url: str | None = None
         # Where each blob's GET was last redirected, so later ranges of the

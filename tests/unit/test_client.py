@@ -1376,3 +1376,23 @@ def test_busy_registry_retry_after_is_honoured(client, requested, waited):
 
     assert fetch(client) == BLOB
     assert PAUSES == [waited]
+
+
+@pytest.mark.parametrize(
+    ("image", "endpoint", "plain_first"),
+    [
+        ("127.0.0.1:5000/app:v1", None, True),
+        ("localhost:5000/app:v1", None, True),
+        ("registry.example/app:v1", None, False),
+        ("127.0.0.1:5000/app:v1", "https://127.0.0.1:5000", False),
+    ],
+)
+def test_loopback_registry_asked_on_plain_http_first(image, endpoint, plain_first):
+    credentials = CredentialStore.from_environment({}, env={"HOME": "/nonexistent"})
+    settings = TransportSettings(certs_dirs=())
+    parsed = Endpoint.parse(endpoint) if endpoint else None
+
+    with RegistryClient(
+        Reference.parse(image), settings, credentials, endpoint=parsed
+    ) as client:
+        assert client.plain_http_first is plain_first
