@@ -317,7 +317,9 @@ def _checked_target(
     """
     path = check_target(into, daemons).path
     if path is not None and writes_to_stdout(path) and not dry_run:
-        sys.stdout = sys.stderr
+        # Its write errors are reported as standard output's were.
+        stderr = sys.__stderr__
+        sys.stdout = CheckedOutput(stderr, name="standard error") if stderr else stderr
     return into
 
 

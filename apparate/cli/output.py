@@ -33,9 +33,12 @@ class CheckedOutput:
     dropped: there is nowhere left to report them.
     """
 
-    def __init__(self, stream: TextIO, report: bool = True) -> None:
+    def __init__(
+        self, stream: TextIO, report: bool = True, name: str = "standard output"
+    ) -> None:
         self._stream = stream
         self._report = report
+        self._name = name
 
     def write(self, text: str) -> int:
         try:
@@ -44,7 +47,7 @@ class CheckedOutput:
             _end_quietly()
         except OSError as error:
             if self._report:
-                raise _unwritable(error) from None
+                raise _unwritable(error, self._name) from None
         return len(text)
 
     def flush(self) -> None:
@@ -54,15 +57,15 @@ class CheckedOutput:
             _end_quietly()
         except OSError as error:
             if self._report:
-                raise _unwritable(error) from None
+                raise _unwritable(error, self._name) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
-def _unwritable(error: OSError) -> OutputUnwritable:
+def _unwritable(error: OSError, name: str) -> OutputUnwritable:
     reason = error.strerror or str(error)
-    return OutputUnwritable(f"cannot write to standard output: {reason}")
+    return OutputUnwritable(f"cannot write to {name}: {reason}")
 
 
 def _end_quietly() -> NoReturn:

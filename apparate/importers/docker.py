@@ -230,7 +230,7 @@ def _load_docker(
             except DaemonRejected as error:
                 if not _unnameable(content, error):
                     raise
-                name, note = None, _unnameable_note(content)
+                name, note = None, _unnameable_note(content, loaded=False)
             else:
                 note = "docker already held this image ID, so it was only tagged"
         else:
@@ -253,7 +253,7 @@ def _load_docker(
             # only the tag is missing then.
             if not (_unnameable(content, error) and engine.has_image(image_id)):
                 raise
-            name, note = None, _unnameable_note(content)
+            name, note = None, _unnameable_note(content, loaded=True)
             messages = [str(error)]
     log.info("%s: %s", reference, "; ".join(messages) or "loaded")
     if not engine.has_image(image_id):
@@ -298,9 +298,10 @@ def _unnameable(content: StoredContent, error: DaemonRejected) -> bool:
     return registry.startswith("[") and "invalid reference format" in str(error)
 
 
-def _unnameable_note(content: StoredContent) -> str:
+def _unnameable_note(content: StoredContent, loaded: bool) -> str:
+    done = "loaded without a tag" if loaded else "already held and left without a tag"
     return (
-        f"loaded without a tag because this docker cannot name images of "
+        f"{done} because this docker cannot name images of "
         f"{content.reference.registry}, an IPv6 address; refer to it by its image ID"
     )
 

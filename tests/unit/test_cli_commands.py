@@ -16,6 +16,8 @@ from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory
 from apparate.store.layout import Store
 from tests.unit.test_history import result as pull_result
+from tests.unit.test_import_archive import REFERENCE as ARCHIVE_REFERENCE
+from tests.unit.test_import_archive import make_store
 
 
 def run(*args: str):
@@ -54,6 +56,22 @@ def test_reader_gone_ends_quietly():
 
     assert done.returncode == 141
     assert done.stderr == b""
+
+
+def test_archive_on_stdout_reports_full_stderr(tmp_path):
+    """With the archive on standard output, the summary goes to standard
+    error, whose write errors fail the command as standard output's do."""
+    image_store, _ = make_store(tmp_path / "store")
+    with open(tmp_path / "image.tar", "wb") as archive, open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "apparate.cli.main", "import", "-q",
+             "--store", str(image_store.root), "--into",
+             "docker-archive:/dev/stdout", ARCHIVE_REFERENCE],
+            stdout=archive, stderr=full, check=False,
+        )  # fmt: skip
+
+    assert done.returncode == 1
+    assert (tmp_path / "image.tar").stat().st_size > 0
 
 
 def test_help_shows_whole_command_summaries():
