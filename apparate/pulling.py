@@ -322,18 +322,20 @@ def _fetch_layers(
                 layer.digest, max(layer.size - fetched[layer.digest], 0)
             )
         _record_tar_sizes(store, layers, fetcher.tar_sizes)
-    # A layer listed twice is fetched once, and reused the second time.
-    return [
-        LayerResult(
-            layer.digest,
-            layer.media_type,
-            layer.size,
-            layer.digest in missing_digests,
-            fetched.pop(layer.digest, 0),
-            reused.pop(layer.digest, layer.size),
-        )
-        for layer in layers
-    ]
+    results = []
+    seen: set[Digest] = set()
+    for layer in layers:
+        # A layer listed twice is one blob, fetched or reused once.
+        first = layer.digest not in seen
+        seen.add(layer.digest)
+        result = LayerResult(
+            layer.digest, layer.media_type, layer.size,
+            first and layer.digest in missing_digests,
+            fetched.get(layer.digest, 0) if first else 0,
+            reused.get(layer.digest, layer.size) if first else 0,
+        )  # fmt: skip
+        results.append(result)
+    return results
 
 
 def _missing_layers(
@@ -376,13 +378,18 @@ def _plan_layers(
     plans = ImagePlans(index, tables, missing)
     planned = {layer.digest: _planned_bytes(store, layer, plans) for layer in missing}
     results = []
+    seen: set[Digest] = set()
     for layer in image.parsed.layers:
-        # A layer listed twice is fetched once, and reused the second time.
-        missing_here = layer.digest in planned
-        fetched, reused = planned.pop(layer.digest, (0, layer.size))
-        result = LayerResult(
-            layer.digest, layer.media_type, layer.size, missing_here, fetched, reused
+        # A layer listed twice is one blob, fetched or reused once.
+        first = layer.digest not in seen
+        seen.add(layer.digest)
+        fetched, reused = (
+            planned.get(layer.digest, (0, layer.size)) if first else (0, 0)
         )
+        result = LayerResult(
+            layer.digest, layer.media_type, layer.size,
+            first and layer.digest in planned, fetched, reused,
+        )  # fmt: skip
         results.append(result)
     return results
 

@@ -114,7 +114,8 @@ class PullResult:
         """
         if self.up_to_date:
             return 0
-        return sum(layer.size for layer in self.layers)
+        # A layer listed twice is one blob, which any client fetches once.
+        return sum({layer.digest: layer.size for layer in self.layers}.values())
 
     @property
     def bytes_saved(self) -> int:

@@ -21,6 +21,7 @@ from apparate.platform import Platform
 from apparate.pulling import PullOptions
 from apparate.registry.credentials import Credentials
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
+from tests.integration.push import Pusher, tar_of
 from tests.testbed.registry import RegistryHandle, start_registry
 from tests.testbed.samples import Samples
 
@@ -413,3 +414,19 @@ def digest_of_sample_layer(sample_images: Samples, tag: str) -> Digest:
         ).stdout
     )
     return Digest.parse(manifest["layers"][0]["digest"])
+
+
+def test_layer_listed_twice_counts_once(fresh_registry, tmp_path):
+    tar = tar_of({"etc/hello": os.urandom(4096)})
+    blob = gzip.compress(tar)
+    Pusher(fresh_registry.host).image("twice/app", "v1", [(tar, blob), (tar, blob)])
+
+    result = apparate.pull(
+        f"{fresh_registry.host}/twice/app:v1", PullOptions(store=tmp_path / "store")
+    )
+
+    assert result.bytes_fetched == len(blob)
+    assert result.layer_bytes == len(blob)
+    assert result.bytes_reused == 0
+    assert result.bytes_saved == 0
+    assert [layer.fetched for layer in result.layers] == [True, False]
