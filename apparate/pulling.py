@@ -325,12 +325,13 @@ def _fetch_layers(
     results = []
     seen: set[Digest] = set()
     for layer in layers:
-        # A layer listed twice is one blob, fetched or reused once.
+        # A layer listed twice is one blob: missing at every place, but
+        # fetched or reused once.
         first = layer.digest not in seen
         seen.add(layer.digest)
         result = LayerResult(
             layer.digest, layer.media_type, layer.size,
-            first and layer.digest in missing_digests,
+            layer.digest in missing_digests,
             fetched.get(layer.digest, 0) if first else 0,
             reused.get(layer.digest, layer.size) if first else 0,
         )  # fmt: skip
@@ -380,7 +381,8 @@ def _plan_layers(
     results = []
     seen: set[Digest] = set()
     for layer in image.parsed.layers:
-        # A layer listed twice is one blob, fetched or reused once.
+        # A layer listed twice is one blob: missing at every place, but
+        # fetched or reused once.
         first = layer.digest not in seen
         seen.add(layer.digest)
         fetched, reused = (
@@ -388,7 +390,7 @@ def _plan_layers(
         )
         result = LayerResult(
             layer.digest, layer.media_type, layer.size,
-            first and layer.digest in planned, fetched, reused,
+            layer.digest in planned, fetched, reused,
         )  # fmt: skip
         results.append(result)
     return results

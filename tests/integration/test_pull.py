@@ -429,4 +429,5 @@ def test_layer_listed_twice_counts_once(fresh_registry, tmp_path):
     assert result.layer_bytes == len(blob)
     assert result.bytes_reused == 0
     assert result.bytes_saved == 0
-    assert [layer.fetched for layer in result.layers] == [True, False]
+    assert [layer.fetched for layer in result.layers] == [True, True]
+    assert [layer.bytes_fetched for layer in result.layers] == [len(blob), 0]
