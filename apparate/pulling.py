@@ -301,8 +301,8 @@ def _fetch_layers(
         pool, store, index, str(image.reference), observer, cancelled, plans,
         [layer for layer, _ in unique],
     )  # fmt: skip
-    fetched: dict[Digest, int] = {}
-    reused: dict[Digest, int] = {}
+    # The bytes fetched and reused of each missing blob.
+    figures: dict[Digest, tuple[int, int]] = {}
     if unique:
         workers = max(1, min(options.parallel_layers, len(unique)))
         executor = ThreadPoolExecutor(workers, thread_name_prefix="layer")
@@ -317,26 +317,11 @@ def _fetch_layers(
             raise
         executor.shutdown()
         for (layer, _), future in zip(unique, futures, strict=True):
-            fetched[layer.digest] = future.result()
-            reused[layer.digest] = fetcher.reused.get(
-                layer.digest, max(layer.size - fetched[layer.digest], 0)
-            )
+            fetched = future.result()
+            reused = fetcher.reused.get(layer.digest, max(layer.size - fetched, 0))
+            figures[layer.digest] = (fetched, reused)
         _record_tar_sizes(store, layers, fetcher.tar_sizes)
-    results = []
-    seen: set[Digest] = set()
-    for layer in layers:
-        # A layer listed twice is one blob: missing at every place, but
-        # fetched or reused once.
-        first = layer.digest not in seen
-        seen.add(layer.digest)
-        result = LayerResult(
-            layer.digest, layer.media_type, layer.size,
-            layer.digest in missing_digests,
-            fetched.get(layer.digest, 0) if first else 0,
-            reused.get(layer.digest, layer.size) if first else 0,
-        )  # fmt: skip
-        results.append(result)
-    return results
+    return _layer_results(layers, missing_digests, figures)
 
 
 def _missing_layers(
@@ -378,19 +363,31 @@ def _plan_layers(
     missing = [layer for layer, _ in _missing_layers(store, image)]
     plans = ImagePlans(index, tables, missing)
     planned = {layer.digest: _planned_bytes(store, layer, plans) for layer in missing}
+    return _layer_results(image.parsed.layers, set(planned), planned)
+
+
+def _layer_results(
+    layers: list[Descriptor],
+    missing: set[Digest],
+    figures: dict[Digest, tuple[int, int]],
+) -> list[LayerResult]:
+    """Return one result per manifest layer; ``figures`` are each missing blob's bytes.
+
+    ``figures`` maps a blob to its bytes fetched and reused, and a stored
+    blob counts as reused whole. A layer listed twice is one blob: missing
+    at every place, but its bytes count at the first place only.
+    """
     results = []
     seen: set[Digest] = set()
-    for layer in image.parsed.layers:
-        # A layer listed twice is one blob: missing at every place, but
-        # fetched or reused once.
+    for layer in layers:
         first = layer.digest not in seen
         seen.add(layer.digest)
         fetched, reused = (
-            planned.get(layer.digest, (0, layer.size)) if first else (0, 0)
+            figures.get(layer.digest, (0, layer.size)) if first else (0, 0)
         )
         result = LayerResult(
-            layer.digest, layer.media_type, layer.size,
-            layer.digest in planned, fetched, reused,
+            layer.digest, layer.media_type, layer.size, layer.digest in missing,
+            fetched, reused,
         )  # fmt: skip
         results.append(result)
     return results
@@ -417,8 +414,8 @@ def _planned_bytes(
     do; the reused bytes are the blob's bytes not fetched.
     """
     if not is_chunked_layer(layer.media_type, layer.annotations):
-        kept = _kept_bytes(store, layer)
-        return layer.size - kept, kept
+        kept_bytes = _kept_bytes(store, layer)
+        return layer.size - kept_bytes, kept_bytes
     try:
         remote, plan = plans.plan_for(layer)
     except _WHOLE_LAYER_INSTEAD as error:
