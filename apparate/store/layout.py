@@ -514,7 +514,7 @@ class Store:
                 if (
                     resumable
                     and now - path.stat().st_mtime < PARTIAL_MAX_AGE
-                    and not self._stored_already(path)
+                    and not self.blob_of_partial_stored(path)
                 ):
                     continue
                 fcntl.flock(partial, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -527,7 +527,7 @@ class Store:
                 with contextlib.suppress(OSError):
                     journal.unlink()
 
-    def _stored_already(self, partial: Path) -> bool:
+    def blob_of_partial_stored(self, partial: Path) -> bool:
         """Tell whether the blob a partial download is for is in ``blobs/``."""
         digest = Digest.parse_or_none(f"sha256:{partial.name[-64:]}")
         return digest is not None and self.has_blob(digest)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from apparate.digest import Digest
-from apparate.errors import ApparateError, StoreError
+from apparate.errors import StoreError
 from apparate.manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Descriptor
 from apparate.store.gc import ImageEntry, PackEntry, PartialEntry, StoreState
 from apparate.store.layout import (
@@ -316,7 +316,7 @@ def _partial_files(
         elif (
             path.name.startswith(PARTIAL_PREFIX)
             and now - _mtime(path) < max_age
-            and not _blob_stored(store, path)
+            and not store.blob_of_partial_stored(path)
         ):
             resumable.append(path)
         else:
@@ -330,15 +330,6 @@ def _partial_files(
         elif partial not in resumable_names:
             stale.append(journal)
     return stale, held, resumable
-
-
-def _blob_stored(store: Store, partial: Path) -> bool:
-    """Tell whether the blob a partial download is for is stored already."""
-    try:
-        digest = Digest.parse(f"sha256:{partial.name[-64:]}")
-    except ApparateError:
-        return False
-    return store.has_blob(digest)
 
 
 def _partial_entry(path: Path) -> PartialEntry:
