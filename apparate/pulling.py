@@ -371,11 +371,11 @@ def _layer_results(
     missing: set[Digest],
     figures: dict[Digest, tuple[int, int]],
 ) -> list[LayerResult]:
-    """Return one result per manifest layer; ``figures`` are each missing blob's bytes.
+    """Return one result per manifest layer.
 
-    ``figures`` maps a blob to its bytes fetched and reused, and a stored
-    blob counts as reused whole. A layer listed twice is one blob: missing
-    at every place, but its bytes count at the first place only.
+    ``figures`` maps each missing blob to its bytes fetched and reused, and a
+    stored blob counts as reused whole. A layer listed twice is one blob:
+    missing at every place, but its bytes count at the first place only.
     """
     results = []
     seen: set[Digest] = set()
@@ -410,8 +410,8 @@ def _planned_bytes(
 ) -> tuple[int, int]:
     """Return the bytes a pull would fetch for a layer, and those it would reuse.
 
-    The fetched bytes count every attempt at the chunk table, as a pull's
-    do; the reused bytes are the blob's bytes not fetched.
+    The fetched bytes count every attempt at the chunk table, as a pull
+    counts them. The reused bytes are the blob's bytes not fetched.
     """
     if not is_chunked_layer(layer.media_type, layer.annotations):
         kept_bytes = _kept_bytes(store, layer)
@@ -526,8 +526,8 @@ class _LayerFetcher:
         self._downloaded: dict[Digest, int] = {}
         # The bytes of each stored layer that did not cross the network in
         # this pull: copied from the store, or kept from an earlier pull.
-        # Failed attempts fetch bytes again, so the bytes fetched do not
-        # tell this.
+        # Failed attempts fetch bytes again, so the fetched count cannot
+        # give this.
         self.reused: dict[Digest, int] = {}
         # Set when a layer's fetch ends, stored or not, for the layers that
         # copy frames from it.

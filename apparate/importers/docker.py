@@ -44,6 +44,7 @@ TIMEOUT = httpx.Timeout(30.0, read=None, write=None)
 # response comes only once docker has unpacked the image. The limit is an
 # estimate: these requests take milliseconds on a working daemon.
 REQUEST_TIMEOUT = 60.0
+REQUEST_TIMEOUTS = httpx.Timeout(30.0, read=REQUEST_TIMEOUT)
 NO_SPACE = "no space left on device"
 
 
@@ -148,12 +149,13 @@ class DockerEngine:
     def _request(
         self, method: str, path: str, missing_ok: bool = False, **kwargs: Any
     ) -> httpx.Response:
-        timeout = httpx.Timeout(30.0, read=REQUEST_TIMEOUT)
         try:
             # A daemon that hangs up before the request is written must not
             # end the process by SIGPIPE, if a calling program turned it on.
             with broken_pipes_raise():
-                answer = self._client.request(method, path, timeout=timeout, **kwargs)
+                answer = self._client.request(
+                    method, path, timeout=REQUEST_TIMEOUTS, **kwargs
+                )
         except httpx.TimeoutException:
             raise DaemonUnreachable(
                 f"docker at {self.socket} sent no response to {method} {path} while "
@@ -289,7 +291,7 @@ def _load_oci(
 
 
 def _unnameable(content: StoredContent, error: DaemonRejected) -> bool:
-    """Tell whether docker refused the image's name for its IPv6 registry address.
+    """Tell whether docker rejected the image's name because its registry is an IPv6 address.
 
     docker 20.10's reference grammar has no IPv6 hosts, so it rejects a
     name such as ``[::1]:5000/app:v1`` as an invalid reference format.

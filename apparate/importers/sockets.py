@@ -40,7 +40,7 @@ def probe_socket(path: str, timeout: float = CONNECT_TIMEOUT) -> SocketState:
             return SocketState.TIMED_OUT
         except OSError as error:
             if error.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
-                # Linux refuses a connection to a file that is no socket, too.
+                # Linux also rejects a connection to a file that is not a socket.
                 return (
                     SocketState.REFUSED if _is_socket(path) else SocketState.NOT_SOCKET
                 )
@@ -49,7 +49,7 @@ def probe_socket(path: str, timeout: float = CONNECT_TIMEOUT) -> SocketState:
 
 
 def _is_socket(path: str) -> bool:
-    """Tell whether ``path`` is a socket; a path that cannot be read counts as one."""
+    """Tell whether ``path`` is a socket. A path that cannot be read counts as one."""
     try:
         return stat.S_ISSOCK(os.stat(path).st_mode)
     except OSError:

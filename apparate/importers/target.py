@@ -105,7 +105,7 @@ class Daemons:
     ``docker_host`` is a ``DOCKER_HOST`` value; only ``unix://`` is served.
     ``docker_host_source`` names where it was set, for error messages, and
     ``docker_context_error`` why docker's current context cannot be used:
-    the docker CLI refuses to run then, so no other socket is tried.
+    the docker CLI exits with an error then, so no other socket is tried.
     """
 
     docker_host: str = f"unix://{DEFAULT_DOCKER_SOCKET}"

@@ -218,8 +218,8 @@ class RegistryClient:
     ``endpoint`` serves the repository from elsewhere than the reference's
     registry, as a mirror does. ``read_timeout`` bounds the wait for each
     piece of a body, so a stalled source is left sooner. ``plain_http_first``
-    tries plain http before https; by default a loopback registry is asked
-    so, since its traffic never leaves the machine. ``headers`` go with
+    tries plain http before https. By default a loopback registry is asked
+    that way, since its traffic never leaves the machine. ``headers`` go with
     every request, as hosts.toml's ``header`` tables set.
     """
 

@@ -555,9 +555,9 @@ def test_convert_fits_store_once_after_push(
     )
 
 
-class _RefusingLargeUploads(socketserver.StreamRequestHandler):
-    """A destination that answers 413 to a large upload and closes, as a proxy's
-    body size limit does, before reading the body."""
+class _LargeUploadLimit(socketserver.StreamRequestHandler):
+    """A destination that responds 413 to a large upload and closes before
+    reading the body, as a proxy's body size limit does."""
 
     def handle(self) -> None:
         head = b""
@@ -603,7 +603,7 @@ class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 def test_convert_reports_upload_refused_mid_body(registry_plain, tmp_path):
     """A destination that closes during an upload fails the command with a
     message, not a silent end by SIGPIPE (exit 141)."""
-    server = _TcpServer(("127.0.0.1", 0), _RefusingLargeUploads)
+    server = _TcpServer(("127.0.0.1", 0), _LargeUploadLimit)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     apparate_cli = str(Path(sys.executable).with_name("apparate"))
     try:

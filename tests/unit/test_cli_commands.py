@@ -58,7 +58,7 @@ def test_reader_gone_ends_quietly():
     assert done.stderr == b""
 
 
-def test_archive_on_stdout_reports_full_stderr(tmp_path):
+def test_archive_on_stdout_full_stderr(tmp_path):
     """With the archive on standard output, the summary goes to standard
     error, whose write errors fail the command as standard output's do."""
     image_store, _ = make_store(tmp_path / "store")
@@ -116,10 +116,10 @@ def test_stats_json_rounds_recent_seconds(tmp_path):
     finally:
         history.close()
 
-    shown = run("stats", "--json", "--store", str(store))
+    listed = run("stats", "--json", "--store", str(store))
 
-    assert shown.exit_code == 0, shown.output
-    [recent] = json.loads(shown.output)["recent"]
+    assert listed.exit_code == 0, listed.output
+    [recent] = json.loads(listed.output)["recent"]
     assert recent["seconds"] == 2.123
 
 

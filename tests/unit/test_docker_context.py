@@ -77,7 +77,7 @@ def test_context_without_endpoint_rejected(tmp_path):
         context_docker_host(env)
 
 
-def test_broken_context_is_an_error_when_docker_is_used(tmp_path, caplog):
+def test_broken_context_fails_docker_import(tmp_path, caplog):
     (tmp_path / "config.json").write_text('{"currentContext": "gone"}')
 
     daemons = Daemons.from_environment({"DOCKER_CONFIG": str(tmp_path)})

@@ -1,4 +1,4 @@
-"""Messages of errors as warnings quote them."""
+"""Error messages as warnings quote them."""
 
 from __future__ import annotations
 

@@ -59,8 +59,8 @@ class FakeDocker:
     info: dict[str, object] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     loaded: bytes = b""
-    # The message of a 400 answer to a tag request, or None for success.
-    tag_refused: str | None = None
+    # The message of a 400 response to a tag request, or None for success.
+    tag_error: str | None = None
 
 
 def _handler(fake: FakeDocker) -> type[http.server.BaseHTTPRequestHandler]:
@@ -89,8 +89,8 @@ def _handler(fake: FakeDocker) -> type[http.server.BaseHTTPRequestHandler]:
             fake.requests.append(f"POST {self.path}")
             if self.path.startswith("/images/load"):
                 self._load()
-            elif "/tag?" in self.path and fake.tag_refused is not None:
-                self._json(400, {"message": fake.tag_refused})
+            elif "/tag?" in self.path and fake.tag_error is not None:
+                self._json(400, {"message": fake.tag_error})
             else:
                 self._send(201, b"", "text/plain")
 
@@ -221,7 +221,7 @@ IPV6_REFERENCE = "[::1]:5000/team/app:v1"
 INVALID_NAME = "invalid reference format"
 
 
-def test_docker_without_ipv6_names_loads_untagged(fake_docker, tmp_path):
+def test_docker_ipv6_image_loads_untagged(fake_docker, tmp_path):
     fake, daemons = fake_docker
     image_store, facts = make_store(tmp_path / "ipv6-store", IPV6_REFERENCE)
     image_id = str(facts["config"].digest)
@@ -237,11 +237,11 @@ def test_docker_without_ipv6_names_loads_untagged(fake_docker, tmp_path):
     assert "IPv6 address" in result.note
 
 
-def test_docker_held_image_without_ipv6_name(fake_docker, tmp_path):
+def test_docker_held_ipv6_image_untagged(fake_docker, tmp_path):
     fake, daemons = fake_docker
     image_store, facts = make_store(tmp_path / "ipv6-store", IPV6_REFERENCE)
     fake.images.add(str(facts["config"].digest))
-    fake.tag_refused = INVALID_NAME
+    fake.tag_error = INVALID_NAME
 
     result = import_stored(image_store, IPV6_REFERENCE, "docker", daemons)
 
@@ -249,7 +249,7 @@ def test_docker_held_image_without_ipv6_name(fake_docker, tmp_path):
     assert "IPv6 address" in result.note
 
 
-def test_docker_ipv6_name_refused_without_image_fails(fake_docker, tmp_path):
+def test_docker_ipv6_load_without_image_fails(fake_docker, tmp_path):
     fake, daemons = fake_docker
     image_store, _ = make_store(tmp_path / "ipv6-store", IPV6_REFERENCE)
     fake.load_lines = [
@@ -333,7 +333,7 @@ def test_stale_socket_is_refused(tmp_path):
             require_socket(path, "docker", "DOCKER_HOST")
 
 
-def test_plain_file_is_no_socket(tmp_path):
+def test_plain_file_not_a_socket(tmp_path):
     path = tmp_path / "docker.sock"
     path.write_text("not a socket")
 
@@ -625,19 +625,19 @@ def test_into_error_names_settings_file(tmp_path, monkeypatch):
         ("missing/image.tar", "does not exist"),
     ],
 )
-def test_unusable_archive_path_is_rejected_first(tmp_path, name, message):
+def test_unusable_archive_path_rejected_first(tmp_path, name, message):
     (tmp_path / "folder").mkdir()
 
     with pytest.raises(UsageError, match=message):
         check_target(f"docker-archive:{tmp_path / name}", Daemons())
 
 
-def test_archive_to_new_file_or_stdout_is_accepted(tmp_path):
+def test_archive_new_file_or_stdout_accepted(tmp_path):
     check_target(f"oci-archive:{tmp_path / 'image.tar'}", Daemons())
     check_target("docker-archive:/dev/stdout", Daemons())
 
 
-def test_unsearchable_archive_folder_is_left_to_the_write(tmp_path, monkeypatch):
+def test_unsearchable_archive_folder_left_to_write(tmp_path, monkeypatch):
     def denied(path):
         raise PermissionError(13, "Permission denied", str(path))
 

@@ -24,6 +24,15 @@ def feed_all(packer: LocalPacker, data: bytes, piece: int = 100_000) -> None:
         packer.feed(data[start : start + piece])
 
 
+def pack_of_tar(store: Store, index: ChunkIndex) -> Digest:
+    """Pack TAR into ``store`` and return the pack's digest."""
+    packer = LocalPacker(store, index, "layer x")
+    feed_all(packer, TAR)
+    pack = packer.finish(Digest.of(TAR))
+    assert pack is not None
+    return pack
+
+
 def table_of(blob: bytes) -> ChunkTable:
     """Return the chunk table of a pack's bytes."""
     read_range = file_range_reader(io.BytesIO(blob))
@@ -145,9 +154,7 @@ def test_rows_of_blob_on_its_way_kept(tmp_path):
     # Another pull indexes a layer before it commits the blob.
     store = Store(tmp_path)
     with ChunkIndex(tmp_path / "apparate.db") as index:
-        packer = LocalPacker(store, index, "layer x")
-        feed_all(packer, TAR)
-        pack = packer.finish(Digest.of(TAR))
+        pack = pack_of_tar(store, index)
         moved = store.blob_path(pack).rename(tmp_path / "on its way")
         entry = table_of(moved.read_bytes()).entries[0]
 
