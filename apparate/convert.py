@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apparate.chunked.format import ChunkTable, is_chunked_layer, table_annotations
+from apparate.chunked.format import (
+    MAX_TABLE_BYTES,
+    ChunkTable,
+    is_chunked_layer,
+    table_annotations,
+)
 from apparate.chunked.reader import read_stored_table
 from apparate.chunked.reuse import StoredFrames
 from apparate.chunked.writer import (
@@ -508,6 +513,13 @@ def _write_converted(
             converted = write_chunked_layer(
                 tar, writer.write, chunker, encoder, frames, session.options.workers
             )
+            if converted.footer.table_length > MAX_TABLE_BYTES:
+                raise UsageError(
+                    f"layer {layer.digest}: its {len(converted.table.entries)} "
+                    f"chunks need a {converted.footer.table_length}-byte table, "
+                    f"over the {MAX_TABLE_BYTES} bytes a chunked layer may have",
+                    "pull this image unconverted",
+                )
             if converted.diff_id != diff_id:
                 raise DiffIDMismatch(
                     f"layer {layer.digest}: its tar is {converted.diff_id}, but the "

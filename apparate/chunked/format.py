@@ -27,10 +27,10 @@ ENTRY = struct.Struct("<16sIIQ")
 FOOTER_PAYLOAD = struct.Struct("<4sHHQQ32s")
 FOOTER_SIZE = SKIPPABLE_HEADER.size + FOOTER_PAYLOAD.size
 IDENTITY_BYTES = 16
-# 32 bytes per chunk: two million chunks, far more than any layer has.
-# NOTE: decoded, a table this large takes about 700 MB of Python objects, so
-# a hostile layer can make a pull use that much memory.
-MAX_TABLE_BYTES = 64 * 1024 * 1024
+# 32 bytes per chunk: about half a million chunks, a 17 GB layer tar at the
+# default 32 KiB average. Planning a pull from a table this large took 250 MB
+# here, which bounds what a hostile layer costs. Larger layers are pulled whole.
+MAX_TABLE_BYTES = 16 * 1024 * 1024
 # Chunkers cut at most a few hundred kB; a table entry claiming more is bad.
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 # zstd's compress bound for the largest chunk (ZSTD_COMPRESSBOUND adds 1/256
@@ -51,7 +51,7 @@ def chunk_identity(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()[:IDENTITY_BYTES]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkEntry:
     """One chunk: its identity, sizes, frame hash, and the frame's offset."""
 

@@ -619,3 +619,25 @@ def test_convert_reports_upload_refused_mid_body(registry_plain, tmp_path):
 
     assert done.returncode == 8, done.stderr
     assert "HTTP 413" in done.stderr
+
+
+def test_convert_refuses_layer_with_table_over_limit(
+    registry_plain, fresh_registry, tmp_path, monkeypatch
+):
+    # Lowered so that a sample layer's table is over it.
+    monkeypatch.setattr("apparate.convert.MAX_TABLE_BYTES", 4096)
+    destination = f"{fresh_registry.host}/converted/base:v1"
+    store = tmp_path / "store"
+
+    with pytest.raises(UsageError) as caught:
+        convert(f"{registry_plain.host}/samples/base:v1", destination,
+                ConvertOptions(store=store))  # fmt: skip
+
+    assert "over the 4096 bytes a chunked layer may have" in str(caught.value)
+    assert "pull this image unconverted" in str(caught.value)
+    found = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{destination}"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert found.returncode != 0
+    assert not list((store / "ingest").iterdir())
