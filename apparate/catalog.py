@@ -19,13 +19,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImageSummary:
-    """One tagged image: its manifest digest, the bytes of its blobs, last use.
+    """One tagged image: its digests, the bytes of its blobs, last use.
 
-    ``last_used`` is when it was last pulled or imported (seconds since the
-    epoch), else when its manifest was stored. ``size`` is None when the
-    manifest cannot be read, and a warning names the image. ``complete`` is
-    false when blobs of the image are missing, for instance a layer that an
-    import found damaged and removed.
+    ``digest`` is the manifest's, as the registry serves it, and
+    ``index_digest`` that of the index or manifest list it was picked from,
+    or None. ``last_used`` is when it was last pulled or imported (seconds
+    since the epoch), else when its manifest was stored. ``size`` is None
+    when the manifest cannot be read, and a warning names the image.
+    ``complete`` is false when blobs of the image are missing, for instance
+    a layer that an import found damaged and removed.
     """
 
     reference: str
@@ -33,6 +35,16 @@ class ImageSummary:
     size: int | None
     last_used: float = 0.0
     complete: bool = True
+    index_digest: Digest | None = None
+
+    @property
+    def reference_digest(self) -> Digest:
+        """Return the digest the reference names at the registry: the index's, if any.
+
+        ``docker images --digests`` and ``ctr images ls`` show this one, and
+        ``REPOSITORY@DIGEST`` pulls it on every platform the index lists.
+        """
+        return self.index_digest or self.digest
 
 
 def list_images(store_path: Path | None = None) -> list[ImageSummary]:
@@ -67,9 +79,11 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
                     image.reference, len(missing), len(blobs),
                 )  # fmt: skip
         used = uses.get(image.reference) or _stored_at(store, image.descriptor.digest)
-        summaries.append(
-            ImageSummary(image.reference, image.source_manifest, size, used, complete)
-        )
+        summary = ImageSummary(
+            image.reference, image.source_manifest, size, used, complete,
+            index_digest=image.source_index,
+        )  # fmt: skip
+        summaries.append(summary)
     return summaries
 
 

@@ -185,11 +185,15 @@ def ago(when: float, now: float | None = None) -> str:
 
 
 def images_report(images: list[ImageSummary], now: float | None = None) -> str:
-    """Format the stored images as a table, as ``docker images`` does."""
+    """Format the stored images as a table, as ``docker images --digests`` does.
+
+    The DIGEST column shows the digest the reference names at the registry,
+    so an image picked from an index shows the index's, as docker and ctr do.
+    """
     rows = [
         [
             image.reference,
-            str(image.digest)[:19],
+            str(image.reference_digest)[:19],
             _size_column(image),
             ago(image.last_used, now) if image.last_used else "-",
         ]

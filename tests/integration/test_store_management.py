@@ -137,6 +137,30 @@ def test_images_show_last_use_and_a_pull_counts(registry_plain, tmp_path):
     assert "just now" in listed[1]
 
 
+def registry_digest(reference: str) -> str:
+    """Return the digest of what the registry serves for ``reference``."""
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    return f"sha256:{hashlib.sha256(raw).hexdigest()}"
+
+
+def test_images_show_index_digest(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    multi = f"{registry_plain.host}/samples/multi:v1"
+    pulled = apparate.pull(multi, PullOptions(store=store))
+    index = registry_digest(multi)
+
+    row = images(store)[multi]
+    table = cli("images", store=store).stdout.splitlines()
+
+    assert row["index_digest"] == index
+    assert row["digest"] == str(pulled.digest)
+    assert row["digest"] != index
+    assert table[1].split()[:2] == [multi, index[:19]]
+
+
 def test_rm_keeps_what_other_images_share(registry_plain, tmp_path):
     store = tmp_path / "store"
     pull_all(registry_plain, store, ["base:v1", "base:v2"])

@@ -12,12 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from apparate.cli.main import app
+from apparate.digest import Digest
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory
 from apparate.store.layout import Store
 from tests.unit.test_history import result as pull_result
 from tests.unit.test_import_archive import REFERENCE as ARCHIVE_REFERENCE
 from tests.unit.test_import_archive import make_store
+from tests.unit.test_store_gc import add_image
 
 
 def run(*args: str):
@@ -104,6 +106,24 @@ def test_images_before_first_pull(tmp_path, kind):
     assert json.loads(collected.output)["bytes_freed"] == 0
     assert collected_for_real.exit_code == 0, collected_for_real.output
     assert not store.exists() or list(store.iterdir()) == []
+
+
+def test_images_json_has_index_digest(tmp_path):
+    store = Store(tmp_path / "store")
+    manifest = add_image(store, "example.com/app:v1", [b"layer"])
+    index = Digest.of(b"index")
+    store.tag("example.com/app:v1", store.images()[0].descriptor, source_index=index)
+    add_image(store, "example.com/app:v2", [b"layer"])
+    store.close()
+
+    listed = run("images", "--json", "--store", str(store.root))
+
+    assert listed.exit_code == 0, listed.output
+    picked, single = json.loads(listed.output)
+    assert picked["digest"] == str(manifest)
+    assert picked["index_digest"] == str(index)
+    assert single["digest"] == str(manifest)
+    assert single["index_digest"] is None
 
 
 def test_stats_json_rounds_recent_seconds(tmp_path):

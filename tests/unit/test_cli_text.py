@@ -1,4 +1,4 @@
-"""Text the CLI prints: sizes, counts and the gc, stats and convert summaries."""
+"""Text the CLI prints: sizes, counts, the images table and the summaries."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import dataclasses
 
 import pytest
 
+from apparate.catalog import ImageSummary
 from apparate.cli.text import (
     binary_size,
     convert_line,
     counted,
     gc_report,
+    images_report,
     stats_report,
     summary_line,
 )
@@ -38,6 +40,21 @@ def test_binary_size(size, text):
 @pytest.mark.parametrize("count, text", [(0, "0 blobs"), (1, "1 blob"), (2, "2 blobs")])
 def test_counted(count, text):
     assert counted(count, "blob") == text
+
+
+def test_images_report_shows_index_digest():
+    """An image picked from an index shows the index digest, as docker and ctr do."""
+    manifest, index = Digest.of(b"manifest"), Digest.of(b"index")
+    images = [
+        ImageSummary("example.com/multi:v1", manifest, 1000, index_digest=index),
+        ImageSummary("example.com/single:v1", manifest, 1000),
+    ]
+
+    rows = images_report(images).splitlines()[1:]
+
+    assert rows[0].split()[:2] == ["example.com/multi:v1", str(index)[:19]]
+    assert rows[1].split()[:2] == ["example.com/single:v1", str(manifest)[:19]]
+    assert str(manifest)[:19] not in rows[0]
 
 
 def gc_result(limit: int | None, removed: list[Removal]) -> GcResult:

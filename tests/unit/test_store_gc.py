@@ -378,6 +378,23 @@ def test_images_show_last_use(store):
     assert image.last_used == 1234.0
 
 
+def test_images_keep_index_digest(store):
+    manifest = add_image(store, "example.com/app:v1", [BASE])
+    index = Digest.of(b"index")
+    descriptor = store.images()[0].descriptor
+    store.tag("example.com/app:v1", descriptor, source_index=index)
+    add_image(store, "example.com/app:v2", [APP2])
+
+    images = {image.reference: image for image in list_images(store.root)}
+
+    picked, single = images["example.com/app:v1"], images["example.com/app:v2"]
+    assert picked.digest == manifest
+    assert picked.index_digest == index
+    assert picked.reference_digest == index
+    assert single.index_digest is None
+    assert single.reference_digest == single.digest
+
+
 def test_gc_report_names_each_kind(store):
     add_image(store, "example.com/app:v1", [BASE])
     add_image(store, "example.com/app:v2", [APP2])
