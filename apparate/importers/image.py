@@ -57,9 +57,10 @@ def find_stored(store: Store, reference: str) -> StoredImage:
 
     A reference by digest also finds the image stored under a tag of that
     repository, which is then imported without the tag, as a pull by
-    digest would be. A manifest digest or a prefix of it, as ``apparate
-    images`` prints it, names the image under its first stored name that
-    apparate wrote, since names other tools wrote are no references.
+    digest would be. A manifest or index digest or a prefix of it, as
+    ``apparate images`` prints it, names the image under its first stored
+    name that apparate wrote, since names other tools wrote are no
+    references.
     """
     images = store.images()
     named = select_by_digest(reference, images)

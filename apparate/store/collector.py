@@ -149,8 +149,8 @@ def remove_images(
 ) -> GcResult:
     """Untag images, then remove the blobs no other kept image needs.
 
-    A reference may also be a manifest digest or a prefix of it, as
-    ``select_by_digest`` reads it. References that name no stored image are
+    A reference may also be a manifest or index digest or a prefix of it,
+    as ``select_by_digest`` reads it. References that name no stored image are
     listed in the result's ``not_found``, as ``docker rmi`` reports them
     while removing the others.
     Raises NotFound, removing nothing, if none of them is stored.

@@ -161,6 +161,23 @@ def test_images_show_index_digest(registry_plain, tmp_path):
     assert table[1].split()[:2] == [multi, index[:19]]
 
 
+def test_rm_by_short_index_digest(registry_plain, tmp_path):
+    store = tmp_path / "store"
+    pull_all(registry_plain, store, ["base:v1", "multi:v1"])
+    base = f"{registry_plain.host}/samples/base:v1"
+    multi = f"{registry_plain.host}/samples/multi:v1"
+    table = cli("images", store=store).stdout.splitlines()
+    short_index = next(line.split()[1] for line in table if line.startswith(multi))
+
+    done = cli("rm", short_index, store=store)
+
+    assert short_index == registry_digest(multi)[:19]
+    assert done.returncode == 0, done.stderr
+    assert f"untagged: {multi}" in done.stdout
+    assert list(images(store)) == [base]
+    assert_every_image_whole(store)
+
+
 def test_rm_keeps_what_other_images_share(registry_plain, tmp_path):
     store = tmp_path / "store"
     pull_all(registry_plain, store, ["base:v1", "base:v2"])

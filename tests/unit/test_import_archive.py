@@ -486,6 +486,16 @@ def test_find_by_digest_prefix(tmp_path):
     assert image.reference == REFERENCE
 
 
+def test_find_by_index_digest_prefix(tmp_path):
+    """The index digest that ``apparate images`` shows names the image too."""
+    store, facts = make_store(tmp_path / "store", with_index=True)
+
+    image = find_stored(store, str(facts["index"].digest)[:19])
+
+    assert image.source_manifest == facts["manifest"].digest
+    assert image.reference == REFERENCE
+
+
 def test_unknown_digest_prefix_not_found(tmp_path):
     store, _ = make_store(tmp_path / "store")
 

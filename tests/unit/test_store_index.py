@@ -239,20 +239,31 @@ def test_read_only_store_opens_without_users_file(tmp_path, monkeypatch):
     assert images == []
 
 
-def image(reference: str, manifest: Digest, source: Digest | None = None):
+def image(
+    reference: str,
+    manifest: Digest,
+    source: Digest | None = None,
+    index: Digest | None = None,
+):
     return StoredImage(
-        reference, Descriptor(OCI_MANIFEST, manifest, 1), source or manifest, None
+        reference, Descriptor(OCI_MANIFEST, manifest, 1), source or manifest, index
     )
 
 
 M1 = Digest("sha256", "497fecd365e8" + "1" * 52)
 M2 = Digest("sha256", "497fecd365e9" + "2" * 52)
 COPY = Digest("sha256", "c0" + "3" * 62)
+AMD64 = Digest("sha256", "a4" + "4" * 62)
+ARM64 = Digest("sha256", "a5" + "5" * 62)
+INDEX = Digest("sha256", "1d" + "6" * 62)
 STORED = [
     image("example.com/app:v1", M1),
     image("example.com/app:latest", M1),
     image("example.com/app:v2", M2),
     image("example.com/converted:v1", COPY, source=M2),
+    image("example.com/multi:v1", AMD64, index=INDEX),
+    image("example.com/multi:arm64", ARM64, index=INDEX),
+    image(f"example.com/multi@{AMD64}", AMD64),
 ]
 PREFIX_CASES = {
     "short digest as images prints it": (
@@ -261,6 +272,18 @@ PREFIX_CASES = {
     ),
     "whole digest": (str(M2), ["example.com/app:v2", "example.com/converted:v1"]),
     "digest of a converted copy": ("sha256:c0", ["example.com/converted:v1"]),
+    "index digest as images prints it": (
+        "sha256:1d6666666666",
+        ["example.com/multi:v1", "example.com/multi:arm64"],
+    ),
+    "whole index digest": (
+        str(INDEX),
+        ["example.com/multi:v1", "example.com/multi:arm64"],
+    ),
+    "manifest picked from an index": (
+        str(AMD64),
+        ["example.com/multi:v1", f"example.com/multi@{AMD64}"],
+    ),
     "no such digest": ("sha256:0000", []),
     "not a digest": ("example.com/app:v1", []),
     "upper-case hex": ("sha256:497FECD", []),
@@ -282,11 +305,35 @@ def test_select_by_ambiguous_digest_prefix():
     assert str(M2) in str(caught.value)
 
 
+def test_select_by_ambiguous_index_prefix():
+    other = Digest("sha256", "1d7" + "7" * 61)
+    stored = [*STORED, image("example.com/other:v1", other)]
+
+    with pytest.raises(UsageError) as caught:
+        select_by_digest("sha256:1d", stored)
+
+    assert str(INDEX) in str(caught.value)
+    assert str(other) in str(caught.value)
+
+
 def test_rm_by_short_digest(store):
     manifest = add_image(store, GOOD, [BASE])
 
     store.close()
     result = remove_images([str(manifest)[:19]], store.root)
+
+    assert result.untagged == [GOOD]
+    assert result.not_found == []
+    assert not store.has_blob(manifest)
+
+
+def test_rm_by_short_index_digest(store):
+    manifest = add_image(store, GOOD, [BASE])
+    index = Digest.of(b"index")
+    store.tag(GOOD, store.images()[0].descriptor, source_index=index)
+
+    store.close()
+    result = remove_images([str(index)[:19]], store.root)
 
     assert result.untagged == [GOOD]
     assert result.not_found == []

@@ -11,13 +11,17 @@ from apparate.store.layout import StoredImage
 from apparate.store.selection import select_images
 
 M1, M2, SOURCE = Digest.of(b"m1"), Digest.of(b"m2"), Digest.of(b"docker manifest")
+AMD64, INDEX = Digest.of(b"amd64 manifest"), Digest.of(b"index")
 
 
 def image(
-    reference: str, manifest: Digest, source: Digest | None = None
+    reference: str,
+    manifest: Digest,
+    source: Digest | None = None,
+    index: Digest | None = None,
 ) -> StoredImage:
     descriptor = Descriptor(OCI_MANIFEST, manifest, 100)
-    return StoredImage(reference, descriptor, source or manifest, None)
+    return StoredImage(reference, descriptor, source or manifest, index)
 
 
 STORED = [
@@ -26,6 +30,7 @@ STORED = [
     image(f"127.0.0.1:5000/samples/base@{M2}", M2),
     image(f"127.0.0.1:5000/samples/base:v2@{M2}", M2),
     image("127.0.0.1:5000/samples/docker:v1", M1, SOURCE),
+    image("127.0.0.1:5000/samples/multi:v1", AMD64, index=INDEX),
     image("latest", M1),
 ]
 
@@ -53,6 +58,18 @@ CASES = {
     "registry digest of a converted copy": (
         f"127.0.0.1:5000/samples/docker@{SOURCE}",
         ["127.0.0.1:5000/samples/docker:v1"],
+    ),
+    "index digest of an image picked from it": (
+        f"127.0.0.1:5000/samples/multi@{INDEX}",
+        ["127.0.0.1:5000/samples/multi:v1"],
+    ),
+    "manifest digest of an image picked from an index": (
+        f"127.0.0.1:5000/samples/multi@{AMD64}",
+        ["127.0.0.1:5000/samples/multi:v1"],
+    ),
+    "index digest in another repository": (
+        f"127.0.0.1:5000/samples/base@{INDEX}",
+        [],
     ),
     "a name another tool wrote": ("latest", ["latest"]),
 }
