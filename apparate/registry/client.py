@@ -438,11 +438,13 @@ class RegistryClient:
                 slow = isinstance(error, SlowBody)
                 timed_out = isinstance(error, httpx.TimeoutException)
                 failure = self._describe(error)
-            except _BUSY as error:
-                # Retried only once this range received bytes, as whole blobs are.
+            except (RegistryUnreachable, *_BUSY) as error:
+                # Before the range's first byte this means the server is down.
+                # After it, a refused reconnect is retried, as for whole blobs.
                 if failover or position[0] == start:
                     raise
-                busy, failure = error, error.message
+                busy = error if isinstance(error, _BUSY) else None
+                failure = error.message
             if position[0] >= end:
                 return
             retries.record(position[0] > before and not slow, timed_out)

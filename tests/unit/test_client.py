@@ -613,6 +613,24 @@ def test_fetch_range_resumes_after_the_last_byte(client):
     assert sent == ["bytes=100-4999", "bytes=600-4999"]
 
 
+@respx.mock
+def test_fetch_range_survives_a_refused_reconnect(client):
+    headers = {"Content-Range": f"bytes 100-4999/{len(BLOB)}"}
+    route = respx.get(BLOB_PATH).mock(
+        side_effect=[
+            httpx.Response(206, headers=headers, stream=BrokenStream(BLOB[100:600])),
+            httpx.ConnectError("connection refused"),
+            ranged,
+        ]
+    )
+
+    assert fetch_range(client, 100, 5000) == BLOB[100:5000]
+
+    sent = [call.request.headers["Range"] for call in route.calls]
+    assert sent == ["bytes=100-4999", "bytes=600-4999", "bytes=600-4999"]
+    assert PAUSES == [0.5]
+
+
 @pytest.mark.parametrize(
     "answer",
     [
