@@ -268,28 +268,40 @@ def measure_sources(
     """Fill in each source's figures: kept ones while fresh, else probe now.
 
     Return a warning for each mirror that no probe reached. Figures that
-    cannot be read or kept cost a warning, never the pull.
+    cannot be read or kept cost a warning, never the pull. When none can be
+    read, every source is probed.
     """
     stale = sources
-    unreached = []
-    try:
-        if stats is not None:
+    if stats is not None:
+        try:
             stale = _fill_kept(sources, stats, refresh)
-        with ThreadPoolExecutor(max(1, len(stale)), thread_name_prefix="probe") as pool:
-            probes = list(pool.map(lambda s: _probe(s, settings), stale))
-        for source, (rtt, failure) in zip(stale, probes, strict=True):
-            source.measure = Measure(rtt, source.measure.throughput)
-            if rtt is None and source.role == MIRROR:
-                unreached.append(
-                    f"mirror {source.name} could not be reached ({failure}); it "
-                    "does not resolve tags, and serves content only when no other "
-                    f"source is left{_client_cert_hint(failure)}"
-                )
-            if rtt is not None and stats is not None:
-                stats.save_rtt(source.name, rtt)
+        except StoreError as error:
+            # A database that cannot be read is not written either.
+            log.warning("source figures not read: %s", error)
+            stats = None
+    with ThreadPoolExecutor(max(1, len(stale)), thread_name_prefix="probe") as pool:
+        probes = list(pool.map(lambda s: _probe(s, settings), stale))
+    unreached = []
+    for source, (rtt, failure) in zip(stale, probes, strict=True):
+        source.measure = Measure(rtt, source.measure.throughput)
+        if rtt is None and source.role == MIRROR:
+            unreached.append(
+                f"mirror {source.name} could not be reached ({failure}); it "
+                "does not resolve tags, and serves content only when no other "
+                f"source is left{_client_cert_hint(failure)}"
+            )
+    if stats is not None:
+        _keep_rtts(stats, [s for s in stale if s.measure.rtt is not None])
+    return unreached
+
+
+def _keep_rtts(stats: SourceStats, sources: list[Source]) -> None:
+    """Keep the probed round trips of ``sources``, warning when they cannot be written."""
+    try:
+        for source in sources:
+            stats.save_rtt(source.name, source.measure.rtt)
     except StoreError as error:
         log.warning("source figures not kept: %s", error)
-    return unreached
 
 
 def _client_cert_hint(failure: str | None) -> str:

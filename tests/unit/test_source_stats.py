@@ -1,17 +1,21 @@
 """The scheme each registry responded on, kept so later pulls try it first."""
 
+import sqlite3
+
 import httpx
+import pytest
 import respx
 
 from apparate.config import Config
 from apparate.reference import Reference
-from apparate.registry.client import Endpoint
+from apparate.registry.client import Endpoint, RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
-from apparate.sources.pool import MIRROR
+from apparate.sources.pool import MIRROR, ORIGIN, Source
 from apparate.sources.selection import (
     SourceSpec,
     list_sources,
+    measure_sources,
     open_pool,
     save_figures,
 )
@@ -140,3 +144,43 @@ def test_probes_send_the_hosts_toml_headers(tmp_path):
     assert all(
         call.request.headers.get("X-Mirror-Token") == "secret" for call in probes.calls
     )
+
+
+# Each row: how another connection locks the database, then the warning.
+LOCKED_DATABASE_CASES = {
+    "writes blocked": ("IMMEDIATE", "source figures not kept"),
+    "reads blocked": ("EXCLUSIVE", "source figures not read"),
+}
+
+
+@pytest.mark.parametrize("lock, warning", LOCKED_DATABASE_CASES.values(),
+                         ids=LOCKED_DATABASE_CASES)  # fmt: skip
+@respx.mock
+def test_locked_figures_still_rank_probed_sources(
+    tmp_path, monkeypatch, caplog, lock, warning
+):
+    monkeypatch.setattr("apparate.store.source_stats.BUSY_TIMEOUT_SECONDS", 0.1)
+    respx.get(url__regex=r"https://\w+\.lan/v2/").mock(return_value=httpx.Response(401))
+    reference = Reference.parse("registry.lan/app:v1")
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    settings = TransportSettings(certs_dirs=())
+    sources = []
+    for host, role in (("mirror", MIRROR), ("registry", ORIGIN)):
+        endpoint = Endpoint(f"{host}.lan", "https")
+        client = RegistryClient(reference, settings, credentials, endpoint=endpoint)
+        sources.append(Source(endpoint, role, True, client))
+    stats = SourceStats(tmp_path / "apparate.db")
+    holder = sqlite3.connect(tmp_path / "apparate.db")
+    holder.execute(f"BEGIN {lock}")
+
+    try:
+        unreached = measure_sources(sources, settings, stats)
+    finally:
+        holder.close()
+        stats.close()
+        for source in sources:
+            source.client.close()
+
+    assert unreached == []
+    assert all(source.measure.reachable for source in sources)
+    assert warning in caplog.text
