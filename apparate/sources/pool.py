@@ -152,7 +152,6 @@ class SourcePool:
             served = self._served_blob.setdefault(descriptor.digest, set())
             if verifier.bytes_read == 0:
                 served.clear()
-            served.add(source)
             before = verifier.bytes_read
             self._begin(source)
             try:
@@ -166,12 +165,18 @@ class SourcePool:
                 )
                 return
             except DigestMismatch:
+                # Blamed even before its first byte: a whole body whose
+                # announced length is wrong is rejected unread.
+                served.add(source)
                 raise
             except _SOURCE_FAILURES as error:
                 if candidates == [self.origin]:
                     raise
                 self._leave(source, descriptor.digest, subject, error)
             finally:
+                # Only a source that wrote bytes can be blamed for them.
+                if verifier.bytes_read > before:
+                    served.add(source)
                 self._time(source, verifier.bytes_read - before)
 
     def fetch_range(
@@ -183,7 +188,7 @@ class SourcePool:
         subject: str,
         stopped: Callable[[], bool] | None = None,
     ) -> list[Source]:
-        """Fetch bytes ``start`` to ``end`` of a blob; return the sources that served them.
+        """Fetch bytes ``start`` to ``end`` of a blob; return the sources that wrote them.
 
         Raises RangesUnsupported when no source is left that serves ranges
         of this blob, and the last failure when every source failed.
@@ -199,7 +204,6 @@ class SourcePool:
             if stopped is not None and stopped():
                 raise RangeFetchStopped()
             source, last_resort = self._choose(descriptor.digest, end - position[0])
-            served.append(source)
             before = position[0]
             self._begin(source)
             try:
@@ -225,6 +229,8 @@ class SourcePool:
             finally:
                 with self._lock:
                     self._queued[source] -= end - before
+                if position[0] > before:
+                    served.append(source)
                 self._time(source, position[0] - before)
         return served
 

@@ -30,7 +30,8 @@ class StandIn:
 
     ``corrupt`` serves flipped bytes, ``truncate`` stops after 100 bytes,
     ``error`` fails with a 500, ``whole`` ignores ranges, ``flaky`` fails its first
-    call only, ``missing`` answers 404.
+    call only, ``missing`` answers 404, ``wrong-length`` announces a body of
+    another size than the blob's.
     """
 
     def __init__(self, mode: str = "good") -> None:
@@ -50,6 +51,8 @@ class StandIn:
             body = body[:100]
         if self.mode == "error":
             raise ServerError("HTTP 500")
+        if self.mode == "wrong-length":
+            raise DigestMismatch("sent 10 bytes for blob x of size 16384")
         if self.mode == "missing":
             request = httpx.Request("GET", "https://registry.example/v2/a/blobs/x")
             body = b'{"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}'
@@ -257,3 +260,32 @@ def test_source_failing_twice_for_a_blob_warns_once(caplog):
     pool._leave(source, DESCRIPTOR.digest, "blob", OSError("HTTP 500"))
 
     assert len(caplog.records) == 1
+
+
+def test_source_that_sent_no_bytes_is_not_blamed():
+    pool = pool_of(StandIn("truncate"), StandIn("error"), StandIn("corrupt"))
+
+    with pytest.raises(DigestMismatch) as caught:
+        fetch_whole(pool)
+
+    assert pool.blame(DESCRIPTOR.digest, caught.value)
+    assert pool.sources[0].dropped is not None
+    assert pool.sources[1].dropped is None
+
+
+def test_range_sources_are_those_that_wrote():
+    pool = pool_of(StandIn("error"), StandIn())
+
+    served = pool.fetch_range(DESCRIPTOR, 0, 1000, lambda offset, data: None, "blob")
+
+    assert served == [pool.origin]
+
+
+def test_mirror_announcing_wrong_length_is_blamed():
+    pool = pool_of(StandIn("wrong-length"), StandIn())
+
+    with pytest.raises(DigestMismatch) as caught:
+        fetch_whole(pool)
+
+    assert pool.blame(DESCRIPTOR.digest, caught.value)
+    assert pool.sources[0].dropped is not None
