@@ -6,6 +6,8 @@ A source that fails a request is left for that blob, and the request goes on
 at the next one from the byte where it stopped. A source that responds to a
 range request with the whole blob (200) is sent no more ranges of that blob.
 A source whose bytes fail verification is dropped for the rest of the pull.
+A request in flight moves to another source when that one would finish it
+much sooner.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from apparate.registry.client import (
     RangesUnsupported,
     RegistryClient,
 )
-from apparate.sources.ranking import Measure, pick, rank
+from apparate.sources.ranking import Measure, outpaced, pick, rank, seconds_for
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,12 @@ MIRROR = "mirror"
 _SOURCE_FAILURES = (AuthError, NotFound, RegistryError, TruncatedBody)
 # Bodies shorter than this measure round trips more than throughput.
 _MIN_TIMED_BYTES = 64 * 1024
+# How often a request in flight is compared with the other sources.
+_PACE_CHECK_SECONDS = 0.25
+
+
+class _Outpaced(Exception):
+    """Raised from a request's write to move the request off a source that is too slow."""
 
 
 @dataclass(eq=False)
@@ -145,6 +153,13 @@ class SourcePool:
             verifier = DigestVerifier(
                 descriptor.digest, subject, self.host, descriptor.size
             )
+        pace: _Pace | None = None
+
+        def track(data: bytes) -> None:
+            write(data)
+            if pace is not None and pace.outpaced(verifier.bytes_read):
+                raise _Outpaced()
+
         while True:
             candidates = self._candidates(descriptor.digest, ranges=False)
             source = candidates[0]
@@ -153,11 +168,14 @@ class SourcePool:
             if verifier.bytes_read == 0:
                 served.clear()
             before = verifier.bytes_read
+            pace = None
+            if candidates != [self.origin]:
+                pace = _Pace(self, source, descriptor, before, descriptor.size, False)
             self._begin(source)
             try:
                 source.client.fetch_blob(
                     descriptor,
-                    write,
+                    track,
                     subject,
                     verifier,
                     failover=candidates != [self.origin],
@@ -169,6 +187,10 @@ class SourcePool:
                 # announced length is wrong is rejected unread.
                 served.add(source)
                 raise
+            except _Outpaced:
+                assert pace is not None
+                rate = pace.rate(verifier.bytes_read)
+                self._give_way(source, descriptor.digest, subject, rate)
             except _SOURCE_FAILURES as error:
                 if candidates == [self.origin]:
                     raise
@@ -195,16 +217,23 @@ class SourcePool:
         """
         position = [start]
         served: list[Source] = []
+        pace: _Pace | None = None
 
         def track(offset: int, data: bytes) -> None:
             write(offset, data)
             position[0] = offset + len(data)
+            if pace is not None and pace.outpaced(position[0]):
+                raise _Outpaced()
 
         while position[0] < end:
             if stopped is not None and stopped():
                 raise RangeFetchStopped()
             source, last_resort = self._choose(descriptor.digest, end - position[0])
             before = position[0]
+            # The origin as last resort has no other source to give way to.
+            pace = None
+            if not last_resort:
+                pace = _Pace(self, source, descriptor, before, end, True)
             self._begin(source)
             try:
                 source.client.fetch_range(
@@ -218,6 +247,11 @@ class SourcePool:
                 )
             except RangeFetchStopped:
                 raise
+            except _Outpaced:
+                assert pace is not None
+                self._give_way(
+                    source, descriptor.digest, subject, pace.rate(position[0])
+                )
             except RangesUnsupported as error:
                 if last_resort:
                     raise
@@ -294,18 +328,61 @@ class SourcePool:
     def _leave(
         self, source: Source, digest: Digest, subject: str, error: Exception
     ) -> None:
+        if self._exclude(source, digest):
+            log.warning(
+                "%s: source %s failed (%s); trying the next one",
+                subject,
+                source.name,
+                reason_for_warning(error, subject),
+            )
+
+    def _give_way(
+        self, source: Source, digest: Digest, subject: str, rate: float
+    ) -> None:
+        """Send no more requests for ``digest`` to a source much slower than another.
+
+        Its throughput becomes this request's rate, unless a lower one was
+        measured, so that requests for other blobs go elsewhere too.
+        """
+        with self._lock:
+            known = source.measure.throughput
+            if known is None or rate < known:
+                source.measure = Measure(source.measure.rtt, rate)
+        if self._exclude(source, digest):
+            log.warning(
+                "%s: source %s sends %d kB/s, much slower than another source "
+                "would; trying the next one",
+                subject,
+                source.name,
+                rate // 1000,
+            )
+
+    def _exclude(self, source: Source, digest: Digest) -> bool:
+        """Leave ``source`` out of the requests for ``digest``; return whether it was in."""
         with self._lock:
             failed = self._failed.setdefault(digest, set())
             if source in failed:
                 # Another range of the blob met the same failure and warned.
-                return
+                return False
             failed.add(source)
-        log.warning(
-            "%s: source %s failed (%s); trying the next one",
-            subject,
-            source.name,
-            reason_for_warning(error, subject),
-        )
+            return True
+
+    def seconds_elsewhere(
+        self, source: Source, digest: Digest, size: int, ranges: bool
+    ) -> float | None:
+        """Estimate the seconds the best source other than ``source`` needs for ``size`` bytes.
+
+        None when no other reachable source serves ``digest`` (its ranges,
+        with ``ranges``).
+        """
+        try:
+            candidates = self._candidates(digest, ranges)
+        except RangesUnsupported:
+            return None
+        others = [s for s in candidates if s is not source and s.measure.reachable]
+        with self._lock:
+            estimates = [seconds_for(s.measure, size, self._queued[s]) for s in others]
+        return min(estimates, default=None)
 
     def _stop_ranges(
         self, source: Source, digest: Digest, subject: str, error: Exception
@@ -345,3 +422,48 @@ class SourcePool:
             observed = source.observed_throughput
             if observed is not None:
                 source.measure = Measure(source.measure.rtt, observed)
+
+
+class _Pace:
+    """The progress of one request at one source, to tell when another would finish it sooner.
+
+    ``start`` and ``end`` are the bytes of the blob requested;
+    ``ranges`` tells whether it is a range request.
+    """
+
+    def __init__(
+        self,
+        pool: SourcePool,
+        source: Source,
+        descriptor: Descriptor,
+        start: int,
+        end: int,
+        ranges: bool,
+    ) -> None:
+        self._pool = pool
+        self._ranges = ranges
+        self._source = source
+        self._digest = descriptor.digest
+        self._start = start
+        self._end = end
+        self._began = time.monotonic()
+        self._checked = self._began
+
+    def rate(self, position: int) -> float:
+        """Return the bytes per second received since the request began."""
+        elapsed = time.monotonic() - self._began
+        return (position - self._start) / elapsed if elapsed > 0 else 0.0
+
+    def outpaced(self, position: int) -> bool:
+        """Tell whether another source would fetch the rest much sooner."""
+        now = time.monotonic()
+        if now - self._checked < _PACE_CHECK_SECONDS:
+            return False
+        self._checked = now
+        remaining = self._end - position
+        elsewhere = self._pool.seconds_elsewhere(
+            self._source, self._digest, remaining, self._ranges
+        )
+        if elsewhere is None:
+            return False
+        return outpaced(position - self._start, now - self._began, remaining, elsewhere)

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 UNMEASURED_THROUGHPUT = 4 * 1024 * 1024
 # The request size that ranking compares sources at.
 TYPICAL_REQUEST = 1024 * 1024
+# A range in flight is judged only after this long, so that its round trip
+# and a slow start weigh little.
+OUTPACE_AFTER_SECONDS = 2.0
+# A range moves to another source only when staying would take this many
+# times longer, because moving costs a new request and the estimate is rough.
+OUTPACE_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,19 @@ def pick(measures: Sequence[Measure], queued: Sequence[int], size: int) -> int:
             position,
         ),
     )
+
+
+def outpaced(received: int, elapsed: float, remaining: int, elsewhere: float) -> bool:
+    """Tell whether a request in flight would finish much sooner at another source.
+
+    ``received`` bytes arrived in the ``elapsed`` seconds since the request
+    began, and ``elsewhere`` estimates the seconds the best other source
+    needs for the ``remaining`` bytes (see ``seconds_for``).
+    """
+    if elapsed < OUTPACE_AFTER_SECONDS:
+        return False
+    rate = received / elapsed
+    return remaining > rate * OUTPACE_FACTOR * elsewhere
 
 
 def blend_throughput(

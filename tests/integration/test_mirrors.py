@@ -241,6 +241,22 @@ def test_mirror_stalling_mid_body_moves_to_origin(origin, mirror, tmp_path):
     assert any(faulty in warning for warning in result.warnings)
 
 
+def test_crawling_mirror_gives_way_to_origin(origin, mirror, tmp_path):
+    store = tmp_path / "store"
+    port = int(mirror.host.rpartition(":")[2])
+
+    # 16 KiB/s, far slower than the origin.
+    with throttled(port, 16 * 1024) as slow_port:
+        result = pull_update(origin, store, f"127.0.0.1:{slow_port}")
+
+    assert_correct_image(origin, store, result)
+    mirror_bytes = result.bytes_by_source.get(f"http://127.0.0.1:{slow_port}", 0)
+    assert mirror_bytes < result.bytes_fetched // 10
+    assert any(
+        "much slower than another source" in warning for warning in result.warnings
+    )
+
+
 def test_mirror_serving_corrupt_bytes_is_dropped(origin, tmp_path):
     handle = start_mirror(origin, tmp_path / "mirror")
     try:

@@ -289,3 +289,97 @@ def test_mirror_announcing_wrong_length_is_blamed():
 
     assert pool.blame(DESCRIPTOR.digest, caught.value)
     assert pool.sources[0].dropped is not None
+
+
+class Crawler(StandIn):
+    """A client that writes ranges in 1 KiB pieces, ``seconds`` apart on ``clock``."""
+
+    def __init__(self, clock: ManualClock, seconds: float) -> None:
+        super().__init__("crawl")
+        self.clock = clock
+        self.seconds = seconds
+        self.written = 0
+
+    def fetch_range(self, descriptor, start, end, write, subject, stopped, failover):
+        self.calls += 1
+        for offset in range(start, end, 1024):
+            self.clock.now += self.seconds
+            piece = BLOB[offset : min(offset + 1024, end)]
+            write(offset, piece)
+            self.written += len(piece)
+
+    def fetch_blob(
+        self, descriptor, write, subject, verifier, failover=False, stopped=None
+    ):
+        self.calls += 1
+        for offset in range(verifier.bytes_read, len(BLOB), 1024):
+            self.clock.now += self.seconds
+            piece = BLOB[offset : offset + 1024]
+            verifier.update(piece)
+            write(piece)
+            self.written += len(piece)
+        verifier.verify()
+
+
+def crawler_pool(monkeypatch, seconds: float, origin_throughput: float):
+    """Make a pool of a crawling mirror, ranked first, and a good origin."""
+    clock = ManualClock()
+    monkeypatch.setattr("apparate.sources.pool.time.monotonic", clock)
+    mirror, origin = Crawler(clock, seconds), StandIn()
+    sources = [
+        Source(Endpoint("crawl.example"), MIRROR, False, mirror, Measure(0.001, 1e9)),
+        Source(Endpoint("origin.example"), ORIGIN, False, origin, Measure(0.002, origin_throughput)),
+    ]  # fmt: skip
+    return SourcePool(sources), mirror, origin
+
+
+def test_crawling_mirror_gives_way_to_origin(monkeypatch, caplog):
+    # 1 KiB every 0.5 s, against an origin measured at 100 MB/s.
+    pool, mirror, origin = crawler_pool(monkeypatch, 0.5, 1e8)
+
+    data = fetch_span(pool, 0, len(BLOB))
+
+    assert data == BLOB
+    assert mirror.written < len(BLOB) // 2
+    assert origin.calls == 1
+    assert pool.sources[0].measure.throughput < 4096
+    assert "sends 2 kB/s, much slower than another source" in caplog.text
+
+
+def test_crawling_mirror_gives_way_for_whole_blob(monkeypatch, caplog):
+    pool, mirror, origin = crawler_pool(monkeypatch, 0.5, 1e8)
+
+    assert fetch_whole(pool) == BLOB
+    assert mirror.written < len(BLOB) // 2
+    assert origin.calls == 1
+    assert "much slower than another source" in caplog.text
+
+
+def test_crawling_mirror_not_asked_again(monkeypatch):
+    pool, mirror, origin = crawler_pool(monkeypatch, 0.5, 1e8)
+    fetch_span(pool, 0, 8192)
+
+    assert fetch_span(pool, 8192, len(BLOB)) == BLOB[8192:]
+    assert mirror.calls == 1
+    assert origin.calls == 2
+
+
+def test_mirror_nearly_as_fast_keeps_its_range(monkeypatch, caplog):
+    # 1 KiB every 0.2 s for 3.2 s, against an origin measured at twice that.
+    pool, mirror, origin = crawler_pool(monkeypatch, 0.2, 1e4)
+
+    assert fetch_span(pool, 0, len(BLOB)) == BLOB
+    assert mirror.written == len(BLOB)
+    assert origin.calls == 0
+    assert not caplog.records
+
+
+def test_crawling_origin_alone_keeps_its_range(monkeypatch):
+    clock = ManualClock()
+    monkeypatch.setattr("apparate.sources.pool.time.monotonic", clock)
+    origin = Crawler(clock, 0.5)
+    endpoint = Endpoint("origin.example")
+    pool = SourcePool([Source(endpoint, ORIGIN, False, origin, Measure(0.001))])
+
+    assert fetch_span(pool, 0, len(BLOB)) == BLOB
+    assert origin.written == len(BLOB)

@@ -8,6 +8,7 @@ from apparate.sources.ranking import (
     UNMEASURED_THROUGHPUT,
     Measure,
     blend_throughput,
+    outpaced,
     pick,
     rank,
     seconds_for,
@@ -78,3 +79,22 @@ def test_seconds_for_unmeasured_uses_default():
 def test_blend_throughput():
     assert blend_throughput(None, 8.0) == 8.0
     assert blend_throughput(4.0, 8.0) == 6.0
+
+
+OUTPACED_CASES = {
+    # received bytes, elapsed s, remaining bytes, seconds elsewhere, moves
+    "judged only after the grace period": (0, 1.9, 10**6, 0.01, False),
+    "nothing received after it": (0, 2.0, 10**6, 0.01, True),
+    "much slower than elsewhere": (20_000, 2.0, 10**6, 1.0, True),
+    "slower within the factor": (200_000, 2.0, 10**6, 3.0, False),
+    "faster than elsewhere": (10**6, 2.0, 10**6, 1.0, False),
+    "done": (10**6, 5.0, 0, 0.01, False),
+}
+
+
+@pytest.mark.parametrize(
+    "received, elapsed, remaining, elsewhere, moves",
+    OUTPACED_CASES.values(), ids=OUTPACED_CASES.keys(),
+)  # fmt: skip
+def test_outpaced(received, elapsed, remaining, elsewhere, moves):
+    assert outpaced(received, elapsed, remaining, elsewhere) == moves
