@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Self
 
 from rich.console import Console
@@ -9,6 +10,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
@@ -23,18 +25,20 @@ from apparate.progress import PullObserver
 class BarObserver(PullObserver):
     """A bar per layer and one for the total, drawn by rich."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=Console(),
+            console=console or Console(),
             transient=False,
         )
         self._tasks: dict[Digest, TaskID] = {}
         self._total = self._progress.add_task("total", total=0)
+        # Layers end on several threads; each shrinks the total bar.
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Self:
         self._progress.start()
@@ -56,3 +60,28 @@ class BarObserver(PullObserver):
     def layer_progress(self, digest: Digest, received: int) -> None:
         self._progress.advance(self._tasks[digest], received)
         self._progress.advance(self._total, received)
+
+    def layer_done(self, digest: Digest) -> None:
+        # A rebuilt or resumed layer receives only the bytes the store lacked.
+        # Its bar total drops to the bytes received, so the bar ends complete,
+        # and the total bar drops by the bytes that were not fetched.
+        task_id = self._tasks.get(digest)
+        if task_id is None:
+            return
+        with self._lock:
+            task = self._task(task_id)
+            unfetched = (task.total or 0) - task.completed
+            self._shrink(task_id, task.completed)
+            whole = self._task(self._total)
+            self._shrink(self._total, (whole.total or 0) - unfetched)
+
+    def _shrink(self, task_id: TaskID, total: float) -> None:
+        """Set a bar's total and keep its speed, which rich resets with the total."""
+        task = self._task(task_id)
+        speed = task.finished_speed or task.speed
+        self._progress.update(task_id, total=total)
+        if task.finished:
+            task.finished_speed = speed
+
+    def _task(self, task_id: TaskID) -> Task:
+        return next(task for task in self._progress.tasks if task.id == task_id)
