@@ -281,15 +281,15 @@ def import_command(
     _configure_logging(debug, verbose)
     with _errors_reported(reference, IMPORT_INTERRUPTED):
         _check_one_output(quiet, as_json)
-        # A digest prefix, as ``images`` prints it, is no image name.
-        name = reference
+        # A digest prefix, as ``images`` prints it, is not an image name. Other
+        # arguments are parsed here, so an invalid one exits with code 2.
         if not is_digest_prefix(reference):
-            name = str(Reference.parse(reference))
+            Reference.parse(reference)
         daemons = _daemons(containerd_address, namespace)
         options = ImportOptions(
             store=store, into=_checked_target(into, daemons), daemons=daemons
         )
-        imported = import_image(name, options)
+        imported = import_image(reference, options)
 
     if as_json:
         print(json.dumps(imported.to_dict(), indent=2))

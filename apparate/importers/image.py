@@ -25,7 +25,11 @@ from apparate.manifest import (
 )
 from apparate.reference import Reference
 from apparate.store.layout import Store, StoredImage, default_store_path
-from apparate.store.selection import is_digest_prefix, select_by_digest
+from apparate.store.selection import (
+    is_digest_prefix,
+    select_by_bare_digest,
+    select_by_digest,
+)
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,13 @@ def find_stored(store: Store, reference: str) -> StoredImage:
     digest would be. A manifest or index digest or a prefix of it, as
     ``apparate images`` prints it, names the image under its first stored
     name that apparate wrote, since names other tools wrote are no
-    references.
+    references. So does such a prefix without ``sha256:`` that names no
+    stored image.
     """
     images = store.images()
     named = select_by_digest(reference, images)
     if named:
-        preferred = [name for name in named if _is_full_reference(name)] or named
-        return next(image for image in images if image.reference == preferred[0])
+        return _first_named(named, images)
     if is_digest_prefix(reference):
         raise NotFound(
             f"no image in the local store {store.root} has a digest starting "
@@ -82,10 +86,19 @@ def find_stored(store: Store, reference: str) -> StoredImage:
             digests = (image.source_manifest, image.source_index)
             if ref.digest in digests and _repository(image.reference) == ref.name:
                 return dataclasses.replace(image, reference=str(ref))
+    named = select_by_bare_digest(reference, images)
+    if named:
+        return _first_named(named, images)
     raise NotFound(
         f"{ref} is not in the local store {store.root}",
         hint=f"pull it first with 'apparate pull {ref}'",
     )
+
+
+def _first_named(named: list[str], images: list[StoredImage]) -> StoredImage:
+    """Return the image of ``named`` stored under the first name apparate wrote."""
+    preferred = [name for name in named if _is_full_reference(name)] or named
+    return next(image for image in images if image.reference == preferred[0])
 
 
 def _is_full_reference(name: str) -> bool:

@@ -46,7 +46,11 @@ from apparate.store.layout import (
     not_created,
 )
 from apparate.store.packs import pack_sources
-from apparate.store.selection import select_by_digest, select_images
+from apparate.store.selection import (
+    select_by_bare_digest,
+    select_by_digest,
+    select_images,
+)
 from apparate.store.survey import Survey, survey
 from apparate.store.usage import forget_uses, mark_used
 
@@ -150,7 +154,8 @@ def remove_images(
     """Untag images, then remove the blobs no other kept image needs.
 
     A reference may also be a manifest or index digest or a prefix of it,
-    as ``select_by_digest`` reads it. References that name no stored image are
+    as ``select_by_digest`` reads it, or such a prefix without ``sha256:``
+    that names no image. References that name no stored image are
     listed in the result's ``not_found``, as ``docker rmi`` reports them
     while removing the others.
     Raises NotFound, removing nothing, if none of them is stored.
@@ -171,7 +176,11 @@ def remove_images(
     untag: list[str] = []
     not_found: list[str] = []
     for text in requested:
-        matched = select_images(text, stored) or select_by_digest(text, stored)
+        matched = (
+            select_images(text, stored)
+            or select_by_digest(text, stored)
+            or select_by_bare_digest(text, stored)
+        )
         if not matched and not set(names[text]) & set(hidden):
             not_found.append(text)
         untag.extend(ref for ref in matched if ref not in untag)

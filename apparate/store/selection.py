@@ -12,6 +12,9 @@ from apparate.store.layout import StoredImage
 
 # A manifest or index digest or a prefix of it, as ``apparate images`` prints it.
 _DIGEST_PREFIX = re.compile(r"sha256:[0-9a-f]{1,64}")
+# The same without ``sha256:``, as docker takes an image ID. It needs the 12
+# digits that ``apparate images`` prints, so a name such as ``cafe`` is no prefix.
+_BARE_DIGEST_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 
 
 def select_images(text: str, stored: Iterable[StoredImage]) -> list[str]:
@@ -94,3 +97,15 @@ def _named_by(prefix: str, image: StoredImage) -> Digest | None:
     if any(str(digest).startswith(prefix) for digest in manifests):
         return image.source_manifest
     return None
+
+
+def select_by_bare_digest(text: str, stored: Iterable[StoredImage]) -> list[str]:
+    """Return the stored images whose digest starts with ``sha256:`` and ``text``.
+
+    ``text`` is hexadecimal digits alone, as ``docker rmi 497fecd365e8``
+    takes an image ID. It is also a valid image name, so callers try it only
+    after ``text`` named no stored image.
+    """
+    if not _BARE_DIGEST_PREFIX.fullmatch(text):
+        return []
+    return select_by_digest(f"sha256:{text}", stored)

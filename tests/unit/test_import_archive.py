@@ -522,6 +522,21 @@ def test_cli_import_by_digest_prefix(tmp_path):
     assert set(last_used(store.root)) == {REFERENCE}
 
 
+def test_cli_import_by_digest_without_algorithm(tmp_path):
+    store, facts = make_store(tmp_path / "store")
+    prefix = facts["manifest"].digest.hex[:12]
+    archive = tmp_path / "image.tar"
+
+    done = CliRunner().invoke(
+        app, ["import", "--store", str(store.root), "--into",
+              f"oci-archive:{archive}", prefix],
+    )  # fmt: skip
+
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith(f"{REFERENCE}: ")
+    assert archive.is_file()
+
+
 def test_find_by_digest_prefix_prefers_own_names(tmp_path):
     store, facts = make_store(tmp_path / "store")
     tag_first_by_other_tool(store, "mytag")

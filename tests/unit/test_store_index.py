@@ -15,7 +15,7 @@ from apparate.errors import StoreError, UsageError
 from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.store.collector import GcOptions, collect, remove_images
 from apparate.store.layout import REF_NAME, SOURCE_MANIFEST, Store, StoredImage
-from apparate.store.selection import select_by_digest
+from apparate.store.selection import select_by_bare_digest, select_by_digest
 from tests.unit.test_store_gc import BASE, add_image
 
 GOOD = "example.com/app:v1"
@@ -316,6 +316,25 @@ def test_select_by_ambiguous_index_prefix():
     assert str(other) in str(caught.value)
 
 
+BARE_PREFIX_CASES = {
+    "short digest as images prints it": (
+        "497fecd365e8",
+        ["example.com/app:v1", "example.com/app:latest"],
+    ),
+    "whole digest": (M2.hex, ["example.com/app:v2", "example.com/converted:v1"]),
+    "fewer than 12 digits": ("497fecd365e", []),
+    "with its algorithm": ("sha256:497fecd365e8", []),
+    "no such digest": ("0" * 12, []),
+}
+
+
+@pytest.mark.parametrize(
+    "text, expected", BARE_PREFIX_CASES.values(), ids=BARE_PREFIX_CASES
+)
+def test_select_by_bare_digest(text, expected):
+    assert select_by_bare_digest(text, STORED) == expected
+
+
 def test_rm_by_short_digest(store):
     manifest = add_image(store, GOOD, [BASE])
 
@@ -338,3 +357,13 @@ def test_rm_by_short_index_digest(store):
     assert result.untagged == [GOOD]
     assert result.not_found == []
     assert not store.has_blob(manifest)
+
+
+def test_rm_by_short_digest_without_algorithm(store):
+    manifest = add_image(store, GOOD, [BASE])
+
+    store.close()
+    result = remove_images([manifest.hex[:12]], store.root)
+
+    assert result.untagged == [GOOD]
+    assert result.not_found == []
