@@ -174,12 +174,16 @@ def _pull(
         save_figures(pool, figures)
 
     fetched = sum(layer.bytes_fetched for layer in layers)
-    up_to_date = False
-    if not options.dry_run:
+    if options.dry_run:
+        up_to_date = not fetched and _names_already(store, str(ref), image)
+    else:
         tagged = _store_metadata(store, image)
         index_digest = image.index.digest if image.index else None
         before = store.tag(str(ref), tagged, image.manifest.digest, index_digest)
         up_to_date = before == tagged.digest and not fetched
+    if up_to_date:
+        # Nothing was needed, so nothing counts as reused either.
+        layers = [dataclasses.replace(layer, bytes_reused=0) for layer in layers]
     result = PullResult(
         reference=str(ref),
         digest=image.manifest.digest,
@@ -255,6 +259,15 @@ def _record(store: Store, result: PullResult) -> None:
             history.close()
     except StoreError as error:
         log.warning("%s: pull not recorded: %s", result.reference, error)
+
+
+def _names_already(store: Store, reference: str, image: ResolvedImage) -> bool:
+    """Tell whether ``reference`` already names this manifest in the store."""
+    return any(
+        stored.reference == reference
+        and stored.source_manifest == image.manifest.digest
+        for stored in store.images()
+    )
 
 
 def _store_metadata(store: Store, image: ResolvedImage) -> Descriptor:

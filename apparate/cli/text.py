@@ -129,10 +129,15 @@ def dry_run_report(result: PullResult) -> str:
         for layer in result.layers
     ]
     table = format_table(["LAYER", "SIZE", "FETCH", "REUSE", ""], rows)
-    total = (
-        f"{result.reference}: would fetch {human_size(result.bytes_fetched)}, "
-        f"reuse {human_size(result.bytes_reused)}"
-    )
+    if result.up_to_date:
+        total = (
+            f"{result.reference}: already up to date in the store, would fetch nothing"
+        )
+    else:
+        total = (
+            f"{result.reference}: would fetch {human_size(result.bytes_fetched)}, "
+            f"reuse {human_size(result.bytes_reused)}"
+        )
     return f"{table}\n{total}"
 
 

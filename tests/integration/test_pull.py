@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -119,6 +120,9 @@ def test_pull_again_fetches_nothing(registry_plain, tmp_path):
     reference = f"{registry_plain.host}/samples/base:v1"
     apparate.pull(reference, options_for(registry_plain, store))
 
+    planned = apparate.pull(
+        reference, dataclasses.replace(options_for(registry_plain, store), dry_run=True)
+    )
     again = apparate.pull(reference, options_for(registry_plain, store))
     # Stored layers, under a tag new to the store.
     other_tag = apparate.pull(
@@ -131,6 +135,11 @@ def test_pull_again_fetches_nothing(registry_plain, tmp_path):
     assert again.up_to_date
     # An up-to-date pull needed nothing, so it reused and saved nothing.
     assert (again.bytes_reused, again.bytes_saved) == (0, 0)
+    assert [layer.bytes_reused for layer in again.layers] == [0, 0]
+    # The dry run before it reports the same.
+    assert planned.up_to_date
+    assert planned.bytes_reused == 0
+    assert [layer.bytes_reused for layer in planned.layers] == [0, 0]
     assert other_tag.layers_fetched == 0
     assert not other_tag.up_to_date
 

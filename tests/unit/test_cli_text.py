@@ -11,6 +11,7 @@ from apparate.cli.text import (
     binary_size,
     convert_line,
     counted,
+    dry_run_report,
     gc_report,
     images_report,
     stats_report,
@@ -137,6 +138,16 @@ def pull_result(fetched: int, missing: bool, up_to_date: bool = False) -> PullRe
         "example.com/app:v1", Digest.of(b"m"), "linux/amd64", "/s", None, layers,
         fetched, 0.25, up_to_date=up_to_date,
     )  # fmt: skip
+
+
+def test_dry_run_report_up_to_date():
+    result = dataclasses.replace(pull_result(0, missing=False), up_to_date=True)
+
+    report = dry_run_report(result)
+
+    assert report.endswith(
+        "example.com/app:v1: already up to date in the store, would fetch nothing"
+    )
 
 
 def test_summary_stored_image_up_to_date():
