@@ -7,7 +7,8 @@ at the next one from the byte where it stopped. A source that responds to a
 range request with the whole blob (200) is sent no more ranges of that blob.
 A source whose bytes fail verification is dropped for the rest of the pull.
 A request in flight moves to another source when that one would finish it
-much sooner.
+much sooner. The slow source serves that blob again only if every faster
+source fails.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class SourcePool:
         self._lock = threading.Lock()
         self._failed: dict[Digest, set[Source]] = {}
         self._no_ranges: dict[Digest, set[Source]] = {}
+        # The sources that gave way to a faster one for each blob.
+        self._outpaced: dict[Digest, set[Source]] = {}
         self._queued: dict[Source, int] = dict.fromkeys(sources, 0)
         # The sources that wrote bytes of each whole-blob download.
         self._served_blob: dict[Digest, set[Source]] = {}
@@ -161,7 +164,7 @@ class SourcePool:
                 raise _Outpaced()
 
         while True:
-            candidates = self._candidates(descriptor.digest, ranges=False)
+            candidates, last_resort = self._candidates(descriptor.digest, False)
             source = candidates[0]
             verifier.source = source.name
             served = self._served_blob.setdefault(descriptor.digest, set())
@@ -169,7 +172,7 @@ class SourcePool:
                 served.clear()
             before = verifier.bytes_read
             pace = None
-            if candidates != [self.origin]:
+            if not last_resort:
                 pace = _Pace(self, source, descriptor, before, descriptor.size, False)
             self._begin(source)
             try:
@@ -178,7 +181,7 @@ class SourcePool:
                     track,
                     subject,
                     verifier,
-                    failover=candidates != [self.origin],
+                    failover=not last_resort,
                     stopped=stopped,
                 )
                 return
@@ -192,7 +195,7 @@ class SourcePool:
                 rate = pace.rate(verifier.bytes_read)
                 self._give_way(source, descriptor.digest, subject, rate)
             except _SOURCE_FAILURES as error:
-                if candidates == [self.origin]:
+                if last_resort:
                     raise
                 self._leave(source, descriptor.digest, subject, error)
             finally:
@@ -297,20 +300,30 @@ class SourcePool:
             "source %s dropped for the rest of the pull: %s", source.name, reason
         )
 
-    def _candidates(self, digest: Digest, ranges: bool) -> list[Source]:
+    def _candidates(self, digest: Digest, ranges: bool) -> tuple[list[Source], bool]:
+        """Return the sources for ``digest``, best first, and whether it is the last resort.
+
+        A source that gave way to a faster one is chosen again only once
+        every other source failed. The last resort is the origin with no
+        other source left.
+        """
         with self._lock:
             failed = self._failed.get(digest, set())
+            slow = self._outpaced.get(digest, set())
             rangeless = self._no_ranges.get(digest, set()) if ranges else set()
             usable = [
                 s for s in self.ranked() if s not in failed and s not in rangeless
             ]
+        fast = [s for s in usable if s not in slow]
+        if fast:
+            return fast, fast == [self.origin] and fast == usable
         if usable:
-            return usable
+            return usable, usable == [self.origin]
         if ranges and self.origin in rangeless:
             raise RangesUnsupported(f"no source serves ranges of {digest}")
         # Every source failed once: the origin gets the request again, now
         # with its usual retries, as a pull without mirrors would.
-        return [self.origin]
+        return [self.origin], True
 
     def _choose(self, digest: Digest, size: int) -> tuple[Source, bool]:
         """Pick the source for one range, and whether it is the last resort.
@@ -318,12 +331,12 @@ class SourcePool:
         The last resort is the origin with no other source left; a request
         there retries as a pull without mirrors would, instead of failing over.
         """
-        candidates = self._candidates(digest, ranges=True)
+        candidates, last_resort = self._candidates(digest, ranges=True)
         with self._lock:
             queued = [self._queued[s] for s in candidates]
             source = candidates[pick([s.measure for s in candidates], queued, size)]
             self._queued[source] += size
-        return source, candidates == [self.origin]
+        return source, last_resort
 
     def _leave(
         self, source: Source, digest: Digest, subject: str, error: Exception
@@ -348,7 +361,10 @@ class SourcePool:
             known = source.measure.throughput
             if known is None or rate < known:
                 source.measure = Measure(source.measure.rtt, rate)
-        if self._exclude(source, digest):
+            slow = self._outpaced.setdefault(digest, set())
+            first = source not in slow
+            slow.add(source)
+        if first:
             log.warning(
                 "%s: source %s sends %d kB/s, much slower than another source "
                 "would; trying the next one",
@@ -376,7 +392,7 @@ class SourcePool:
         with ``ranges``).
         """
         try:
-            candidates = self._candidates(digest, ranges)
+            candidates, _ = self._candidates(digest, ranges)
         except RangesUnsupported:
             return None
         others = [s for s in candidates if s is not source and s.measure.reachable]

@@ -383,3 +383,17 @@ def test_crawling_origin_alone_keeps_its_range(monkeypatch):
 
     assert fetch_span(pool, 0, len(BLOB)) == BLOB
     assert origin.written == len(BLOB)
+
+
+@pytest.mark.parametrize("fetch", ["range", "whole"])
+def test_crawling_mirror_as_last_resort(monkeypatch, fetch):
+    # The origin, measured fast, fails once the mirror gave way to it.
+    pool, mirror, origin = crawler_pool(monkeypatch, 0.5, 1e8)
+    origin.mode = "error"
+
+    if fetch == "range":
+        assert fetch_span(pool, 0, len(BLOB)) == BLOB
+    else:
+        assert fetch_whole(pool) == BLOB
+    assert origin.calls == 1
+    assert mirror.calls == 2
