@@ -174,6 +174,7 @@ class SourcePool:
             pace = None
             if not last_resort:
                 pace = _Pace(self, source, descriptor, before, descriptor.size, False)
+            slow_rate: float | None = None
             self._begin(source)
             try:
                 source.client.fetch_blob(
@@ -192,8 +193,7 @@ class SourcePool:
                 raise
             except _Outpaced:
                 assert pace is not None
-                rate = pace.rate(verifier.bytes_read)
-                self._give_way(source, descriptor.digest, subject, rate)
+                slow_rate = pace.rate(verifier.bytes_read)
             except _SOURCE_FAILURES as error:
                 if last_resort:
                     raise
@@ -203,6 +203,8 @@ class SourcePool:
                 if verifier.bytes_read > before:
                     served.add(source)
                 self._time(source, verifier.bytes_read - before)
+            if slow_rate is not None:
+                self._give_way(source, descriptor.digest, subject, slow_rate)
 
     def fetch_range(
         self,
@@ -237,6 +239,7 @@ class SourcePool:
             pace = None
             if not last_resort:
                 pace = _Pace(self, source, descriptor, before, end, True)
+            slow_rate: float | None = None
             self._begin(source)
             try:
                 source.client.fetch_range(
@@ -252,9 +255,7 @@ class SourcePool:
                 raise
             except _Outpaced:
                 assert pace is not None
-                self._give_way(
-                    source, descriptor.digest, subject, pace.rate(position[0])
-                )
+                slow_rate = pace.rate(position[0])
             except RangesUnsupported as error:
                 if last_resort:
                     raise
@@ -269,6 +270,8 @@ class SourcePool:
                 if position[0] > before:
                     served.append(source)
                 self._time(source, position[0] - before)
+            if slow_rate is not None:
+                self._give_way(source, descriptor.digest, subject, slow_rate)
         return served
 
     def blame(self, digest: Digest, error: ApparateError) -> bool:
@@ -355,7 +358,10 @@ class SourcePool:
         """Send no more requests for ``digest`` to a source much slower than another.
 
         Its throughput becomes this request's rate, unless a lower one was
-        measured, so that requests for other blobs go elsewhere too.
+        measured, so that requests for other blobs go elsewhere too. It is
+        called after ``_time``, which sets the throughput to the pull's
+        average. NOTE: the next request to the source that ends sets the
+        average again.
         """
         with self._lock:
             known = source.measure.throughput

@@ -397,3 +397,16 @@ def test_crawling_mirror_as_last_resort(monkeypatch, fetch):
         assert fetch_whole(pool) == BLOB
     assert origin.calls == 1
     assert mirror.calls == 2
+
+
+def test_mirror_slowed_midway_ranks_lower(monkeypatch):
+    # 100 MB in 1 s earlier in the pull, then 1 KiB every 0.5 s.
+    pool, _, _ = crawler_pool(monkeypatch, 0.5, 1e8)
+    mirror = pool.sources[0]
+    mirror.bytes_fetched = 10**8
+    mirror.seconds_fetching = 1.0
+
+    fetch_span(pool, 0, len(BLOB))
+
+    assert mirror.measure.throughput < 4096
+    assert pool.ranked()[0] is pool.origin
