@@ -26,6 +26,7 @@ from apparate.manifest import (
 from apparate.reference import Reference
 from apparate.store.layout import Store, StoredImage, default_store_path
 from apparate.store.selection import (
+    is_bare_digest_prefix,
     is_digest_prefix,
     select_by_bare_digest,
     select_by_digest,
@@ -89,6 +90,15 @@ def find_stored(store: Store, reference: str) -> StoredImage:
     named = select_by_bare_digest(reference, images)
     if named:
         return _first_named(named, images)
+    if is_bare_digest_prefix(reference):
+        # Hexadecimal digits alone may be a digest prefix, as docker takes an
+        # image ID, so the error covers both readings.
+        raise NotFound(
+            f"{ref} is not in the local store {store.root}, and no image there "
+            f"has a digest starting with sha256:{reference}",
+            hint="list the stored images with 'apparate images', or pull it "
+            f"with 'apparate pull {ref}'",
+        )
     raise NotFound(
         f"{ref} is not in the local store {store.root}",
         hint=f"pull it first with 'apparate pull {ref}'",

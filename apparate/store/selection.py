@@ -99,6 +99,11 @@ def _named_by(prefix: str, image: StoredImage) -> Digest | None:
     return None
 
 
+def is_bare_digest_prefix(text: str) -> bool:
+    """Tell whether ``text`` is 12 to 64 hexadecimal digits, a digest prefix without ``sha256:``."""
+    return _BARE_DIGEST_PREFIX.fullmatch(text) is not None
+
+
 def select_by_bare_digest(text: str, stored: Iterable[StoredImage]) -> list[str]:
     """Return the stored images whose digest starts with ``sha256:`` and ``text``.
 
@@ -106,6 +111,6 @@ def select_by_bare_digest(text: str, stored: Iterable[StoredImage]) -> list[str]
     takes an image ID. It is also a valid image name, so callers try it only
     after ``text`` named no stored image.
     """
-    if not _BARE_DIGEST_PREFIX.fullmatch(text):
+    if not is_bare_digest_prefix(text):
         return []
     return select_by_digest(f"sha256:{text}", stored)

@@ -506,6 +506,17 @@ def test_unknown_digest_prefix_not_found(tmp_path):
     assert "docker.io" not in str(caught.value)
 
 
+def test_unknown_bare_digest_not_found(tmp_path):
+    store, _ = make_store(tmp_path / "store")
+
+    with pytest.raises(NotFound) as caught:
+        find_stored(store, "0123456789ab")
+
+    assert "docker.io/library/0123456789ab:latest is not" in str(caught.value)
+    assert "has a digest starting with sha256:0123456789ab" in str(caught.value)
+    assert "apparate images" in caught.value.hint
+
+
 def test_cli_import_by_digest_prefix(tmp_path):
     store, facts = make_store(tmp_path / "store")
     prefix = str(facts["manifest"].digest)[:19]
