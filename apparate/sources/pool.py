@@ -488,4 +488,8 @@ class _Pace:
         )
         if elsewhere is None:
             return False
-        return outpaced(position - self._start, now - self._began, remaining, elsewhere)
+        # Requests to one source share its bandwidth, and the other source's
+        # figure is for all its requests, so this one's bytes count as many
+        # times as the source has requests open.
+        received = (position - self._start) * max(1, self._source.open_requests)
+        return outpaced(received, now - self._began, remaining, elsewhere)

@@ -410,3 +410,16 @@ def test_mirror_slowed_midway_ranks_lower(monkeypatch):
 
     assert mirror.measure.throughput < 4096
     assert pool.ranked()[0] is pool.origin
+
+
+def test_mirror_sharing_bandwidth_keeps_its_range(monkeypatch, caplog):
+    # 1 KiB every 0.2 s on each of four requests open at the mirror, against
+    # an origin measured at about 1.5 times the mirror's 20 KiB/s in all.
+    pool, mirror, origin = crawler_pool(monkeypatch, 0.2, 3e4)
+    for _ in range(3):
+        pool._begin(pool.sources[0])
+
+    assert fetch_span(pool, 0, len(BLOB)) == BLOB
+    assert mirror.written == len(BLOB)
+    assert origin.calls == 0
+    assert not caplog.records
