@@ -23,6 +23,7 @@ from apparate.delta.assembler import (
     RemoteTable,
     discard_rebuild,
     record_layer,
+    resumed_bytes,
 )
 from apparate.delta.image_plan import ImagePlans
 from apparate.delta.prefetch import TablePrefetch
@@ -182,8 +183,11 @@ def _pull(
         before = store.tag(str(ref), tagged, image.manifest.digest, index_digest)
         up_to_date = before == tagged.digest and not fetched
     if up_to_date:
-        # Nothing was needed, so nothing counts as reused either.
-        layers = [dataclasses.replace(layer, bytes_reused=0) for layer in layers]
+        # Nothing was needed, so nothing counts as reused or resumed either.
+        layers = [
+            dataclasses.replace(layer, bytes_reused=0, bytes_resumed=0)
+            for layer in layers
+        ]
     result = PullResult(
         reference=str(ref),
         digest=image.manifest.digest,
@@ -314,8 +318,8 @@ def _fetch_layers(
         pool, store, index, str(image.reference), observer, cancelled, plans,
         [layer for layer, _ in unique],
     )  # fmt: skip
-    # The bytes fetched and reused of each missing blob.
-    figures: dict[Digest, tuple[int, int]] = {}
+    # The bytes fetched, reused and resumed of each missing blob.
+    figures: dict[Digest, tuple[int, int, int]] = {}
     if unique:
         workers = max(1, min(options.parallel_layers, len(unique)))
         executor = ThreadPoolExecutor(workers, thread_name_prefix="layer")
@@ -332,7 +336,8 @@ def _fetch_layers(
         for (layer, _), future in zip(unique, futures, strict=True):
             fetched = future.result()
             reused = fetcher.reused.get(layer.digest, max(layer.size - fetched, 0))
-            figures[layer.digest] = (fetched, reused)
+            resumed = fetcher.resumed.get(layer.digest, 0)
+            figures[layer.digest] = (fetched, reused, resumed)
         _record_tar_sizes(store, layers, fetcher.tar_sizes)
     return _layer_results(layers, missing_digests, figures)
 
@@ -382,25 +387,26 @@ def _plan_layers(
 def _layer_results(
     layers: list[Descriptor],
     missing: set[Digest],
-    figures: dict[Digest, tuple[int, int]],
+    figures: dict[Digest, tuple[int, int, int]],
 ) -> list[LayerResult]:
     """Return one result per manifest layer.
 
-    ``figures`` maps each missing blob to its bytes fetched and reused, and a
-    stored blob counts as reused whole. A layer listed twice is one blob:
-    missing at every place, but its bytes count at the first place only.
+    ``figures`` maps each missing blob to its bytes fetched, reused and
+    resumed, and a stored blob counts as reused whole. A layer listed twice
+    is one blob: missing at every place, but its bytes count at the first
+    place only.
     """
     results = []
     seen: set[Digest] = set()
     for layer in layers:
         first = layer.digest not in seen
         seen.add(layer.digest)
-        fetched, reused = (
-            figures.get(layer.digest, (0, layer.size)) if first else (0, 0)
+        fetched, reused, resumed = (
+            figures.get(layer.digest, (0, layer.size, 0)) if first else (0, 0, 0)
         )
         result = LayerResult(
             layer.digest, layer.media_type, layer.size, layer.digest in missing,
-            fetched, reused,
+            fetched, reused, resumed,
         )  # fmt: skip
         results.append(result)
     return results
@@ -420,28 +426,33 @@ def _kept_size(partial: Path) -> int:
 
 def _planned_bytes(
     store: Store, layer: Descriptor, plans: ImagePlans
-) -> tuple[int, int]:
-    """Return the bytes a pull would fetch for a layer, and those it would reuse.
+) -> tuple[int, int, int]:
+    """Return the bytes a pull would fetch, reuse and resume for a layer.
 
     The fetched bytes count every attempt at the chunk table, as a pull
-    counts them. The reused bytes are the blob's bytes not fetched.
+    counts them. The resumed bytes are those kept from an interrupted pull,
+    and the reused bytes the rest of the blob, not fetched.
     """
     if not is_chunked_layer(layer.media_type, layer.annotations):
         kept_bytes = _kept_bytes(store, layer)
-        return layer.size - kept_bytes, kept_bytes
+        return layer.size - kept_bytes, 0, kept_bytes
     try:
         remote, plan = plans.plan_for(layer)
     except _WHOLE_LAYER_INSTEAD as error:
         subject = plans.subject(layer)
         reason = reason_for_warning(error, subject)
         log.warning("%s: would fetch the whole layer: %s", subject, reason)
-        return layer.size, 0
+        return layer.size, 0, 0
+    remaining = plan
     partial = store.partial_path(layer.digest, DELTA_PARTIAL)
     if _kept_size(partial):
         # The frames a killed pull wrote, which the next pull keeps.
-        plan = RangeJournal(partial, fresh=False).without_done(plan, remote.table)
-    fetched = remote.fetched + plan.bytes_to_fetch
-    return fetched, layer.size - _distinct_bytes(remote, plan.bytes_to_fetch)
+        journal = RangeJournal(partial, fresh=False)
+        remaining = journal.without_done(plan, remote.table)
+    fetched = remote.fetched + remaining.bytes_to_fetch
+    resumed = resumed_bytes(remote, plan, remaining)
+    distinct = _distinct_bytes(remote, remaining.bytes_to_fetch)
+    return fetched, layer.size - distinct - resumed, resumed
 
 
 def _distinct_bytes(remote: RemoteTable, frame_bytes: int) -> int:
@@ -537,11 +548,14 @@ class _LayerFetcher:
         # The bytes of each layer downloaded whole, attempts that failed
         # verification included, since they crossed the network too.
         self._downloaded: dict[Digest, int] = {}
-        # The bytes of each stored layer that did not cross the network in
-        # this pull: copied from the store, or kept from an earlier pull.
-        # Failed attempts fetch bytes again, so the fetched count cannot
-        # give this.
+        # The bytes of each stored layer copied from the store, which did
+        # not cross the network. Failed attempts fetch bytes again, so the
+        # fetched count cannot give this.
         self.reused: dict[Digest, int] = {}
+        # The bytes of each stored layer kept from an interrupted pull's
+        # partial download. They crossed the network in that pull, not in
+        # this one.
+        self.resumed: dict[Digest, int] = {}
         # Set when a layer's fetch ends, stored or not, for the layers that
         # copy frames from it.
         self._ended = {layer.digest: threading.Event() for layer in fetching}
@@ -670,7 +684,9 @@ class _LayerFetcher:
             return fetched + assembler.bytes_fetched, False
         total = fetched + assembler.bytes_fetched
         distinct = _distinct_bytes(remote, assembler.blob_bytes_fetched)
-        self.reused[layer.digest] = max(layer.size - distinct, 0)
+        resumed = assembler.bytes_resumed
+        self.reused[layer.digest] = max(layer.size - distinct - resumed, 0)
+        self.resumed[layer.digest] = resumed
         log.info(
             "%s: rebuilt from chunks, %d of %d bytes fetched",
             subject,
@@ -763,7 +779,8 @@ class _LayerFetcher:
                     self.tar_sizes[layer.digest] = diff_verifier.uncompressed_size
                     before_commit(writer.path)
                     writer.commit()
-                    self.reused[layer.digest] = kept
+                    self.reused[layer.digest] = 0
+                    self.resumed[layer.digest] = kept
             except VerificationError as error:
                 # Wrong bytes are dropped; a transfer that only broke off is
                 # kept for the next pull to finish.

@@ -8,15 +8,17 @@ from typing import Any
 from apparate.digest import Digest
 
 
-def saved_bytes(layer_bytes: int, bytes_fetched: int) -> int:
-    """Return the bytes a pull did not fetch against pulling every layer whole.
+def saved_bytes(layer_bytes: int, bytes_fetched: int, bytes_resumed: int = 0) -> int:
+    """Return the layer bytes a pull neither fetched nor resumed.
 
-    A new tag for an image whose layers are stored saves all of its layer
-    bytes. A pull that found its tag up to date saves nothing, because any
-    client fetches nothing then. ``apparate pull --json`` and ``apparate
-    stats`` both count savings so.
+    The savings are against pulling every layer whole. A new tag for an
+    image whose layers are stored saves all of its layer bytes. A pull that
+    found its tag up to date saves nothing, because any client fetches
+    nothing then. Bytes kept from an interrupted pull save nothing either,
+    because they crossed the network in that pull, which recorded nothing.
+    ``apparate pull --json`` and ``apparate stats`` both count savings so.
     """
-    return max(layer_bytes - bytes_fetched, 0)
+    return max(layer_bytes - bytes_fetched - bytes_resumed, 0)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class LayerResult:
     # of a stored layer, the frames a rebuilt one copied. Bytes fetched
     # again after a failed attempt do not lower it.
     bytes_reused: int = 0
+    # Bytes of the layer that an interrupted pull fetched and left in a
+    # partial download, which this pull kept. They are neither fetched in
+    # this pull nor reused.
+    bytes_resumed: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,13 +103,24 @@ class PullResult:
 
     @property
     def bytes_reused(self) -> int:
-        """Layer bytes that did not cross the network: stored, or rebuilt locally.
+        """Layer bytes copied from the store: stored layers, frames a rebuild copied.
 
         Zero for a pull that found the image up to date, which needed nothing.
         """
         if self.up_to_date:
             return 0
         return sum(layer.bytes_reused for layer in self.layers)
+
+    @property
+    def bytes_resumed(self) -> int:
+        """Layer bytes kept from an interrupted pull's partial downloads.
+
+        They crossed the network in that pull, so they count as neither
+        reused nor saved. Zero for a pull that found the image up to date.
+        """
+        if self.up_to_date:
+            return 0
+        return sum(layer.bytes_resumed for layer in self.layers)
 
     @property
     def layer_bytes(self) -> int:
@@ -119,8 +136,8 @@ class PullResult:
 
     @property
     def bytes_saved(self) -> int:
-        """Bytes not fetched against pulling every layer whole; see saved_bytes."""
-        return saved_bytes(self.layer_bytes, self.bytes_fetched)
+        """Layer bytes neither fetched nor resumed; see saved_bytes."""
+        return saved_bytes(self.layer_bytes, self.bytes_fetched, self.bytes_resumed)
 
     @property
     def layers_fetched(self) -> int:
@@ -137,6 +154,7 @@ class PullResult:
             "store": self.store,
             "bytes_fetched": self.bytes_fetched,
             "bytes_reused": self.bytes_reused,
+            "bytes_resumed": self.bytes_resumed,
             "bytes_saved": self.bytes_saved,
             "sources": dict(self.bytes_by_source),
             "warnings": list(self.warnings),
@@ -151,6 +169,7 @@ class PullResult:
                     "fetched": layer.fetched,
                     "bytes_fetched": layer.bytes_fetched,
                     "bytes_reused": layer.bytes_reused,
+                    "bytes_resumed": layer.bytes_resumed,
                 }
                 for layer in self.layers
             ],

@@ -514,7 +514,8 @@ def stats_command(
 
     Bytes saved are the layer bytes a pull did not fetch: a new tag for an
     image already stored saves all of them, a pull that found its image up to
-    date saves none.
+    date saves none. Bytes a pull kept from an interrupted one are resumed,
+    not saved: they crossed the network in the pull that was interrupted.
     """
     with _errors_reported():
         if limit < 1:
@@ -527,6 +528,7 @@ def stats_command(
             "layer_bytes": totals.layer_bytes,
             "bytes_fetched": totals.bytes_fetched,
             "bytes_reused": totals.bytes_reused,
+            "bytes_resumed": totals.bytes_resumed,
             "bytes_saved": totals.bytes_saved,
             "seconds": round(totals.seconds, 3),
             "recent": [

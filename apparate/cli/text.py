@@ -65,9 +65,15 @@ def summary_line(result: PullResult) -> str:
     saved = ""
     if result.bytes_saved:
         saved = f" ({human_size(result.bytes_saved)} less than whole layers)"
+    resumed = ""
+    if result.bytes_resumed:
+        resumed = (
+            f"resumed {human_size(result.bytes_resumed)} kept from an "
+            "interrupted pull, "
+        )
     return (
         f"{result.reference}: fetched {human_size(result.bytes_fetched)}{saved}, "
-        f"reused {human_size(result.bytes_reused)} of local chunks and layers "
+        f"{resumed}reused {human_size(result.bytes_reused)} of local chunks and layers "
         f"({result.layers_fetched} of {len(result.layers)} layers were missing), "
         f"{result.seconds:.1f} s; digest {result.digest}"
     )
@@ -117,32 +123,49 @@ def import_line(imported: ImportResult) -> str:
 
 
 def dry_run_report(result: PullResult) -> str:
-    """Format what a pull would fetch and reuse, layer by layer."""
+    """Format what a pull would fetch and reuse, layer by layer.
+
+    The bytes it would resume get a column only when there are some.
+    """
+    resuming = result.bytes_resumed > 0
+    header = ["LAYER", "SIZE", "FETCH", *(["RESUME"] if resuming else []), "REUSE", ""]
     rows = [
         [
             short(layer.digest),
             human_size(layer.size),
             human_size(layer.bytes_fetched),
+            *([human_size(layer.bytes_resumed)] if resuming else []),
             human_size(layer.bytes_reused),
             "stored" if not layer.fetched else "",
         ]
         for layer in result.layers
     ]
-    table = format_table(["LAYER", "SIZE", "FETCH", "REUSE", ""], rows)
+    table = format_table(header, rows)
     if result.up_to_date:
         total = (
             f"{result.reference}: already up to date in the store, would fetch nothing"
         )
     else:
+        resumed = ""
+        if resuming:
+            resumed = (
+                f", resume {human_size(result.bytes_resumed)} kept from an "
+                "interrupted pull"
+            )
         total = (
-            f"{result.reference}: would fetch {human_size(result.bytes_fetched)}, "
-            f"reuse {human_size(result.bytes_reused)}"
+            f"{result.reference}: would fetch {human_size(result.bytes_fetched)}"
+            f"{resumed}, reuse {human_size(result.bytes_reused)}"
         )
     return f"{table}\n{total}"
 
 
 def stats_report(totals: Totals, records: list[PullRecord]) -> str:
-    """Format the pull history: a table of recent pulls and the totals."""
+    """Format the pull history: a table of recent pulls and the totals.
+
+    The bytes kept from interrupted pulls get a column only when there are
+    some.
+    """
+    resuming = totals.bytes_resumed > 0
     rows = []
     for record in records:
         when = datetime.fromtimestamp(record.finished, UTC).strftime(
@@ -154,16 +177,25 @@ def stats_report(totals: Totals, records: list[PullRecord]) -> str:
                 when,
                 record.reference,
                 human_size(record.bytes_fetched),
+                *([human_size(record.bytes_resumed)] if resuming else []),
                 human_size(record.bytes_reused),
                 f"{record.seconds:.1f}",
                 f"{human_size(speed)}/s",
             ]
         )
-    header = ["FINISHED (UTC)", "REFERENCE", "FETCHED", "REUSED", "SECONDS", "SPEED"]
+    header = [
+        "FINISHED (UTC)", "REFERENCE", "FETCHED", *(["RESUMED"] if resuming else []),
+        "REUSED", "SECONDS", "SPEED",
+    ]  # fmt: skip
     saved = totals.bytes_saved / totals.layer_bytes if totals.layer_bytes else 0.0
+    resumed = ""
+    if resuming:
+        resumed = (
+            f", resumed {human_size(totals.bytes_resumed)} kept from interrupted pulls"
+        )
     summary = (
         f"{counted(totals.pulls, 'pull')}: fetched {human_size(totals.bytes_fetched)} of "
-        f"{human_size(totals.layer_bytes)} of layers, saved "
+        f"{human_size(totals.layer_bytes)} of layers{resumed}, saved "
         f"{human_size(totals.bytes_saved)} ({saved:.0%}), {totals.seconds:.1f} s"
     )
     return f"{format_table(header, rows)}\n{summary}"

@@ -293,6 +293,16 @@ class RangeJournal:
             log.warning("cannot remove %s: %s", self.path, error.strerror or error)
 
 
+def resumed_bytes(remote: RemoteTable, plan: Plan, remaining: Plan) -> int:
+    """Return the blob bytes of a rebuild kept from an interrupted pull.
+
+    ``remaining`` is ``plan`` without the ranges the journal lists. A tail
+    that was not fetched was read back from the partial rebuild.
+    """
+    kept_tail = 0 if remote.fetched else len(remote.tail)
+    return kept_tail + plan.bytes_to_fetch - remaining.bytes_to_fetch
+
+
 def discard_rebuild(store: Store, digest: Digest) -> None:
     """Delete the kept partial rebuild of a blob and its journal, unless a pull has it locked."""
     partial = store.partial_path(digest, DELTA_PARTIAL)
@@ -329,8 +339,12 @@ class Assembler:
         # Every byte that crossed the network, failed attempts included.
         self.bytes_fetched = 0
         # The blob bytes fetched, each counted once however many attempts
-        # it took: the rest of the blob was copied from the store.
+        # it took: the rest of the blob was copied from the store, or kept
+        # from an interrupted pull.
         self.blob_bytes_fetched = 0
+        # The blob bytes an interrupted pull wrote, which this one kept: the
+        # tail read back from the partial rebuild, and the journalled ranges.
+        self.bytes_resumed = 0
 
     def assemble(
         self,
@@ -355,6 +369,7 @@ class Assembler:
         ready = _ReadyFrames(len(table.entries))
         remaining = journal.without_done(plan, table)
         self.blob_bytes_fetched = remaining.bytes_to_fetch
+        self.bytes_resumed = resumed_bytes(remote, plan, remaining)
         missing = {p for wanted in remaining.ranges for p in wanted.entries}
         ready.mark(
             p for wanted in plan.ranges for p in wanted.entries if p not in missing

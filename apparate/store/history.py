@@ -12,6 +12,8 @@ from urllib.parse import quote
 from apparate.errors import StoreError
 from apparate.result import PullResult, saved_bytes
 
+# A column added later goes last, where ALTER TABLE adds it to the table
+# of an older store.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pulls (
     finished REAL NOT NULL,
@@ -20,9 +22,21 @@ CREATE TABLE IF NOT EXISTS pulls (
     layer_bytes INTEGER NOT NULL,
     bytes_fetched INTEGER NOT NULL,
     bytes_reused INTEGER NOT NULL,
-    seconds REAL NOT NULL
+    seconds REAL NOT NULL,
+    bytes_resumed INTEGER NOT NULL DEFAULT 0
 );
 """
+# The column that the tables of older stores lack. Their pulls read as
+# having resumed nothing, because apparate then counted such bytes as reused.
+# NOTE: an apparate from before this column reads a table that has it with
+# ``SELECT *``, so its ``stats`` fails, and its pulls are not recorded.
+# Keeping the figure in a table of its own would spare those versions.
+_RESUMED = "bytes_resumed INTEGER NOT NULL DEFAULT 0"
+# The columns of a PullRecord, in field order.
+_COLUMNS = (
+    "finished, reference, digest, layer_bytes, bytes_fetched, bytes_reused, "
+    "seconds, {resumed}"
+)
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
@@ -37,11 +51,12 @@ class PullRecord:
     bytes_fetched: int
     bytes_reused: int
     seconds: float
+    bytes_resumed: int = 0
 
     @property
     def bytes_saved(self) -> int:
-        """Bytes not fetched against pulling every layer whole; see saved_bytes."""
-        return saved_bytes(self.layer_bytes, self.bytes_fetched)
+        """Layer bytes neither fetched nor resumed; see saved_bytes."""
+        return saved_bytes(self.layer_bytes, self.bytes_fetched, self.bytes_resumed)
 
 
 @dataclass(frozen=True)
@@ -58,10 +73,15 @@ class Totals:
     bytes_reused: int
     seconds: float
     bytes_saved: int = 0
+    bytes_resumed: int = 0
 
 
 class PullHistory:
-    """The ``pulls`` table of a store's database; close it when done."""
+    """The ``pulls`` table of a store's database; close it when done.
+
+    Opened to write, it adds the columns an older apparate's table lacks.
+    Opened read-only, it reads such a table as it is, a missing column as 0.
+    """
 
     def __init__(self, path: Path, read_only: bool = False) -> None:
         """Open the history; read-only, it writes nothing, not even the table."""
@@ -72,6 +92,7 @@ class PullHistory:
             else:
                 self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
                 self._create_table()
+            self._resumed = "bytes_resumed" if self._has_resumed() else "0"
         except sqlite3.Error as error:
             raise StoreError(f"cannot open the pull history {path}: {error}") from None
 
@@ -79,9 +100,24 @@ class PullHistory:
         try:
             with self._db:
                 self._db.executescript(SCHEMA)
+            if not self._has_resumed():
+                self._add_resumed()
         except sqlite3.Error:
             self._db.close()
             raise
+
+    def _add_resumed(self) -> None:
+        try:
+            with self._db:
+                self._db.execute(f"ALTER TABLE pulls ADD COLUMN {_RESUMED}")
+        except sqlite3.OperationalError as error:
+            # Another process opening the store added it meanwhile.
+            if "duplicate column name" not in str(error):
+                raise
+
+    def _has_resumed(self) -> bool:
+        rows = self._db.execute("PRAGMA table_info(pulls)").fetchall()
+        return any(row[1] == "bytes_resumed" for row in rows)
 
     def close(self) -> None:
         self._db.close()
@@ -96,10 +132,15 @@ class PullHistory:
             result.bytes_fetched,
             result.bytes_reused,
             result.seconds,
+            result.bytes_resumed,
         )
+        columns = _COLUMNS.format(resumed="bytes_resumed")
         try:
             with self._db:
-                self._db.execute("INSERT INTO pulls VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+                self._db.execute(
+                    f"INSERT INTO pulls ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
         except sqlite3.Error as error:
             raise StoreError(
                 f"cannot record the pull in {self.path}: {error}"
@@ -109,15 +150,20 @@ class PullHistory:
         """Return the last ``limit`` pulls, newest first."""
         # SQLite's integers are 64-bit, and a larger limit means all rows.
         limit = min(limit, 2**63 - 1)
-        rows = self._query("SELECT * FROM pulls ORDER BY finished DESC LIMIT ?", limit)
+        columns = _COLUMNS.format(resumed=self._resumed)
+        rows = self._query(
+            f"SELECT {columns} FROM pulls ORDER BY finished DESC LIMIT ?", limit
+        )
         return [PullRecord(*row) for row in rows]
 
     def totals(self) -> Totals:
+        resumed = self._resumed
         rows = self._query(
             "SELECT COUNT(*), COALESCE(SUM(layer_bytes), 0), "
             "COALESCE(SUM(bytes_fetched), 0), COALESCE(SUM(bytes_reused), 0), "
             "COALESCE(SUM(seconds), 0), "
-            "COALESCE(SUM(MAX(layer_bytes - bytes_fetched, 0)), 0) FROM pulls"
+            f"COALESCE(SUM(MAX(layer_bytes - bytes_fetched - {resumed}, 0)), 0), "
+            f"COALESCE(SUM({resumed}), 0) FROM pulls"
         )
         return Totals(*rows[0]) if rows else Totals(0, 0, 0, 0, 0.0)
 

@@ -228,6 +228,15 @@ def test_killed_rebuild_resumes(converted, fresh_registry, tmp_path):
     assert result.bytes_fetched < planned.bytes_fetched
     # Neither fetches the chunk tables again, nor the frames written.
     assert replanned.bytes_fetched == result.bytes_fetched
+    # The tables and frames the killed pull wrote are resumed, not reused.
+    assert planned.bytes_resumed == 0
+    assert replanned.bytes_resumed == result.bytes_resumed > 0
+    assert replanned.bytes_reused == result.bytes_reused
+    layer_bytes = sum(layer.size for layer in result.layers)
+    assert (
+        result.bytes_fetched + result.bytes_resumed + result.bytes_reused == layer_bytes
+    )
+    assert result.bytes_saved == result.bytes_reused
     assert list((store / "ingest").iterdir()) == []
     assert_store_verified(store)
 

@@ -331,3 +331,51 @@ def test_killed_pull_resumes_where_it_stopped(registry_plain, tmp_path):
     assert list((store / "ingest").iterdir()) == []
     for blob in (store / "blobs" / "sha256").iterdir():
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+def test_killed_pull_bytes_count_as_resumed(registry_plain, tmp_path):
+    """Bytes a killed pull fetched and left in partials count as resumed, not saved."""
+    store = tmp_path / "store"
+    port = int(registry_plain.host.rsplit(":", 1)[1])
+    with throttled(port, 8 * 1024 * 1024) as slow_port:
+        process = subprocess.Popen(
+            [APPARATE, "pull", "-q", "--store", str(store),
+             f"127.0.0.1:{slow_port}/samples/base:v1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(2.0)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    partials = (store / "ingest").glob("partial-*")
+    partial_bytes = sum(path.stat().st_size for path in partials)
+    assert partial_bytes > 1_000_000, "the pull was killed before it stored anything"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    command = [APPARATE, "pull", "--json", "--into", "oci", "--store", str(store)]
+
+    planned = subprocess.run(
+        [*command, "--dry-run", reference], capture_output=True, text=True, check=True
+    )
+    pulled = subprocess.run(
+        [*command, reference], capture_output=True, text=True, check=True
+    )
+    stats = subprocess.run(
+        [APPARATE, "stats", "--json", "--store", str(store)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+    result = json.loads(pulled.stdout)
+    layer_bytes = sum(layer["size"] for layer in result["layers"])
+    assert result["bytes_resumed"] == partial_bytes
+    assert json.loads(planned.stdout)["bytes_resumed"] == partial_bytes
+    assert sum(layer["bytes_resumed"] for layer in result["layers"]) == partial_bytes
+    # The store held nothing before the killed pull: every layer byte
+    # crossed the network in one of the two pulls, or was stored by the first.
+    assert (
+        result["bytes_fetched"] + result["bytes_resumed"] + result["bytes_reused"]
+        == layer_bytes
+    )
+    assert result["bytes_saved"] == result["bytes_reused"]
+    history = json.loads(stats.stdout)
+    assert history["bytes_resumed"] == partial_bytes
+    assert history["bytes_saved"] == result["bytes_saved"]
+    assert history["recent"][0]["bytes_resumed"] == partial_bytes

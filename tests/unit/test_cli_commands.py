@@ -16,6 +16,7 @@ from apparate.digest import Digest
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory
 from apparate.store.layout import Store
+from tests.unit.test_history import old_database
 from tests.unit.test_history import result as pull_result
 from tests.unit.test_import_archive import REFERENCE as ARCHIVE_REFERENCE
 from tests.unit.test_import_archive import make_store
@@ -196,3 +197,19 @@ def test_help_shows_no_markup(command):
 
     assert done.exit_code == 0
     assert "``" not in done.output
+
+
+def test_stats_of_store_with_old_history(tmp_path):
+    store = tmp_path / "store"
+    Store(store).close()
+    old_database(store / INDEX_FILE)
+
+    listed = run("stats", "--json", "--store", str(store))
+    table = run("stats", "--store", str(store))
+
+    assert listed.exit_code == 0, listed.output
+    stats = json.loads(listed.output)
+    assert (stats["pulls"], stats["bytes_resumed"], stats["bytes_saved"]) == (1, 0, 800)
+    assert stats["recent"][0]["bytes_resumed"] == 0
+    assert table.exit_code == 0, table.output
+    assert "example.com/app:v1" in table.output

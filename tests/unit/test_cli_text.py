@@ -22,7 +22,7 @@ from apparate.digest import Digest
 from apparate.result import LayerResult, PullResult
 from apparate.store.collector import GcResult
 from apparate.store.gc import IMAGE, UNREFERENCED, Removal
-from apparate.store.history import Totals
+from apparate.store.history import PullRecord, Totals
 
 BINARY_CASES = {
     "bytes": (999, "999 B"),
@@ -168,3 +168,61 @@ def test_summary_fetched_layer_counts_bytes():
 
     assert "fetched 400 B (600 B less than whole layers)" in line
     assert "(1 of 1 layers were missing)" in line
+
+
+def resumed_result(fetched: int, resumed: int) -> PullResult:
+    """A pull of a missing layer that kept ``resumed`` bytes of a partial download."""
+    layer = LayerResult(Digest.of(b"layer"), "t", 1000, True, fetched, 0, resumed)
+    return PullResult(
+        "example.com/app:v1", Digest.of(b"m"), "linux/amd64", "/s", None, [layer],
+        fetched, 0.25,
+    )  # fmt: skip
+
+
+def test_summary_names_resumed_bytes_apart():
+    line = summary_line(resumed_result(600, 400))
+
+    assert "fetched 600 B, resumed 400 B kept from an interrupted pull, " in line
+    assert "reused 0 B of local chunks" in line
+    assert "less than whole layers" not in line
+
+
+def test_summary_omits_zero_resumed():
+    assert "resumed" not in summary_line(pull_result(400, missing=True))
+
+
+def test_dry_run_report_resume_column():
+    report = dry_run_report(resumed_result(600, 400))
+
+    header, row, total = report.splitlines()
+    assert header.split() == ["LAYER", "SIZE", "FETCH", "RESUME", "REUSE"]
+    assert row.split()[1:] == ["1.0", "kB", "600", "B", "400", "B", "0", "B"]
+    assert total.endswith(
+        "would fetch 600 B, resume 400 B kept from an interrupted pull, reuse 0 B"
+    )
+
+
+def test_dry_run_report_no_resume_column():
+    assert "RESUME" not in dry_run_report(pull_result(400, missing=True))
+
+
+def test_stats_report_resumed_bytes():
+    totals = Totals(1, 1000, 600, 0, 1.5, 0, bytes_resumed=400)
+    record = PullRecord(100.0, "example.com/app:v1", "sha256:m", 1000, 600, 0, 1.5, 400)
+
+    report = stats_report(totals, [record])
+
+    header, row, summary = report.splitlines()
+    assert header.split()[3:6] == ["FETCHED", "RESUMED", "REUSED"]
+    assert row.split()[3:9] == ["600", "B", "400", "B", "0", "B"]
+    assert summary == (
+        "1 pull: fetched 600 B of 1.0 kB of layers, resumed 400 B kept from "
+        "interrupted pulls, saved 0 B (0%), 1.5 s"
+    )
+
+
+def test_stats_report_no_resumed_column():
+    report = stats_report(Totals(1, 1000, 200, 800, 1.5, 800), [])
+
+    assert "RESUMED" not in report
+    assert "resumed" not in report

@@ -363,6 +363,43 @@ def test_killed_rebuild_resumes_mid_range(tmp_path, monkeypatch):
     assert layer.table.frames_length not in pool.range_starts
 
 
+def test_killed_rebuild_counts_resumed_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(assembler, "_JOURNAL_STEP", 16 * 1024)
+    layer = ConvertedLayer()
+    fetch, _, _ = fetcher(tmp_path, layer, DyingPool(layer, budget=300_000))
+    with pytest.raises(Killed):
+        fetch.fetch(layer.descriptor, layer.diff_id)
+    fetch, store, index = fetcher(tmp_path, layer, StandInPool(layer))
+    tables = TablePrefetch(StandInPool(layer), store, "image", threading.Event())
+    plans = ImagePlans(index, tables, [layer.descriptor])
+    planned = pulling._planned_bytes(store, layer.descriptor, plans)
+
+    fetched = fetch.fetch(layer.descriptor, layer.diff_id)
+
+    resumed = fetch.resumed[layer.descriptor.digest]
+    # Nothing was stored before: the kept table and ranges are all that
+    # did not cross the network in this pull, and none of it is reused.
+    assert resumed > 200_000
+    assert fetch.reused[layer.descriptor.digest] == 0
+    assert fetched + resumed == layer.descriptor.size
+    assert planned == (fetched, 0, resumed)
+
+
+def test_kept_whole_download_counts_as_resumed(tmp_path):
+    layer = ConvertedLayer()
+    pool = StandInPool(layer, frames_by_range=False)
+    fetch, store, _ = fetcher(tmp_path, layer, pool)
+    # Left by an earlier pull that was killed while fetching the layer whole.
+    store.partial_path(layer.descriptor.digest).write_bytes(layer.blob[:100_000])
+
+    fetched = fetch.fetch(layer.descriptor, layer.diff_id)
+
+    assert pool.whole_bytes == layer.descriptor.size - 100_000
+    assert fetch.resumed[layer.descriptor.digest] == 100_000
+    assert fetch.reused[layer.descriptor.digest] == 0
+    assert fetched == pool.range_bytes + pool.whole_bytes
+
+
 def test_wrong_frames_not_journalled(tmp_path, monkeypatch):
     monkeypatch.setattr(assembler, "_JOURNAL_STEP", 16 * 1024)
     layer = ConvertedLayer()
@@ -566,10 +603,11 @@ def test_dry_run_reuse_matches_pull_after_bad_table(tmp_path):
     plans = ImagePlans(index, tables, [layer.descriptor])
     fetch, _, _ = fetcher(tmp_path / "pulled", layer, BadTableMirrorPool(layer))
 
-    planned_fetch, planned_reuse = pulling._planned_bytes(
+    planned_fetch, planned_reuse, planned_resume = pulling._planned_bytes(
         store, layer.descriptor, plans
     )
     fetched = fetch.fetch(layer.descriptor, layer.diff_id)
 
     assert planned_fetch == fetched
     assert planned_reuse == fetch.reused[layer.descriptor.digest]
+    assert planned_resume == fetch.resumed[layer.descriptor.digest] == 0
