@@ -46,6 +46,7 @@ pulls and resolves tags at the registry itself.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -96,6 +97,8 @@ class HostsFile:
     # the server's, or empty when the file has no server key, so that the
     # registry is reached where the reference names it.
     origin: Mirror | None = None
+    # The file's path, or empty when no hosts.toml applies.
+    path: str = ""
 
 
 def hosts_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -135,7 +138,8 @@ def read_hosts(registry: str, directory: Path | None = None) -> HostsFile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise _invalid(f"{path}: invalid TOML: {error}") from None
-    return parse_hosts(data, str(path), path.parent)
+    hosts = parse_hosts(data, str(path), path.parent)
+    return dataclasses.replace(hosts, path=str(path))
 
 
 def _folders(registry: str) -> list[str]:

@@ -23,7 +23,7 @@ from apparate.reference import Reference, is_loopback
 from apparate.registry.client import Endpoint, InvalidEndpoint, RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
-from apparate.sources.hosts import read_hosts
+from apparate.sources.hosts import HostsFile, read_hosts
 from apparate.sources.pool import MIRROR, ORIGIN, Source, SourcePool
 from apparate.sources.probe import probe_rtt
 from apparate.sources.ranking import Measure
@@ -69,7 +69,7 @@ def list_sources(
     ]
     where = str(config.path) if config.path else "config.toml"
     found += [(mirror, where) for mirror in config.mirrors_of(registry)]
-    found += [(mirror, "hosts.toml") for mirror in hosts.mirrors]
+    found += [(mirror, hosts.path) for mirror in hosts.mirrors]
 
     specs: list[SourceSpec] = []
     # Where each endpoint sits in specs, so a repeat merges into its first place.
@@ -90,22 +90,23 @@ def list_sources(
             # The same mirror listed again, as in --mirror and hosts.toml:
             # its first place counts, and its TLS and header settings add up.
             specs[position] = _merged(specs[position], spec)
-    specs.append(_origin_spec(reference, hosts.origin))
+    specs.append(_origin_spec(reference, hosts))
     return specs
 
 
-def _origin_spec(reference: Reference, settings: Mirror | None) -> SourceSpec:
+def _origin_spec(reference: Reference, hosts: HostsFile) -> SourceSpec:
     """Return the registry itself, with the top-level settings of hosts.toml.
 
     Those settings name no URL unless the file sets ``server``.
     """
+    settings = hosts.origin
     if settings is None:
         return SourceSpec(Endpoint(reference.api_host), ORIGIN, True, "reference")
     if not settings.url:
         return _spec(Endpoint(reference.api_host), ORIGIN, "reference", settings)
     # read_hosts checked the URL already, so parsing it cannot fail here.
     endpoint = Endpoint.parse(settings.url, settings.override_path)
-    return _spec(endpoint, ORIGIN, "hosts.toml", settings)
+    return _spec(endpoint, ORIGIN, hosts.path, settings)
 
 
 def _spec(

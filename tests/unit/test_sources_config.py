@@ -370,7 +370,10 @@ def test_list_sources_orders_flag_config_hosts_origin(tmp_path):
         "registry-1.docker.io",
     ]
     assert [spec.role for spec in specs][-1] == "origin"
-    assert specs[0].configured_in == "--mirror"
+    hosts_toml = str(tmp_path / "docker.io" / "hosts.toml")
+    assert [spec.configured_in for spec in specs] == [
+        "--mirror", "--mirror", hosts_toml, hosts_toml, hosts_toml, hosts_toml,
+    ]  # fmt: skip
 
 
 def test_list_sources_takes_resolving_flag_mirror(tmp_path):
@@ -667,7 +670,9 @@ def test_list_sources_reaches_origin_at_server(tmp_path, text, endpoint):
     assert origin.endpoint == endpoint
     assert origin.role == "origin"
     assert origin.resolve
-    assert origin.configured_in == "hosts.toml"
+    assert origin.configured_in == str(
+        tmp_path / "registry.invalid_5000_" / "hosts.toml"
+    )
     assert str(reference) == "registry.invalid:5000/team/app:v1"
 
 
