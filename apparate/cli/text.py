@@ -95,8 +95,7 @@ def sources_report(rows: list[SourceFigures]) -> str:
         [
             str(row.rank),
             row.url,
-            row.role
-            + (", resolves tags" if row.role == "mirror" and row.resolve else ""),
+            _source_role(row),
             "unreachable" if row.rtt is None else f"{row.rtt * 1000:.1f} ms",
             "-" if row.throughput is None else f"{human_size(int(row.throughput))}/s",
             row.configured_in,
@@ -105,6 +104,18 @@ def sources_report(rows: list[SourceFigures]) -> str:
     ]
     headers = ["RANK", "SOURCE", "ROLE", "ROUND TRIP", "THROUGHPUT", "FROM"]
     return format_table(headers, table)
+
+
+def _source_role(row: SourceFigures) -> str:
+    """Return a source's role and, for a mirror, whether it resolves tags.
+
+    A mirror that did not respond to the probe resolves no tag in a pull.
+    """
+    if row.role != "mirror" or not row.resolve:
+        return row.role
+    if row.rtt is None:
+        return f"{row.role}, resolves tags when reachable"
+    return f"{row.role}, resolves tags"
 
 
 def import_line(imported: ImportResult) -> str:

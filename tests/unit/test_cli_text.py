@@ -14,12 +14,14 @@ from apparate.cli.text import (
     dry_run_report,
     gc_report,
     images_report,
+    sources_report,
     stats_report,
     summary_line,
 )
 from apparate.convert import ConvertResult, LayerConversion
 from apparate.digest import Digest
 from apparate.result import LayerResult, PullResult
+from apparate.sources.selection import SourceFigures
 from apparate.store.collector import GcResult
 from apparate.store.gc import IMAGE, UNREFERENCED, Removal
 from apparate.store.history import PullRecord, Totals
@@ -226,3 +228,21 @@ def test_stats_report_no_resumed_column():
 
     assert "RESUMED" not in report
     assert "resumed" not in report
+
+
+def test_sources_report_roles():
+    rows = [
+        SourceFigures(1, "http://near:5000", "mirror", True, "--mirror", 0.001, None),
+        SourceFigures(2, "registry.example", "origin", True, "reference", 0.002, None),
+        SourceFigures(3, "http://cache:5000", "mirror", False, "--mirror", None, None),
+        SourceFigures(4, "http://down:5000", "mirror", True, "--mirror", None, None),
+    ]
+
+    lines = sources_report(rows).splitlines()
+
+    assert "mirror, resolves tags " in lines[1]
+    assert " origin " in lines[2]
+    assert " mirror " in lines[3]
+    assert "resolves" not in lines[3]
+    # A pull warns that an unreachable mirror resolves no tag, so its role agrees.
+    assert "mirror, resolves tags when reachable  unreachable" in lines[4]
