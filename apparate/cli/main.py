@@ -44,9 +44,9 @@ from apparate.errors import (
     UsageError,
 )
 from apparate.importers import Daemons, ImportOptions, import_image
-from apparate.importers.files import writes_to_stdout
+from apparate.importers.files import writes_to_stdout, written_in_place
 from apparate.importers.run import check_target
-from apparate.importers.target import TARGET_HELP
+from apparate.importers.target import AUTO, OCI, TARGET_HELP, ImportTarget
 from apparate.platform import Platform
 from apparate.progress import PullObserver
 from apparate.pulling import PullOptions, pull
@@ -231,9 +231,10 @@ def pull_command(
             credentials=_explicit_credentials(ref, username, password_stdin),
             dry_run=dry_run,
             mirrors=_flag_mirrors(mirror, resolving_mirror),
-            into=_checked_target(into, daemons, dry_run),
+            into=into,
             daemons=daemons,
         )
+        _checked_target(into, daemons, dry_run)
         with _observer(quiet or as_json or dry_run) as observer:
             options.observer = observer
             try:
@@ -279,16 +280,16 @@ def import_command(
 ) -> None:
     """Import an image from the local store again, without fetching it."""
     _configure_logging(debug, verbose)
-    with _errors_reported(reference, IMPORT_INTERRUPTED):
+    with _errors_reported(reference):
         _check_one_output(quiet, as_json)
         # A digest prefix, as ``images`` prints it, is not an image name. Other
         # arguments are parsed here, so an invalid one exits with code 2.
         if not is_digest_prefix(reference):
             Reference.parse(reference)
         daemons = _daemons(containerd_address, namespace)
-        options = ImportOptions(
-            store=store, into=_checked_target(into, daemons), daemons=daemons
-        )
+        target = _checked_target(into, daemons)
+    with _errors_reported(reference, import_interrupted(target)):
+        options = ImportOptions(store=store, into=into, daemons=daemons)
         imported = import_image(reference, options)
 
     if as_json:
@@ -309,18 +310,20 @@ def _check_one_output(quiet: bool, as_json: bool) -> None:
 
 def _checked_target(
     into: str | None, daemons: Daemons, dry_run: bool = False
-) -> str | None:
+) -> ImportTarget:
     """Check --into, APPARATE_INTO, config.toml's into and the daemon settings up front.
 
-    An archive written to standard output takes all of it, so the command's
-    own output then goes to standard error. A dry run writes no archive.
+    Return the target they request. An archive written to standard output
+    takes all of it, so the command's own output then goes to standard
+    error. A dry run writes no archive.
     """
-    path = check_target(into, daemons).path
+    target = check_target(into, daemons)
+    path = target.path
     if path is not None and writes_to_stdout(path) and not dry_run:
         # Its write errors are reported as standard output's were.
         stderr = sys.__stderr__
         sys.stdout = CheckedOutput(stderr, name="standard error") if stderr else stderr
-    return into
+    return target
 
 
 def _daemons(containerd_address: str | None, namespace: str | None) -> Daemons:
@@ -681,15 +684,28 @@ def _errors_reported(
         raise typer.Exit(exit_code_of(stop)) from None
 
 
-# The messages for Ctrl-C: of the commands that fetch, and of import.
+# The message for Ctrl-C in the commands that fetch.
 FETCH_INTERRUPTED = (
     "interrupted; nothing unverified was tagged, and the same command run again "
     "resumes the downloads it kept"
 )
-IMPORT_INTERRUPTED = (
-    "interrupted; the image is kept in the local store, and the target may "
-    "have received it already"
-)
+
+
+def import_interrupted(target: ImportTarget) -> str:
+    """Return the message for Ctrl-C during an import into ``target``.
+
+    An archive file appears only once complete, by a rename, but a pipe or
+    a device receives the archive as it is written.
+    """
+    stored = "interrupted; the image is kept in the local store"
+    if target.kind == OCI:
+        return stored
+    if target.path is None:
+        daemon = "the target" if target.kind == AUTO else target.kind
+        return f"{stored}, and {daemon} may have received it already"
+    if written_in_place(target.path):
+        return f"{stored}, and {target.path} may have received part of the archive"
+    return f"{stored}, and no partial archive was written to {target.path}"
 
 
 def _names_image(message: str, image: str) -> bool:

@@ -59,6 +59,21 @@ def _own_descriptor(path: Path) -> int | None:
     return None
 
 
+def written_in_place(path: Path) -> bool:
+    """Tell whether an archive for ``path`` is written to it directly, not renamed into place.
+
+    That is so for a pipe, a device or one of this process's open files,
+    whose reader may receive part of an archive.
+    """
+    if _own_descriptor(path) is not None:
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        # A missing file is created by the rename. Another failure stops the write.
+        return False
+
+
 def check_archive_path(path: Path) -> None:
     """Raise UsageError when no archive can be written at ``path``.
 

@@ -11,8 +11,10 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from apparate.cli.main import app
+from apparate.cli.main import app, import_interrupted
 from apparate.digest import Digest
+from apparate.importers import files
+from apparate.importers.target import ImportTarget
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory
 from apparate.store.layout import Store
@@ -75,6 +77,42 @@ def test_archive_on_stdout_full_stderr(tmp_path):
 
     assert done.returncode == 1
     assert (tmp_path / "image.tar").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive"])
+def test_interrupted_archive_import_writes_nothing(tmp_path, monkeypatch, kind):
+    image_store, _ = make_store(tmp_path / "store")
+    archive = tmp_path / "image.tar"
+
+    def interrupt(output, pieces):
+        output.write(next(pieces))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "_write_all", interrupt)
+    done = run("import", "--store", str(image_store.root),
+               "--into", f"{kind}:{archive}", ARCHIVE_REFERENCE)  # fmt: skip
+
+    assert done.exit_code == 130
+    assert f"no partial archive was written to {archive}" in done.output
+    assert "may have received" not in done.output
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "store"]
+
+
+def test_interrupted_import_names_target(tmp_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    stored = "interrupted; the image is kept in the local store"
+
+    to_pipe = import_interrupted(ImportTarget("docker-archive", pipe))
+
+    assert to_pipe == f"{stored}, and {pipe} may have received part of the archive"
+    assert import_interrupted(ImportTarget("docker")) == (
+        f"{stored}, and docker may have received it already"
+    )
+    assert import_interrupted(ImportTarget("auto")) == (
+        f"{stored}, and the target may have received it already"
+    )
+    assert import_interrupted(ImportTarget("oci")) == stored
 
 
 def test_help_shows_whole_command_summaries():
