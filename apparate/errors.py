@@ -40,6 +40,7 @@ The CLI maps each class to its own exit code through ``exit_code``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -240,13 +241,22 @@ class ArchiveWriteFailed(ImageImportError):
     )
 
 
-def reason_for_warning(error: Exception, subject: str) -> str:
+def reason_for_warning(
+    error: Exception, subject: str, source_names: Iterable[str] = ()
+) -> str:
     """Return an error's message for a warning that names ``subject`` first.
 
     The subject goes from the start of the message, and so does the hint,
     which advises on a command that fails while the warning's goes on.
+    ``source_names`` are the ways of writing a source that the warning names
+    itself, such as its URL and host: "SUBJECT from SOURCE" then goes whole.
     """
     message = error.message if isinstance(error, ApparateError) else str(error)
+    for name in source_names:
+        for separator in (": ", " "):
+            prefix = f"{subject} from {name}{separator}"
+            if message.startswith(prefix):
+                return message.removeprefix(prefix)
     if message.startswith(f"{subject}: "):
         return message.removeprefix(f"{subject}: ")
     # "LAYER from HOST: ..." keeps the source it names.

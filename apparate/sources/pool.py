@@ -345,11 +345,12 @@ class SourcePool:
         self, source: Source, digest: Digest, subject: str, error: Exception
     ) -> None:
         if self._exclude(source, digest):
+            names = (source.name, source.client.host)
             log.warning(
-                "%s: source %s failed (%s); trying the next one",
+                "%s: source %s: %s; trying the next one",
                 subject,
                 source.name,
-                reason_for_warning(error, subject),
+                reason_for_warning(error, subject, names),
             )
 
     def _give_way(

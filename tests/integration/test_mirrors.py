@@ -238,7 +238,11 @@ def test_mirror_stalling_mid_body_moves_to_origin(origin, mirror, tmp_path):
         result = pull_update(origin, store, faulty)
 
     assert_correct_image(origin, store, result)
-    assert any(faulty in warning for warning in result.warnings)
+    named = [warning for warning in result.warnings if faulty in warning]
+    assert named
+    # Each warning names the source once, then the reason.
+    assert all(warning.count(faulty) == 1 for warning in named)
+    assert all(f": source http://{faulty}" in warning for warning in named)
 
 
 def test_crawling_mirror_gives_way_to_origin(origin, mirror, tmp_path):

@@ -23,3 +23,26 @@ from apparate.errors import ApparateError, NotFound, reason_for_warning
 )
 def test_reason_for_warning_drops_subject_and_hint(error, reason):
     assert reason_for_warning(error, "layer x") == reason
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (
+            "layer x from m.example: the transfer failed once",
+            "the transfer failed once",
+        ),
+        (
+            "layer x from http://m.example ended after 5 of 9 bytes",
+            "ended after 5 of 9 bytes",
+        ),
+        ("layer x from other.example: it failed", "from other.example: it failed"),
+        ("layer x: cannot connect to m.example", "cannot connect to m.example"),
+    ],
+)
+def test_reason_for_warning_drops_named_source(message, reason):
+    error = ApparateError(message)
+
+    named = reason_for_warning(error, "layer x", ("http://m.example", "m.example"))
+
+    assert named == reason

@@ -61,7 +61,10 @@ class StandIn:
         verifier.update(body)
         write(body)
         if self.mode == "truncate":
-            raise TruncatedBody("stalled")
+            raise TruncatedBody(
+                f"{subject} from {self.host}: the transfer timed out once, last "
+                f"at byte {start + 100} of {len(BLOB)} (no data for 1 s)"
+            )
         verifier.verify()
 
     def fetch_range(self, descriptor, start, end, write, subject, stopped, failover):
@@ -109,8 +112,12 @@ def test_failed_mirror_resumes_at_origin(caplog):
     pool = pool_of(StandIn("truncate"), StandIn())
 
     assert fetch_whole(pool) == BLOB
-    assert len(caplog.records) == 1
-    assert "trying the next one" in caplog.records[0].getMessage()
+    [record] = caplog.records
+    # The source is named once, and the reason follows it.
+    assert record.getMessage() == (
+        "blob: source truncate-0.example: the transfer timed out once, last at "
+        "byte 100 of 16384 (no data for 1 s); trying the next one"
+    )
 
 
 def test_missing_blob_warning_gives_reason_only(caplog):
@@ -120,8 +127,8 @@ def test_missing_blob_warning_gives_reason_only(caplog):
     [record] = caplog.records
     message = record.getMessage()
     assert message == (
-        "blob: source missing-0.example failed (not found (HTTP 404) "
-        "(BLOB_UNKNOWN: blob unknown)); "
+        "blob: source missing-0.example: not found (HTTP 404) "
+        "(BLOB_UNKNOWN: blob unknown); "
         "trying the next one"
     )
 
