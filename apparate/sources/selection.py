@@ -286,10 +286,11 @@ def measure_sources(
     for source, (rtt, failure) in zip(stale, probes, strict=True):
         source.measure = Measure(rtt, source.measure.throughput)
         if rtt is None and source.role == MIRROR:
+            tags = "does not resolve tags, and " if source.resolve else ""
             unreached.append(
                 f"mirror {source.name} could not be reached ({failure}); it "
-                "does not resolve tags, and serves content only when no other "
-                f"source is left{_client_cert_hint(failure)}"
+                f"{tags}serves content only when no other source is left"
+                f"{_client_cert_hint(failure)}"
             )
     if stats is not None:
         _keep_rtts(stats, [s for s in stale if s.measure.rtt is not None])

@@ -184,3 +184,29 @@ def test_locked_figures_still_rank_probed_sources(
     assert unreached == []
     assert all(source.measure.reachable for source in sources)
     assert warning in caplog.text
+
+
+@pytest.mark.parametrize("resolve", [True, False])
+@respx.mock
+def test_unreached_mirror_warning(tmp_path, resolve):
+    respx.get("https://mirror.lan/v2/").mock(side_effect=httpx.ConnectError("refused"))
+    respx.get("https://registry.lan/v2/").mock(return_value=httpx.Response(401))
+    reference = Reference.parse("registry.lan/app:v1")
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    settings = TransportSettings(certs_dirs=())
+    sources = []
+    for host, role in (("mirror", MIRROR), ("registry", ORIGIN)):
+        endpoint = Endpoint(f"{host}.lan", "https")
+        client = RegistryClient(reference, settings, credentials, endpoint=endpoint)
+        sources.append(Source(endpoint, role, resolve, client))
+
+    try:
+        unreached = measure_sources(sources, settings, None)
+    finally:
+        for source in sources:
+            source.client.close()
+
+    assert len(unreached) == 1
+    assert "mirror https://mirror.lan could not be reached" in unreached[0]
+    assert ("does not resolve tags" in unreached[0]) == resolve
+    assert "serves content only when no other source is left" in unreached[0]
