@@ -147,6 +147,20 @@ def test_probes_send_the_hosts_toml_headers(tmp_path):
 
 
 # Each row: how another connection locks the database, then the warning.
+def mirror_and_origin(
+    tmp_path, settings: TransportSettings, resolve: bool
+) -> list[Source]:
+    """Make sources for a mirror.lan and the origin registry.lan, over https."""
+    reference = Reference.parse("registry.lan/app:v1")
+    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
+    sources = []
+    for host, role in (("mirror", MIRROR), ("registry", ORIGIN)):
+        endpoint = Endpoint(f"{host}.lan", "https")
+        client = RegistryClient(reference, settings, credentials, endpoint=endpoint)
+        sources.append(Source(endpoint, role, resolve, client))
+    return sources
+
+
 LOCKED_DATABASE_CASES = {
     "writes blocked": ("IMMEDIATE", "source figures not kept"),
     "reads blocked": ("EXCLUSIVE", "source figures not read"),
@@ -161,14 +175,8 @@ def test_locked_figures_still_rank_probed_sources(
 ):
     monkeypatch.setattr("apparate.store.source_stats.BUSY_TIMEOUT_SECONDS", 0.1)
     respx.get(url__regex=r"https://\w+\.lan/v2/").mock(return_value=httpx.Response(401))
-    reference = Reference.parse("registry.lan/app:v1")
-    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
     settings = TransportSettings(certs_dirs=())
-    sources = []
-    for host, role in (("mirror", MIRROR), ("registry", ORIGIN)):
-        endpoint = Endpoint(f"{host}.lan", "https")
-        client = RegistryClient(reference, settings, credentials, endpoint=endpoint)
-        sources.append(Source(endpoint, role, True, client))
+    sources = mirror_and_origin(tmp_path, settings, resolve=True)
     stats = SourceStats(tmp_path / "apparate.db")
     holder = sqlite3.connect(tmp_path / "apparate.db")
     holder.execute(f"BEGIN {lock}")
@@ -191,14 +199,8 @@ def test_locked_figures_still_rank_probed_sources(
 def test_unreached_mirror_warning(tmp_path, resolve):
     respx.get("https://mirror.lan/v2/").mock(side_effect=httpx.ConnectError("refused"))
     respx.get("https://registry.lan/v2/").mock(return_value=httpx.Response(401))
-    reference = Reference.parse("registry.lan/app:v1")
-    credentials = CredentialStore.from_environment({}, env={"HOME": str(tmp_path)})
     settings = TransportSettings(certs_dirs=())
-    sources = []
-    for host, role in (("mirror", MIRROR), ("registry", ORIGIN)):
-        endpoint = Endpoint(f"{host}.lan", "https")
-        client = RegistryClient(reference, settings, credentials, endpoint=endpoint)
-        sources.append(Source(endpoint, role, resolve, client))
+    sources = mirror_and_origin(tmp_path, settings, resolve)
 
     try:
         unreached = measure_sources(sources, settings, None)
