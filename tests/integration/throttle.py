@@ -69,8 +69,11 @@ def _pump(
     delay: float,
     stop: threading.Event,
 ) -> None:
+    # At low rates, smaller pieces come several times a second, so a paced
+    # reply never goes a whole second without data.
+    piece = min(PIECE, max(1024, rate // 8)) if rate else PIECE
     try:
-        while not stop.is_set() and (data := source.recv(PIECE)):
+        while not stop.is_set() and (data := source.recv(piece)):
             if delay:
                 time.sleep(delay)
             sink.sendall(data)
