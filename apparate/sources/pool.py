@@ -95,6 +95,7 @@ class SourcePool:
         self._no_ranges: dict[Digest, set[Source]] = {}
         # The sources that gave way to a faster one for each blob.
         self._outpaced: dict[Digest, set[Source]] = {}
+        self._warned_slow: set[Source] = set()
         self._queued: dict[Source, int] = dict.fromkeys(sources, 0)
         # The sources that wrote bytes of each whole-blob download.
         self._served_blob: dict[Digest, set[Source]] = {}
@@ -368,9 +369,10 @@ class SourcePool:
             known = source.measure.throughput
             if known is None or rate < known:
                 source.measure = Measure(source.measure.rtt, rate)
-            slow = self._outpaced.setdefault(digest, set())
-            first = source not in slow
-            slow.add(source)
+            self._outpaced.setdefault(digest, set()).add(source)
+            # Blobs fetched side by side all give way, but one warning says it.
+            first = source not in self._warned_slow
+            self._warned_slow.add(source)
         if first:
             log.warning(
                 "%s: source %s sends %d kB/s, much slower than another source "

@@ -430,3 +430,19 @@ def test_mirror_sharing_bandwidth_keeps_its_range(monkeypatch, caplog):
     assert mirror.written == len(BLOB)
     assert origin.calls == 0
     assert not caplog.records
+
+
+def test_crawling_mirror_warns_once_for_two_blobs(monkeypatch, caplog):
+    pool, mirror, _ = crawler_pool(monkeypatch, 0.5, 1e8)
+    other = Descriptor(DESCRIPTOR.media_type, Digest.of(b"other"), DESCRIPTOR.size)
+
+    def place(offset: int, data: bytes) -> None:
+        pass
+
+    pool.fetch_range(DESCRIPTOR, 0, len(BLOB), place, "blob")
+    # As if the second blob's range had started before the first gave way.
+    pool.sources[0].measure = Measure(0.001, 1e9)
+    pool.fetch_range(other, 0, len(BLOB), place, "other blob")
+
+    assert mirror.calls == 2
+    assert caplog.text.count("much slower than another source") == 1
