@@ -370,7 +370,7 @@ class SourcePool:
             if known is None or rate < known:
                 source.measure = Measure(source.measure.rtt, rate)
             self._outpaced.setdefault(digest, set()).add(source)
-            # Blobs fetched side by side all give way; one warning is enough.
+            # Blobs fetched side by side all give way, so one warning covers them.
             first = source not in self._warned_slow
             self._warned_slow.add(source)
         if first:
