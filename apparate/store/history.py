@@ -12,8 +12,10 @@ from urllib.parse import quote
 from apparate.errors import StoreError
 from apparate.result import PullResult, saved_bytes
 
-# A column added later goes last, where ALTER TABLE adds it to the table
-# of an older store.
+# The pulls table keeps the seven columns it had before apparate counted
+# resumed bytes: older versions read it with ``SELECT *`` and write it with
+# seven values, and they share a store with newer ones. Figures added later
+# go in tables of their own, keyed by the rowid of the pull.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pulls (
     finished REAL NOT NULL,
@@ -22,21 +24,23 @@ CREATE TABLE IF NOT EXISTS pulls (
     layer_bytes INTEGER NOT NULL,
     bytes_fetched INTEGER NOT NULL,
     bytes_reused INTEGER NOT NULL,
-    seconds REAL NOT NULL,
-    bytes_resumed INTEGER NOT NULL DEFAULT 0
+    seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pull_resumed (
+    pull INTEGER PRIMARY KEY,
+    bytes_resumed INTEGER NOT NULL
 );
 """
-# The column that the tables of older stores lack. Their pulls read as
-# having resumed nothing, because apparate then counted such bytes as reused.
-# NOTE: an apparate from before this column reads a table that has it with
-# ``SELECT *``, so its ``stats`` fails, and its pulls are not recorded.
-# Keeping the figure in a table of its own would spare those versions.
-_RESUMED = "bytes_resumed INTEGER NOT NULL DEFAULT 0"
-# The columns of a PullRecord, in field order.
+# The columns of a pulls row, in field order.
 _COLUMNS = (
-    "finished, reference, digest, layer_bytes, bytes_fetched, bytes_reused, "
-    "seconds, {resumed}"
+    "finished, reference, digest, layer_bytes, bytes_fetched, bytes_reused, seconds"
 )
+# An earlier apparate added bytes_resumed to the pulls table itself, which
+# broke the older versions sharing the store. Opened to write, a history
+# moves that column's values to pull_resumed and drops the column. SQLite
+# has DROP COLUMN since 3.35.0. With an older SQLite the column stays, and
+# the history reads both.
+_DROP_COLUMN_SINCE = (3, 35, 0)
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
@@ -77,10 +81,12 @@ class Totals:
 
 
 class PullHistory:
-    """The ``pulls`` table of a store's database; close it when done.
+    """The pull history of a store's database; close it when done.
 
-    Opened to write, it adds the columns an older apparate's table lacks.
-    Opened read-only, it reads such a table as it is, a missing column as 0.
+    Opened to write, it creates the tables an older store lacks and moves
+    the bytes_resumed column out of the pulls table (see SCHEMA).
+    Opened read-only, it reads the tables as they are, with or without that
+    column or pull_resumed, and a missing figure as 0.
     """
 
     def __init__(self, path: Path, read_only: bool = False) -> None:
@@ -91,39 +97,67 @@ class PullHistory:
                 self._db = connect_read_only(path)
             else:
                 self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
-                self._create_table()
-            self._resumed = "bytes_resumed" if self._has_resumed() else "0"
+                self._create_tables()
+            self._source = self._resumed_source()
         except sqlite3.Error as error:
             raise StoreError(f"cannot open the pull history {path}: {error}") from None
 
-    def _create_table(self) -> None:
+    def _create_tables(self) -> None:
         try:
             with self._db:
                 self._db.executescript(SCHEMA)
-            if not self._has_resumed():
-                self._add_resumed()
+            if self._has_column() and sqlite3.sqlite_version_info >= _DROP_COLUMN_SINCE:
+                self._move_column()
         except sqlite3.Error:
             self._db.close()
             raise
 
-    def _add_resumed(self) -> None:
+    def _move_column(self) -> None:
+        """Move the bytes_resumed column of the pulls table to pull_resumed."""
+        # The write lock comes before the check, so a process that opens the
+        # store meanwhile waits, then finds the column gone.
+        self._db.execute("BEGIN IMMEDIATE")
         try:
-            with self._db:
-                self._db.execute(f"ALTER TABLE pulls ADD COLUMN {_RESUMED}")
-        except sqlite3.OperationalError as error:
-            # Another process opening the store added it meanwhile.
-            if "duplicate column name" not in str(error):
-                raise
+            if self._has_column():
+                # A pull this apparate recorded already has its row in
+                # pull_resumed and only 0 in the column, so IGNORE keeps it.
+                self._db.execute(
+                    "INSERT OR IGNORE INTO pull_resumed (pull, bytes_resumed) "
+                    "SELECT rowid, bytes_resumed FROM pulls"
+                )
+                self._db.execute("ALTER TABLE pulls DROP COLUMN bytes_resumed")
+            self._db.commit()
+        except BaseException:
+            self._db.rollback()
+            raise
 
-    def _has_resumed(self) -> bool:
+    def _has_column(self) -> bool:
         rows = self._db.execute("PRAGMA table_info(pulls)").fetchall()
         return any(row[1] == "bytes_resumed" for row in rows)
+
+    def _has_table(self) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            ("pull_resumed",),
+        ).fetchone()
+        return row is not None
+
+    def _resumed_source(self) -> tuple[str, str]:
+        """Return the SQL for a pull's bytes resumed and the tables it reads."""
+        joined = "pulls LEFT JOIN pull_resumed ON pull_resumed.pull = pulls.rowid"
+        if self._has_table() and self._has_column():
+            return "COALESCE(pull_resumed.bytes_resumed, pulls.bytes_resumed)", joined
+        if self._has_table():
+            return "COALESCE(pull_resumed.bytes_resumed, 0)", joined
+        if self._has_column():
+            return "pulls.bytes_resumed", "pulls"
+        return "0", "pulls"
 
     def close(self) -> None:
         self._db.close()
 
     def record(self, result: PullResult, now: float | None = None) -> None:
-        """Add one finished pull."""
+        """Add one finished pull, its row in each table in one transaction."""
         row = (
             time.time() if now is None else now,
             result.reference,
@@ -132,14 +166,17 @@ class PullHistory:
             result.bytes_fetched,
             result.bytes_reused,
             result.seconds,
-            result.bytes_resumed,
         )
-        columns = _COLUMNS.format(resumed="bytes_resumed")
         try:
             with self._db:
-                self._db.execute(
-                    f"INSERT INTO pulls ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                pull = self._db.execute(
+                    f"INSERT INTO pulls ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     row,
+                ).lastrowid
+                self._db.execute(
+                    "INSERT OR REPLACE INTO pull_resumed (pull, bytes_resumed) "
+                    "VALUES (?, ?)",
+                    (pull, result.bytes_resumed),
                 )
         except sqlite3.Error as error:
             raise StoreError(
@@ -150,26 +187,27 @@ class PullHistory:
         """Return the last ``limit`` pulls, newest first."""
         # SQLite's integers are 64-bit, and a larger limit means all rows.
         limit = min(limit, 2**63 - 1)
-        columns = _COLUMNS.format(resumed=self._resumed)
         rows = self._query(
-            f"SELECT {columns} FROM pulls ORDER BY finished DESC LIMIT ?", limit
+            f"SELECT {_COLUMNS}, {{resumed}} FROM {{source}} "
+            "ORDER BY finished DESC LIMIT ?",
+            limit,
         )
         return [PullRecord(*row) for row in rows]
 
     def totals(self) -> Totals:
-        resumed = self._resumed
         rows = self._query(
             "SELECT COUNT(*), COALESCE(SUM(layer_bytes), 0), "
             "COALESCE(SUM(bytes_fetched), 0), COALESCE(SUM(bytes_reused), 0), "
             "COALESCE(SUM(seconds), 0), "
-            f"COALESCE(SUM(MAX(layer_bytes - bytes_fetched - {resumed}, 0)), 0), "
-            f"COALESCE(SUM({resumed}), 0) FROM pulls"
+            "COALESCE(SUM(MAX(layer_bytes - bytes_fetched - {resumed}, 0)), 0), "
+            "COALESCE(SUM({resumed}), 0) FROM {source}"
         )
         return Totals(*rows[0]) if rows else Totals(0, 0, 0, 0, 0.0)
 
-    def _query(self, sql: str, *parameters: object) -> list[tuple]:
+    def _query(self, template: str, *parameters: object) -> list[tuple]:
+        """Run a query, its ``{resumed}`` and ``{source}`` filled in for this store."""
         try:
-            return self._db.execute(sql, parameters).fetchall()
+            return self._select(template, parameters)
         except sqlite3.OperationalError as error:
             if "no such table" in str(error):
                 return []
@@ -180,6 +218,21 @@ class PullHistory:
             raise StoreError(
                 f"cannot read the pull history {self.path}: {error}"
             ) from None
+
+    def _select(self, template: str, parameters: tuple) -> list[tuple]:
+        try:
+            return self._db.execute(self._fill(template), parameters).fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such column" not in str(error):
+                raise
+        # Another process moved the column out of the pulls table after
+        # this history read the shape of the tables.
+        self._source = self._resumed_source()
+        return self._db.execute(self._fill(template), parameters).fetchall()
+
+    def _fill(self, template: str) -> str:
+        resumed, source = self._source
+        return template.format(resumed=resumed, source=source)
 
 
 def connect_read_only(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
