@@ -16,6 +16,9 @@ from apparate.result import PullResult, saved_bytes
 # resumed bytes: older versions read it with ``SELECT *`` and write it with
 # seven values, and they share a store with newer ones. Figures added later
 # go in tables of their own, keyed by the rowid of the pull.
+# NOTE: VACUUM may renumber the rowids of pulls, which has no INTEGER PRIMARY
+# KEY. Nothing runs it or deletes pulls today, so code that does must keep the
+# keys of pull_resumed in step.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pulls (
     finished REAL NOT NULL,
@@ -35,12 +38,6 @@ CREATE TABLE IF NOT EXISTS pull_resumed (
 _COLUMNS = (
     "finished, reference, digest, layer_bytes, bytes_fetched, bytes_reused, seconds"
 )
-# An earlier apparate added bytes_resumed to the pulls table itself, which
-# broke the older versions sharing the store. Opened to write, a history
-# moves that column's values to pull_resumed and drops the column. SQLite
-# has DROP COLUMN since 3.35.0. With an older SQLite the column stays, and
-# the history reads both.
-_DROP_COLUMN_SINCE = (3, 35, 0)
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
@@ -83,10 +80,9 @@ class Totals:
 class PullHistory:
     """The pull history of a store's database; close it when done.
 
-    Opened to write, it creates the tables an older store lacks and moves
-    the bytes_resumed column out of the pulls table (see SCHEMA).
-    Opened read-only, it reads the tables as they are, with or without that
-    column or pull_resumed, and a missing figure as 0.
+    Opened to write, it creates the tables an older store lacks. Opened
+    read-only, it reads a store without pull_resumed as having resumed
+    nothing.
     """
 
     def __init__(self, path: Path, read_only: bool = False) -> None:
@@ -106,34 +102,9 @@ class PullHistory:
         try:
             with self._db:
                 self._db.executescript(SCHEMA)
-            if self._has_column() and sqlite3.sqlite_version_info >= _DROP_COLUMN_SINCE:
-                self._move_column()
         except sqlite3.Error:
             self._db.close()
             raise
-
-    def _move_column(self) -> None:
-        """Move the bytes_resumed column of the pulls table to pull_resumed."""
-        # The write lock comes before the check, so a process that opens the
-        # store meanwhile waits, then finds the column gone.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if self._has_column():
-                # A pull this apparate recorded already has its row in
-                # pull_resumed and only 0 in the column, so IGNORE keeps it.
-                self._db.execute(
-                    "INSERT OR IGNORE INTO pull_resumed (pull, bytes_resumed) "
-                    "SELECT rowid, bytes_resumed FROM pulls"
-                )
-                self._db.execute("ALTER TABLE pulls DROP COLUMN bytes_resumed")
-            self._db.commit()
-        except BaseException:
-            self._db.rollback()
-            raise
-
-    def _has_column(self) -> bool:
-        rows = self._db.execute("PRAGMA table_info(pulls)").fetchall()
-        return any(row[1] == "bytes_resumed" for row in rows)
 
     def _has_table(self) -> bool:
         row = self._db.execute(
@@ -144,13 +115,9 @@ class PullHistory:
 
     def _resumed_source(self) -> tuple[str, str]:
         """Return the SQL for a pull's bytes resumed and the tables it reads."""
-        joined = "pulls LEFT JOIN pull_resumed ON pull_resumed.pull = pulls.rowid"
-        if self._has_table() and self._has_column():
-            return "COALESCE(pull_resumed.bytes_resumed, pulls.bytes_resumed)", joined
         if self._has_table():
+            joined = "pulls LEFT JOIN pull_resumed ON pull_resumed.pull = pulls.rowid"
             return "COALESCE(pull_resumed.bytes_resumed, 0)", joined
-        if self._has_column():
-            return "pulls.bytes_resumed", "pulls"
         return "0", "pulls"
 
     def close(self) -> None:
@@ -206,8 +173,10 @@ class PullHistory:
 
     def _query(self, template: str, *parameters: object) -> list[tuple]:
         """Run a query, its ``{resumed}`` and ``{source}`` filled in for this store."""
+        resumed, source = self._source
+        sql = template.format(resumed=resumed, source=source)
         try:
-            return self._select(template, parameters)
+            return self._db.execute(sql, parameters).fetchall()
         except sqlite3.OperationalError as error:
             if "no such table" in str(error):
                 return []
@@ -218,21 +187,6 @@ class PullHistory:
             raise StoreError(
                 f"cannot read the pull history {self.path}: {error}"
             ) from None
-
-    def _select(self, template: str, parameters: tuple) -> list[tuple]:
-        try:
-            return self._db.execute(self._fill(template), parameters).fetchall()
-        except sqlite3.OperationalError as error:
-            if "no such column" not in str(error):
-                raise
-        # Another process moved the column out of the pulls table after
-        # this history read the shape of the tables.
-        self._source = self._resumed_source()
-        return self._db.execute(self._fill(template), parameters).fetchall()
-
-    def _fill(self, template: str) -> str:
-        resumed, source = self._source
-        return template.format(resumed=resumed, source=source)
 
 
 def connect_read_only(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:

@@ -7,7 +7,6 @@ import pytest
 from apparate.digest import Digest
 from apparate.errors import StoreError
 from apparate.result import LayerResult, PullResult
-from apparate.store import history as history_module
 from apparate.store.history import PullHistory, Totals
 
 
@@ -197,25 +196,10 @@ def old_database(path: Path) -> Path:
     return path
 
 
-# The pulls table of the apparate that kept resumed bytes in it: the old
-# table with the column added, and a pull recorded with it.
-INTERMEDIATE_ROWS = """
-ALTER TABLE pulls ADD COLUMN bytes_resumed INTEGER NOT NULL DEFAULT 0;
-INSERT INTO pulls VALUES
-    (200.0, 'example.com/app:v2', 'sha256:m', 1000, 600, 0, 2.0, 400);
-"""
 OLD_COLUMNS = [
     "finished", "reference", "digest", "layer_bytes", "bytes_fetched",
     "bytes_reused", "seconds",
 ]  # fmt: skip
-
-
-def intermediate_database(path: Path) -> Path:
-    old_database(path)
-    db = sqlite3.connect(path)
-    db.executescript(INTERMEDIATE_ROWS)
-    db.close()
-    return path
 
 
 def new_database(path: Path) -> Path:
@@ -262,10 +246,6 @@ def read_history(path: Path, read_only: bool) -> tuple[list[tuple], Totals]:
 
 SHAPES = {
     "old": (old_database, [("example.com/app:v1", 0, 800)]),
-    "intermediate": (
-        intermediate_database,
-        [("example.com/app:v2", 400, 0), ("example.com/app:v1", 0, 800)],
-    ),
     "new": (
         new_database,
         [("example.com/app:v2", 400, 0), ("example.com/app:v1", 0, 800)],
@@ -341,104 +321,6 @@ def test_old_history_reads_without_upgrade(tmp_path):
     assert record.bytes_reused == record.bytes_saved == 800
     assert (totals.pulls, totals.bytes_resumed, totals.bytes_saved) == (1, 0, 800)
     assert schema(path) == (OLD_COLUMNS, ["pulls"])
-
-
-def test_intermediate_history_moves_its_column(tmp_path):
-    path = intermediate_database(tmp_path / "apparate.db")
-
-    PullHistory(path).close()
-    columns, _ = schema(path)
-    older_rows = record_as_older_apparate(path, now=300.0)
-    recent, _ = read_history(path, read_only=True)
-
-    assert columns == OLD_COLUMNS
-    assert [len(row) for row in older_rows] == [7, 7, 7]
-    assert [(reference, resumed) for reference, resumed, _ in recent] == [
-        ("example.com/app:old", 0),
-        ("example.com/app:v2", 400),
-        ("example.com/app:v1", 0),
-    ]
-
-
-def test_column_added_back_is_moved_again(tmp_path):
-    # A pull recorded by this apparate, then one by the intermediate one,
-    # which added its column back, with 0 for the rows it found.
-    path = new_database(tmp_path / "apparate.db")
-    db = sqlite3.connect(path)
-    db.executescript(INTERMEDIATE_ROWS.replace("v2", "v3").replace("200.0", "300.0"))
-    db.close()
-    expected = [
-        ("example.com/app:v3", 400, 0),
-        ("example.com/app:v2", 400, 0),
-        ("example.com/app:v1", 0, 800),
-    ]
-
-    read_only, _ = read_history(path, read_only=True)
-    written, totals = read_history(path, read_only=False)
-
-    assert read_only == expected
-    assert written == expected
-    assert totals.pulls == 3
-    assert totals.bytes_resumed == 800
-    assert schema(path)[0] == OLD_COLUMNS
-
-
-def test_old_sqlite_keeps_the_column(tmp_path, monkeypatch):
-    path = intermediate_database(tmp_path / "apparate.db")
-    monkeypatch.setattr(history_module, "_DROP_COLUMN_SINCE", (99, 0, 0))
-
-    history = PullHistory(path)
-    try:
-        history.record(resumed_result("example.com/app:v3", 700, 300), now=300.0)
-    finally:
-        history.close()
-    recent, totals = read_history(path, read_only=False)
-
-    assert schema(path)[0] == [*OLD_COLUMNS, "bytes_resumed"]
-    assert [(reference, resumed) for reference, resumed, _ in recent] == [
-        ("example.com/app:v3", 300),
-        ("example.com/app:v2", 400),
-        ("example.com/app:v1", 0),
-    ]
-    assert totals.bytes_resumed == 700
-
-
-def test_column_moved_by_another_process(tmp_path, monkeypatch):
-    path = intermediate_database(tmp_path / "apparate.db")
-    PullHistory(path).close()
-    # As if another process moved the column between the check and the move.
-    checks = iter([True])
-    has_column = PullHistory._has_column
-
-    def first_finds_column(self: PullHistory) -> bool:
-        return next(checks, False) or has_column(self)
-
-    monkeypatch.setattr(PullHistory, "_has_column", first_finds_column)
-
-    recent, _ = read_history(path, read_only=False)
-
-    assert [(reference, resumed) for reference, resumed, _ in recent] == [
-        ("example.com/app:v2", 400),
-        ("example.com/app:v1", 0),
-    ]
-
-
-def test_reader_sees_column_moved_meanwhile(tmp_path):
-    path = intermediate_database(tmp_path / "apparate.db")
-    reader = PullHistory(path, read_only=True)
-    try:
-        PullHistory(path).close()
-
-        recent = reader.recent(10)
-        totals = reader.totals()
-    finally:
-        reader.close()
-
-    assert [(r.reference, r.bytes_resumed) for r in recent] == [
-        ("example.com/app:v2", 400),
-        ("example.com/app:v1", 0),
-    ]
-    assert totals.bytes_resumed == 400
 
 
 def test_both_rows_commit_together(tmp_path):
