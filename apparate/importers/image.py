@@ -62,7 +62,8 @@ def find_stored(store: Store, reference: str) -> StoredImage:
 
     A reference by digest also finds the image stored under a tag of that
     repository, which is then imported without the tag, as a pull by
-    digest would be. A manifest or index digest or a prefix of it, as
+    digest would be: by its manifest's digest, without the index it was
+    picked from. A manifest or index digest or a prefix of it, as
     ``apparate images`` prints it, names the image under its first stored
     name that apparate wrote, since names other tools wrote are no
     references. So does such a prefix without ``sha256:`` that names no
@@ -86,7 +87,7 @@ def find_stored(store: Store, reference: str) -> StoredImage:
         for image in images:
             digests = (image.source_manifest, image.source_index)
             if ref.digest in digests and _repository(image.reference) == ref.name:
-                return dataclasses.replace(image, reference=str(ref))
+                return _by_digest(image, ref)
     named = select_by_bare_digest(reference, images)
     if named:
         return _first_named(named, images)
@@ -103,6 +104,17 @@ def find_stored(store: Store, reference: str) -> StoredImage:
         f"{ref} is not in the local store {store.root}",
         hint=f"pull it first with 'apparate pull {ref}'",
     )
+
+
+def _by_digest(image: StoredImage, ref: Reference) -> StoredImage:
+    """Return ``image`` renamed to ``ref``, a reference by its manifest or index digest.
+
+    A manifest digest drops the index, so containerd lists the manifest, as
+    ``ctr images pull REPOSITORY@DIGEST`` does.
+    """
+    if ref.digest == image.source_index:
+        return dataclasses.replace(image, reference=str(ref))
+    return dataclasses.replace(image, reference=str(ref), source_index=None)
 
 
 def _first_named(named: list[str], images: list[StoredImage]) -> StoredImage:

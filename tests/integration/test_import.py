@@ -226,6 +226,35 @@ def test_containerd_lists_what_plain_pull_lists(
     assert by_apparate.stdout == by_ctr.stdout
 
 
+@pytest.mark.parametrize("digest_of", ["index", "manifest"])
+def test_containerd_by_digest_matches_plain_pull(
+    digest_of, registry_plain, sample_images, containerd_daemon, tmp_path
+):
+    """Import multi:v1, stored by tag, as REPOSITORY@DIGEST of its index or manifest."""
+    store = str(tmp_path / "store")
+    apparate("pull", "-q", "--store", store, "--into", "oci",
+             f"{registry_plain.host}/samples/multi:v1")  # fmt: skip
+    digests = {
+        "index": sample_images.images["multi:v1"].digest,
+        "manifest": json.loads(apparate("images", "--json", "--store", store).stdout)[
+            0
+        ]["digest"],
+    }
+    reference = f"{registry_plain.host}/samples/multi@{digests[digest_of]}"
+
+    apparate("import", "-q", "--store", store, "--into", "containerd", reference,
+             env=containerd_env(containerd_daemon, "by-apparate"))  # fmt: skip
+    pulled = ctr(containerd_daemon, "images", "pull", "--plain-http", reference,
+                 namespace="by-ctr")  # fmt: skip
+
+    assert pulled.returncode == 0, pulled.stderr
+    by_apparate = ctr(containerd_daemon, "images", "ls", namespace="by-apparate")
+    by_ctr = ctr(containerd_daemon, "images", "ls", namespace="by-ctr")
+    assert by_apparate.stdout == by_ctr.stdout
+    release = containerd_os_release(containerd_daemon, "by-apparate", reference)
+    assert "VERSION_CODENAME=bookworm" in release
+
+
 def test_arm64_image_into_containerd(
     registry_plain, sample_images, containerd_daemon, tmp_path
 ):

@@ -496,6 +496,20 @@ def test_find_by_index_digest_prefix(tmp_path):
     assert image.reference == REFERENCE
 
 
+def test_manifest_digest_archive_omits_index(tmp_path):
+    """An archive of REPOSITORY@MANIFEST lists the manifest, as ``ctr images pull`` does."""
+    store, facts = make_store(tmp_path / "store", with_index=True)
+    by_manifest = f"registry.example/team/app@{facts['manifest'].digest}"
+    by_index = f"registry.example/team/app@{facts['index'].digest}"
+
+    manifest_top = json.loads(oci_index(stored(store, by_manifest), by_manifest))
+    index_top = json.loads(oci_index(stored(store, by_index), by_index))
+
+    assert manifest_top["manifests"][0]["digest"] == str(facts["manifest"].digest)
+    assert manifest_top["manifests"][0]["mediaType"] == OCI_MANIFEST
+    assert index_top["manifests"][0]["digest"] == str(facts["index"].digest)
+
+
 def test_unknown_digest_prefix_not_found(tmp_path):
     store, _ = make_store(tmp_path / "store")
 
