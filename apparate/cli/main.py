@@ -45,7 +45,7 @@ from apparate.errors import (
 )
 from apparate.importers import Daemons, ImportOptions, import_image
 from apparate.importers.files import writes_to_stdout, written_in_place
-from apparate.importers.run import check_target
+from apparate.importers.run import check_target, interrupted_target
 from apparate.importers.target import AUTO, OCI, TARGET_HELP, ImportTarget
 from apparate.platform import Platform
 from apparate.progress import PullObserver
@@ -679,6 +679,11 @@ def _errors_reported(
         print(f"error: {message}", file=sys.stderr)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt as stop:
+        # An import, also the one at the end of a pull, reports what its
+        # target may have received.
+        target = interrupted_target(stop)
+        if target is not None:
+            interrupted = import_interrupted(target)
         print(f"error: {interrupted}", file=sys.stderr)
         state["interrupt_reported"] = True
         raise typer.Exit(exit_code_of(stop)) from None

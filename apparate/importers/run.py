@@ -142,6 +142,34 @@ def _import_into_target(
     if requested.kind == AUTO:
         target = _detect(daemons)
         log.info("%s: importing into %s (detected)", image.reference, target)
+    try:
+        return _import_into(store, image, target, requested, daemons)
+    except KeyboardInterrupt as stop:
+        setattr(stop, _INTERRUPTED_TARGET, target)
+        raise
+
+
+# The interrupt's attribute that records the target of the interrupted import.
+_INTERRUPTED_TARGET = "apparate_import_target"
+
+
+def interrupted_target(stop: KeyboardInterrupt) -> ImportTarget | None:
+    """Return the target of the import that ``stop`` interrupted, else None.
+
+    A pull interrupted during its import then gets the import's message,
+    which names the target that ``auto`` detected.
+    """
+    target = getattr(stop, _INTERRUPTED_TARGET, None)
+    return target if isinstance(target, ImportTarget) else None
+
+
+def _import_into(
+    store: Store,
+    image: StoredImage,
+    target: ImportTarget,
+    requested: ImportTarget,
+    daemons: Daemons,
+) -> ImportResult:
     content = load_content(store, image)
     started = time.monotonic()
     if target.kind == DOCKER:

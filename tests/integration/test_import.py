@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -384,6 +385,33 @@ def test_archive_files_load_into_daemons(
     assert containerd_images(containerd_daemon, "files") == {reference: digest}
     leftovers = [path.name for path in tmp_path.iterdir() if path.name[0] == "."]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_pull_interrupted_importing_names_pipe(sig, registry_plain, tmp_path):
+    """A pull stopped while streaming the archive to standard output reports it."""
+    reference = f"{registry_plain.host}/samples/base:v1"
+    store = str(tmp_path / "store")
+    apparate("pull", "-q", "--store", store, "--into", "oci", reference)
+
+    process = subprocess.Popen(
+        [APPARATE, "pull", "--store", store, "--into", "docker-archive:/dev/stdout",
+         reference],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    # The first bytes of the archive show that the import has begun. The
+    # pipe, no longer read, then fills and blocks apparate in its write.
+    first = process.stdout.read(512)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+
+    assert len(first) == 512
+    assert process.returncode == 128 + sig
+    assert stderr.decode().splitlines()[-1] == (
+        "error: interrupted; the image is kept in the local store, and "
+        "/dev/stdout may have received part of the archive"
+    )
 
 
 def test_docker_not_running_keeps_image(registry_plain, tmp_path):
