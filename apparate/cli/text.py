@@ -65,15 +65,16 @@ def summary_line(result: PullResult) -> str:
     saved = ""
     if result.bytes_saved:
         saved = f" ({human_size(result.bytes_saved)} less than whole layers)"
-    resumed = ""
+    fetched = f"fetched {human_size(result.bytes_fetched)}"
     if result.bytes_resumed:
-        resumed = (
-            f"resumed {human_size(result.bytes_resumed)} kept from an "
-            "interrupted pull, "
+        # The saving goes after the resumed bytes because it excludes them too.
+        fetched += (
+            f", resumed {human_size(result.bytes_resumed)} kept from an "
+            "interrupted pull"
         )
     return (
-        f"{result.reference}: fetched {human_size(result.bytes_fetched)}{saved}, "
-        f"{resumed}reused {human_size(result.bytes_reused)} of local chunks and layers "
+        f"{result.reference}: {fetched}{saved}, "
+        f"reused {human_size(result.bytes_reused)} of local chunks and layers "
         f"({result.layers_fetched} of {len(result.layers)} layers were missing), "
         f"{result.seconds:.1f} s; digest {result.digest}"
     )

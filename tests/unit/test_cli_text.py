@@ -189,6 +189,19 @@ def test_summary_names_resumed_bytes_apart():
     assert "less than whole layers" not in line
 
 
+def test_summary_saving_follows_resumed_bytes():
+    """The saving counts the bytes neither fetched nor resumed."""
+    layer = LayerResult(Digest.of(b"layer"), "t", 1000, True, 300, 300, 400)
+    result = dataclasses.replace(resumed_result(300, 400), layers=[layer])
+
+    line = summary_line(result)
+
+    assert (
+        "fetched 300 B, resumed 400 B kept from an interrupted pull "
+        "(300 B less than whole layers), reused 300 B of local chunks"
+    ) in line
+
+
 def test_summary_omits_zero_resumed():
     assert "resumed" not in summary_line(pull_result(400, missing=True))
 
