@@ -310,7 +310,7 @@ def _unnameable_note(content: StoredContent, loaded: bool) -> str:
 
 def _untagged_note(content: StoredContent) -> str:
     return (
-        f"loaded without a tag because {content.reference} was pulled by digest, "
+        f"loaded without a tag because {content.reference} names it by digest, "
         "and docker names loaded images only by tags; refer to it by its image ID"
     )
 

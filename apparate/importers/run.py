@@ -234,7 +234,7 @@ def _write_file(
     name = reference if target.kind == OCI_ARCHIVE or content.tag else None
     note = ""
     if target.kind == DOCKER_ARCHIVE and not content.tag:
-        note = "written without a tag because the image was pulled by digest"
+        note = f"written without a tag because {reference} names it by digest"
     return ImportResult(
         str(target), requested, name, image_id, written,
         time.monotonic() - started, note,

@@ -302,7 +302,7 @@ def test_digest_pull_into_docker_loads_untagged(
 
     image_id = sample_config_digest(sample_images, "base:v1")
     assert f"without a name, ID {image_id}" in output
-    assert "pulled by digest" in output
+    assert f"{reference} names it by digest" in output
     assert docker_inspect(dockerd_daemon, image_id)["RepoTags"] == []
     assert "bookworm" in docker_os_release(dockerd_daemon, image_id)
 

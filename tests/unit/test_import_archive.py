@@ -270,6 +270,19 @@ def test_archive_file_is_written_atomically(tmp_path):
     assert list(target.parent.iterdir()) == [target]
 
 
+def test_docker_archive_by_digest_note(tmp_path):
+    """An image pulled by tag and written by its digest gets no 'pulled' note."""
+    store, facts = make_store(tmp_path / "store")
+    reference = f"registry.example/team/app@{facts['manifest'].digest}"
+    target = tmp_path / "app.tar"
+
+    result = import_stored(store, reference, f"docker-archive:{target}", Daemons())
+
+    assert result.name is None
+    assert f"{reference} names it by digest" in result.note
+    assert "pulled" not in result.note
+
+
 def test_archive_through_symlink_keeps_link(tmp_path):
     store, _ = make_store(tmp_path / "store")
     target = tmp_path / "real.tar"

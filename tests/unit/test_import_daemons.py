@@ -213,8 +213,23 @@ def test_docker_digest_pull_loads_without_tag(fake_docker, tmp_path):
         import_stored(image_store, reference, "docker", daemons)))  # fmt: skip
 
     assert result.name is None
-    assert "pulled by digest" in result.note
+    assert f"{reference} names it by digest" in result.note
     assert json.loads(read_tar(fake.loaded)["manifest.json"])[0]["RepoTags"] == []
+
+
+def test_docker_tagged_image_by_digest_untagged(fake_docker, store):
+    """An image pulled by tag and imported by its digest gets no 'pulled' note."""
+    fake, daemons = fake_docker
+    image_store, facts = store
+    reference = f"registry.example/team/app@{facts['manifest'].digest}"
+    image_id = str(facts["config"].digest)
+
+    result = _after_load(fake, lambda: fake.images.add(image_id), lambda: (
+        import_stored(image_store, reference, "docker", daemons)))  # fmt: skip
+
+    assert result.name is None
+    assert f"{reference} names it by digest" in result.note
+    assert "pulled" not in result.note
 
 
 IPV6_REFERENCE = "[::1]:5000/team/app:v1"
