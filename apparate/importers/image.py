@@ -13,7 +13,13 @@ import shlex
 from dataclasses import dataclass
 
 from apparate.digest import Digest
-from apparate.errors import ApparateError, InvalidReference, NotFound, StoreError
+from apparate.errors import (
+    ApparateError,
+    InvalidReference,
+    NotFound,
+    StoreError,
+    UsageError,
+)
 from apparate.manifest import (
     OCI_INDEX,
     Descriptor,
@@ -72,7 +78,7 @@ def find_stored(store: Store, reference: str) -> StoredImage:
     images = store.images()
     named = select_by_digest(reference, images)
     if named:
-        return _first_named(named, images)
+        return _first_named(reference, named, images)
     if is_digest_prefix(reference):
         raise NotFound(
             f"no image in the local store {store.root} has a digest starting "
@@ -90,7 +96,7 @@ def find_stored(store: Store, reference: str) -> StoredImage:
                 return _by_digest(image, ref)
     named = select_by_bare_digest(reference, images)
     if named:
-        return _first_named(named, images)
+        return _first_named(reference, named, images)
     if is_bare_digest_prefix(reference):
         # Hexadecimal digits alone may be a digest prefix, as docker takes an
         # image ID, so the error covers both readings.
@@ -117,8 +123,24 @@ def _by_digest(image: StoredImage, ref: Reference) -> StoredImage:
     return dataclasses.replace(image, reference=str(ref), source_index=None)
 
 
-def _first_named(named: list[str], images: list[StoredImage]) -> StoredImage:
-    """Return the image of ``named`` stored under the first name apparate wrote."""
+def _first_named(
+    digest: str, named: list[str], images: list[StoredImage]
+) -> StoredImage:
+    """Return the image of ``named`` stored under the first name apparate wrote.
+
+    Raises UsageError when ``named``, the images an index ``digest`` names,
+    are of several platforms, since the choice would be a guess.
+    """
+    chosen = [image for image in images if image.reference in named]
+    manifests = {image.source_manifest for image in chosen}
+    if len(manifests) > 1:
+        listed = ", ".join(
+            f"{i.reference} ({str(i.source_manifest)[:19]})" for i in chosen
+        )
+        raise UsageError(
+            f"{digest} names images of {len(manifests)} platforms: {listed}",
+            hint="import one by its name or by its manifest digest",
+        )
     preferred = [name for name in named if _is_full_reference(name)] or named
     return next(image for image in images if image.reference == preferred[0])
 

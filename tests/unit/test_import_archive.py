@@ -509,6 +509,29 @@ def test_find_by_index_digest_prefix(tmp_path):
     assert image.reference == REFERENCE
 
 
+def test_index_prefix_of_two_platforms_is_refused(tmp_path):
+    store, facts = make_store(tmp_path / "store", with_index=True)
+    other = Descriptor(OCI_MANIFEST, Digest.of(b"arm64 manifest"), 14)
+    two_platforms = [
+        *store.images(),
+        layout.StoredImage(
+            "registry.example/team/app:arm64",
+            other,
+            other.digest,
+            facts["index"].digest,
+        ),
+    ]
+    prefix = str(facts["index"].digest)[:19]
+    store.images = lambda: two_platforms
+
+    with pytest.raises(UsageError) as caught:
+        find_stored(store, prefix)
+
+    assert "names images of 2 platforms" in str(caught.value)
+    assert "registry.example/team/app:arm64" in str(caught.value)
+    assert "import one by its name or by its manifest digest" in str(caught.value)
+
+
 def test_manifest_digest_archive_omits_index(tmp_path):
     """An archive of REPOSITORY@MANIFEST lists the manifest, as ``ctr images pull`` does."""
     store, facts = make_store(tmp_path / "store", with_index=True)
