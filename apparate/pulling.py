@@ -395,6 +395,8 @@ def _layer_results(
     resumed, and a stored blob counts as reused whole. A layer listed twice
     is one blob: missing at every place, but its bytes count at the first
     place only.
+    NOTE: a blob that an interrupted pull stored whole counts as reused too,
+    since the store does not record which pull stored a blob.
     """
     results = []
     seen: set[Digest] = set()

@@ -519,6 +519,7 @@ def stats_command(
     image already stored saves all of them, a pull that found its image up to
     date saves none. Bytes a pull kept from an interrupted one are resumed,
     not saved: they crossed the network in the pull that was interrupted.
+    A layer the interrupted pull stored whole counts as saved, though.
     """
     with _errors_reported():
         if limit < 1:
