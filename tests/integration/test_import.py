@@ -210,6 +210,13 @@ def test_pull_into_containerd_runs(
     assert "VERSION_CODENAME=bookworm" in release
 
 
+def assert_same_listing(containerd_daemon) -> None:
+    """Check that ``ctr images ls`` lists the same in namespaces by-apparate and by-ctr."""
+    by_apparate = ctr(containerd_daemon, "images", "ls", namespace="by-apparate")
+    by_ctr = ctr(containerd_daemon, "images", "ls", namespace="by-ctr")
+    assert by_apparate.stdout == by_ctr.stdout
+
+
 def test_containerd_lists_what_plain_pull_lists(
     registry_plain, containerd_daemon, tmp_path
 ):
@@ -222,9 +229,7 @@ def test_containerd_lists_what_plain_pull_lists(
                  namespace="by-ctr")  # fmt: skip
 
     assert pulled.returncode == 0, pulled.stderr
-    by_apparate = ctr(containerd_daemon, "images", "ls", namespace="by-apparate")
-    by_ctr = ctr(containerd_daemon, "images", "ls", namespace="by-ctr")
-    assert by_apparate.stdout == by_ctr.stdout
+    assert_same_listing(containerd_daemon)
 
 
 @pytest.mark.parametrize("digest_of", ["index", "manifest"])
@@ -249,9 +254,7 @@ def test_containerd_by_digest_matches_plain_pull(
                  namespace="by-ctr")  # fmt: skip
 
     assert pulled.returncode == 0, pulled.stderr
-    by_apparate = ctr(containerd_daemon, "images", "ls", namespace="by-apparate")
-    by_ctr = ctr(containerd_daemon, "images", "ls", namespace="by-ctr")
-    assert by_apparate.stdout == by_ctr.stdout
+    assert_same_listing(containerd_daemon)
     release = containerd_os_release(containerd_daemon, "by-apparate", reference)
     assert "VERSION_CODENAME=bookworm" in release
 
