@@ -68,8 +68,9 @@ def find_stored(store: Store, reference: str) -> StoredImage:
 
     A reference by digest also finds the image stored under a tag of that
     repository, which is then imported without the tag, as a pull by
-    digest would be: by its manifest's digest, without the index it was
-    picked from. A manifest or index digest or a prefix of it, as
+    digest would be. A manifest digest names it without the index it was
+    picked from. An index digest that names stored images of several
+    platforms, whole or as a prefix, raises UsageError. A manifest or index digest or a prefix of it, as
     ``apparate images`` prints it, names the image under its first stored
     name that apparate wrote, since names other tools wrote are no
     references. So does such a prefix without ``sha256:`` that names no
@@ -90,10 +91,15 @@ def find_stored(store: Store, reference: str) -> StoredImage:
         if image.reference == str(ref):
             return image
     if ref.digest:
-        for image in images:
-            digests = (image.source_manifest, image.source_index)
-            if ref.digest in digests and _repository(image.reference) == ref.name:
-                return _by_digest(image, ref)
+        matching = [
+            image
+            for image in images
+            if ref.digest in (image.source_manifest, image.source_index)
+            and _repository(image.reference) == ref.name
+        ]
+        if matching:
+            _reject_several_platforms(reference, matching)
+            return _by_digest(matching[0], ref)
     named = select_by_bare_digest(reference, images)
     if named:
         return _first_named(reference, named, images)
@@ -123,15 +129,12 @@ def _by_digest(image: StoredImage, ref: Reference) -> StoredImage:
     return dataclasses.replace(image, reference=str(ref), source_index=None)
 
 
-def _first_named(
-    digest: str, named: list[str], images: list[StoredImage]
-) -> StoredImage:
-    """Return the image of ``named`` stored under the first name apparate wrote.
+def _reject_several_platforms(digest: str, chosen: list[StoredImage]) -> None:
+    """Raise UsageError when ``chosen``, the images ``digest`` names, differ in manifest.
 
-    Raises UsageError when ``named``, the images an index ``digest`` names,
-    are of several platforms, since the choice would be a guess.
+    Only an index digest names several manifests, one per platform, so any
+    choice among them would be a guess.
     """
-    chosen = [image for image in images if image.reference in named]
     manifests = {image.source_manifest for image in chosen}
     if len(manifests) > 1:
         listed = ", ".join(
@@ -141,6 +144,19 @@ def _first_named(
             f"{digest} names images of {len(manifests)} platforms: {listed}",
             hint="import one by its name or by its manifest digest",
         )
+
+
+def _first_named(
+    digest: str, named: list[str], images: list[StoredImage]
+) -> StoredImage:
+    """Return the image of ``named`` stored under the first name apparate wrote.
+
+    Raises UsageError when ``named``, the images an index ``digest`` names,
+    are of several platforms, since the choice would be a guess.
+    """
+    _reject_several_platforms(
+        digest, [image for image in images if image.reference in named]
+    )
     preferred = [name for name in named if _is_full_reference(name)] or named
     return next(image for image in images if image.reference == preferred[0])
 

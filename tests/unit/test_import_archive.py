@@ -509,7 +509,9 @@ def test_find_by_index_digest_prefix(tmp_path):
     assert image.reference == REFERENCE
 
 
-def test_index_prefix_of_two_platforms_is_refused(tmp_path):
+@pytest.mark.parametrize("by_repository", [False, True])
+def test_index_digest_two_platforms_rejected(tmp_path, by_repository):
+    """Neither a prefix nor REPOSITORY@INDEX picks one platform of two stored."""
     store, facts = make_store(tmp_path / "store", with_index=True)
     other = Descriptor(OCI_MANIFEST, Digest.of(b"arm64 manifest"), 14)
     two_platforms = [
@@ -521,11 +523,12 @@ def test_index_prefix_of_two_platforms_is_refused(tmp_path):
             facts["index"].digest,
         ),
     ]
-    prefix = str(facts["index"].digest)[:19]
+    index = str(facts["index"].digest)
+    named = f"registry.example/team/app@{index}" if by_repository else index[:19]
     store.images = lambda: two_platforms
 
     with pytest.raises(UsageError) as caught:
-        find_stored(store, prefix)
+        find_stored(store, named)
 
     assert "names images of 2 platforms" in str(caught.value)
     assert "registry.example/team/app:arm64" in str(caught.value)
