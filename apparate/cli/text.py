@@ -62,16 +62,17 @@ def summary_line(result: PullResult) -> str:
             f"{result.reference}: already up to date in the store, nothing "
             f"fetched, {result.seconds:.1f} s; digest {result.digest}"
         )
-    saved = ""
-    if result.bytes_saved:
-        saved = f" ({human_size(result.bytes_saved)} less than whole layers)"
     fetched = f"fetched {human_size(result.bytes_fetched)}"
     if result.bytes_resumed:
-        # The saving goes after the resumed bytes because it excludes them too.
         fetched += (
-            f", resumed {human_size(result.bytes_resumed)} kept from an "
+            f" and resumed {human_size(result.bytes_resumed)} kept from an "
             "interrupted pull"
         )
+    saved = ""
+    if result.bytes_saved:
+        # The saving excludes the resumed bytes as well as the fetched ones.
+        together = "together " if result.bytes_resumed else ""
+        saved = f" ({together}{human_size(result.bytes_saved)} less than whole layers)"
     return (
         f"{result.reference}: {fetched}{saved}, "
         f"reused {human_size(result.bytes_reused)} of local chunks and layers "

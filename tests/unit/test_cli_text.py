@@ -184,7 +184,7 @@ def resumed_result(fetched: int, resumed: int) -> PullResult:
 def test_summary_names_resumed_bytes_apart():
     line = summary_line(resumed_result(600, 400))
 
-    assert "fetched 600 B, resumed 400 B kept from an interrupted pull, " in line
+    assert "fetched 600 B and resumed 400 B kept from an interrupted pull, " in line
     assert "reused 0 B of local chunks" in line
     assert "less than whole layers" not in line
 
@@ -197,8 +197,8 @@ def test_summary_saving_follows_resumed_bytes():
     line = summary_line(result)
 
     assert (
-        "fetched 300 B, resumed 400 B kept from an interrupted pull "
-        "(300 B less than whole layers), reused 300 B of local chunks"
+        "fetched 300 B and resumed 400 B kept from an interrupted pull "
+        "(together 300 B less than whole layers), reused 300 B of local chunks"
     ) in line
 
 
