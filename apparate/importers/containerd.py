@@ -182,6 +182,13 @@ def _failure(output: str, reference: str, command: str) -> Exception:
         return DaemonPermissionDenied(message)
     if "connection refused" in lowered or "no such file or directory" in lowered:
         return DaemonUnreachable(message)
+    if "failed to dial" in lowered:
+        # The socket accepted a connection but did not speak containerd's API.
+        return DaemonUnreachable(
+            message,
+            hint="check that the address is containerd's socket, not docker's or "
+            f"another server's; {retry}",
+        )
     return DaemonRejected(message, hint=f"see containerd's log; {retry}")
 
 

@@ -453,6 +453,8 @@ def containerd_socket(tmp_path: Path) -> Iterator[str]:
         ("ctr: unexpected EOF", DaemonRejected, "see containerd's log"),
         ("ctr: connection error: dial unix /x: connect: permission denied",
          DaemonPermissionDenied, "permission denied"),
+        ('ctr: failed to dial "/x.sock": context deadline exceeded: connection closed',
+         DaemonUnreachable, "is containerd's socket, not docker's"),
     ],
 )  # fmt: skip
 def test_ctr_failure_is_mapped(
