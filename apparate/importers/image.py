@@ -36,6 +36,7 @@ from apparate.store.selection import (
     is_digest_prefix,
     select_by_bare_digest,
     select_by_digest,
+    select_images,
 )
 
 
@@ -69,12 +70,12 @@ def find_stored(store: Store, reference: str) -> StoredImage:
     A reference by digest also finds the image stored under a tag of that
     repository, which is then imported without the tag, as a pull by
     digest would be. A manifest digest names it without the index it was
-    picked from. An index digest that names stored images of several
-    platforms, whole or as a prefix, raises UsageError. A manifest or index digest or a prefix of it, as
+    picked from. A manifest or index digest or a prefix of it, as
     ``apparate images`` prints it, names the image under its first stored
     name that apparate wrote, since names other tools wrote are no
     references. So does such a prefix without ``sha256:`` that names no
-    stored image.
+    stored image. An index digest that names stored images of several
+    platforms, whole or as a prefix, raises UsageError.
     """
     images = store.images()
     named = select_by_digest(reference, images)
@@ -91,12 +92,8 @@ def find_stored(store: Store, reference: str) -> StoredImage:
         if image.reference == str(ref):
             return image
     if ref.digest:
-        matching = [
-            image
-            for image in images
-            if ref.digest in (image.source_manifest, image.source_index)
-            and _repository(image.reference) == ref.name
-        ]
+        names = set(select_images(str(ref), images))
+        matching = [image for image in images if image.reference in names]
         if matching:
             _reject_several_platforms(reference, matching)
             return _by_digest(matching[0], ref)
@@ -167,14 +164,6 @@ def _is_full_reference(name: str) -> bool:
         return str(Reference.parse(name)) == name
     except InvalidReference:
         return False
-
-
-def _repository(reference: str) -> str | None:
-    """Return the repository of a stored reference; None for a name other tools wrote."""
-    try:
-        return Reference.parse(reference).name
-    except InvalidReference:
-        return None
 
 
 def load_content(store: Store, image: StoredImage) -> StoredContent:

@@ -174,7 +174,9 @@ class SourcePool:
             before = verifier.bytes_read
             pace = None
             if not last_resort:
-                pace = _Pace(self, source, descriptor, before, descriptor.size, False)
+                pace = _Pace(
+                    self, source, descriptor.digest, before, descriptor.size, False
+                )
             slow_rate: float | None = None
             self._begin(source)
             try:
@@ -239,7 +241,7 @@ class SourcePool:
             # The origin as last resort has no other source to give way to.
             pace = None
             if not last_resort:
-                pace = _Pace(self, source, descriptor, before, end, True)
+                pace = _Pace(self, source, descriptor.digest, before, end, True)
             slow_rate: float | None = None
             self._begin(source)
             try:
@@ -452,15 +454,15 @@ class SourcePool:
 class _Pace:
     """The progress of one request at one source, to tell when another would finish it sooner.
 
-    ``start`` and ``end`` are the bytes of the blob requested;
-    ``ranges`` tells whether it is a range request.
+    ``start`` and ``end`` are the bytes of the blob requested, and
+    ``ranges`` is true for a range request.
     """
 
     def __init__(
         self,
         pool: SourcePool,
         source: Source,
-        descriptor: Descriptor,
+        digest: Digest,
         start: int,
         end: int,
         ranges: bool,
@@ -468,7 +470,7 @@ class _Pace:
         self._pool = pool
         self._ranges = ranges
         self._source = source
-        self._digest = descriptor.digest
+        self._digest = digest
         self._start = start
         self._end = end
         self._began = time.monotonic()
