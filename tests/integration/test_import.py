@@ -25,6 +25,7 @@ import pytest
 
 from tests.testbed.containerd import ContainerdHandle, ctr, start_containerd
 from tests.testbed.dockerd import (
+    DOCKER_CLI,
     DockerdHandle,
     docker,
     dockerd_binary,
@@ -347,6 +348,31 @@ def test_auto_picks_docker_then_containerd(
     )
     assert json.loads(second.stdout)["target"] == "containerd"
     assert json.loads(third.stdout)["target"] == "oci"
+
+
+def test_import_follows_the_docker_context(
+    registry_plain, dockerd_daemon, tmp_path, monkeypatch
+):
+    """The context that `docker context use` made current names the daemon."""
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    reference = f"{registry_plain.host}/samples/base:v1"
+    endpoint = f"host={dockerd_daemon.host}"
+    for argv in (
+        ["context", "create", "apparate-test", "--docker", endpoint],
+        ["context", "use", "apparate-test"],
+    ):
+        done = subprocess.run(
+            [DOCKER_CLI, *argv], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+
+    summary = pull_json(
+        "--store", str(tmp_path / "store"), "--into", "docker", reference, env={}
+    )  # fmt: skip
+
+    assert summary["imported_into"] == "docker"
+    assert docker_inspect(dockerd_daemon, reference)["RepoTags"] == [reference]
 
 
 def test_import_retries_without_fetching(private_registry, dockerd_daemon, tmp_path):
