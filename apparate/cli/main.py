@@ -512,6 +512,7 @@ def stats_command(
         int,
         typer.Option("--limit", help="Number of recent pulls to list, at least 1."),
     ] = 20,
+    debug: DebugOption = False,
 ) -> None:
     """Show past pulls: bytes fetched and saved, and speed.
 
@@ -521,6 +522,7 @@ def stats_command(
     not saved: they crossed the network in the pull that was interrupted.
     A layer the interrupted pull stored whole counts as saved, though.
     """
+    _configure_logging(debug, False)
     with _errors_reported():
         if limit < 1:
             raise UsageError(f"--limit must be at least 1, not {limit}")

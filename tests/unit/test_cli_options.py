@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from apparate.cli.main import app
+from apparate.cli.main import app, state
 
 DIGEST = "sha256:" + "a" * 64
 # Port 9 (discard) has no registry: a command that got as far as a request
@@ -99,3 +99,23 @@ def test_empty_store_option_rejected(tmp_path, monkeypatch, command):
     assert done.exit_code == 2
     assert "--store" in done.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", sorted(c.name for c in app.registered_commands))
+def test_every_command_takes_debug(command):
+    # The README lists --debug for all commands, after the command name too.
+    done = run(command, "--help")
+
+    assert "--debug" in done.output
+
+
+def test_stats_debug_shows_traceback(tmp_path, monkeypatch):
+    # --debug lasts for the whole process, so monkeypatch resets it afterwards.
+    monkeypatch.setitem(state, "debug", False)
+    store = tmp_path / "store"
+    store.write_text("not a folder")
+
+    done = run("stats", "--debug", "--store", str(store))
+
+    assert done.exit_code == 10
+    assert "traceback" in done.output
