@@ -94,7 +94,19 @@ DebugOption = Annotated[
 VerboseOption = Annotated[bool, typer.Option("-v", "--verbose", help="Log each layer.")]
 UsernameOption = Annotated[
     str | None,
-    typer.Option("-u", "--username", help="User name for the registries involved."),
+    typer.Option(
+        "-u",
+        "--username",
+        help="User name for the image's registry, never sent to its mirrors.",
+    ),
+]
+ConvertUsernameOption = Annotated[
+    str | None,
+    typer.Option(
+        "-u",
+        "--username",
+        help="User name for the registries of SOURCE and DESTINATION.",
+    ),
 ]
 PasswordStdinOption = Annotated[
     bool,
@@ -357,7 +369,7 @@ def convert_command(
     ] = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
-    username: UsernameOption = None,
+    username: ConvertUsernameOption = None,
     password_stdin: PasswordStdinOption = False,
     insecure: InsecureOption = [],  # noqa: B006 - typer reads it, never mutates it
     debug: DebugOption = False,

@@ -119,3 +119,18 @@ def test_stats_debug_shows_traceback(tmp_path, monkeypatch):
 
     assert done.exit_code == 10
     assert "traceback" in done.output
+
+
+@pytest.mark.parametrize(
+    ("command", "receiver"),
+    [
+        ("pull", "image's registry, never sent to its mirrors"),
+        ("convert", "SOURCE and DESTINATION"),
+    ],
+)
+def test_username_help_names_registries(command, receiver):
+    # As the README states, pull sends credentials to the image's registry
+    # only, never to its mirrors.
+    done = run(command, "--help")
+
+    assert receiver in " ".join(done.output.split())
