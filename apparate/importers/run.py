@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apparate.config import config_path, load_config
-from apparate.errors import ApparateError, StoreError
+from apparate.errors import ApparateError, NotFound, StoreError
 from apparate.importers.archive import docker_members, oci_members, stream_tar
 from apparate.importers.containerd import import_into_containerd
 from apparate.importers.docker import import_into_docker
@@ -40,7 +40,12 @@ from apparate.importers.target import (
     requested_target,
 )
 from apparate.result import ImportResult
-from apparate.store.layout import Store, StoredImage, default_store_path
+from apparate.store.layout import (
+    Store,
+    StoredImage,
+    default_store_path,
+    not_created,
+)
 from apparate.store.usage import mark_used
 
 log = logging.getLogger(__name__)
@@ -58,8 +63,18 @@ class ImportOptions:
 def import_image(reference: str, options: ImportOptions | None = None) -> ImportResult:
     """Import an image that is already in the local store, without fetching."""
     options = options or ImportOptions()
+    root = options.store or default_store_path()
+    if not_created(root):
+        # No image is stored before the first pull, so this is NotFound, as
+        # with rm, and not a store error.
+        raise NotFound(
+            f"{reference} is not in the local store {os.path.abspath(root)}, "
+            "which contains no image yet",
+            hint=f"pull it first with 'apparate pull {reference}', or check "
+            "--store and APPARATE_STORE",
+        )
     # Held, so that rm and gc wait before removing the blobs it sends.
-    store = Store(options.store or default_store_path(), create=False, hold=True)
+    store = Store(root, create=False, hold=True)
     try:
         image = find_stored(store, reference)
         result = _import_found(store, image, options.into, options.daemons)

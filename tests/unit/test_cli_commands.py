@@ -251,3 +251,15 @@ def test_stats_of_store_with_old_history(tmp_path):
     assert stats["recent"][0]["bytes_resumed"] == 0
     assert table.exit_code == 0, table.output
     assert "example.com/app:v1" in table.output
+
+
+@pytest.mark.parametrize("reference", ["127.0.0.1:9/app:v1", "sha256:0123456789ab"])
+def test_import_before_first_pull_not_found(tmp_path, reference):
+    # rm exits with 4 here too, and a script may pull the image on code 4.
+    store = tmp_path / "store"
+
+    imported = run("import", "--into", "oci", "--store", str(store), reference)
+
+    assert imported.exit_code == 4, imported.output
+    assert f"not in the local store {store}" in imported.output
+    assert not store.exists()
