@@ -277,7 +277,11 @@ def _print_pull(result: PullResult, as_json: bool, quiet: bool, dry_run: bool) -
 @app.command("import")
 def import_command(
     reference: Annotated[
-        str, typer.Argument(help="Image in the local store, as it was pulled.")
+        str,
+        typer.Argument(
+            help="Image in the local store, as it was pulled, or its digest as "
+            "'apparate images' lists it (a unique prefix of the digest is enough)."
+        ),
     ],
     into: IntoOption = None,
     store: StoreOption = None,

@@ -134,3 +134,10 @@ def test_username_help_names_registries(command, receiver):
     done = run(command, "--help")
 
     assert receiver in " ".join(done.output.split())
+
+
+def test_import_help_names_digest():
+    # import takes a digest or a unique prefix of it, as rm does.
+    done = run("import", "--help")
+
+    assert "unique prefix of the digest" in " ".join(done.output.split())
