@@ -143,7 +143,10 @@ def collect_garbage(
             str(root), [], [], [], 0, 0, 0, options.max_size,
             dry_run=options.dry_run,
         )  # fmt: skip
-    return collect(Store(root, create=False), options)
+    store = Store(root, create=False)
+    if not options.dry_run:
+        store.check_writable()
+    return collect(store, options)
 
 
 def remove_images(
@@ -166,6 +169,8 @@ def remove_images(
         raise _not_stored(requested, root)
     options = options or GcOptions()
     store = Store(root, create=False)
+    if not options.dry_run:
+        store.check_writable()
     # An invalid entry tagged with a requested name is removed with the
     # images rm untags. Any other invalid entry stops gc, so entries() stops
     # rm here, before images() warns about it.

@@ -349,7 +349,7 @@ class Store:
                 with _store_errors(f"cannot lock {self.root / USERS_LOCK}"):
                     self._hold_shared()
             return
-        self._check_writable()
+        self.check_writable()
         try:
             self._create()
             self._hold_shared()
@@ -358,7 +358,7 @@ class Store:
                 f"cannot create the store at {self.root}: {error}"
             ) from None
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
         """Raise StoreError if the store exists but this process cannot write to it.
 
         SQLite would report it later as "unable to open database file".

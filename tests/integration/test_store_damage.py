@@ -351,3 +351,24 @@ def test_read_only_store_lists_and_plans(registry_plain, tmp_path):
     assert json.loads(planned.stdout)["bytes_fetched"] == 0
     after = sorted((path.name, path.stat().st_mtime) for path in store.rglob("*"))
     assert after == before
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a read-only bind mount needs root and unshare",
+)
+@pytest.mark.parametrize("command", [["gc"], ["rm", "REFERENCE"]], ids=["gc", "rm"])
+def test_read_only_store_refuses_changes_plainly(registry_plain, tmp_path, command):
+    store = tmp_path / "store"
+    reference = f"{registry_plain.host}/samples/base:v1"
+    apparate.pull(reference, PullOptions(store=store))
+    (store / ".users.lock").unlink()
+
+    refused = read_only(store, *(reference if arg == "REFERENCE" else arg
+                                 for arg in command))  # fmt: skip
+
+    assert refused.returncode == 10
+    assert f"the store {store} is not writable: a read-only file system" in (
+        refused.stderr
+    )
+    assert "untag" not in refused.stderr
