@@ -406,7 +406,8 @@ class RegistryClient:
         """Fetch bytes ``start`` to ``end`` (exclusive) of a blob with one Range.
 
         ``write`` receives each piece with its offset in the blob; after a
-        dropped connection the request resumes after the last byte written.
+        dropped connection the request resumes after the last byte written,
+        ``MAX_ATTEMPTS`` attempts at most, as for whole blobs.
         A server that responds with the whole blob (200), rejects the range
         (416) or sends a 206 whose Content-Range does not start at the
         requested byte does not honour ranges for it: the body is not read and
@@ -449,7 +450,9 @@ class RegistryClient:
                 return
             retries.record(position[0] > before and not slow, timed_out)
             where = f"at byte {position[0]} of range {start}-{end - 1}"
-            if failover or retries.exhausted:
+            # Each attempt of a server that drops every connection after a
+            # few bytes makes progress, so only a count of attempts ends it.
+            if failover or retries.exhausted or attempt >= MAX_ATTEMPTS:
                 if busy is not None:
                     raise busy
                 raise self._transfer_error(subject, retries, attempt, where, failure)

@@ -34,6 +34,7 @@ from apparate.manifest import OCI_MANIFEST, Descriptor
 from apparate.reference import Reference
 from apparate.registry import pace
 from apparate.registry.client import (
+    MAX_ATTEMPTS,
     Endpoint,
     RangeFetchStopped,
     RangesUnsupported,
@@ -1414,3 +1415,25 @@ def test_loopback_registry_asked_on_plain_http_first(image, endpoint, plain_firs
         Reference.parse(image), settings, credentials, endpoint=parsed
     ) as client:
         assert client.plain_http_first is plain_first
+
+
+@respx.mock
+def test_range_dropped_after_every_byte_gives_up(client):
+    # Each attempt makes progress, so only a cap on attempts ends the range:
+    # a server that drops every connection after one byte held the pull for
+    # as many attempts as the range has bytes.
+    def one_byte(request: httpx.Request) -> httpx.Response:
+        if route.call_count > MAX_ATTEMPTS + 5:
+            raise AssertionError("the client never gave up")
+        start = range_start(request)
+        headers = {"Content-Range": f"bytes {start}-4999/{len(BLOB)}"}
+        return httpx.Response(
+            206, headers=headers, stream=BrokenStream(BLOB[start : start + 1])
+        )
+
+    route = respx.get(BLOB_PATH).mock(side_effect=one_byte)
+
+    with pytest.raises(TruncatedBody, match=f"failed {MAX_ATTEMPTS} times"):
+        fetch_range(client, 100, 5000)
+
+    assert route.call_count == MAX_ATTEMPTS
