@@ -71,6 +71,8 @@ MANIFEST_READ_SECONDS = 60.0
 # The reason code at the start of an OpenSSL error message, as in
 # "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed".
 _SSL_REASON = re.compile(r"\[SSL: (\w+)\]")
+# A Content-Range of one range: first and last byte, and the blob's length or *.
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 # Characters that no host name contains: spaces, and those URLs percent-encode.
 _NOT_IN_HOST = re.compile(r'[\s"%<>\\^`{|}]')
 
@@ -409,11 +411,11 @@ class RegistryClient:
         dropped connection the request resumes after the last byte written,
         ``MAX_ATTEMPTS`` attempts at most, as for whole blobs.
         A server that responds with the whole blob (200), rejects the range
-        (416) or sends a 206 whose Content-Range does not start at the
-        requested byte does not honour ranges for it: the body is not read and
-        RangesUnsupported is raised. When ``stopped()`` turns true the fetch
-        ends with RangeFetchStopped. With ``failover``, the first failed
-        transfer raises TruncatedBody at once.
+        (416) or sends a 206 that is not the requested bytes of this blob
+        (see ``_range_problem``) does not honour ranges for it: the body is
+        not read and RangesUnsupported is raised. When ``stopped()`` turns
+        true the fetch ends with RangeFetchStopped. With ``failover``, the
+        first failed transfer raises TruncatedBody at once.
         """
         position = [start]
 
@@ -523,13 +525,13 @@ class RegistryClient:
                 )
             if response.status_code != 206:
                 raise status_error(response, subject)
-            content_range = response.headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {start}-"):
+            problem = _range_problem(response, start, descriptor.size)
+            if problem is not None:
                 # The body is not the requested bytes, or does not say which
                 # bytes it is. The server may still serve the whole blob.
                 raise RangesUnsupported(
                     f"{subject}: {self.endpoint} responded to a range from byte "
-                    f"{start} with Content-Range {content_range!r}"
+                    f"{start} with {problem}"
                 )
             position = start
             # A body of exactly the requested length is read to its end, so
@@ -559,7 +561,7 @@ class RegistryClient:
             headers["Range"] = f"bytes={offset}-"
 
         with self._stream_blob(descriptor.digest, headers, subject) as response:
-            skip = _bytes_to_skip(response, offset, subject)
+            skip = _bytes_to_skip(response, offset, descriptor.size, subject)
             if response.status_code == 200:
                 self._check_whole_length(response, descriptor, subject)
             for piece in paced(response.iter_raw()):
@@ -813,13 +815,19 @@ class RangeFetchStopped(Exception):
 
 
 class _RangeRejected(Exception):
-    """The server rejected a resume with 416; the next try requests the whole blob."""
+    """The server rejected a resume with 416, or responded to it with other bytes.
+
+    The next try requests the whole blob.
+    """
 
 
-def _bytes_to_skip(response: httpx.Response, offset: int, subject: str) -> int:
+def _bytes_to_skip(
+    response: httpx.Response, offset: int, size: int, subject: str
+) -> int:
     """Return how many leading bytes of the body were already received.
 
-    Raises _RangeRejected after a 416 and ApparateError for other failures.
+    Raises _RangeRejected after a 416, or a 206 that is not the blob from
+    ``offset`` on, and ApparateError for other failures.
     """
     status = response.status_code
     if status == 200:
@@ -827,11 +835,13 @@ def _bytes_to_skip(response: httpx.Response, offset: int, subject: str) -> int:
             log.debug("%s: server ignored Range, skipping %d bytes", subject, offset)
         return offset
     if status == 206 and offset:
-        content_range = response.headers.get("Content-Range", "")
-        if not content_range.startswith(f"bytes {offset}-"):
-            raise InvalidResponse(
-                f"{subject}: asked for bytes from {offset}, got range {content_range!r}"
-            )
+        problem = _range_problem(response, offset, size)
+        if problem is not None:
+            # Its body is not read; the whole blob, whose length is checked,
+            # replaces it.
+            log.info("%s: asked for bytes from %d, got %s; asking for the "
+                     "whole blob", subject, offset, problem)  # fmt: skip
+            raise _RangeRejected()
         return 0
     if status == 416 and offset:
         # Distribution's 416 announces the whole blob's length but sends a
@@ -839,6 +849,38 @@ def _bytes_to_skip(response: httpx.Response, offset: int, subject: str) -> int:
         # connection instead of waiting for bytes that never come.
         raise _RangeRejected()
     raise status_error(response, subject)
+
+
+def _range_problem(response: httpx.Response, start: int, size: int) -> str | None:
+    """Say why a 206 is not the bytes of a ``size``-byte blob from ``start`` on.
+
+    Returns None for a single range that starts at ``start``, ends inside the
+    blob and whose Content-Length, if any, is not longer than the range. A
+    shorter body is resumed after its last byte. An encoded body of another
+    length than its range contains other bytes, such as a gzip stream of the
+    range. A range that goes on past the requested end is accepted: the
+    caller cuts off the bytes after it.
+    """
+    content_range = response.headers.get("Content-Range", "")
+    content_type = response.headers.get("Content-Type", "")
+    if content_type.split(";")[0].strip().lower() == "multipart/byteranges":
+        return f"a multipart body (Content-Range {content_range!r})"
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is None or int(match[1]) != start:
+        return f"Content-Range {content_range!r}"
+    length = int(match[2]) - start + 1
+    total = match[3]
+    if length <= 0 or start + length > size or total not in ("*", str(size)):
+        return f"Content-Range {content_range!r} for a blob of {size} bytes"
+    declared = response.headers.get("Content-Length", "")
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    encoded = encoding not in ("", "identity")
+    if declared.isdigit() and (
+        int(declared) > length or (int(declared) != length and encoded)
+    ):
+        body = f"a {encoding} body" if encoded else "a body"
+        return f"{body} of {declared} bytes for Content-Range {content_range!r}"
+    return None
 
 
 def _read_bounded(

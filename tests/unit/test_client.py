@@ -175,6 +175,40 @@ RESUME_CASES = {
 }
 
 
+def bad_206(content_range: str | None, **headers: str) -> httpx.Response:
+    """A 206 that is not the requested bytes of the blob; its body must not be read."""
+    if content_range is not None:
+        headers["Content-Range"] = content_range
+    return httpx.Response(206, headers=headers, stream=UnreadableStream())
+
+
+REST = len(BLOB) - 1000
+# 206 responses to a range from byte 1000 that are not that range of the blob.
+BAD_206 = {
+    "range from another byte": bad_206(f"bytes 1005-{len(BLOB) - 1}/{len(BLOB)}"),
+    "no Content-Range": bad_206(None),
+    "multipart body": bad_206(
+        f"bytes 1000-{len(BLOB) - 1}/{len(BLOB)}",
+        **{"Content-Type": "multipart/byteranges; boundary=x"},
+    ),
+    "blob of another size": bad_206(f"bytes 1000-{len(BLOB) - 1}/{len(BLOB) + 7}"),
+    "range past the blob's end": bad_206(f"bytes 1000-{len(BLOB)}/*"),
+    "body longer than its range": bad_206(
+        f"bytes 1000-{len(BLOB) - 1}/{len(BLOB)}", **{"Content-Length": str(REST + 9)}
+    ),
+    "encoded body of another length": bad_206(
+        f"bytes 1000-{len(BLOB) - 1}/{len(BLOB)}",
+        **{"Content-Encoding": "gzip", "Content-Length": str(REST - 9)},
+    ),
+}
+for name, answer in BAD_206.items():
+    RESUME_CASES[f"whole blob after a 206 with {name}"] = (
+        [httpx.Response(200, stream=BrokenStream(BLOB[:1000])), answer,
+         httpx.Response(200, content=BLOB)],
+        [None, "bytes=1000-", None],
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("answers, ranges", RESUME_CASES.values(), ids=RESUME_CASES)
 @respx.mock
 def test_fetch_blob_resumes(client, answers, ranges):
@@ -651,6 +685,36 @@ def test_fetch_range_survives_a_refused_reconnect(client):
 )
 @respx.mock
 def test_fetch_range_unsupported_is_not_read(client, answer):
+    route = respx.get(BLOB_PATH).mock(return_value=answer)
+
+    with pytest.raises(RangesUnsupported):
+        fetch_range(client, 0, 100)
+
+    assert route.call_count == 1
+
+
+# 206 responses to bytes 0-99 whose headers contradict the range or the blob.
+BAD_RANGE_206 = {
+    "multipart body": bad_206(
+        f"bytes 0-99/{len(BLOB)}",
+        **{"Content-Type": "multipart/byteranges; boundary=x"},
+    ),
+    "blob of another size": bad_206(f"bytes 0-99/{len(BLOB) + 7}"),
+    "body longer than its range": bad_206(
+        f"bytes 0-99/{len(BLOB)}", **{"Content-Length": "109"}
+    ),
+    "encoded body of another length": bad_206(
+        f"bytes 0-99/{len(BLOB)}",
+        **{"Content-Encoding": "gzip", "Content-Length": "91"},
+    ),
+}
+
+
+@pytest.mark.parametrize("answer", BAD_RANGE_206.values(), ids=BAD_RANGE_206)
+@respx.mock
+def test_fetch_range_contradicting_206_is_not_read(client, answer):
+    # Its bytes would be written as the blob's: the multipart boundaries, the
+    # gzip stream or another blob's bytes, which only later checks would catch.
     route = respx.get(BLOB_PATH).mock(return_value=answer)
 
     with pytest.raises(RangesUnsupported):
