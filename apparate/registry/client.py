@@ -533,16 +533,19 @@ class RegistryClient:
                     f"{subject}: {self.endpoint} responded to a range from byte "
                     f"{start} with {problem}"
                 )
+            # The bytes after the Content-Range's end are not labelled as any
+            # part of the blob; a range that ends early is resumed after it.
+            stop = min(end, _range_end(response))
             position = start
-            # A body of exactly the requested length is read to its end, so
-            # httpx can reuse the connection; a longer one is cut off.
-            exact = response.headers.get("Content-Length") == str(end - start)
+            # A body of exactly that length is read to its end, so httpx can
+            # reuse the connection; a longer one is cut off.
+            exact = response.headers.get("Content-Length") == str(stop - start)
             for piece in paced(response.iter_raw()):
-                piece = piece[: end - position]
+                piece = piece[: stop - position]
                 if piece:
                     write(position, piece)
                     position += len(piece)
-                if position >= end and not exact:
+                if position >= stop and not exact:
                     break
 
     def _fetch_from(
@@ -881,6 +884,13 @@ def _range_problem(response: httpx.Response, start: int, size: int) -> str | Non
         body = f"a {encoding} body" if encoded else "a body"
         return f"{body} of {declared} bytes for Content-Range {content_range!r}"
     return None
+
+
+def _range_end(response: httpx.Response) -> int:
+    """Return where the range of a 206 ``_range_problem`` accepted ends (exclusive)."""
+    match = _CONTENT_RANGE.fullmatch(response.headers["Content-Range"].strip())
+    assert match is not None
+    return int(match[2]) + 1
 
 
 def _read_bounded(

@@ -723,6 +723,22 @@ def test_fetch_range_contradicting_206_is_not_read(client, answer):
     assert route.call_count == 1
 
 
+@respx.mock
+def test_range_body_past_its_content_range_is_cut(client):
+    # Without a Content-Length only the Content-Range says where the range
+    # ends; the bytes after it are not labelled as any part of the blob.
+    headers = {"Content-Range": f"bytes 100-199/{len(BLOB)}"}
+    first = httpx.Response(
+        206, headers=headers, stream=httpx.ByteStream(BLOB[100:200] + b"x" * 800)
+    )
+    route = respx.get(BLOB_PATH).mock(side_effect=[first, ranged])
+
+    assert fetch_range(client, 100, 1000) == BLOB[100:1000]
+
+    sent = [call.request.headers["Range"] for call in route.calls]
+    assert sent == ["bytes=100-999", "bytes=200-999"]
+
+
 def ranged(request: httpx.Request) -> httpx.Response:
     start, _, end = request.headers["Range"].removeprefix("bytes=").partition("-")
     first, last = int(start), int(end)
