@@ -779,6 +779,7 @@ class _LayerFetcher:
                     )
                     diff_verifier.verify()
                     self.tar_sizes[layer.digest] = diff_verifier.uncompressed_size
+                    writer.flush()
                     before_commit(writer.path)
                     writer.commit()
                     self.reused[layer.digest] = 0

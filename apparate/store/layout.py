@@ -120,8 +120,13 @@ class BlobWriter:
 
     @property
     def path(self) -> Path:
-        """The partial file, for reading back what was written."""
+        """The partial file; call ``flush`` before reading back what ``write`` wrote."""
         return self._path
+
+    def flush(self) -> None:
+        """Write out the bytes that ``write`` still buffers."""
+        with _store_errors(f"cannot write {self.name} to {self._path}"):
+            self._file.flush()
 
     def write_at(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``; safe from several threads at once.

@@ -55,6 +55,25 @@ def test_ingest_commit_publishes_blob(tmp_path):
     assert list(store.ingest_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["ingest", "resumable"])
+def test_partial_file_reads_back_every_written_byte(tmp_path, kind):
+    # A pull indexes a whole chunked layer from this file before committing
+    # it, so bytes still buffered would read as a short blob.
+    store = Store(tmp_path)
+    data = b"small tail"
+    digest = Digest.of(data)
+    opened = (
+        store.ingest(digest) if kind == "ingest" else store.resumable(digest, len(data))
+    )
+
+    with opened as writer:
+        writer.write(data)
+        writer.flush()
+        written = writer.path.read_bytes()
+
+    assert written == data
+
+
 def test_tag_replaces_same_reference(tmp_path):
     store = Store(tmp_path)
     first, second = descriptor_of(b"one"), descriptor_of(b"two")
