@@ -36,8 +36,8 @@ from apparate.store.gc import (
     Removal,
     StoreState,
     binary_size,
+    needed,
     plan_gc,
-    reachable,
 )
 from apparate.store.layout import (
     Store,
@@ -329,17 +329,18 @@ def _apply(store: Store, plan: GcPlan, found: Survey) -> None:
     """
     state = found.state
     removed = {item.digest for item in plan.remove}
-    tagged_now = reachable(
-        (root for image in state.images for root in image.roots), state.links
-    )
+    # Packs of the images still tagged are needed too. Deleted before the
+    # untag, they would be lost when the untag fails or is killed, so delta
+    # pulls could no longer reuse the chunks of images that stay.
+    needed_now = needed(state, list(state.images), set(state.sizes))
     for path in found.stale:
         with _deleting(str(path)):
             path.unlink(missing_ok=True)
     for partial in plan.remove_partials:
         _delete_partial(store, partial)
-    _delete_blobs(store, removed - tagged_now)
-    _untag(store, plan, state, removed & tagged_now)
-    _delete_blobs(store, removed & tagged_now)
+    _delete_blobs(store, removed - needed_now)
+    _untag(store, plan, state, removed & needed_now)
+    _delete_blobs(store, removed & needed_now)
     try:
         _forget(store, set(state.sizes) - removed, removed, plan.untag)
     except StoreError as error:

@@ -170,7 +170,7 @@ def reachable(
     return seen
 
 
-def _needed(
+def needed(
     state: StoreState, images: list[ImageEntry], present: set[Digest]
 ) -> set[Digest]:
     """Blobs the images reach, plus present packs of layers they reach."""
@@ -184,10 +184,10 @@ def _needed(
 def _unneeded(
     state: StoreState, images: list[ImageEntry], present: set[Digest], reason: str
 ) -> list[Removal]:
-    needed = _needed(state, images, present)
+    kept = needed(state, images, present)
     return [
         Removal(digest, state.sizes[digest], reason)
-        for digest in sorted(present - needed, key=str)
+        for digest in sorted(present - kept, key=str)
     ]
 
 

@@ -357,6 +357,31 @@ def test_packs_go_before_images(store):
     assert chunk_blobs(store.root) == set()
 
 
+def test_rm_stopped_before_untag_keeps_packs(store, monkeypatch):
+    # A kept image's packs seed later delta pulls, and a pull of the image
+    # finds it up to date without cutting them again.
+    tar = make_tar(3)
+    add_image(store, "example.com/app:v1", [tar])
+    pack = pack_of(store, tar)
+
+    def untag_denied(self: Store, references: list[str]) -> list[str]:
+        denied = StoreError("cannot untag images: Permission denied")
+        denied.errno = errno.EACCES
+        raise denied
+
+    monkeypatch.setattr(Store, "untag", untag_denied)
+    store.close()
+    with pytest.raises(StoreError, match="Permission denied"):
+        remove_images(["example.com/app:v1"], store.root)
+    monkeypatch.undo()
+
+    assert [image.reference for image in store.images()] == ["example.com/app:v1"]
+    assert store.has_blob(pack)
+    assert str(pack) in chunk_blobs(store.root)
+    remove_images(["example.com/app:v1"], store.root)
+    assert not store.has_blob(pack)
+
+
 def test_chunk_rows_of_missing_blobs_go(store):
     tar = make_tar(2)
     add_image(store, "example.com/app:v1", [tar])
