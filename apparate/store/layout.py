@@ -47,6 +47,7 @@ JOURNAL_SUFFIX = ".ranges"
 PARTIAL_KINDS = ("", DELTA_PARTIAL)
 # A pull waiting for another one's blob logs a warning after the first
 # figure, and stops waiting when the other pull wrote nothing for the second.
+# A command waiting for the store's lock logs a warning after the first too.
 WAIT_NOTICE_SECONDS = 2.0
 STALLED_WRITER_SECONDS = 60.0
 PARTIAL_MAX_AGE = 7 * 24 * 3600
@@ -413,7 +414,7 @@ class Store:
         if fd is None:
             return
         self._release = weakref.finalize(self, os.close, fd)
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        _lock_shared(fd, self.root)
         self._users_fd = fd
 
     def _open_users_lock(self) -> int | None:
@@ -962,6 +963,29 @@ def _reference_of(item: Any) -> str | None:
     return reference if isinstance(reference, str) and reference else None
 
 
+def _lock_shared(fd: int, root: Path) -> None:
+    """Lock ``fd`` shared, waiting while another process holds the store alone.
+
+    Such a hold (gc, rm, a fit to max_store_size) is usually short, so a
+    warning is logged only after ``WAIT_NOTICE_SECONDS``. The wait has no
+    limit because the store must not change while it is held. Ctrl-C ends it.
+    """
+    notice = time.monotonic() + WAIT_NOTICE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= notice:
+                break
+            time.sleep(_LOCK_POLL_SECONDS)
+    log.warning(
+        "the store %s is in use by another apparate process removing images "
+        "or blobs (gc, rm or max_store_size); waiting for it to finish", root,
+    )  # fmt: skip
+    fcntl.flock(fd, fcntl.LOCK_SH)
+
+
 def _lock_alone(fd: int, wait: float, root: Path) -> None:
     """Lock ``fd`` exclusively, polling for up to ``wait`` seconds.
 
@@ -969,7 +993,8 @@ def _lock_alone(fd: int, wait: float, root: Path) -> None:
     store alone cannot wait for each other.
     """
     fcntl.flock(fd, fcntl.LOCK_UN)
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    warned = False
     for attempt in itertools.count():
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -980,11 +1005,19 @@ def _lock_alone(fd: int, wait: float, root: Path) -> None:
                 # keeps alive still hold their shared lock until collected.
                 gc.collect()
                 continue
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now - started >= wait:
                 raise StoreError(
                     f"the store {root} is in use by another apparate process",
                     hint="try again once its pull, import or convert has finished",
                 ) from None
+            if not warned and now - started >= WAIT_NOTICE_SECONDS:
+                log.warning(
+                    "the store %s is in use by another apparate process, such "
+                    "as a pull, import or convert; waiting up to %.0f s for it "
+                    "to finish", root, wait,
+                )  # fmt: skip
+                warned = True
             time.sleep(_LOCK_POLL_SECONDS)
 
 

@@ -403,3 +403,58 @@ def test_unwritable_store_is_named_before_sqlite(tmp_path, monkeypatch):
 
     # Reading it needs no writes.
     Store(root, create=False, read_only=True).close()
+
+
+def wait_for_text(caplog, text: str) -> bool:
+    """Poll the captured log for ``text`` for up to ten seconds."""
+    deadline = time.monotonic() + 10
+    while text not in caplog.text:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_open_waiting_for_gc_logs_why(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("apparate.store.layout.WAIT_NOTICE_SECONDS", 0.0)
+    root = tmp_path / "store"
+    cleaner = Store(root)
+    opened = threading.Event()
+
+    def open_store() -> None:
+        Store(root).close()
+        opened.set()
+
+    with cleaner.exclusive(wait=5):
+        opener = threading.Thread(target=open_store)
+        opener.start()
+        noticed = wait_for_text(caplog, "removing images or blobs")
+        opened_early = opened.is_set()
+    opener.join(10)
+
+    assert noticed
+    assert not opened_early
+    assert opened.is_set()
+
+
+def test_gc_waiting_for_users_logs_why(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("apparate.store.layout.WAIT_NOTICE_SECONDS", 0.0)
+    root = tmp_path / "store"
+    user = Store(root)
+    cleaner = Store(root, create=False)
+    done = threading.Event()
+
+    def clean() -> None:
+        with cleaner.exclusive(wait=10):
+            done.set()
+
+    worker = threading.Thread(target=clean)
+    worker.start()
+    noticed = wait_for_text(caplog, "waiting up to 10 s")
+    done_early = done.is_set()
+    user.close()
+    worker.join(10)
+
+    assert noticed
+    assert not done_early
+    assert done.is_set()
