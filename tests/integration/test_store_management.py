@@ -264,8 +264,9 @@ def test_gc_frees_space_on_a_full_disk(registry_plain, tmp_path):
         assert json.loads(plain.stdout)["bytes_freed"] >= len(junk)
         assert not junk_path.exists()
 
-        fill(disk / "filler")
+        # Read before the disk fills: opening the index may create its -shm file.
         limit = store_bytes(store) - pack_bytes(store) - 1
+        fill(disk / "filler")
         sized = cli("gc", "--json", "--max-size", str(limit), store=store)
 
         assert sized.returncode == 0, sized.stderr
