@@ -48,7 +48,9 @@ class BarObserver(PullObserver):
         self._progress.stop()
 
     def resolved(self, image: str, digest: Digest, platform: str) -> None:
-        self._progress.console.print(f"{image}: {digest} ({platform})")
+        # rich's highlighter would colour the parts of a digest that look like
+        # numbers or addresses.
+        self._progress.console.print(f"{image}: {digest} ({platform})", highlight=False)
 
     def layer_planned(self, digest: Digest, size: int, stored: bool) -> None:
         if stored or digest in self._tasks:

@@ -41,3 +41,14 @@ def test_layer_done_keeps_speed():
 
     # rich resets a bar's speed when its total changes, and then prints "?".
     assert re.search(r"\d (bytes|[kMG]B)/s", output.getvalue().splitlines()[-1])
+
+
+def test_resolved_digest_not_coloured():
+    digest = Digest.of(b"manifest")
+    output = io.StringIO()
+    console = Console(file=output, width=200, force_terminal=True)
+
+    with BarObserver(console) as bars:
+        bars.resolved("registry.example/app:v1", digest, "linux/arm64")
+
+    assert f"registry.example/app:v1: {digest} (linux/arm64)" in output.getvalue()
