@@ -36,7 +36,8 @@ class BarObserver(PullObserver):
             transient=False,
         )
         self._tasks: dict[Digest, TaskID] = {}
-        self._total = self._progress.add_task("total", total=0)
+        # Shown once a layer needs fetching, so an image already stored draws no bar.
+        self._total = self._progress.add_task("total", total=0, visible=False)
         # Layers end on several threads; each shrinks the total bar.
         self._lock = threading.Lock()
 
@@ -57,7 +58,7 @@ class BarObserver(PullObserver):
             return
         self._tasks[digest] = self._progress.add_task(short(digest), total=size)
         total = self._progress.tasks[self._total].total or 0
-        self._progress.update(self._total, total=total + size)
+        self._progress.update(self._total, total=total + size, visible=True)
 
     def layer_progress(self, digest: Digest, received: int) -> None:
         self._progress.advance(self._tasks[digest], received)

@@ -52,3 +52,14 @@ def test_resolved_digest_not_coloured():
         bars.resolved("registry.example/app:v1", digest, "linux/arm64")
 
     assert f"registry.example/app:v1: {digest} (linux/arm64)" in output.getvalue()
+
+
+def test_stored_image_draws_no_bar():
+    output = io.StringIO()
+    console = Console(file=output, width=80, force_terminal=True)
+
+    with BarObserver(console) as bars:
+        bars.layer_planned(Digest.of(b"stored"), 1000, stored=True)
+
+    assert "total" not in output.getvalue()
+    assert "0/0" not in output.getvalue()
