@@ -3,38 +3,47 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Self
 
-from rich.console import Console
+from rich.console import (
+    Console,
+    ConsoleOptions,
+    JustifyMethod,
+    RenderableType,
+    RenderResult,
+)
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Column, Table
+from rich.text import Text
 
 from apparate.cli.text import short
 from apparate.digest import Digest
 from apparate.progress import PullObserver
+
+# Columns left free at the end of each bar row. The terminal echoes Ctrl-C
+# as "^C" at the cursor, which rich leaves at the end of the last row: on a
+# full row, the echo wraps, and the last redraw starts a line too low.
+MARGIN = 2
+# The narrowest a bar gets before a column is dropped, and the widest.
+BAR_MIN, BAR_MAX = 10, 40
 
 
 class BarObserver(PullObserver):
     """A bar per layer and one for the total, drawn by rich."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console or Console(),
-            transient=False,
-        )
+        self._progress = _FittedProgress(console=console or Console())
         self._tasks: dict[Digest, TaskID] = {}
         # Shown once a layer needs fetching, so an image already stored draws no bar.
         self._total = self._progress.add_task("total", total=0, visible=False)
@@ -88,3 +97,81 @@ class BarObserver(PullObserver):
 
     def _task(self, task_id: TaskID) -> Task:
         return next(task for task in self._progress.tasks if task.id == task_id)
+
+
+class _FittedProgress(Progress):
+    """Bars whose rows never fill or wrap the terminal's width.
+
+    On a narrow terminal, the time left goes first, then the speed, then
+    the bar itself, so that each layer keeps one row with its byte counts.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self._name = TextColumn("{task.description}", table_column=_fixed())
+        self._bar = BarColumn(bar_width=None, table_column=Column(max_width=BAR_MAX))
+        self._bytes = DownloadColumn(table_column=_fixed(justify="right"))
+        self._speed = TransferSpeedColumn(table_column=_fixed(justify="right"))
+        self._left = TimeRemainingColumn(table_column=_fixed())
+        columns = (self._name, self._bar, self._bytes, self._speed, self._left)
+        super().__init__(*columns, console=console, transient=False)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield _Rows(self)
+
+    def fitted_table(self, width: int) -> Table:
+        """Return the rows of the visible bars with the columns that fit ``width``."""
+        tasks = [task for task in self.tasks if task.visible]
+        layouts = (
+            [self._name, self._bar, self._bytes, self._speed, self._left],
+            [self._name, self._bar, self._bytes, self._speed],
+            [self._name, self._bar, self._bytes],
+            [self._name, self._bytes],
+        )
+        for columns in layouts:
+            cells = [[column(task) for column in columns] for task in tasks]
+            if _least_width(columns, cells) <= width:
+                break
+        table_columns = (column.get_table_column().copy() for column in columns)
+        table = Table.grid(*table_columns, padding=(0, 1))
+        for row in cells:
+            table.add_row(*row)
+        return table
+
+
+class _Rows:
+    """The bars as rich renders them, narrower than the terminal by MARGIN."""
+
+    def __init__(self, progress: _FittedProgress) -> None:
+        self._progress = progress
+
+    def __rich_console__(
+        self, console: Console, options: ConsoleOptions
+    ) -> RenderResult:
+        if not any(task.visible for task in self._progress.tasks):
+            return
+        width = max(options.max_width - MARGIN, 1)
+        yield from console.render(
+            self._progress.fitted_table(width), options.update_width(width)
+        )
+
+
+def _fixed(justify: JustifyMethod = "left") -> Column:
+    return Column(no_wrap=True, justify=justify)
+
+
+def _least_width(
+    columns: list[ProgressColumn], cells: list[list[RenderableType]]
+) -> int:
+    """Return the width of rows of ``cells`` whose bars are at their narrowest."""
+    gaps = len(columns) - 1
+    widths = [
+        BAR_MIN
+        if isinstance(column, BarColumn)
+        else max((_text_width(row[n]) for row in cells), default=0)
+        for n, column in enumerate(columns)
+    ]
+    return sum(widths) + gaps
+
+
+def _text_width(cell: RenderableType) -> int:
+    return cell.cell_len if isinstance(cell, Text) else len(str(cell))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
 from rich.console import Console
 
-from apparate.cli.bars import BarObserver
+from apparate.cli.bars import MARGIN, BarObserver
 from apparate.digest import Digest
 
 
@@ -43,15 +44,40 @@ def test_layer_done_keeps_speed():
     assert re.search(r"\d (bytes|[kMG]B)/s", output.getvalue().splitlines()[-1])
 
 
-def test_resolved_digest_not_coloured():
-    digest = Digest.of(b"manifest")
+def draw(width: int, layers: dict[bytes, tuple[int, int]]) -> str:
+    """Render bars at ``width`` for layers named by their bytes: (size, received)."""
     output = io.StringIO()
-    console = Console(file=output, width=200, force_terminal=True)
+    console = Console(file=output, width=width)
 
     with BarObserver(console) as bars:
-        bars.resolved("registry.example/app:v1", digest, "linux/arm64")
+        for name, (size, received) in layers.items():
+            bars.layer_planned(Digest.of(name), size, stored=False)
+            bars.layer_progress(Digest.of(name), received)
 
-    assert f"registry.example/app:v1: {digest} (linux/arm64)" in output.getvalue()
+    return output.getvalue()
+
+
+@pytest.mark.parametrize("width", [30, 40, 50, 60, 80, 200])
+def test_each_bar_keeps_one_row(width):
+    layers = {b"big": (28_400_000, 11_000_000), b"small": (1_000_000, 1_000_000)}
+
+    lines = draw(width, layers).splitlines()
+
+    assert len(lines) == 3
+    assert lines[1].startswith(Digest.of(b"big").hex[:12])
+    assert all("MB" in line for line in lines)
+    # Ctrl-C echoes "^C" after the last row, which wraps when the row is full.
+    assert max(len(line) for line in lines) <= width - MARGIN
+
+
+def test_narrow_terminal_drops_time_before_speed():
+    layers = {b"big": (28_400_000, 11_000_000)}
+
+    wide, narrow = draw(80, layers), draw(40, layers)
+
+    # A single sample gives no speed yet: rich prints "?" for it.
+    assert wide.splitlines()[-1].split()[-2:] == ["?", "-:--:--"]
+    assert narrow.splitlines()[-1].split()[-2:] == ["MB", "?"]
 
 
 def test_stored_image_draws_no_bar():
@@ -63,3 +89,14 @@ def test_stored_image_draws_no_bar():
 
     assert "total" not in output.getvalue()
     assert "0/0" not in output.getvalue()
+
+
+def test_resolved_digest_not_coloured():
+    digest = Digest.of(b"manifest")
+    output = io.StringIO()
+    console = Console(file=output, width=200, force_terminal=True)
+
+    with BarObserver(console) as bars:
+        bars.resolved("registry.example/app:v1", digest, "linux/arm64")
+
+    assert f"registry.example/app:v1: {digest} (linux/arm64)" in output.getvalue()
