@@ -668,13 +668,22 @@ def _explicit_credentials(
 def _observer(quiet: bool) -> Iterator[PullObserver]:
     if quiet:
         yield PullObserver()
-    elif sys.stdout.isatty():
+    elif sys.stdout.isatty() and not _dumb_terminal():
         from apparate.cli.bars import BarObserver  # rich costs start-up time
 
         with BarObserver() as bars:
             yield bars
     else:
         yield LineObserver()
+
+
+def _dumb_terminal() -> bool:
+    """Tell whether TERM names a terminal that cannot move the cursor.
+
+    rich draws bars there only once the pull ends, so such a terminal gets
+    a line per milestone, as a file does.
+    """
+    return os.environ.get("TERM", "").lower() in ("dumb", "unknown")
 
 
 @contextlib.contextmanager
