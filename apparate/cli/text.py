@@ -184,7 +184,10 @@ def stats_report(totals: Totals, records: list[PullRecord]) -> str:
         when = datetime.fromtimestamp(record.finished, UTC).strftime(
             "%Y-%m-%d %H:%M:%S"
         )
-        speed = record.bytes_fetched / record.seconds if record.seconds else 0.0
+        # A pull that fetched nothing has no speed: "0 B/s" would read as a stall.
+        speed = "-"
+        if record.bytes_fetched and record.seconds:
+            speed = f"{human_size(record.bytes_fetched / record.seconds)}/s"
         rows.append(
             [
                 when,
@@ -193,7 +196,7 @@ def stats_report(totals: Totals, records: list[PullRecord]) -> str:
                 *([human_size(record.bytes_resumed)] if resuming else []),
                 human_size(record.bytes_reused),
                 f"{record.seconds:.1f}",
-                f"{human_size(speed)}/s",
+                speed,
             ]
         )
     header = [

@@ -236,6 +236,17 @@ def test_stats_report_resumed_bytes():
     )
 
 
+def test_stats_report_speed_of_pulls():
+    fetched = PullRecord(100.0, "example.com/app:v1", "sha256:m", 1000, 1000, 0, 2.0)
+    stored = PullRecord(200.0, "example.com/app:v2", "sha256:m", 1000, 0, 1000, 0.0)
+    totals = Totals(2, 2000, 1000, 1000, 2.0, 1000)
+
+    lines = stats_report(totals, [fetched, stored]).splitlines()
+
+    assert lines[1].endswith(" 500 B/s")
+    assert lines[2].endswith(" -")
+
+
 def test_stats_report_no_resumed_column():
     report = stats_report(Totals(1, 1000, 200, 800, 1.5, 800), [])
 
