@@ -60,7 +60,7 @@ def summary_line(result: PullResult) -> str:
     if result.up_to_date:
         return (
             f"{result.reference}: already up to date in the store, nothing "
-            f"fetched, {result.seconds:.1f} s; digest {result.digest}"
+            f"fetched, {result.seconds:.1f} s; {_digests(result)}"
         )
     fetched = f"fetched {human_size(result.bytes_fetched)}"
     if result.bytes_resumed:
@@ -77,8 +77,19 @@ def summary_line(result: PullResult) -> str:
         f"{result.reference}: {fetched}{saved}, "
         f"reused {human_size(result.bytes_reused)} of local chunks and layers "
         f"({result.layers_fetched} of {len(result.layers)} layers were missing), "
-        f"{result.seconds:.1f} s; digest {result.digest}"
+        f"{result.seconds:.1f} s; {_digests(result)}"
     )
+
+
+def _digests(result: PullResult) -> str:
+    """Format the image's digest, and the index it was picked from, if any.
+
+    ``images`` and ``docker pull`` show the index's digest for such an image,
+    so the summary names both.
+    """
+    if result.index_digest is None:
+        return f"digest {result.digest}"
+    return f"digest {result.digest} ({result.platform} of index {result.index_digest})"
 
 
 def sources_line(result: PullResult) -> str | None:

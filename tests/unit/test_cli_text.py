@@ -172,6 +172,18 @@ def test_summary_fetched_layer_counts_bytes():
     assert "(1 of 1 layers were missing)" in line
 
 
+@pytest.mark.parametrize("up_to_date", [False, True])
+def test_summary_names_index_digest(up_to_date):
+    index = Digest.of(b"index")
+    result = pull_result(400, missing=not up_to_date, up_to_date=up_to_date)
+    picked = dataclasses.replace(result, index_digest=index)
+
+    line, alone = summary_line(picked), summary_line(result)
+
+    assert line.endswith(f"; digest {result.digest} (linux/amd64 of index {index})")
+    assert alone.endswith(f"; digest {result.digest}")
+
+
 def resumed_result(fetched: int, resumed: int) -> PullResult:
     """A pull of a missing layer that kept ``resumed`` bytes of a partial download."""
     layer = LayerResult(Digest.of(b"layer"), "t", 1000, True, fetched, 0, resumed)
