@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Self
@@ -113,7 +114,14 @@ class _FittedProgress(Progress):
         self._speed = TransferSpeedColumn(table_column=_fixed(justify="right"))
         self._left = TimeRemainingColumn(table_column=_fixed())
         columns = (self._name, self._bar, self._bytes, self._speed, self._left)
-        super().__init__(*columns, console=console, transient=False)
+        # Log records, which go to standard error, are printed above the bars
+        # when both go to the terminal. Redirected elsewhere, they stay there.
+        super().__init__(
+            *columns,
+            console=console,
+            transient=False,
+            redirect_stderr=sys.stderr is not None and sys.stderr.isatty(),
+        )
 
     def get_renderables(self) -> Iterable[RenderableType]:
         yield _Rows(self)

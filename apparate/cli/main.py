@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from typer.exceptions import TyperException
@@ -614,13 +614,33 @@ def _configure_logging(debug: bool, verbose: bool) -> None:
         level = logging.INFO
     if state["debug"]:
         level = logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StandardErrorHandler()
     handler.setFormatter(_LogFormatter("%(levelname)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     httpx_level = logging.INFO if state["debug"] else logging.WARNING
     logging.getLogger("httpx").setLevel(httpx_level)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("hpack").setLevel(logging.WARNING)
+
+
+class _StandardErrorHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log handler that writes to ``sys.stderr`` as it is when each record comes.
+
+    While progress bars are drawn, rich replaces ``sys.stderr`` with a proxy
+    that prints each line above the bars. A handler holding the original
+    stream would write at the cursor, in the middle of the bars.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        """Ignore the stream StreamHandler sets: sys.stderr is read at each record."""
 
 
 class _LogFormatter(logging.Formatter):

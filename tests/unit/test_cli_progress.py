@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 
 import pytest
+from rich.console import Console
 
 from apparate.cli import main
 from apparate.cli.bars import BarObserver
 from apparate.cli.text import LineObserver
+from apparate.digest import Digest
 
 
 class Terminal(io.StringIO):
@@ -33,3 +36,44 @@ def test_observer_follows_term(monkeypatch, term, kind):
 
     with main._observer(quiet=False) as observer:
         assert isinstance(observer, kind)
+
+
+def log_during_bars(monkeypatch, stderr: io.StringIO) -> str:
+    """Log a warning while bars are drawn; return what the terminal received."""
+    monkeypatch.setattr(sys, "stderr", stderr)
+    output = io.StringIO()
+    console = Console(file=output, width=80, force_terminal=True)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    main._configure_logging(debug=False, verbose=False)
+    layer = Digest.of(b"layer")
+
+    try:
+        with BarObserver(console) as bars:
+            bars.layer_planned(layer, 1000, stored=False)
+            bars.layer_progress(layer, 500)
+            logging.getLogger("apparate.test").warning("mirror dropped")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    return output.getvalue()
+
+
+def test_log_record_printed_above_bars(monkeypatch):
+    """A warning while bars are drawn goes above them, not into the last row."""
+    stderr = Terminal()
+
+    screen = log_during_bars(monkeypatch, stderr)
+
+    assert stderr.getvalue() == ""
+    assert "warning: mirror dropped\n" in screen
+
+
+def test_log_record_stays_in_redirected_stderr(monkeypatch):
+    stderr = io.StringIO()
+
+    screen = log_during_bars(monkeypatch, stderr)
+
+    assert stderr.getvalue() == "warning: mirror dropped\n"
+    assert "mirror dropped" not in screen
