@@ -8,7 +8,8 @@ from pathlib import Path
 
 from apparate.digest import Digest
 from apparate.errors import ApparateError, StoreError
-from apparate.manifest import Manifest, parse_json, parse_manifest
+from apparate.manifest import Descriptor, Manifest, parse_json, parse_manifest
+from apparate.platform import Platform
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory, PullRecord, Totals
 from apparate.store.layout import Store, default_store_path, not_created
@@ -27,7 +28,8 @@ class ImageSummary:
     since the epoch), else when its manifest was stored. ``size`` is None
     when the manifest cannot be read, and a warning names the image.
     ``complete`` is false when blobs of the image are missing, for instance
-    a layer that an import found damaged and removed.
+    a layer that an import found damaged and removed. ``platform`` is the
+    config's ``OS/ARCH[/VARIANT]``, or None when the config cannot be read.
     """
 
     reference: str
@@ -36,6 +38,7 @@ class ImageSummary:
     last_used: float = 0.0
     complete: bool = True
     index_digest: Digest | None = None
+    platform: str | None = None
 
     @property
     def reference_digest(self) -> Digest:
@@ -79,9 +82,10 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
                     image.reference, len(missing), len(blobs),
                 )  # fmt: skip
         used = uses.get(image.reference) or _stored_at(store, image.descriptor.digest)
+        platform = _read_platform(store, manifest.config) if manifest else None
         summary = ImageSummary(
             image.reference, image.source_manifest, size, used, complete,
-            index_digest=image.source_index,
+            index_digest=image.source_index, platform=platform,
         )  # fmt: skip
         summaries.append(summary)
     return summaries
@@ -92,6 +96,23 @@ def _stored_at(store: Store, digest: Digest) -> float:
         return store.blob_path(digest).stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _read_platform(store: Store, config: Descriptor) -> str | None:
+    """Return the platform an image's config names, or None if it cannot be read.
+
+    A missing or damaged config is already reported as a missing blob or at
+    import, so it is not warned about here.
+    """
+    try:
+        body = store.read_blob(config.digest)
+        if not config.digest.matches(body):
+            return None
+        parsed = parse_json(body, f"config {config.digest}")
+    except ApparateError:
+        return None
+    platform = Platform.from_config(parsed)
+    return str(platform) if platform else None
 
 
 def _read_manifest(store: Store, digest: Digest, reference: str) -> Manifest | None:

@@ -167,12 +167,5 @@ def _check_platform(
 
 
 def _config_platform(config: dict[str, object]) -> str:
-    os_name = config.get("os")
-    architecture = config.get("architecture")
-    if not isinstance(os_name, str) or not isinstance(architecture, str):
-        return "unknown"
-    variant = config.get("variant")
-    platform = Platform.normalised(
-        os_name, architecture, variant if isinstance(variant, str) else ""
-    )
-    return str(platform)
+    platform = Platform.from_config(config)
+    return str(platform) if platform else "unknown"

@@ -75,6 +75,20 @@ class Platform:
         return cls(os, architecture, variant)
 
     @classmethod
+    def from_config(cls, config: dict[str, object]) -> Platform | None:
+        """Read the platform of an image config, or None without an OS and architecture."""
+        os_name = config.get("os")
+        architecture = config.get("architecture")
+        if not isinstance(os_name, str) or not isinstance(architecture, str):
+            return None
+        if not os_name or not architecture:
+            return None
+        variant = config.get("variant")
+        return cls.normalised(
+            os_name, architecture, variant if isinstance(variant, str) else ""
+        )
+
+    @classmethod
     def host(cls) -> Platform:
         """Return the platform of this machine."""
         os_name = "linux" if sys.platform.startswith("linux") else sys.platform

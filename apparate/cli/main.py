@@ -433,6 +433,7 @@ def images_command(
                 "reference": i.reference,
                 "digest": str(i.digest),
                 "index_digest": str(i.index_digest) if i.index_digest else None,
+                "platform": i.platform,
                 "size": i.size,
                 "last_used": round(i.last_used, 3),
                 "complete": i.complete,

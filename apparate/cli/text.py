@@ -253,17 +253,21 @@ def images_report(images: list[ImageSummary], now: float | None = None) -> str:
 
     The DIGEST column shows the digest the reference names at the registry,
     so an image picked from an index shows the index's, as docker and ctr do.
+    PLATFORM then tells which of the index's images is stored, as ctr's
+    PLATFORMS column does.
     """
     rows = [
         [
             image.reference,
             str(image.reference_digest)[:19],
+            image.platform or "-",
             _size_column(image),
             ago(image.last_used, now) if image.last_used else "-",
         ]
         for image in images
     ]
-    return format_table(["REFERENCE", "DIGEST", "SIZE", "LAST USED"], rows)
+    header = ["REFERENCE", "DIGEST", "PLATFORM", "SIZE", "LAST USED"]
+    return format_table(header, rows)
 
 
 def _size_column(image: ImageSummary) -> str:

@@ -29,6 +29,7 @@ from apparate.manifest import (
     parse_json,
     parse_manifest,
 )
+from apparate.platform import Platform
 from apparate.reference import Reference
 from apparate.store.layout import Store, StoredImage, default_store_path
 from apparate.store.selection import (
@@ -221,8 +222,8 @@ def _check_layers(
 
 
 def _platform(config: dict[str, object]) -> str:
-    parts = [config.get("os"), config.get("architecture"), config.get("variant")]
-    return "/".join(str(part) for part in parts if isinstance(part, str) and part)
+    platform = Platform.from_config(config)
+    return str(platform) if platform else ""
 
 
 def retry_command(store: Store, reference: str, into: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import apparate
+from apparate.platform import Platform
 from apparate.pulling import PullOptions
 from apparate.store.chunk_index import INDEX_FILE
 from tests.integration.throttle import throttled
@@ -133,7 +134,8 @@ def test_images_show_last_use_and_a_pull_counts(registry_plain, tmp_path):
     assert first[v1]["last_used"] < first[v2]["last_used"]
     assert again[v1]["last_used"] > first[v2]["last_used"]
     listed = cli("images", store=store).stdout.splitlines()
-    assert listed[0].split() == ["REFERENCE", "DIGEST", "SIZE", "LAST", "USED"]
+    header = ["REFERENCE", "DIGEST", "PLATFORM", "SIZE", "LAST", "USED"]
+    assert listed[0].split() == header
     assert "just now" in listed[1]
 
 
@@ -146,10 +148,11 @@ def registry_digest(reference: str) -> str:
     return f"sha256:{hashlib.sha256(raw).hexdigest()}"
 
 
-def test_images_show_index_digest(registry_plain, tmp_path):
+def test_images_show_index_digest_and_platform(registry_plain, tmp_path):
     store = tmp_path / "store"
     multi = f"{registry_plain.host}/samples/multi:v1"
-    pulled = apparate.pull(multi, PullOptions(store=store))
+    arm64 = PullOptions(store=store, platform=Platform.parse("linux/arm64"))
+    pulled = apparate.pull(multi, arm64)
     index = registry_digest(multi)
 
     row = images(store)[multi]
@@ -158,7 +161,8 @@ def test_images_show_index_digest(registry_plain, tmp_path):
     assert row["index_digest"] == index
     assert row["digest"] == str(pulled.digest)
     assert row["digest"] != index
-    assert table[1].split()[:2] == [multi, index[:19]]
+    assert row["platform"] == "linux/arm64"
+    assert table[1].split()[:3] == [multi, index[:19], "linux/arm64"]
 
 
 def test_rm_by_short_index_digest(registry_plain, tmp_path):

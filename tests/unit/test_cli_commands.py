@@ -137,7 +137,8 @@ def test_images_before_first_pull(tmp_path, kind):
     collected_for_real = run("gc", "--store", str(store))
 
     assert listed.exit_code == 0, listed.output
-    assert listed.output.split() == ["REFERENCE", "DIGEST", "SIZE", "LAST", "USED"]
+    header = ["REFERENCE", "DIGEST", "PLATFORM", "SIZE", "LAST", "USED"]
+    assert listed.output.split() == header
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.output) == []
     assert stats.exit_code == 0, stats.output

@@ -60,6 +60,21 @@ def test_images_report_shows_index_digest():
     assert str(manifest)[:19] not in rows[0]
 
 
+def test_images_report_shows_platform():
+    """A stored image picked from an index names its platform, as ctr does."""
+    digest = Digest.of(b"manifest")
+    images = [
+        ImageSummary("example.com/multi:v1", digest, 1000, platform="linux/arm64"),
+        ImageSummary("example.com/broken:v1", digest, None),
+    ]
+
+    header, *rows = images_report(images).splitlines()
+
+    assert header.split()[:3] == ["REFERENCE", "DIGEST", "PLATFORM"]
+    assert rows[0].split()[2] == "linux/arm64"
+    assert rows[1].split()[2:4] == ["-", "damaged"]
+
+
 def gc_result(limit: int | None, removed: list[Removal]) -> GcResult:
     return GcResult(
         store="/s",
