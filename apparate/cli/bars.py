@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 from collections.abc import Iterable
-from typing import Self
+from typing import Any, Self, TextIO
 
 from rich.console import (
     Console,
@@ -114,14 +115,43 @@ class _FittedProgress(Progress):
         self._speed = TransferSpeedColumn(table_column=_fixed(justify="right"))
         self._left = TimeRemainingColumn(table_column=_fixed())
         columns = (self._name, self._bar, self._bytes, self._speed, self._left)
-        # Log records, which go to standard error, are printed above the bars
-        # when both go to the terminal. Redirected elsewhere, they stay there.
+        # Standard error is sent above the bars by start, not by rich.
         super().__init__(
-            *columns,
-            console=console,
-            transient=False,
-            redirect_stderr=sys.stderr is not None and sys.stderr.isatty(),
+            *columns, console=console, transient=False, redirect_stderr=False
         )
+        self._stderr: _LinesAbove | None = None
+
+    def start(self) -> None:
+        """Draw the bars, and print lines written to standard error above them.
+
+        Log records go to standard error. When it is a terminal too, written
+        at the cursor they would land in the last bar. Redirected elsewhere,
+        they stay there.
+        """
+        stream = sys.stderr
+        above = stream is not None and stream.isatty() and self.console.is_terminal
+        if above and self._stderr is None:
+            self._stderr = _LinesAbove(self.console, stream)
+            sys.stderr = self._stderr
+        try:
+            super().start()
+        except BaseException:
+            self._restore_stderr()
+            raise
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self._restore_stderr()
+
+    def _restore_stderr(self) -> None:
+        if self._stderr is None:
+            return
+        self._stderr.flush()
+        if sys.stderr is self._stderr:
+            sys.stderr = self._stderr.proxied
+        self._stderr = None
 
     def get_renderables(self) -> Iterable[RenderableType]:
         yield _Rows(self)
@@ -144,6 +174,47 @@ class _FittedProgress(Progress):
         for row in cells:
             table.add_row(*row)
         return table
+
+
+class _LinesAbove(io.TextIOBase):
+    """Standard error while bars are drawn: each line is printed above them.
+
+    rich's own redirection cuts lines at the terminal's width, which puts a
+    newline inside a long digest or URL. These lines are left whole, for the
+    terminal to wrap.
+    """
+
+    def __init__(self, console: Console, stream: TextIO) -> None:
+        self.proxied = stream
+        self._console = console
+        self._partial = ""
+        # Records come from several threads; each line is printed whole.
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+            if lines:
+                self._print("\n".join(lines))
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._print(self._partial)
+            self._partial = ""
+
+    def isatty(self) -> bool:
+        return self.proxied.isatty()
+
+    def fileno(self) -> int:
+        return self.proxied.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.proxied, name)
+
+    def _print(self, text: str) -> None:
+        self._console.print(Text.from_ansi(text), soft_wrap=True)
 
 
 class _Rows:

@@ -627,7 +627,7 @@ def _configure_logging(debug: bool, verbose: bool) -> None:
 class _StandardErrorHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Log handler that writes to ``sys.stderr`` as it is when each record comes.
 
-    While progress bars are drawn, rich replaces ``sys.stderr`` with a proxy
+    While progress bars are drawn, ``sys.stderr`` is replaced with a proxy
     that prints each line above the bars. A handler holding the original
     stream would write at the cursor, in the middle of the bars.
     """

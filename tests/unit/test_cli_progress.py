@@ -77,3 +77,29 @@ def test_log_record_stays_in_redirected_stderr(monkeypatch):
 
     assert stderr.getvalue() == "warning: mirror dropped\n"
     assert "mirror dropped" not in screen
+
+
+def test_long_log_record_left_whole(monkeypatch):
+    """A record longer than the terminal keeps its digest on one line.
+
+    The terminal wraps it; a newline inside the digest would break copying it.
+    """
+    digest = Digest.of(b"damaged")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    output = io.StringIO()
+    console = Console(file=output, width=40, force_terminal=True)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    main._configure_logging(debug=False, verbose=False)
+
+    try:
+        with BarObserver(console) as bars:
+            bars.layer_planned(Digest.of(b"layer"), 1000, stored=False)
+            logging.getLogger("apparate.test").warning("blob %s is damaged", digest)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    assert f"warning: blob {digest} is damaged\n" in output.getvalue()
+    assert sys.stderr is terminal
