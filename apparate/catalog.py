@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from apparate.digest import Digest
 from apparate.errors import ApparateError, StoreError
-from apparate.manifest import Descriptor, Manifest, parse_json, parse_manifest
-from apparate.platform import Platform
+from apparate.manifest import (
+    Descriptor,
+    Manifest,
+    image_platform,
+    parse_index,
+    parse_json,
+    parse_manifest,
+)
 from apparate.store.chunk_index import INDEX_FILE
 from apparate.store.history import PullHistory, PullRecord, Totals
-from apparate.store.layout import Store, default_store_path, not_created
+from apparate.store.layout import (
+    Store,
+    StoredImage,
+    default_store_path,
+    not_created,
+)
 from apparate.store.usage import last_used
 
 log = logging.getLogger(__name__)
@@ -28,8 +41,9 @@ class ImageSummary:
     since the epoch), else when its manifest was stored. ``size`` is None
     when the manifest cannot be read, and a warning names the image.
     ``complete`` is false when blobs of the image are missing, for instance
-    a layer that an import found damaged and removed. ``platform`` is the
-    config's ``OS/ARCH[/VARIANT]``, or None when the config cannot be read.
+    a layer that an import found damaged and removed. ``platform`` is
+    ``OS/ARCH[/VARIANT]`` as the index entry the image was picked from names
+    it, else as its config does, or None when neither can be read.
     """
 
     reference: str
@@ -82,7 +96,7 @@ def list_images(store_path: Path | None = None) -> list[ImageSummary]:
                     image.reference, len(missing), len(blobs),
                 )  # fmt: skip
         used = uses.get(image.reference) or _stored_at(store, image.descriptor.digest)
-        platform = _read_platform(store, manifest.config) if manifest else None
+        platform = _read_platform(store, image, manifest.config) if manifest else None
         summary = ImageSummary(
             image.reference, image.source_manifest, size, used, complete,
             index_digest=image.source_index, platform=platform,
@@ -98,21 +112,33 @@ def _stored_at(store: Store, digest: Digest) -> float:
         return 0.0
 
 
-def _read_platform(store: Store, config: Descriptor) -> str | None:
-    """Return the platform an image's config names, or None if it cannot be read.
+def _read_platform(store: Store, image: StoredImage, config: Descriptor) -> str | None:
+    """Return the platform of a stored image, or None if it cannot be read.
 
-    A missing or damaged config is already reported as a missing blob or at
-    import, so it is not warned about here.
+    The index entry the image was picked from names it, else the config. A
+    missing or damaged config or index is already reported as a missing
+    blob or at import, so it is not warned about here.
     """
+    index = None
+    if image.source_index is not None:
+        subject = f"index {image.source_index}"
+        document = _read_json(store, image.source_index, subject)
+        with contextlib.suppress(ApparateError):
+            index = parse_index(document, subject) if document else None
+    parsed = _read_json(store, config.digest, f"config {config.digest}") or {}
+    platform = image_platform(parsed, index, image.source_manifest)
+    return str(platform) if platform else None
+
+
+def _read_json(store: Store, digest: Digest, subject: str) -> dict[str, Any] | None:
+    """Read a small JSON blob, or return None if it is missing, damaged or invalid."""
     try:
-        body = store.read_blob(config.digest)
-        if not config.digest.matches(body):
+        body = store.read_blob(digest)
+        if not digest.matches(body):
             return None
-        parsed = parse_json(body, f"config {config.digest}")
+        return parse_json(body, subject)
     except ApparateError:
         return None
-    platform = Platform.from_config(parsed)
-    return str(platform) if platform else None
 
 
 def _read_manifest(store: Store, digest: Digest, reference: str) -> Manifest | None:

@@ -165,6 +165,21 @@ def parse_index(document: dict[str, Any], subject: str) -> Index:
     )
 
 
+def image_platform(
+    config: dict[str, Any], index: Index | None, digest: Digest
+) -> Platform | None:
+    """Return the platform of image manifest ``digest``: its index entry's, else its config's.
+
+    A config may lack the variant its index entry names, and the entry is
+    what a pull matched and what ``ctr import --platform`` filters on.
+    """
+    if index is not None:
+        for entry in index.manifests:
+            if entry.digest == digest and entry.platform is not None:
+                return entry.platform
+    return Platform.from_config(config)
+
+
 def parse_diff_ids(document: dict[str, Any], subject: str) -> list[Digest]:
     """Read ``rootfs.diff_ids`` from an image config."""
     rootfs = document.get("rootfs")

@@ -21,15 +21,15 @@ from apparate.errors import (
     UsageError,
 )
 from apparate.manifest import (
-    OCI_INDEX,
     Descriptor,
+    Index,
     Manifest,
-    media_type_of,
+    image_platform,
     parse_diff_ids,
+    parse_index,
     parse_json,
     parse_manifest,
 )
-from apparate.platform import Platform
 from apparate.reference import Reference
 from apparate.store.layout import Store, StoredImage, default_store_path
 from apparate.store.selection import (
@@ -183,15 +183,23 @@ def load_content(store: Store, image: StoredImage) -> StoredContent:
         raise StoreError(f"{subject} is unreadable: {error.message}") from None
     _check_layers(store, parsed, diff_ids, subject)
     manifest = Descriptor(parsed.media_type, image.source_manifest, len(manifest_body))
-    top, index_body = manifest, None
+    top, index_body, index = manifest, None, None
     if image.source_index:
         index_body = _read_intact(store, image.source_index, image.reference)
-        index_type = media_type_of(parse_json(index_body, subject), OCI_INDEX)
-        top = Descriptor(index_type, image.source_index, len(index_body))
+        index = _read_index(index_body, f"index of {subject}")
+        top = Descriptor(index.media_type, image.source_index, len(index_body))
+    platform = image_platform(config, index, image.source_manifest)
     return StoredContent(
         Reference.parse(image.reference), top, index_body, manifest, manifest_body,
-        parsed, config_body, diff_ids, _platform(config),
+        parsed, config_body, diff_ids, str(platform) if platform else "",
     )  # fmt: skip
+
+
+def _read_index(body: bytes, subject: str) -> Index:
+    try:
+        return parse_index(parse_json(body, subject), subject)
+    except ApparateError as error:
+        raise StoreError(f"{subject} is unreadable: {error.message}") from None
 
 
 def _read_intact(store: Store, digest: Digest, reference: str) -> bytes:
@@ -219,11 +227,6 @@ def _check_layers(
                 f"{subject}: layer {layer.digest} is missing from the store",
                 hint="pull the image again",
             )
-
-
-def _platform(config: dict[str, object]) -> str:
-    platform = Platform.from_config(config)
-    return str(platform) if platform else ""
 
 
 def retry_command(store: Store, reference: str, into: str) -> str:

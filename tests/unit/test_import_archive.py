@@ -19,6 +19,7 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
+from apparate.catalog import list_images
 from apparate.cli.main import app
 from apparate.cli.text import import_line
 from apparate.digest import Digest
@@ -88,10 +89,21 @@ def as_json(descriptor: Descriptor) -> dict[str, object]:
     }
 
 
+AMD64 = {"os": "linux", "architecture": "amd64"}
+
+
 def make_store(
-    root: Path, reference: str = REFERENCE, *, with_index: bool = False
+    root: Path,
+    reference: str = REFERENCE,
+    *,
+    with_index: bool = False,
+    platform: dict[str, str] = AMD64,
+    entry_platform: dict[str, str] = AMD64,
 ) -> tuple[Store, dict[str, object]]:
-    """Store a small image of a gzip, a zstd (several frames) and a plain layer."""
+    """Store a small image of a gzip, a zstd (several frames) and a plain layer.
+
+    ``platform`` goes into its config, ``entry_platform`` into its index entry.
+    """
     store = Store(root)
     tars = [
         tar_of({"etc/os-release": b"ID=test\n"}),
@@ -107,9 +119,8 @@ def make_store(
 
     diff_ids = [str(Digest.of(tar)) for tar in tars]
     config_body = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
-         "diff_ids": diff_ids}}
-    ).encode()  # fmt: skip
+        {**platform, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    ).encode()
     config = put(store, config_body, "application/vnd.oci.image.config.v1+json")
     manifest_body = json.dumps(
         {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": as_json(config),
@@ -119,8 +130,7 @@ def make_store(
 
     index = None
     if with_index:
-        entry = {**as_json(manifest), "platform": {"os": "linux",
-                 "architecture": "amd64"}}  # fmt: skip
+        entry = {**as_json(manifest), "platform": entry_platform}
         other = {"mediaType": OCI_MANIFEST, "digest": str(Digest.of(b"arm64")),
                  "size": 5, "platform": {"os": "linux", "architecture": "arm64"}}  # fmt: skip
         index_body = json.dumps(
@@ -221,6 +231,39 @@ def test_oci_archive_multi_platform_index(tmp_path):
     assert f"blobs/sha256/{facts['index'].digest.hex}" in entries
     assert f"blobs/sha256/{facts['manifest'].digest.hex}" in entries
     assert f"blobs/sha256/{Digest.of(b'arm64').hex}" not in entries
+
+
+ARM = {"os": "linux", "architecture": "arm"}
+ARM_V6 = {**ARM, "variant": "v6"}
+
+
+def test_platform_of_index_entry(tmp_path):
+    """ctr imports the index entry --platform names: the one pulled, v6 here.
+
+    Its config names no variant, which reads as arm/v7.
+    """
+    store, _ = make_store(
+        tmp_path, with_index=True, platform=ARM, entry_platform=ARM_V6
+    )
+
+    assert stored(store).platform == "linux/arm/v6"
+
+
+def test_platform_of_single_manifest(tmp_path):
+    store, _ = make_store(tmp_path, platform=ARM_V6)
+
+    assert stored(store).platform == "linux/arm/v6"
+
+
+def test_images_platform_of_index_entry(tmp_path):
+    store, _ = make_store(
+        tmp_path, with_index=True, platform=ARM, entry_platform=ARM_V6
+    )
+    store.close()
+
+    (image,) = list_images(tmp_path)
+
+    assert image.platform == "linux/arm/v6"
 
 
 def test_oci_index_digest_pull_untagged(tmp_path):
