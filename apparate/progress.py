@@ -17,6 +17,13 @@ class PullObserver:
     def layer_planned(self, digest: Digest, size: int, stored: bool) -> None:
         """Report a layer of the image; ``stored`` is true when it needs no fetch."""
 
+    def layer_needs(self, digest: Digest, to_fetch: int) -> None:
+        """Report that a layer needs ``to_fetch`` more bytes from the network.
+
+        Known once a chunked layer's rebuild is planned, which may fetch much
+        less than the layer's size; a layer fetched whole reports its size.
+        """
+
     def layer_progress(self, digest: Digest, received: int) -> None:
         """``received`` more bytes of a layer arrived."""
 

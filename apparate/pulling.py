@@ -627,6 +627,8 @@ class _LayerFetcher:
                 self._store.discard_partial(self._store.partial_path(layer.digest))
                 self._observer.layer_done(layer.digest)
                 return spent
+            # The rebuild may have reported far fewer bytes than this needs.
+            self._observer.layer_needs(layer.digest, layer.size)
         try:
             downloaded = spent + self._fetch_whole_again(
                 layer, diff_id, subject, stopped
@@ -656,6 +658,7 @@ class _LayerFetcher:
             self._pool, self._store, layer, subject,
             lambda count: self._wrote(layer.digest, count),
             self._cancelled, self._sibling_stored,
+            lambda count: self._observer.layer_needs(layer.digest, count),
         )  # fmt: skip
         try:
             remote, plan = self._plans.plan_for(layer)

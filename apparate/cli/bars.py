@@ -71,6 +71,20 @@ class BarObserver(PullObserver):
         total = self._progress.tasks[self._total].total or 0
         self._progress.update(self._total, total=total + size, visible=True)
 
+    def layer_needs(self, digest: Digest, to_fetch: int) -> None:
+        # A rebuilt layer's bar counts the bytes it fetches, not its size, so
+        # that the time left is that of the fetch.
+        task_id = self._tasks.get(digest)
+        if task_id is None:
+            return
+        with self._lock:
+            task = self._task(task_id)
+            before = task.total or 0
+            after = task.completed + to_fetch
+            self._shrink(task_id, after)
+            whole = self._task(self._total)
+            self._shrink(self._total, (whole.total or 0) - before + after)
+
     def layer_progress(self, digest: Digest, received: int) -> None:
         self._progress.advance(self._tasks[digest], received)
         self._progress.advance(self._total, received)

@@ -51,6 +51,9 @@ class LineObserver(PullObserver):
         state = "already stored" if stored else "missing, fetching what is needed"
         self._say(f"{short(digest)}: {state} ({human_size(size)})")
 
+    def layer_needs(self, digest: Digest, to_fetch: int) -> None:
+        self._say(f"{short(digest)}: fetching {human_size(to_fetch)}")
+
     def layer_done(self, digest: Digest) -> None:
         self._say(f"{short(digest)}: verified")
 

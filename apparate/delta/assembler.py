@@ -322,10 +322,14 @@ class Assembler:
         on_fetched: Callable[[int], None],
         cancelled: threading.Event | None = None,
         sibling_stored: Callable[[Digest], bool] | None = None,
+        on_planned: Callable[[int], None] | None = None,
     ) -> None:
         """``sibling_stored(blob)`` waits until the fetch of another layer of
-        the image ends and returns whether it stored that layer's blob."""
+        the image ends and returns whether it stored that layer's blob.
+        ``on_planned(count)`` learns the bytes still to fetch, each time the
+        rebuild plans its fetches."""
         self._client = client
+        self._on_planned = on_planned or (lambda count: None)
         self._sibling_stored = sibling_stored
         self._store = store
         self._layer = layer
@@ -370,6 +374,7 @@ class Assembler:
         remaining = journal.without_done(plan, table)
         self.blob_bytes_fetched = remaining.bytes_to_fetch
         self.bytes_resumed = resumed_bytes(remote, plan, remaining)
+        self._on_planned(remaining.bytes_to_fetch)
         missing = {p for wanted in remaining.ranges for p in wanted.entries}
         ready.mark(
             p for wanted in plan.ranges for p in wanted.entries if p not in missing
@@ -402,6 +407,7 @@ class Assembler:
                 )
                 untrusted.update(failed)
                 self.blob_bytes_fetched += again.bytes_to_fetch
+                self._on_planned(again.bytes_to_fetch)
                 self._fetch(again, table, writer, journal, ready)
         finally:
             # Every frame is marked by now unless a fetch failed, and a frame

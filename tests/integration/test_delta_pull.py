@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pytest
 
 import apparate
 from apparate.convert import ConvertOptions, convert
+from apparate.digest import Digest
+from apparate.progress import PullObserver
 from apparate.pulling import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from tests.integration.faulty import misbehaving
@@ -56,6 +59,40 @@ def test_update_fetches_only_changed_chunks(converted, tmp_path):
     assert_store_verified(store)
     with ChunkIndex(store / INDEX_FILE) as index:
         assert all(index.has_blob(layer.digest) for layer in result.layers)
+
+
+class Recorder(PullObserver):
+    """Record the bytes each layer reported it needs, and the bytes it received."""
+
+    def __init__(self) -> None:
+        self.needs: dict[Digest, int] = {}
+        self.received: dict[Digest, int] = {}
+        self.lock = threading.Lock()
+
+    def layer_needs(self, digest: Digest, to_fetch: int) -> None:
+        with self.lock:
+            self.needs[digest] = self.needs.get(digest, 0) + to_fetch
+
+    def layer_progress(self, digest: Digest, received: int) -> None:
+        with self.lock:
+            self.received[digest] = self.received.get(digest, 0) + received
+
+
+def test_update_reports_bytes_each_layer_needs(converted, tmp_path):
+    # Progress bars and their time left count these bytes, not the layer's size.
+    store = tmp_path / "pull"
+    apparate.pull(f"{converted}:v1", PullOptions(store=store))
+    recorder = Recorder()
+
+    result = apparate.pull(
+        f"{converted}:v2", PullOptions(store=store, observer=recorder)
+    )
+
+    assert recorder.needs == recorder.received
+    for layer in result.layers:
+        assert recorder.needs[layer.digest] <= layer.bytes_fetched
+    largest = max(result.layers, key=lambda layer: layer.size)
+    assert recorder.needs[largest.digest] < largest.size / 4
 
 
 def test_cold_pull_of_converted_image(converted, tmp_path):

@@ -29,6 +29,23 @@ def test_layer_done_ends_bars_at_bytes_received():
     assert [line.split()[2] for line in lines] == ["3.0/3.0", "1.0/1.0", "2.0/2.0"]
 
 
+def test_layer_needs_sets_bars_to_bytes_to_fetch():
+    # A rebuilt layer fetches a part of its size: its time left is that part's.
+    rebuilt, whole = Digest.of(b"rebuilt"), Digest.of(b"whole")
+    output = io.StringIO()
+    console = Console(file=output, width=80, force_terminal=False)
+
+    with BarObserver(console) as bars:
+        bars.layer_planned(rebuilt, 8000, stored=False)
+        bars.layer_planned(whole, 2000, stored=False)
+        bars.layer_needs(rebuilt, 1000)
+        bars.layer_progress(rebuilt, 500)
+        bars.layer_progress(whole, 1000)
+
+    lines = output.getvalue().splitlines()[-3:]
+    assert [line.split()[2] for line in lines] == ["1.5/3.0", "0.5/1.0", "1.0/2.0"]
+
+
 def test_layer_done_keeps_speed():
     layer = Digest.of(b"rebuilt")
     output = io.StringIO()
