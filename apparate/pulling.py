@@ -62,7 +62,7 @@ from apparate.registry.client import RangeFetchStopped, RangesUnsupported
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
-from apparate.sources.pool import SourcePool
+from apparate.sources.pool import Source, SourcePool
 from apparate.sources.selection import list_sources, open_pool, save_figures
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.collector import after_pull
@@ -164,7 +164,7 @@ def _pull(
         ChunkIndex(store.root / INDEX_FILE, read_only=options.dry_run) as index,
         TablePrefetch(pool, store, str(ref), cancelled) as tables,
     ):
-        image = _resolve(pool, store, ref, wanted, options, tables)
+        image, resolver = _resolve(pool, store, ref, wanted, options, tables)
         options.observer.resolved(str(ref), image.manifest.digest, image.platform)
         if options.dry_run:
             layers = _plan_layers(store, index, image, tables)
@@ -200,6 +200,7 @@ def _pull(
         dry_run=options.dry_run,
         bytes_by_source=pool.bytes_by_source(),
         up_to_date=up_to_date,
+        resolved_by=_tag_resolver(pool, ref, resolver),
     )
     if options.dry_run:
         return result
@@ -226,21 +227,22 @@ def _resolve(
     wanted: Platform,
     options: PullOptions,
     tables: TablePrefetch,
-) -> ResolvedImage:
+) -> tuple[ResolvedImage, Source]:
     """Resolve the image at the first source that may resolve it and succeeds.
 
     Mirrors allowed to resolve tags, or any mirror for a reference by digest,
     are tried first, the origin last. A mirror that fails is skipped with a
     warning. The chunk tables of the manifest found start downloading while
-    its config is fetched.
+    its config is fetched. Returns the image and the source that served it.
     """
     resolvers = pool.resolvers(by_digest=ref.digest is not None)
     for source in resolvers:
         try:
-            return resolve_image(
+            image = resolve_image(
                 source.client, store, ref, wanted, options.platform is not None,
                 options.check_platform, tables.start,
             )  # fmt: skip
+            return image, source
         except (
             AuthError, NotFound, PlatformNotFound, RegistryError, VerificationError,
         ) as error:  # fmt: skip
@@ -251,6 +253,18 @@ def _resolve(
                 ref, source.name, error,
             )  # fmt: skip
     raise AssertionError("the origin is always a resolver")
+
+
+def _tag_resolver(pool: SourcePool, ref: Reference, resolver: Source) -> str | None:
+    """Return the mirror that resolved the reference's tag, or None.
+
+    None when the registry did, or when the reference has a digest, which
+    names the content whichever source serves it. A mirror's tag may lag
+    behind the registry's, so the summary names it.
+    """
+    if ref.digest is not None or resolver is pool.origin:
+        return None
+    return resolver.name
 
 
 def _record(store: Store, result: PullResult) -> None:

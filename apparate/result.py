@@ -95,6 +95,9 @@ class PullResult:
     imported: ImportResult | None = None
     # The reference already named this image, and nothing was fetched.
     up_to_date: bool = False
+    # The URL of the mirror that resolved the tag, or None when the registry
+    # did or the reference has a digest.
+    resolved_by: str | None = None
 
     @property
     def imported_into(self) -> str | None:
@@ -151,6 +154,7 @@ class PullResult:
             "platform": self.platform,
             "dry_run": self.dry_run,
             "up_to_date": self.up_to_date,
+            "resolved_by": self.resolved_by,
             "store": self.store,
             "bytes_fetched": self.bytes_fetched,
             "bytes_reused": self.bytes_reused,

@@ -29,6 +29,7 @@ from apparate.cli.text import (
     gc_report,
     images_report,
     import_line,
+    resolver_line,
     sources_line,
     sources_report,
     stats_report,
@@ -268,6 +269,8 @@ def _print_pull(result: PullResult, as_json: bool, quiet: bool, dry_run: bool) -
         print(dry_run_report(result))
     else:
         print(summary_line(result))
+        if line := resolver_line(result):
+            print(line)
         if line := sources_line(result):
             print(line)
         if result.imported:

@@ -105,6 +105,17 @@ def sources_line(result: PullResult) -> str | None:
     return "  from " + ", ".join(parts)
 
 
+def resolver_line(result: PullResult) -> str | None:
+    """Format which mirror resolved the tag, or None when the registry did.
+
+    A mirror may lag behind the registry, and then serves an older image
+    under the tag: this line is where that shows.
+    """
+    if result.resolved_by is None:
+        return None
+    return f"  tag resolved by mirror {result.resolved_by}, not by the registry"
+
+
 def sources_report(rows: list[SourceFigures]) -> str:
     """Format the ranked sources of an image with their measured figures."""
     table = [
@@ -183,7 +194,8 @@ def dry_run_report(result: PullResult) -> str:
             f"{result.reference}: would fetch {human_size(result.bytes_fetched)}"
             f"{resumed}, reuse {human_size(result.bytes_reused)}"
         )
-    return f"{table}\n{total}"
+    resolver = resolver_line(result)
+    return f"{table}\n{total}" + (f"\n{resolver}" if resolver else "")
 
 
 def stats_report(totals: Totals, records: list[PullRecord]) -> str:

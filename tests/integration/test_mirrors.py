@@ -366,6 +366,38 @@ def test_resolving_mirror_flag_serves_while_origin_is_down(mirror, tmp_path):
     assert set(summary["sources"]) == {f"http://{mirror.host}"}
 
 
+def test_stale_resolving_mirror_is_named(origin, mirror, tmp_path):
+    # The mirror's v2 tag still names v1, as on a mirror that has not synced.
+    subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+         f"docker://{mirror.host}/converted/base:v1",
+         f"docker://{mirror.host}/converted/base:v2"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    command = [APPARATE, "pull", "--store", str(tmp_path / "store"),
+               "--resolving-mirror", f"http://{mirror.host}",
+               f"{origin.repository}:v2"]  # fmt: skip
+
+    text = subprocess.run(command, capture_output=True, text=True, check=False)
+    summary = subprocess.run(
+        [*command, "--json"], capture_output=True, text=True, check=False
+    )
+    by_origin = subprocess.run(
+        [APPARATE, "pull", "--json", "--store", str(tmp_path / "store"),
+         "--mirror", f"http://{mirror.host}", f"{origin.repository}:v2"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert text.returncode == 0, text.stderr
+    assert f"tag resolved by mirror http://{mirror.host}" in text.stdout
+    assert json.loads(summary.stdout)["resolved_by"] == f"http://{mirror.host}"
+    assert by_origin.returncode == 0, by_origin.stderr
+    assert json.loads(by_origin.stdout)["resolved_by"] is None
+    assert (
+        json.loads(by_origin.stdout)["digest"] != json.loads(summary.stdout)["digest"]
+    )
+
+
 def test_mirror_without_resolve_needs_the_origin(mirror, tmp_path):
     down = closed_port_host()
     config = Config(mirrors={down: (Mirror(f"http://{mirror.host}"),)})
