@@ -38,6 +38,7 @@ from apparate.errors import (
     NotFound,
     PlatformNotFound,
     RegistryError,
+    RegistryUnreachable,
     ServerError,
     StoreError,
     TruncatedBody,
@@ -62,7 +63,7 @@ from apparate.registry.client import RangeFetchStopped, RangesUnsupported
 from apparate.registry.credentials import Credentials, CredentialStore
 from apparate.registry.transport import TransportSettings
 from apparate.result import LayerResult, PullResult
-from apparate.sources.pool import Source, SourcePool
+from apparate.sources.pool import MIRROR, Source, SourcePool
 from apparate.sources.selection import list_sources, open_pool, save_figures
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
 from apparate.store.collector import after_pull
@@ -247,12 +248,42 @@ def _resolve(
             AuthError, NotFound, PlatformNotFound, RegistryError, VerificationError,
         ) as error:  # fmt: skip
             if source is pool.origin:
+                if isinstance(error, RegistryUnreachable):
+                    _suggest_digest_pull(error, pool, ref)
                 raise
             log.warning(
                 "%s: mirror %s could not resolve it (%s); asking the next source",
                 ref, source.name, error,
             )  # fmt: skip
     raise AssertionError("the origin is always a resolver")
+
+
+def _suggest_digest_pull(
+    error: RegistryUnreachable, pool: SourcePool, ref: Reference
+) -> None:
+    """Point the error of an unreachable registry at mirrors that could serve.
+
+    Mirrors not allowed to resolve tags were not asked for the tag, but they
+    serve the image by digest while the registry is down.
+    """
+    if ref.digest is not None:
+        return
+    idle = [
+        source.name
+        for source in pool.sources
+        if source.role == MIRROR and not source.resolve and source.measure.reachable
+    ]
+    if not idle:
+        return
+    if len(idle) == 1:
+        mirrors, pronoun = f"mirror {idle[0]} does", "it"
+    else:
+        mirrors, pronoun = f"mirrors {', '.join(idle)} do", "them"
+    error.hint = (
+        f"{error.hint}. The {mirrors} not resolve tags: pull by digest "
+        f"({ref.name}@sha256:...) to fetch from {pronoun}, or allow {pronoun} "
+        "to resolve tags (resolve = true, or --resolving-mirror)"
+    )
 
 
 def _tag_resolver(pool: SourcePool, ref: Reference, resolver: Source) -> str | None:

@@ -402,11 +402,15 @@ def test_mirror_without_resolve_needs_the_origin(mirror, tmp_path):
     down = closed_port_host()
     config = Config(mirrors={down: (Mirror(f"http://{mirror.host}"),)})
 
-    with pytest.raises(RegistryUnreachable):
+    with pytest.raises(RegistryUnreachable) as caught:
         apparate.pull(
             f"{down}/converted/base:v2",
             PullOptions(store=tmp_path / "store", config=config),
         )
+
+    # The error tells how the mirror could serve while the registry is down.
+    assert f"mirror http://{mirror.host} does not resolve tags" in str(caught.value)
+    assert f"pull by digest ({down}/converted/base@sha256:" in str(caught.value)
 
 
 def test_mirror_serves_digest_pull_origin_down(mirror, tmp_path):
