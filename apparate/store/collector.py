@@ -314,9 +314,10 @@ def fit_to_limit(
             ", ".join(done.untagged),
         )
     if done.over_limit_because:
+        # Only a pull keeps images: the one it just pulled.
         log.warning(
-            "the store holds %s, over max_store_size (%s), because these images "
-            "cannot be removed: %s", binary_size(done.size_after),
+            "the store holds %s, over max_store_size (%s), because the image "
+            "just pulled is never removed: %s", binary_size(done.size_after),
             binary_size(limit), ", ".join(done.over_limit_because),
         )  # fmt: skip
 

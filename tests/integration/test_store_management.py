@@ -395,6 +395,7 @@ def test_max_store_size_never_removes_the_pulled_image(registry_plain, tmp_path)
 
     assert done.returncode == 0, done.stderr
     assert "over max_store_size (1000 B)" in done.stderr
+    assert f"because the image just pulled is never removed: {v1}" in done.stderr
     assert "MiB" in done.stderr
     assert list(images(store)) == [v1]
     assert_every_image_whole(store)
