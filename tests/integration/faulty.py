@@ -3,6 +3,9 @@
 Requests pass through to the registry unchanged, except GETs of one blob:
 in ``error`` mode they get a 500, and in ``stall`` mode the body stops after
 its first bytes and the connection stays open until the forwarder stops.
+In ``silent`` mode, range requests that end before the blob's last byte
+get their headers and no body, while the whole blob, and a range to its
+end such as a chunk table's, pass through.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ MAX_STALL_SECONDS = 60.0
 def misbehaving(upstream: str, digest: str, mode: str) -> Iterator[str]:
     """Forward a new local port to the registry at ``upstream`` (host:port).
 
-    Yields the forwarder's host:port. ``mode`` is ``error`` or ``stall``.
+    Yields the forwarder's host:port. ``mode`` is ``error``, ``stall`` or
+    ``silent``.
     """
-    if mode not in ("error", "stall"):
+    if mode not in ("error", "stall", "silent"):
         raise ValueError(f"unknown mode {mode!r}")
     released = threading.Event()
 
@@ -45,7 +49,8 @@ def misbehaving(upstream: str, digest: str, mode: str) -> Iterator[str]:
             if faulty and mode == "error":
                 self._fail()
             else:
-                self._relay(method, stall=faulty and mode == "stall")
+                self._relay(method, stall=faulty and mode == "stall",
+                            silent=faulty and mode == "silent")  # fmt: skip
 
         def _fail(self) -> None:
             body = json.dumps({"errors": [{"code": "UNKNOWN", "message": "boom"}]})
@@ -55,7 +60,7 @@ def misbehaving(upstream: str, digest: str, mode: str) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body.encode())
 
-        def _relay(self, method: str, stall: bool) -> None:
+        def _relay(self, method: str, stall: bool, silent: bool = False) -> None:
             connection = http.client.HTTPConnection(upstream, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
             connection.request(method, self.path, headers=headers)
@@ -68,7 +73,11 @@ def misbehaving(upstream: str, digest: str, mode: str) -> Iterator[str]:
             if method == "HEAD":
                 connection.close()
                 return
-            if stall:
+            if silent and not _reaches_end(response.getheader("Content-Range")):
+                self.wfile.flush()
+                released.wait(MAX_STALL_SECONDS)
+                self.close_connection = True
+            elif stall:
                 self.wfile.write(response.read(STALL_AFTER))
                 self.wfile.flush()
                 released.wait(MAX_STALL_SECONDS)
@@ -89,3 +98,12 @@ def misbehaving(upstream: str, digest: str, mode: str) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def _reaches_end(content_range: str | None) -> bool:
+    """Tell whether a response is the whole blob or a range up to its last byte."""
+    if content_range is None:
+        return True
+    span, _, total = content_range.removeprefix("bytes ").partition("/")
+    last = span.partition("-")[2]
+    return int(last) + 1 == int(total)

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 
 import apparate
+from apparate.config import Config, Mirror
 from apparate.convert import ConvertOptions, convert
 from apparate.digest import Digest
+from apparate.errors import TransferTimedOut
 from apparate.progress import PullObserver
 from apparate.pulling import PullOptions
 from apparate.store.chunk_index import INDEX_FILE, ChunkIndex
@@ -275,6 +278,39 @@ def test_killed_rebuild_resumes(converted, fresh_registry, tmp_path):
     )
     assert result.bytes_saved == result.bytes_reused
     assert list((store / "ingest").iterdir()) == []
+    assert_store_verified(store)
+
+
+def test_silent_rebuild_fails_and_resumes(converted, fresh_registry, tmp_path):
+    # Every source goes silent on the ranges of the largest layer. Fetching
+    # the layer whole over that link would cost many times the ranges.
+    store = tmp_path / "pull"
+    apparate.pull(f"{converted}:v1", PullOptions(store=store))
+    planned = apparate.pull(f"{converted}:v2", PullOptions(store=store, dry_run=True))
+    largest = max(planned.layers, key=lambda layer: layer.size).digest
+    repository = converted.split("/", 1)[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nothing_listens = f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+    with misbehaving(fresh_registry.host, str(largest), "silent") as faulty:
+        config = Config(stall_timeout=0.5, mirrors={faulty: (Mirror(nothing_listens),)})
+        with pytest.raises(TransferTimedOut) as caught:
+            apparate.pull(
+                f"{faulty}/{repository}:v2", PullOptions(store=store, config=config)
+            )
+    kept = [path.name for path in (store / "ingest").iterdir()]
+    result = apparate.pull(f"{converted}:v2", PullOptions(store=store))
+
+    assert "run again resumes the layer" in str(caught.value)
+    assert f"partial-{largest.hex}" not in kept
+    assert f"partial-delta-{largest.hex}" in kept
+    # The other layer was stored by the failed pull. This one's table and
+    # ranges are resumed, and only the rest is fetched.
+    before = next(layer for layer in planned.layers if layer.digest == largest)
+    after = next(layer for layer in result.layers if layer.digest == largest)
+    assert after.bytes_resumed > 0
+    assert after.bytes_fetched + after.bytes_resumed == before.bytes_fetched
     assert_store_verified(store)
 
 

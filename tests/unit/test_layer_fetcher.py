@@ -25,7 +25,7 @@ from apparate.delta.image_plan import ImagePlans
 from apparate.delta.planner import Source
 from apparate.delta.prefetch import TablePrefetch
 from apparate.digest import Digest
-from apparate.errors import ApparateError, StoreError
+from apparate.errors import ApparateError, StoreError, TransferTimedOut
 from apparate.manifest import Descriptor
 from apparate.progress import PullObserver
 from apparate.pulling import _LayerFetcher
@@ -176,6 +176,32 @@ def test_whole_fallback_leaves_no_partial(tmp_path):
     assert store.has_blob(v2.descriptor.digest, v2.descriptor.size)
     assert pool.whole_bytes == v2.descriptor.size
     assert list(store.ingest_dir.iterdir()) == []
+
+
+class SilentRangesPool(StandInPool):
+    """Serves the chunk table, then times out on every range of frames."""
+
+    def fetch_range(self, layer, start, end, write, subject, stopped=None):
+        if start < self._frames_end:
+            raise TransferTimedOut(f"{subject} from stand-in: the transfer timed out")
+        return super().fetch_range(layer, start, end, write, subject, stopped)
+
+
+def test_timed_out_rebuild_not_fetched_whole(tmp_path):
+    # The whole layer would come over the same silent link, at many times the
+    # bytes: the pull fails instead, and the next one resumes the rebuild.
+    v2 = ConvertedLayer(changed=5)
+    pool = SilentRangesPool(v2)
+    fetch, store = update_fetcher(tmp_path, pool, v2)
+
+    with pytest.raises(TransferTimedOut) as caught:
+        fetch.fetch(v2.descriptor, v2.diff_id)
+
+    assert caught.value.exit_code == 6
+    assert "run again resumes" in str(caught.value)
+    assert pool.whole_bytes == 0
+    assert store.partial_path(v2.descriptor.digest, DELTA_PARTIAL).exists()
+    assert not store.has_blob(v2.descriptor.digest)
 
 
 def test_unwritable_journal_does_not_fail_the_pull(tmp_path, monkeypatch, caplog):
