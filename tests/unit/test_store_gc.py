@@ -357,17 +357,19 @@ def test_packs_go_before_images(store):
     assert chunk_blobs(store.root) == set()
 
 
+def untag_denied(self: Store, references: list[str]) -> list[str]:
+    """Stand in for Store.untag on a store whose index cannot be written."""
+    denied = StoreError("cannot untag images: Permission denied")
+    denied.errno = errno.EACCES
+    raise denied
+
+
 def test_rm_stopped_before_untag_keeps_packs(store, monkeypatch):
     # A kept image's packs seed later delta pulls, and a pull of the image
     # finds it up to date without cutting them again.
     tar = make_tar(3)
     add_image(store, "example.com/app:v1", [tar])
     pack = pack_of(store, tar)
-
-    def untag_denied(self: Store, references: list[str]) -> list[str]:
-        denied = StoreError("cannot untag images: Permission denied")
-        denied.errno = errno.EACCES
-        raise denied
 
     monkeypatch.setattr(Store, "untag", untag_denied)
     store.close()
@@ -580,11 +582,6 @@ def test_gc_deletes_layers_when_untag_fails(store, monkeypatch, caplog):
 
 def test_gc_untag_failure_not_disk_full_deletes_nothing(store, monkeypatch):
     manifest = add_image(store, "example.com/app:v1", [BASE])
-
-    def untag_denied(self: Store, references: list[str]) -> list[str]:
-        denied = StoreError("cannot untag images: Permission denied")
-        denied.errno = errno.EACCES
-        raise denied
 
     monkeypatch.setattr(Store, "untag", untag_denied)
     store.close()
