@@ -116,10 +116,12 @@ class BarObserver(PullObserver):
 
 
 class _FittedProgress(Progress):
-    """Bars whose rows never fill or wrap the terminal's width.
+    """Bars drawn narrower than the terminal, so that each row fits on one line.
 
     On a narrow terminal, the time left goes first, then the speed, then
     the bar itself, so that each layer keeps one row with its byte counts.
+    NOTE: rows drawn before the terminal shrinks are wrapped by the terminal,
+    and rich's next redraw then leaves stray lines above the bars.
     """
 
     def __init__(self, console: Console) -> None:
@@ -202,7 +204,7 @@ class _LinesAbove(io.TextIOBase):
         self.proxied = stream
         self._console = console
         self._partial = ""
-        # Records come from several threads; each line is printed whole.
+        # Records come from several threads, so each line is printed whole under a lock.
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:

@@ -268,7 +268,7 @@ def images_report(images: list[ImageSummary], now: float | None = None) -> str:
 
     The DIGEST column shows the digest the reference names at the registry,
     so an image picked from an index shows the index's, as docker and ctr do.
-    PLATFORM then tells which of the index's images is stored, as ctr's
+    PLATFORM then shows which of the index's images is stored, as ctr's
     PLATFORMS column does.
     """
     rows = [

@@ -408,7 +408,7 @@ def test_mirror_without_resolve_needs_the_origin(mirror, tmp_path):
             PullOptions(store=tmp_path / "store", config=config),
         )
 
-    # The error tells how the mirror could serve while the registry is down.
+    # The error explains how the mirror can serve while the registry is down.
     assert f"mirror http://{mirror.host} does not resolve tags" in str(caught.value)
     assert f"pull by digest ({down}/converted/base@sha256:" in str(caught.value)
 

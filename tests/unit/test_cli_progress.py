@@ -38,11 +38,13 @@ def test_observer_follows_term(monkeypatch, term, kind):
         assert isinstance(observer, kind)
 
 
-def log_during_bars(monkeypatch, stderr: io.StringIO) -> str:
-    """Log a warning while bars are drawn; return what the terminal received."""
+def log_during_bars(
+    monkeypatch, stderr: io.StringIO, message: str = "mirror dropped", width: int = 80
+) -> str:
+    """Log ``message`` as a warning while bars are drawn; return the terminal's output."""
     monkeypatch.setattr(sys, "stderr", stderr)
     output = io.StringIO()
-    console = Console(file=output, width=80, force_terminal=True)
+    console = Console(file=output, width=width, force_terminal=True)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     main._configure_logging(debug=False, verbose=False)
@@ -52,7 +54,7 @@ def log_during_bars(monkeypatch, stderr: io.StringIO) -> str:
         with BarObserver(console) as bars:
             bars.layer_planned(layer, 1000, stored=False)
             bars.layer_progress(layer, 500)
-            logging.getLogger("apparate.test").warning("mirror dropped")
+            logging.getLogger("apparate.test").warning(message)
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
@@ -82,24 +84,14 @@ def test_log_record_stays_in_redirected_stderr(monkeypatch):
 def test_long_log_record_left_whole(monkeypatch):
     """A record longer than the terminal keeps its digest on one line.
 
-    The terminal wraps it; a newline inside the digest would break copying it.
+    The terminal wraps it, because a newline inside the digest would break copying it.
     """
     digest = Digest.of(b"damaged")
     terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    output = io.StringIO()
-    console = Console(file=output, width=40, force_terminal=True)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    main._configure_logging(debug=False, verbose=False)
 
-    try:
-        with BarObserver(console) as bars:
-            bars.layer_planned(Digest.of(b"layer"), 1000, stored=False)
-            logging.getLogger("apparate.test").warning("blob %s is damaged", digest)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    screen = log_during_bars(
+        monkeypatch, terminal, f"blob {digest} is damaged", width=40
+    )
 
-    assert f"warning: blob {digest} is damaged\n" in output.getvalue()
+    assert f"warning: blob {digest} is damaged\n" in screen
     assert sys.stderr is terminal

@@ -725,8 +725,8 @@ def test_fetch_range_contradicting_206_is_not_read(client, answer):
 
 @respx.mock
 def test_range_body_past_its_content_range_is_cut(client):
-    # Without a Content-Length only the Content-Range says where the range
-    # ends; the bytes after it are not labelled as any part of the blob.
+    # Without a Content-Length, only the Content-Range marks where the range
+    # ends. The bytes after it are not labelled as any part of the blob.
     headers = {"Content-Range": f"bytes 100-199/{len(BLOB)}"}
     first = httpx.Response(
         206, headers=headers, stream=httpx.ByteStream(BLOB[100:200] + b"x" * 800)
