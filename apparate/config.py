@@ -29,7 +29,6 @@ import platformdirs
 
 from apparate.errors import UsageError
 from apparate.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
-from apparate.registry.client import Endpoint, InvalidEndpoint
 
 DEFAULT_STALL_TIMEOUT = 10.0
 # A day: longer waits only hide a dead source, and sockets overflow near 1e10 s.
@@ -209,6 +208,10 @@ def _mirror(entry: object, key: str, path: Path | None) -> Mirror:
     if set(entry) - {"url", "resolve"}:
         raise _invalid(path, f"{key} takes only url and resolve")
     url = entry["url"].rstrip("/")
+    # Loaded here: the registry client loads httpx, which commands that read
+    # only `into` from this file, such as an import into containerd, never use.
+    from apparate.registry.client import Endpoint, InvalidEndpoint
+
     try:
         Endpoint.parse(url)
     except InvalidEndpoint as error:

@@ -1,4 +1,8 @@
-"""The ``apparate`` command: thin wrappers that call the Python API."""
+"""The ``apparate`` command: thin wrappers that call the Python API.
+
+Each command loads the modules it runs only when it runs. Loading httpx and
+the pull and convert pipelines up front delayed every import by about 0.06 s.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,12 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from typer.exceptions import TyperException
 
 from apparate import __version__
-from apparate.catalog import list_images, pull_statistics
 from apparate.chunked.writer import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from apparate.cli.launch import exit_code_of
 from apparate.cli.output import CheckedOutput, OutputUnwritable
@@ -36,7 +39,6 @@ from apparate.cli.text import (
     summary_line,
 )
 from apparate.config import Mirror, load_config, parse_size
-from apparate.convert import ConvertOptions, LayerConversion, convert
 from apparate.errors import (
     ApparateError,
     ImageImportError,
@@ -50,16 +52,14 @@ from apparate.importers.run import check_target, interrupted_target
 from apparate.importers.target import AUTO, OCI, TARGET_HELP, ImportTarget
 from apparate.platform import Platform
 from apparate.progress import PullObserver
-from apparate.pulling import PullOptions, pull
 from apparate.reference import Reference
-from apparate.registry.credentials import Credentials, CredentialStore
-from apparate.registry.transport import TransportSettings
-from apparate.result import PullResult
-from apparate.sources.selection import describe_sources
-from apparate.store.chunk_index import INDEX_FILE
-from apparate.store.collector import GcOptions, collect_garbage, remove_images
 from apparate.store.layout import default_store_path
 from apparate.store.selection import is_digest_prefix
+
+if TYPE_CHECKING:
+    from apparate.convert import LayerConversion
+    from apparate.registry.credentials import Credentials
+    from apparate.result import PullResult
 
 app = typer.Typer(
     help="Pull container images, fetching only what this machine lacks.",
@@ -232,6 +232,8 @@ def pull_command(
     verbose: VerboseOption = False,
 ) -> None:
     """Pull an image into the local store, then import it (see --into)."""
+    from apparate.pulling import PullOptions, pull
+
     _configure_logging(debug, verbose)
     with _errors_reported(reference, FETCH_INTERRUPTED):
         _check_one_output(quiet, as_json)
@@ -383,6 +385,8 @@ def convert_command(
     verbose: VerboseOption = False,
 ) -> None:
     """Convert an image to chunked layers and push it."""
+    from apparate.convert import ConvertOptions, convert
+
     _configure_logging(debug, verbose)
     with _errors_reported(interrupted=FETCH_INTERRUPTED):
         _check_compress_level(compress_level)
@@ -426,6 +430,8 @@ def images_command(
     debug: DebugOption = False,
 ) -> None:
     """List the images in the local store."""
+    from apparate.catalog import list_images
+
     _configure_logging(debug, False)
     with _errors_reported():
         images = list_images(store)
@@ -474,6 +480,8 @@ def rm_command(
     As 'docker rmi' does, an image that is not stored is an error, and the
     others are removed all the same.
     """
+    from apparate.store.collector import GcOptions, remove_images
+
     _configure_logging(debug, verbose)
     with _errors_reported():
         result = remove_images(references, store, GcOptions(dry_run=dry_run))
@@ -507,6 +515,8 @@ def gc_command(
     verbose: VerboseOption = False,
 ) -> None:
     """Remove blobs, packs and partial downloads no image needs."""
+    from apparate.store.collector import GcOptions, collect_garbage
+
     _configure_logging(debug, verbose)
     with _errors_reported():
         options = GcOptions(max_size=_parse_max_size(max_size), dry_run=dry_run)
@@ -542,6 +552,8 @@ def stats_command(
     not saved: they crossed the network in the pull that was interrupted.
     A layer the interrupted pull stored whole counts as saved, though.
     """
+    from apparate.catalog import pull_statistics
+
     _configure_logging(debug, False)
     with _errors_reported():
         if limit < 1:
@@ -583,6 +595,11 @@ def sources_command(
 
     Round trips are probed now, and throughputs are those past pulls measured.
     """
+    from apparate.registry.credentials import CredentialStore
+    from apparate.registry.transport import TransportSettings
+    from apparate.sources.selection import describe_sources
+    from apparate.store.chunk_index import INDEX_FILE
+
     _configure_logging(debug, False)
     with _errors_reported():
         ref = Reference.parse(reference)
@@ -685,6 +702,8 @@ def _explicit_credentials(
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise UsageError("--password-stdin read an empty password")
+    from apparate.registry.credentials import Credentials
+
     return {ref.api_host: Credentials(username, password, None)}
 
 
@@ -693,7 +712,7 @@ def _observer(quiet: bool) -> Iterator[PullObserver]:
     if quiet:
         yield PullObserver()
     elif sys.stdout.isatty() and not _dumb_terminal():
-        from apparate.cli.bars import BarObserver  # rich costs start-up time
+        from apparate.cli.bars import BarObserver
 
         with BarObserver() as bars:
             yield bars

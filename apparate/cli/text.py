@@ -6,17 +6,20 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from apparate.catalog import ImageSummary
-from apparate.convert import ConvertResult, LayerConversion
-from apparate.digest import Digest
 from apparate.progress import PullObserver
-from apparate.result import ImportResult, PullResult
-from apparate.sources.selection import SourceFigures
-from apparate.store.collector import GcResult
 from apparate.store.gc import IMAGE, PACK, UNREFERENCED, binary_size, scaled_size
-from apparate.store.history import PullRecord, Totals
+
+if TYPE_CHECKING:
+    # Only annotations name these, so a command loads only the modules it runs.
+    from apparate.catalog import ImageSummary
+    from apparate.convert import ConvertResult, LayerConversion
+    from apparate.digest import Digest
+    from apparate.result import ImportResult, PullResult
+    from apparate.sources.selection import SourceFigures
+    from apparate.store.collector import GcResult
+    from apparate.store.history import PullRecord, Totals
 
 
 def short(digest: Digest) -> str:

@@ -15,7 +15,6 @@ from apparate.config import config_path, load_config
 from apparate.errors import ApparateError, NotFound, StoreError
 from apparate.importers.archive import docker_members, oci_members, stream_tar
 from apparate.importers.containerd import import_into_containerd
-from apparate.importers.docker import import_into_docker
 from apparate.importers.files import check_archive_path, write_archive
 from apparate.importers.image import (
     StoredContent,
@@ -188,6 +187,10 @@ def _import_into(
     content = load_content(store, image)
     started = time.monotonic()
     if target.kind == DOCKER:
+        # Loaded here: httpx, which only docker's importer needs, takes longer
+        # to load than the rest of an import into containerd or a file.
+        from apparate.importers.docker import import_into_docker
+
         return import_into_docker(
             store, content, daemons.docker_socket(), str(requested)
         )

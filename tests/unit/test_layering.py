@@ -27,3 +27,24 @@ def test_plain_output_does_not_import_rich():
     )
 
     assert done.stdout.strip() == "False"
+
+
+def test_cli_loads_no_registry_client():
+    # An import into containerd or a file needs none of these. Loading them
+    # delayed the start of its archive by about 0.06 s (measured with ctr).
+    heavy = (
+        "httpx",
+        "apparate.registry.client",
+        "apparate.pulling",
+        "apparate.convert",
+    )
+    code = (
+        "import sys, apparate.cli.main, apparate.config, apparate.importers.run;"
+        f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+
+    assert done.stdout.strip() == ""
