@@ -21,7 +21,7 @@ import io
 import json
 import tarfile
 import zlib
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
@@ -213,12 +213,14 @@ def docker_manifest(
 
 
 def docker_members(
-    store: Store, content: StoredContent, sizes: LayerSizes
+    store: Store, content: StoredContent, sizes: LayerSizes, in_daemon: int = 0
 ) -> list[Member]:
     """List the entries of a docker-archive of a stored image.
 
     The tag goes into ``RepoTags``; an image pulled by digest gets none, as
     docker takes only tags there. A layer that appears twice is stored once.
+    The ``in_daemon`` bottom layers, whose chains the daemon already has, get an
+    empty ``layer.tar``, which ``docker load`` does not read.
     """
     config_name = f"{content.config_digest.hex}.json"
     layer_names = [f"{diff_id.hex}/layer.tar" for diff_id in content.diff_ids]
@@ -227,11 +229,16 @@ def docker_members(
         bytes_member("manifest.json", docker_manifest(config_name, tags, layer_names)),
         bytes_member(config_name, content.config_body),
     ]
+    needed = set(content.diff_ids[in_daemon:])
     written: set[Digest] = set()
     for layer, diff_id in zip(content.parsed.layers, content.diff_ids, strict=True):
         if diff_id in written:
             continue
         written.add(diff_id)
+        if diff_id not in needed:
+            members.append(Member(f"{diff_id.hex}/"))
+            members.append(bytes_member(f"{diff_id.hex}/layer.tar", b""))
+            continue
         subject = f"layer {layer.digest} of {content.reference}"
         size = sizes.size_of(layer, subject)
         members.append(Member(f"{diff_id.hex}/"))
@@ -262,8 +269,14 @@ def oci_index(content: StoredContent, name: str) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def oci_members(store: Store, content: StoredContent, name: str) -> list[Member]:
-    """List the entries of an oci-archive of a stored image, named ``name``."""
+def oci_members(
+    store: Store, content: StoredContent, name: str, in_daemon: Collection[Digest] = ()
+) -> list[Member]:
+    """List the entries of an oci-archive of a stored image, named ``name``.
+
+    Layer blobs in ``in_daemon``, which the daemon's content store already has,
+    are left out: ``ctr images import`` reads them from there.
+    """
     members = [
         bytes_member("oci-layout", json.dumps(LAYOUT_VERSION).encode()),
         bytes_member("index.json", oci_index(content, name)),
@@ -275,7 +288,11 @@ def oci_members(store: Store, content: StoredContent, name: str) -> list[Member]
         blobs.append((content.top, content.index_body))
     blobs.append((content.manifest, content.manifest_body))
     blobs.append((content.parsed.config, content.config_body))
-    blobs.extend((layer, None) for layer in content.parsed.layers)
+    blobs.extend(
+        (layer, None)
+        for layer in content.parsed.layers
+        if layer.digest not in in_daemon
+    )
     written: set[Digest] = set()
     for descriptor, body in blobs:
         if descriptor.digest in written:

@@ -18,12 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 
+from apparate.digest import Digest
 from apparate.errors import (
     DaemonPermissionDenied,
     DaemonRejected,
     DaemonUnreachable,
 )
 from apparate.importers.archive import oci_members, stream_tar
+from apparate.importers.daemon_layers import shared_layer_blobs
 from apparate.importers.image import StoredContent, retry_command
 from apparate.importers.sockets import (
     SocketState,
@@ -50,6 +52,7 @@ ADDRESS_SETTING = "CONTAINERD_ADDRESS or --containerd-address"
 # ctr runs, because ctr 1.6 can wait without a timeout for a containerd
 # killed mid-import (seen once in about 20 kills, between two blobs).
 WATCH_INTERVAL = 2.0
+NO_SPACE = "no space left on device"
 
 
 @functools.cache
@@ -102,13 +105,69 @@ def import_into_containerd(
     )
     log.debug("running %s", " ".join(argv))
     retry = retry_command(store, name, f"containerd{daemons.containerd_options()}")
-    with contextlib.closing(stream_tar(oci_members(store, content, name))) as archive:
-        sent = _run(argv, archive, name, retry, address)
+    present = blobs_in_containerd(
+        ctr, address, daemons.containerd_namespace, shared_layer_blobs(store, content)
+    )
+    if present:
+        log.info(
+            "%s: containerd already has %d of its %d layers, so they are not sent",
+            name, len(present), len(content.parsed.layers),
+        )  # fmt: skip
+    try:
+        sent = _import(argv, store, content, present, retry, address)
+    except DaemonRejected as error:
+        if not present or NO_SPACE in error.message.lower():
+            raise
+        log.warning(
+            "%s: ctr rejected the archive without the layers containerd had (%s), "
+            "so the whole image is sent", name, error.message,
+        )  # fmt: skip
+        sent = _import(argv, store, content, set(), retry, address)
     return ImportResult(
         CONTAINERD, requested, name, str(content.top.digest), sent,
         time.monotonic() - started,
         f"namespace {daemons.containerd_namespace}",
     )  # fmt: skip
+
+
+def blobs_in_containerd(
+    ctr: str, address: str, namespace: str, candidates: set[Digest]
+) -> set[Digest]:
+    """Return the blobs among ``candidates`` that containerd's ``namespace`` has.
+
+    An empty ``candidates`` runs no ctr command, so an image that shares no
+    layer with another stored image costs no extra time.
+    """
+    if not candidates:
+        return set()
+    argv = [ctr, "--address", address, "--namespace", namespace, "content", "ls", "-q"]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=HELP_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.debug("ctr content ls failed: %s", error)
+        return set()
+    if done.returncode != 0:
+        log.debug("ctr content ls failed: %s", done.stderr.strip())
+        return set()
+    listed = set(done.stdout.split())
+    return {digest for digest in candidates if str(digest) in listed}
+
+
+def _import(
+    argv: list[str],
+    store: Store,
+    content: StoredContent,
+    present: set[Digest],
+    retry: str,
+    address: str,
+) -> int:
+    """Stream an OCI archive without the ``present`` layers to ctr; return the bytes sent."""
+    name = str(content.reference)
+    members = oci_members(store, content, name, present)
+    with contextlib.closing(stream_tar(members)) as archive:
+        return _run(argv, archive, name, retry, address)
 
 
 def _run(
@@ -174,7 +233,7 @@ def _failure(output: str, reference: str, command: str) -> Exception:
     retry = f"the image is kept in the local store, so retry with '{command}'"
     message = f"ctr images import failed for {reference}: {detail}"
     lowered = output.lower()
-    if "no space left on device" in lowered:
+    if NO_SPACE in lowered:
         return DaemonRejected(
             message, hint=f"free space in containerd's root folder; {retry}"
         )

@@ -3,7 +3,8 @@
 ``POST /images/load`` receives a docker-archive streamed from the store. The
 daemon returns HTTP 200 at once and reports failures later, as JSON lines
 with ``errorDetail``, so every line is read and checked. An image whose ID
-(the config digest) docker already has is only tagged.
+(the config digest) docker already has is only tagged, and the bottom
+layers it shares with a stored image that docker has are not sent again.
 
 Engines that keep images in containerd (the containerd image store of
 Docker 24 and later, the default from Docker 29) report the snapshotter
@@ -29,6 +30,7 @@ import httpx
 
 from apparate.errors import DaemonRejected, DaemonUnreachable
 from apparate.importers.archive import docker_members, oci_members, stream_tar
+from apparate.importers.daemon_layers import bottom_layers_in_docker
 from apparate.importers.image import StoredContent, retry_command
 from apparate.importers.sizes import LayerSizes
 from apparate.importers.sockets import broken_pipes_raise, require_socket
@@ -241,22 +243,16 @@ def _load_docker(
             DOCKER, requested, name, image_id, 0, time.monotonic() - started, note
         )
 
-    sizes = LayerSizes(store)
+    counter = _Counter()
     try:
-        members = docker_members(store, content, sizes)
-    finally:
-        sizes.close()
-    with contextlib.closing(stream_tar(members)) as archive:
-        counter = _Counter(archive)
-        try:
-            messages = engine.load(iter(counter))
-        except DaemonRejected as error:
-            # docker 20.10 creates the image before it reads the tag, so
-            # only the tag is missing then.
-            if not (_unnameable(content, error) and engine.has_image(image_id)):
-                raise
-            name, note = None, _unnameable_note(content, loaded=True)
-            messages = [str(error)]
+        messages = _load_new_layers(engine, store, content, counter)
+    except DaemonRejected as error:
+        # docker 20.10 creates the image before it reads the tag, so
+        # only the tag is missing then.
+        if not (_unnameable(content, error) and engine.has_image(image_id)):
+            raise
+        name, note = None, _unnameable_note(content, loaded=True)
+        messages = [str(error)]
     log.info("%s: %s", reference, "; ".join(messages) or "loaded")
     if not engine.has_image(image_id):
         raise DaemonRejected(
@@ -269,6 +265,50 @@ def _load_docker(
     )  # fmt: skip
 
 
+def _load_new_layers(
+    engine: DockerEngine, store: Store, content: StoredContent, counter: _Counter
+) -> list[str]:
+    """Load a docker-archive without the bottom layers docker already has.
+
+    docker rejects such an archive if it no longer has those layers when it
+    reads it, as when their image was removed meanwhile, so the whole
+    archive is sent then.
+    """
+    present = bottom_layers_in_docker(store, content, engine.has_image)
+    if present:
+        log.info(
+            "%s: docker already has %d of its %d layers, so they are not sent",
+            content.reference, present, len(content.diff_ids),
+        )  # fmt: skip
+    try:
+        return _load_archive(engine, store, content, present, counter)
+    except DaemonRejected as error:
+        if not present or NO_SPACE in str(error) or _unnameable(content, error):
+            raise
+        log.warning(
+            "%s: docker rejected the archive without the layers it had (%s), "
+            "so the whole image is sent", content.reference, error.message,
+        )  # fmt: skip
+        return _load_archive(engine, store, content, 0, counter)
+
+
+def _load_archive(
+    engine: DockerEngine,
+    store: Store,
+    content: StoredContent,
+    present: int,
+    counter: _Counter,
+) -> list[str]:
+    """Stream a docker-archive whose ``present`` bottom layers are left empty."""
+    sizes = LayerSizes(store)
+    try:
+        members = docker_members(store, content, sizes, present)
+    finally:
+        sizes.close()
+    with contextlib.closing(stream_tar(members)) as archive:
+        return engine.load(counter.counted(archive))
+
+
 def _load_oci(
     engine: DockerEngine,
     store: Store,
@@ -278,11 +318,11 @@ def _load_oci(
 ) -> ImportResult:
     """Load an OCI archive into an engine that keeps its images in containerd."""
     reference = str(content.reference)
+    counter = _Counter()
     with contextlib.closing(
         stream_tar(oci_members(store, content, reference))
     ) as archive:
-        counter = _Counter(archive)
-        messages = engine.load(iter(counter))
+        messages = engine.load(counter.counted(archive))
     log.info("%s: %s", reference, "; ".join(messages) or "loaded")
     return ImportResult(
         DOCKER, requested, reference, str(content.top.digest), counter.sent,
@@ -316,13 +356,12 @@ def _untagged_note(content: StoredContent) -> str:
 
 
 class _Counter:
-    """Count the bytes of a stream as they pass."""
+    """Count the bytes of the streams that pass, in ``sent``."""
 
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
+    def __init__(self) -> None:
         self.sent = 0
 
-    def __iter__(self) -> Iterator[bytes]:
-        for piece in self._pieces:
+    def counted(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        for piece in pieces:
             self.sent += len(piece)
             yield piece

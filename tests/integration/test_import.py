@@ -23,6 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from apparate.importers import containerd as containerd_importer
+from apparate.importers import docker as docker_importer
+from apparate.importers.image import find_stored, load_content
+from apparate.importers.run import import_stored
+from apparate.importers.target import Daemons
+from apparate.store.layout import Store
 from tests.testbed.containerd import ContainerdHandle, ctr, start_containerd
 from tests.testbed.dockerd import (
     DOCKER_CLI,
@@ -31,6 +37,7 @@ from tests.testbed.dockerd import (
     dockerd_binary,
     start_dockerd,
 )
+from tests.testbed.ocibuild import LayerBlob, OciLayout, write_image
 from tests.testbed.samples import Samples
 
 pytestmark = [
@@ -414,6 +421,120 @@ def test_archive_files_load_into_daemons(
     assert containerd_images(containerd_daemon, "files") == {reference: digest}
     leftovers = [path.name for path in tmp_path.iterdir() if path.name[0] == "."]
     assert leftovers == []
+
+
+def push_app_update(samples: Samples, host: str, tmp_path: Path) -> str:
+    """Push base:v1's root filesystem layer under base:v2's app layer.
+
+    This is the usual update, a new top layer on an unchanged base. Return
+    its reference.
+    """
+    v1, v2 = (layout_json(samples, samples.images[tag].digest)
+              for tag in ("base:v1", "base:v2"))  # fmt: skip
+    v1_config = layout_json(samples, v1["config"]["digest"])
+    v2_config = layout_json(samples, v2["config"]["digest"])
+    layout = OciLayout(tmp_path / "app-update")
+    layers = []
+    for manifest, config, position in ((v1, v1_config, 0), (v2, v2_config, 1)):
+        entry = manifest["layers"][position]
+        source = samples.layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
+        shutil.copyfile(source, layout.blob_path(entry["digest"]))
+        diff_id = config["rootfs"]["diff_ids"][position]
+        layers.append(LayerBlob(entry["digest"], entry["size"], diff_id, "gzip"))
+    manifest = write_image(layout, v1_config, layers)
+    layout.write_index_json([("app-update", manifest)])
+    reference = f"{host}/samples/base:app-update"
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+         f"oci:{layout.path}:app-update", f"docker://{reference}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return reference
+
+
+def pull_base_then_update(
+    base: str, update: str, target: str, env: dict[str, str], tmp_path: Path
+) -> tuple[dict, dict]:
+    """Pull ``base`` then ``update`` into ``target``; return both summaries."""
+    store = str(tmp_path / "store")
+    first = pull_json("--store", store, "--into", target, base, env=env)
+    return first, pull_json("--store", store, "--into", target, update, env=env)
+
+
+def test_update_sends_docker_only_new_layers(
+    registry_plain, fresh_registry, sample_images, dockerd_daemon, tmp_path
+):
+    update = push_app_update(sample_images, fresh_registry.host, tmp_path)
+    base = f"{registry_plain.host}/samples/base:v1"
+    env = docker_env(dockerd_daemon)
+
+    first, summary = pull_base_then_update(base, update, "docker", env, tmp_path)
+
+    app_layer = summary["layers"][1]
+    assert summary["import"]["bytes_sent"] < first["import"]["bytes_sent"] / 10
+    assert summary["import"]["bytes_sent"] > app_layer["size"]
+    inspected = docker_inspect(dockerd_daemon, update)
+    assert inspected["Id"] == summary["import"]["image_id"]
+    assert "bookworm" in docker_os_release(dockerd_daemon, update)
+    app_file = docker(dockerd_daemon, "run", "--rm", "--network", "none", update,
+                      "cat", "/opt/app/VERSION")  # fmt: skip
+    assert app_file.stdout.strip() == "v2", app_file.stderr
+
+
+def test_docker_missing_present_layers_gets_all(
+    registry_plain, dockerd_daemon, tmp_path, monkeypatch
+):
+    # As if the image docker shared its bottom layer with were removed
+    # between apparate's check and the load.
+    reference = f"{registry_plain.host}/samples/base:v1"
+    store = tmp_path / "store"
+    apparate("pull", "-q", "--store", str(store), "--into", "oci", reference)
+    monkeypatch.setattr(docker_importer, "bottom_layers_in_docker", lambda *args: 1)
+    daemons = Daemons(docker_host=dockerd_daemon.host)
+
+    result = import_stored(Store(store), reference, "docker", daemons)
+
+    assert result.bytes_sent > 70_000_000
+    assert "bookworm" in docker_os_release(dockerd_daemon, reference)
+
+
+def test_update_sends_containerd_only_new_layers(
+    registry_plain, fresh_registry, sample_images, containerd_daemon, tmp_path
+):
+    update = push_app_update(sample_images, fresh_registry.host, tmp_path)
+    base = f"{registry_plain.host}/samples/base:v1"
+    env = containerd_env(containerd_daemon, "update")
+
+    first, summary = pull_base_then_update(base, update, "containerd", env, tmp_path)
+
+    app_layer = summary["layers"][1]
+    assert summary["import"]["bytes_sent"] < first["import"]["bytes_sent"] / 10
+    assert summary["import"]["bytes_sent"] > app_layer["size"]
+    assert containerd_images(containerd_daemon, "update")[update] == summary["digest"]
+    assert "bookworm" in containerd_os_release(containerd_daemon, "update", update)
+
+
+def test_containerd_missing_present_layers_gets_all(
+    registry_plain, containerd_daemon, tmp_path, monkeypatch
+):
+    # As if containerd's garbage collector removed the layer blobs between
+    # apparate's check and the import.
+    reference = f"{registry_plain.host}/samples/base:v1"
+    store = tmp_path / "store"
+    apparate("pull", "-q", "--store", str(store), "--into", "oci", reference)
+    stored = Store(store)
+    layers = load_content(stored, find_stored(stored, reference)).parsed.layers
+    monkeypatch.setattr(containerd_importer, "blobs_in_containerd",
+                        lambda *args: {layer.digest for layer in layers})  # fmt: skip
+    daemons = Daemons(
+        containerd_address=containerd_daemon.address, containerd_namespace="gone"
+    )
+    monkeypatch.setenv("CONTAINERD_SNAPSHOTTER", containerd_daemon.snapshotter)
+
+    result = import_stored(stored, reference, "containerd", daemons)
+
+    assert result.bytes_sent > sum(layer.size for layer in layers)
+    assert "bookworm" in containerd_os_release(containerd_daemon, "gone", reference)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

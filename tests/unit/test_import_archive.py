@@ -32,6 +32,7 @@ from apparate.importers.archive import (
     oci_members,
     stream_tar,
 )
+from apparate.importers.daemon_layers import shared_bottom
 from apparate.importers.image import find_stored, load_content, retry_command
 from apparate.importers.run import import_stored
 from apparate.importers.sizes import LayerSizes
@@ -780,3 +781,36 @@ def test_retry_command_of_default_store(tmp_path, monkeypatch):
     assert retry_command(store, REFERENCE, "docker") == (
         f"apparate import {REFERENCE} --into docker"
     )
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "shared"),
+    [
+        ("abc", "abc", 3),
+        ("abc", "abd", 2),
+        ("abc", "ab", 2),
+        ("ab", "abc", 2),
+        ("abc", "bbc", 0),
+        ("", "abc", 0),
+    ],
+)
+def test_shared_bottom_layers(ours, theirs, shared):
+    def digests(letters: str) -> list[Digest]:
+        return [Digest.of(letter.encode()) for letter in letters]
+
+    assert shared_bottom(digests(ours), digests(theirs)) == shared
+
+
+def test_docker_archive_present_layers_empty(tmp_path):
+    store, facts = make_store(tmp_path / "store")
+    content = load_content(store, find_stored(store, REFERENCE))
+    sizes = LayerSizes(store)
+
+    members = docker_members(store, content, sizes, in_daemon=2)
+    data = b"".join(stream_tar(members))
+
+    entries = read_tar(data)
+    layers = json.loads(entries["manifest.json"])[0]["Layers"]
+    assert [len(entries[name]) for name in layers][:2] == [0, 0]
+    assert entries[layers[2]] == facts["tars"][2]
+    assert archive_size(members) == len(data)

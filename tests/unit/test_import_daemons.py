@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from apparate.digest import Digest
 from apparate.errors import (
     DaemonPermissionDenied,
     DaemonRejected,
@@ -33,6 +34,7 @@ from apparate.importers import containerd as containerd_importer
 from apparate.importers import docker as docker_importer
 from apparate.importers.containerd import import_command
 from apparate.importers.docker import load_errors, uses_containerd_store
+from apparate.importers.image import find_stored, load_content
 from apparate.importers.run import check_target, chosen_target, import_stored
 from apparate.importers.sockets import (
     SocketState,
@@ -41,9 +43,11 @@ from apparate.importers.sockets import (
     require_socket,
 )
 from apparate.importers.target import Daemons
+from apparate.store.layout import Store
 from tests.unit.test_import_archive import REFERENCE, make_store, read_tar
 
 APPARATE = str(Path(sys.executable).with_name("apparate"))
+OTHER_REFERENCE = "registry.example/team/app:v1-arm64"
 
 
 @dataclass
@@ -61,6 +65,10 @@ class FakeDocker:
     loaded: bytes = b""
     # The message of a 400 response to a tag request, or None for success.
     tag_error: str | None = None
+    # How many loads to reject with an errorDetail line before accepting one.
+    loads_to_reject: int = 0
+    # The body of every load, in order.
+    loads: list[bytes] = field(default_factory=list)
 
 
 def _handler(fake: FakeDocker) -> type[http.server.BaseHTTPRequestHandler]:
@@ -101,6 +109,12 @@ def _handler(fake: FakeDocker) -> type[http.server.BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             fake.loaded = self._read_chunked()
+            fake.loads.append(fake.loaded)
+            if fake.loads_to_reject:
+                fake.loads_to_reject -= 1
+                error = "failed to register layer: EOF"
+                self._json(200, {"errorDetail": {"message": error}, "error": error})
+                return
             if fake.load_status != 200:
                 self._json(fake.load_status, {"message": "archive rejected"})
                 return
@@ -748,3 +762,78 @@ def test_ctr_stopped_daemon_ends_import(tmp_path, monkeypatch, store):
 
         with pytest.raises(DaemonUnreachable, match="stopped during the import"):
             import_stored(store[0], REFERENCE, "containerd", daemons)
+
+
+def _store_with_other_image(tmp_path: Path) -> tuple[Store, str]:
+    """Store the test image and another of its layers; return the other's ID."""
+    image_store, _ = make_store(tmp_path / "store")
+    arm64 = {"os": "linux", "architecture": "arm64"}
+    _, other = make_store(tmp_path / "store", OTHER_REFERENCE, platform=arm64)
+    return image_store, str(other["config"].digest)
+
+
+def _load_and_list(fake: FakeDocker, image_store: Store, daemons: Daemons):
+    """Import the test image; the fake lists it once it accepts a load."""
+    stored = find_stored(image_store, REFERENCE)
+    image_id = str(load_content(image_store, stored).config_digest)
+
+    def list_image() -> None:
+        fake.images.add(image_id)
+
+    def run():
+        return import_stored(image_store, REFERENCE, "docker", daemons)
+
+    return _after_load(fake, list_image, run)
+
+
+def _layer_sizes(archive: bytes) -> list[int]:
+    entries = read_tar(archive)
+    return [
+        len(entries[name]) for name in json.loads(entries["manifest.json"])[0]["Layers"]
+    ]
+
+
+def test_docker_present_layers_sent_empty(fake_docker, tmp_path):
+    fake, daemons = fake_docker
+    image_store, other_id = _store_with_other_image(tmp_path)
+    fake.images.add(other_id)
+
+    result = _load_and_list(fake, image_store, daemons)
+
+    assert len(fake.loads) == 1
+    assert _layer_sizes(fake.loaded) == [0, 0, 0]
+    assert result.bytes_sent == len(fake.loaded)
+
+
+def test_docker_without_sharing_image_gets_all(fake_docker, tmp_path):
+    fake, daemons = fake_docker
+    image_store, _ = _store_with_other_image(tmp_path)
+    fake.images.add(str(Digest.of(b"another config")))
+
+    _load_and_list(fake, image_store, daemons)
+
+    assert all(size > 0 for size in _layer_sizes(fake.loaded))
+
+
+def test_docker_rejecting_present_layers_gets_all(fake_docker, tmp_path):
+    fake, daemons = fake_docker
+    image_store, other_id = _store_with_other_image(tmp_path)
+    fake.images.add(other_id)
+    fake.loads_to_reject = 1
+
+    result = _load_and_list(fake, image_store, daemons)
+
+    assert len(fake.loads) == 2
+    assert _layer_sizes(fake.loads[0]) == [0, 0, 0]
+    assert all(size > 0 for size in _layer_sizes(fake.loads[1]))
+    assert result.bytes_sent == len(fake.loads[0]) + len(fake.loads[1])
+
+
+def test_docker_rejecting_whole_archive_not_retried(fake_docker, store):
+    fake, daemons = fake_docker
+    fake.loads_to_reject = 1
+
+    with pytest.raises(DaemonRejected, match="EOF"):
+        import_stored(store[0], REFERENCE, "docker", daemons)
+
+    assert len(fake.loads) == 1
