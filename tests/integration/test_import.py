@@ -29,6 +29,7 @@ from apparate.importers.image import find_stored, load_content
 from apparate.importers.run import import_stored
 from apparate.importers.target import Daemons
 from apparate.store.layout import Store
+from tests.testbed.app_update import push_app_update
 from tests.testbed.containerd import ContainerdHandle, ctr, start_containerd
 from tests.testbed.dockerd import (
     DOCKER_CLI,
@@ -37,7 +38,6 @@ from tests.testbed.dockerd import (
     dockerd_binary,
     start_dockerd,
 )
-from tests.testbed.ocibuild import LayerBlob, OciLayout, write_image
 from tests.testbed.samples import Samples
 
 pytestmark = [
@@ -421,35 +421,6 @@ def test_archive_files_load_into_daemons(
     assert containerd_images(containerd_daemon, "files") == {reference: digest}
     leftovers = [path.name for path in tmp_path.iterdir() if path.name[0] == "."]
     assert leftovers == []
-
-
-def push_app_update(samples: Samples, host: str, tmp_path: Path) -> str:
-    """Push base:v1's root filesystem layer under base:v2's app layer.
-
-    This is the usual update, a new top layer on an unchanged base. Return
-    its reference.
-    """
-    v1, v2 = (layout_json(samples, samples.images[tag].digest)
-              for tag in ("base:v1", "base:v2"))  # fmt: skip
-    v1_config = layout_json(samples, v1["config"]["digest"])
-    v2_config = layout_json(samples, v2["config"]["digest"])
-    layout = OciLayout(tmp_path / "app-update")
-    layers = []
-    for manifest, config, position in ((v1, v1_config, 0), (v2, v2_config, 1)):
-        entry = manifest["layers"][position]
-        source = samples.layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
-        shutil.copyfile(source, layout.blob_path(entry["digest"]))
-        diff_id = config["rootfs"]["diff_ids"][position]
-        layers.append(LayerBlob(entry["digest"], entry["size"], diff_id, "gzip"))
-    manifest = write_image(layout, v1_config, layers)
-    layout.write_index_json([("app-update", manifest)])
-    reference = f"{host}/samples/base:app-update"
-    subprocess.run(
-        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-         f"oci:{layout.path}:app-update", f"docker://{reference}"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return reference
 
 
 def pull_base_then_update(
