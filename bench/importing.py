@@ -13,8 +13,13 @@ with the native snapshotter), each in a temporary folder. The layer sizes
 that docker-archives need are counted once before the first round, as a
 pull records them.
 
-Both ways give the daemon the same archive, so they differ by what runs
-before the first byte reaches it. A last table times that part alone:
+Then the same for an update of the top layer alone (``base:app-update``,
+``base:v1``'s root filesystem under ``base:v2``'s app layer) into daemons
+that have ``base:v1``: apparate leaves out the layers the daemon has,
+while the daemon's own load reads the whole archive file.
+
+Both ways give the daemon the same archive in the first tables, so they
+differ by what runs before the first byte reaches it. A last table times that part alone:
 ``apparate import --into oci`` (start, find the image in the store, send
 nothing) against ``docker --version`` and ``ctr --version``.
 
@@ -36,9 +41,11 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from tests.testbed.app_update import push_app_update
 from tests.testbed.containerd import ContainerdHandle, ctr, start_containerd
 from tests.testbed.dockerd import DockerdHandle, docker, start_dockerd
 from tests.testbed.registry import start_registry
+from tests.testbed.samples import ensure_samples
 
 APPARATE = str(Path(sys.executable).with_name("apparate"))
 NAMESPACE = "bench"
@@ -85,6 +92,10 @@ class Bench:
         )  # fmt: skip
         return json.loads(output)
 
+    def pull(self, reference: str) -> None:
+        run([APPARATE, "pull", "-q", "--store", str(self.store), "--into", "oci",
+             reference], self.env)  # fmt: skip
+
     def forget_docker(self, reference: str) -> None:
         docker(self.dockerd, "image", "rm", "--force", reference)
 
@@ -102,13 +113,16 @@ class Bench:
             raise RuntimeError(f"ctr images import {path} failed:\n{done.stderr}")
 
 
-def measure(bench: Bench, reference: str, scratch: Path, rounds: int) -> list[list]:
+def measure(
+    bench: Bench, reference: str, scratch: Path, rounds: int, held: str | None = None
+) -> list[list]:
     """Return one row per daemon: archive size and the median seconds of both ways.
 
     The two ways alternate, and which goes first swaps each round, so a
     change of machine load hits both alike. Before each run the image is
     removed and the removal's writes are flushed (``sync``), so no run pays
-    for the one before it.
+    for the one before it. ``held``, an image sharing layers with
+    ``reference``, is imported into each daemon first and kept there.
     """
     docker_file, oci_file = scratch / "docker.tar", scratch / "oci.tar"
     bench.apparate_import(reference, f"docker-archive:{docker_file}")
@@ -119,6 +133,8 @@ def measure(bench: Bench, reference: str, scratch: Path, rounds: int) -> list[li
     ]
     rows = []
     for target, forget, path, load in cases:
+        if held is not None:
+            bench.apparate_import(held, target)
         streamed: list[float] = []
         from_file: list[float] = []
         ways = [
@@ -162,8 +178,8 @@ def print_startup(rows: list[tuple[str, float]], rounds: int) -> None:
         print(f"{command.ljust(width)}  {seconds:.3f} s")
 
 
-def print_rows(rows: list[list], rounds: int) -> None:
-    print(f"import: median of {rounds} rounds; each daemon starts without the image")
+def print_rows(rows: list[list], rounds: int, title: str) -> None:
+    print(f"{title}: median of {rounds} rounds")
     header = ["IMAGE", "DAEMON", "ARCHIVE", "APPARATE S", "FROM FILE S", "RATIO"]
     table = [
         [image, target, f"{size / 1e6:.1f} MB", f"{streamed:.2f}",
@@ -195,10 +211,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for tag in tags:
             reference = f"{registry.host}/samples/{tag}"
-            run([APPARATE, "pull", "-q", "--store", str(bench.store), "--into",
-                 "oci", reference], bench.env)  # fmt: skip
+            bench.pull(reference)
             rows += measure(bench, reference, scratch, args.rounds)
-        print_rows(rows, args.rounds)
+        print_rows(rows, args.rounds, "import, each daemon starts without the image")
+        print()
+        base = f"{registry.host}/samples/base:v1"
+        update = push_app_update(ensure_samples(), registry.host, scratch)
+        bench.pull(base)
+        bench.pull(update)
+        rows = measure(bench, update, scratch, args.rounds, held=base)
+        print_rows(rows, args.rounds, "update import, each daemon has base:v1")
         print()
         startup_runs = max(args.rounds, STARTUP_RUNS)
         print_startup(startup(bench, reference, startup_runs), startup_runs)
