@@ -18,10 +18,12 @@ Then the same for an update of the top layer alone (``base:app-update``,
 that have ``base:v1``: apparate leaves out the layers the daemon has,
 while the daemon's own load reads the whole archive file.
 
-Both ways give the daemon the same archive in the first tables, so they
-differ by what runs before the first byte reaches it. A last table times that part alone:
-``apparate import --into oci`` (start, find the image in the store, send
-nothing) against ``docker --version`` and ``ctr --version``.
+In the first table both ways give the daemon the same archive, so they
+differ by what runs before the first byte reaches it. A last table times
+that part alone: ``apparate import --into oci`` (start, find the image in
+the store, send nothing) against ``docker --version`` and ``ctr --version``,
+with the floor of any Python program and of one that loads httpx, which
+apparate's docker client is built on.
 
 Run it through ``scripts/bench import``.
 """
@@ -161,6 +163,8 @@ def startup(bench: Bench, reference: str, rounds: int) -> list[tuple[str, float]
             APPARATE, "import", "-q", "--store", str(bench.store), "--into", "oci",
             reference,
         ],
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "python -c 'import httpx'": [sys.executable, "-c", "import httpx"],
         "docker --version": ["docker", "--version"],
         "ctr --version": ["ctr", "--version"],
     }  # fmt: skip

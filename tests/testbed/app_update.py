@@ -1,6 +1,6 @@
 """Push an update of the top layer alone, built from the cached samples.
 
-The image holds `base:v1`'s root filesystem layer under `base:v2`'s app
+The image contains `base:v1`'s root filesystem layer under `base:v2`'s app
 layer: the usual update, a new top layer on an unchanged base. The base
 layer is the same blob as in `base:v1`, so a daemon that has `base:v1`
 already has it.
