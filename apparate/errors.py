@@ -151,15 +151,21 @@ class TruncatedBody(VerificationError):
     hint = "the connection ended early; try again"
 
 
-class TransferTimedOut(TruncatedBody, RegistryUnreachable):
-    """A body stopped arriving and every attempt to resume it timed out.
+class TransferFailed(TruncatedBody, RegistryUnreachable):
+    """A body given up after every attempt to resume it failed.
 
     It is a TruncatedBody, so the bytes received are kept and a pull with
     mirrors goes on at another source, and a RegistryUnreachable, so it
-    exits with that code: no byte was wrong.
+    exits with that code: no byte was wrong, the connection kept failing.
     """
 
     exit_code = RegistryUnreachable.exit_code
+    hint = "the registry or the link kept dropping the connection; try again later"
+
+
+class TransferTimedOut(TransferFailed):
+    """A body that stopped arriving, and every attempt to resume it timed out."""
+
     hint = "the registry or the link is overloaded or down; try again later"
 
 

@@ -26,6 +26,7 @@ from apparate.errors import (
     InvalidResponse,
     RegistryUnreachable,
     ServerError,
+    TransferFailed,
     TransferTimedOut,
     TruncatedBody,
 )
@@ -477,7 +478,7 @@ class RegistryClient:
                 f"{subject} from {self.host}: the transfer timed out "
                 f"{_times(retries.timed_out)}, last {where} ({failure})"
             )
-        return TruncatedBody(
+        return TransferFailed(
             f"{subject} from {self.host}: the transfer failed {_times(attempt)}, "
             f"last {where} ({failure})"
         )

@@ -21,6 +21,7 @@ from apparate.errors import (
     InvalidResponse,
     RegistryUnreachable,
     ServerError,
+    TransferFailed,
     TransferTimedOut,
     TruncatedBody,
 )
@@ -243,8 +244,10 @@ def test_dropped_transfer_fails_once_with_failover(tmp_path):
         client.fetch_blob(DESCRIPTOR, lambda data: None, "blob x", failover=True)
 
     assert "the transfer failed once" in str(caught.value)
+    assert isinstance(caught.value, TransferFailed)
     assert not isinstance(caught.value, TransferTimedOut)
-    assert caught.value.exit_code == 9
+    # A dropped connection is a network failure, as a timed-out one is.
+    assert caught.value.exit_code == 6
 
 
 class RawServer:
