@@ -59,6 +59,10 @@ RETRY_PAUSE = 0.5
 # Blob bodies are hashed as sent: with zstandard installed httpx would ask for
 # zstd and decode it, so the digest would be of other bytes.
 IDENTITY = {"Accept-Encoding": "identity"}
+# Seconds after a retry warning during which this client's other retries are
+# logged with -v only, so an outage met by many ranges at once warns once,
+# not once per range and attempt.
+QUIET_SECONDS = 10.0
 # The maximum wait a 5xx's Retry-After sets before the next attempt.
 MAX_RETRY_AFTER = 30.0
 # Failures of a busy registry (5xx) that are worth another attempt once it
@@ -265,6 +269,7 @@ class RegistryClient:
         # Where each blob's GET was last redirected, so later ranges of the
         # blob go there directly instead of paying the redirect again.
         self._locations: dict[Digest, str] = {}
+        self._last_retry_warning: float | None = None
 
     def _path(self, tail: str) -> str:
         return f"{self.endpoint.api_root}/{self.reference.repository}/{tail}"
@@ -496,16 +501,25 @@ class RegistryClient:
 
         A dropped connection after progress (no pause) is routine on long
         transfers, so only attempts without progress, and those that waited
-        a whole read timeout, warn.
+        a whole read timeout, warn, at most once in ``QUIET_SECONDS``.
         """
         after = f" in {pause:g} s" if pause else ""
         log.log(
-            logging.WARNING if pause or timed_out else logging.INFO,
+            logging.WARNING if (pause or timed_out) and self._may_warn() else logging.INFO,
             "%s from %s: attempt %d stopped %s (%s); trying again%s",
             subject, self.host, attempt, where, failure, after,
         )  # fmt: skip
         if pause:
             self._sleep(pause)
+
+    def _may_warn(self) -> bool:
+        """Tell whether a retry may warn: none did in the last ``QUIET_SECONDS``."""
+        now = time.monotonic()
+        last = self._last_retry_warning
+        if last is not None and now - last < QUIET_SECONDS:
+            return False
+        self._last_retry_warning = now
+        return True
 
     def _read_range(
         self,

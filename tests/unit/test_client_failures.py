@@ -27,6 +27,7 @@ from apparate.errors import (
 )
 from apparate.manifest import Descriptor
 from apparate.reference import Reference
+from apparate.registry import client as client_module
 from apparate.registry.client import RegistryClient
 from apparate.registry.credentials import CredentialStore
 from apparate.registry.transport import TransportSettings
@@ -216,8 +217,10 @@ class StallingAfterPiece(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_timeouts_after_progress_keep_going(tmp_path, serve, caplog):
-    # Only timeouts in a row without a byte mean a hung server.
+def test_timeouts_after_progress_keep_going(tmp_path, serve, caplog, monkeypatch):
+    # Only timeouts in a row without a byte mean a hung server. Real read
+    # timeouts last longer than the quiet time between retry warnings.
+    monkeypatch.setattr(client_module, "QUIET_SECONDS", 0.0)
     host = serve(StallingAfterPiece)
     pauses: list[float] = []
     client = open_client(tmp_path, host, read_timeout=0.1, pauses=pauses)
@@ -358,3 +361,17 @@ def test_forbidden_names_host_to_log_in(tmp_path):
 
     assert "docker login registry.example:5000" in str(caught.value)
     assert "HOST" not in str(caught.value)
+
+
+def test_retry_warnings_within_quiet_time_go_to_verbose(tmp_path, serve, caplog):
+    # As when an outage meets many ranges of a delta pull at once.
+    caplog.set_level(logging.INFO, logger="apparate")
+    host = serve(StallingAfterPiece)
+    client = open_client(tmp_path, host, read_timeout=0.1, pauses=[])
+
+    with client:
+        client.fetch_blob(DESCRIPTOR, lambda data: None, "blob x")
+
+    retries = [r for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(retries) == 5
+    assert [r.levelno for r in retries] == [logging.WARNING] + [logging.INFO] * 4
