@@ -218,8 +218,9 @@ class StallingAfterPiece(http.server.BaseHTTPRequestHandler):
 
 
 def test_timeouts_after_progress_keep_going(tmp_path, serve, caplog, monkeypatch):
-    # Only timeouts in a row without a byte mean a hung server. Real read
-    # timeouts last longer than the quiet time between retry warnings.
+    # Only timeouts in a row without a byte mean a hung server. The default
+    # read timeouts (60 s, and 10 s with mirrors) are as long as the quiet
+    # time between retry warnings, or longer.
     monkeypatch.setattr(client_module, "QUIET_SECONDS", 0.0)
     host = serve(StallingAfterPiece)
     pauses: list[float] = []
