@@ -31,6 +31,7 @@ from apparate.errors import (
     UsageError,
 )
 from apparate.importers import containerd as containerd_importer
+from apparate.importers import daemon_layers
 from apparate.importers import docker as docker_importer
 from apparate.importers.containerd import import_command
 from apparate.importers.docker import load_errors, uses_containerd_store
@@ -837,3 +838,25 @@ def test_docker_rejecting_whole_archive_not_retried(fake_docker, store):
         import_stored(store[0], REFERENCE, "docker", daemons)
 
     assert len(fake.loads) == 1
+
+
+@pytest.mark.parametrize("damaged", ["manifest", "config"])
+def test_other_image_damaged_blob_kept(tmp_path, damaged):
+    # Comparing layers reads other images' blobs. It must not remove them,
+    # because the import did not request those images.
+    image_store, _ = make_store(tmp_path / "store")
+    arm64 = {"os": "linux", "architecture": "arm64"}
+    _, other = make_store(tmp_path / "store", OTHER_REFERENCE, platform=arm64)
+    path = image_store.blob_path(other[damaged].digest)
+    path.write_bytes(path.read_bytes() + b" ")
+    content = load_content(image_store, find_stored(image_store, REFERENCE))
+
+    layers = daemon_layers.shared_layer_blobs(image_store, content)
+    bottom = daemon_layers.bottom_layers_in_docker(
+        image_store, content, lambda image_id: True
+    )
+
+    assert bottom == 0
+    if damaged == "manifest":
+        assert layers == set()
+    assert path.exists()
