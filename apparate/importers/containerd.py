@@ -113,8 +113,9 @@ def import_into_containerd(
             "%s: containerd already has %d of its %d layers, so they are not sent",
             name, len(present), len(content.parsed.layers),
         )  # fmt: skip
+    sent = _Sent()
     try:
-        sent = _import(argv, store, content, present, retry, address)
+        _import(argv, store, content, present, retry, address, sent)
     except DaemonRejected as error:
         if not present or NO_SPACE in error.message.lower():
             raise
@@ -122,9 +123,10 @@ def import_into_containerd(
             "%s: ctr rejected the archive without the layers containerd had (%s), "
             "so the whole image is sent", name, error.message,
         )  # fmt: skip
-        sent = _import(argv, store, content, set(), retry, address)
+        # The bytes of the rejected archive count too, as for docker.
+        _import(argv, store, content, set(), retry, address, sent)
     return ImportResult(
-        CONTAINERD, requested, name, str(content.top.digest), sent,
+        CONTAINERD, requested, name, str(content.top.digest), sent.total,
         time.monotonic() - started,
         f"namespace {daemons.containerd_namespace}",
     )  # fmt: skip
@@ -162,12 +164,25 @@ def _import(
     present: set[Digest],
     retry: str,
     address: str,
-) -> int:
-    """Stream an OCI archive without the ``present`` layers to ctr; return the bytes sent."""
+    sent: _Sent,
+) -> None:
+    """Stream an OCI archive without the ``present`` layers to ctr, adding its bytes to ``sent``."""
     name = str(content.reference)
     members = oci_members(store, content, name, present)
     with contextlib.closing(stream_tar(members)) as archive:
-        return _run(argv, archive, name, retry, address)
+        _run(argv, sent.counted(archive), name, retry, address)
+
+
+class _Sent:
+    """A count of the archive bytes written to ctr, over every attempt."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def counted(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        for piece in pieces:
+            self.total += len(piece)
+            yield piece
 
 
 def _run(

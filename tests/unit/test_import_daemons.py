@@ -860,3 +860,30 @@ def test_other_image_damaged_blob_kept(tmp_path, damaged):
     if damaged == "manifest":
         assert layers == set()
     assert path.exists()
+
+
+def test_ctr_retry_counts_both_archives(tmp_path, monkeypatch, containerd_socket):
+    image_store, _ = _store_with_other_image(tmp_path)
+    content = load_content(image_store, find_stored(image_store, REFERENCE))
+    listed = " ".join(str(layer.digest) for layer in content.parsed.layers)
+    received = tmp_path / "received"
+    received.mkdir()
+    # The first import is rejected, as when containerd removed the blobs
+    # between the listing and the import.
+    script = f"""case "$*" in
+*--help*) ;;
+*"content ls"*) printf '%s\\n' {listed} ;;
+*) count=$(ls {received} | wc -l)
+   cat > {received}/$count.tar
+   if [ "$count" = 0 ]; then echo 'ctr: content digest not found' >&2; exit 1; fi ;;
+esac
+"""
+    fake_ctr(tmp_path / "bin", script)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    daemons = Daemons(containerd_address=containerd_socket)
+
+    result = import_stored(image_store, REFERENCE, "containerd", daemons)
+
+    sizes = [(received / f"{count}.tar").stat().st_size for count in (0, 1)]
+    assert sizes[0] < sizes[1]
+    assert result.bytes_sent == sum(sizes)
