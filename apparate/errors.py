@@ -240,6 +240,10 @@ class DaemonRejected(ImageImportError):
     pass
 
 
+class DaemonOutOfSpace(DaemonRejected):
+    """A daemon that ran out of disk space while it took in an image."""
+
+
 class ArchiveWriteFailed(ImageImportError):
     hint = (
         "free space or pick another folder, then retry with 'apparate import'; "

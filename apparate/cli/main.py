@@ -232,10 +232,11 @@ def pull_command(
     verbose: VerboseOption = False,
 ) -> None:
     """Pull an image into the local store, then import it (see --into)."""
-    from apparate.pulling import PullOptions, pull
-
     _configure_logging(debug, verbose)
     with _errors_reported(reference, FETCH_INTERRUPTED):
+        # Loaded inside, so Ctrl-C while loading gets this command's message.
+        from apparate.pulling import PullOptions, pull
+
         _check_one_output(quiet, as_json)
         ref = Reference.parse(reference)
         daemons = _daemons(containerd_address, namespace)
@@ -385,10 +386,11 @@ def convert_command(
     verbose: VerboseOption = False,
 ) -> None:
     """Convert an image to chunked layers and push it."""
-    from apparate.convert import ConvertOptions, convert
-
     _configure_logging(debug, verbose)
     with _errors_reported(interrupted=FETCH_INTERRUPTED):
+        # Loaded inside, so Ctrl-C while loading gets this command's message.
+        from apparate.convert import ConvertOptions, convert
+
         _check_compress_level(compress_level)
         src, dst = Reference.parse(source), Reference.parse(destination)
         credentials = _explicit_credentials(src, username, password_stdin)

@@ -103,6 +103,18 @@ def _tar_pieces(members: Iterable[Member]) -> Iterator[bytes]:
     yield END_OF_ARCHIVE
 
 
+class SentBytes:
+    """A count of the archive bytes sent to a daemon, over every attempt."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def counted(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
+        for piece in pieces:
+            self.total += len(piece)
+            yield piece
+
+
 def bytes_member(name: str, data: bytes) -> Member:
     return Member(name, len(data), lambda: iter((data,)))
 

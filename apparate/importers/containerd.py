@@ -20,11 +20,12 @@ from collections.abc import Iterator
 
 from apparate.digest import Digest
 from apparate.errors import (
+    DaemonOutOfSpace,
     DaemonPermissionDenied,
     DaemonRejected,
     DaemonUnreachable,
 )
-from apparate.importers.archive import oci_members, stream_tar
+from apparate.importers.archive import SentBytes, oci_members, stream_tar
 from apparate.importers.daemon_layers import shared_layer_blobs
 from apparate.importers.image import StoredContent, retry_command
 from apparate.importers.sockets import (
@@ -111,13 +112,13 @@ def import_into_containerd(
     if present:
         log.info(
             "%s: containerd already has %d of its %d layers, so they are not sent",
-            name, len(present), len(content.parsed.layers),
+            name, len(present), len({layer.digest for layer in content.parsed.layers}),
         )  # fmt: skip
-    sent = _Sent()
+    sent = SentBytes()
     try:
         _import(argv, store, content, present, retry, address, sent)
     except DaemonRejected as error:
-        if not present or NO_SPACE in error.message.lower():
+        if not present or isinstance(error, DaemonOutOfSpace):
             raise
         log.warning(
             "%s: ctr rejected the archive without the layers containerd had (%s), "
@@ -164,25 +165,13 @@ def _import(
     present: set[Digest],
     retry: str,
     address: str,
-    sent: _Sent,
+    sent: SentBytes,
 ) -> None:
     """Stream an OCI archive without the ``present`` layers to ctr, adding its bytes to ``sent``."""
     name = str(content.reference)
     members = oci_members(store, content, name, present)
     with contextlib.closing(stream_tar(members)) as archive:
         _run(argv, sent.counted(archive), name, retry, address)
-
-
-class _Sent:
-    """A count of the archive bytes written to ctr, over every attempt."""
-
-    def __init__(self) -> None:
-        self.total = 0
-
-    def counted(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
-        for piece in pieces:
-            self.total += len(piece)
-            yield piece
 
 
 def _run(
@@ -249,7 +238,7 @@ def _failure(output: str, reference: str, command: str) -> Exception:
     message = f"ctr images import failed for {reference}: {detail}"
     lowered = output.lower()
     if NO_SPACE in lowered:
-        return DaemonRejected(
+        return DaemonOutOfSpace(
             message, hint=f"free space in containerd's root folder; {retry}"
         )
     if "permission denied" in lowered:

@@ -28,8 +28,13 @@ from typing import Any
 
 import httpx
 
-from apparate.errors import DaemonRejected, DaemonUnreachable
-from apparate.importers.archive import docker_members, oci_members, stream_tar
+from apparate.errors import DaemonOutOfSpace, DaemonRejected, DaemonUnreachable
+from apparate.importers.archive import (
+    SentBytes,
+    docker_members,
+    oci_members,
+    stream_tar,
+)
 from apparate.importers.daemon_layers import bottom_layers_in_docker
 from apparate.importers.image import StoredContent, retry_command
 from apparate.importers.sizes import LayerSizes
@@ -189,7 +194,7 @@ class DockerEngine:
 
     def _rejected(self, message: str) -> DaemonRejected:
         if NO_SPACE in message:
-            return DaemonRejected(
+            return DaemonOutOfSpace(
                 f"docker ran out of disk space loading {self.reference}: {message}",
                 hint="free space where docker keeps its data ('Docker Root Dir' in "
                 "'docker info'); " + self._retry,
@@ -243,7 +248,7 @@ def _load_docker(
             DOCKER, requested, name, image_id, 0, time.monotonic() - started, note
         )
 
-    counter = _Counter()
+    counter = SentBytes()
     try:
         messages = _load_new_layers(engine, store, content, counter)
     except DaemonRejected as error:
@@ -260,13 +265,13 @@ def _load_docker(
             hint="see the daemon's log; the image is kept in the local store",
         )
     return ImportResult(
-        DOCKER, requested, name, image_id, counter.sent,
+        DOCKER, requested, name, image_id, counter.total,
         time.monotonic() - started, note,
     )  # fmt: skip
 
 
 def _load_new_layers(
-    engine: DockerEngine, store: Store, content: StoredContent, counter: _Counter
+    engine: DockerEngine, store: Store, content: StoredContent, counter: SentBytes
 ) -> list[str]:
     """Load a docker-archive without the bottom layers docker already has.
 
@@ -283,7 +288,8 @@ def _load_new_layers(
     try:
         return _load_archive(engine, store, content, present, counter)
     except DaemonRejected as error:
-        if not present or NO_SPACE in str(error) or _unnameable(content, error):
+        out_of_space = isinstance(error, DaemonOutOfSpace)
+        if not present or out_of_space or _unnameable(content, error):
             raise
         log.warning(
             "%s: docker rejected the archive without the layers it had (%s), "
@@ -297,7 +303,7 @@ def _load_archive(
     store: Store,
     content: StoredContent,
     present: int,
-    counter: _Counter,
+    counter: SentBytes,
 ) -> list[str]:
     """Stream a docker-archive whose ``present`` bottom layers are left empty."""
     sizes = LayerSizes(store)
@@ -318,14 +324,14 @@ def _load_oci(
 ) -> ImportResult:
     """Load an OCI archive into an engine that keeps its images in containerd."""
     reference = str(content.reference)
-    counter = _Counter()
+    counter = SentBytes()
     with contextlib.closing(
         stream_tar(oci_members(store, content, reference))
     ) as archive:
         messages = engine.load(counter.counted(archive))
     log.info("%s: %s", reference, "; ".join(messages) or "loaded")
     return ImportResult(
-        DOCKER, requested, reference, str(content.top.digest), counter.sent,
+        DOCKER, requested, reference, str(content.top.digest), counter.total,
         time.monotonic() - started, "docker keeps its images in containerd",
     )  # fmt: skip
 
@@ -353,15 +359,3 @@ def _untagged_note(content: StoredContent) -> str:
         f"loaded without a tag because {content.reference} names it by digest, "
         "and docker names loaded images only by tags; refer to it by its image ID"
     )
-
-
-class _Counter:
-    """Count the bytes of the streams that pass, in ``sent``."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def counted(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
-        for piece in pieces:
-            self.sent += len(piece)
-            yield piece

@@ -887,3 +887,28 @@ esac
     sizes = [(received / f"{count}.tar").stat().st_size for count in (0, 1)]
     assert sizes[0] < sizes[1]
     assert result.bytes_sent == sum(sizes)
+
+
+def test_ctr_out_of_space_not_retried(tmp_path, monkeypatch, containerd_socket):
+    image_store, _ = _store_with_other_image(tmp_path)
+    content = load_content(image_store, find_stored(image_store, REFERENCE))
+    listed = " ".join(str(layer.digest) for layer in content.parsed.layers)
+    imports = tmp_path / "imports"
+    # ctr names the full disk on a line before its last one.
+    script = f"""case "$*" in
+*--help*) ;;
+*"content ls"*) printf '%s\\n' {listed} ;;
+*) cat > /dev/null; echo run >> {imports}
+   echo 'write /var/lib/containerd/x: no space left on device' >&2
+   echo 'ctr: failed to ingest' >&2; exit 1 ;;
+esac
+"""
+    fake_ctr(tmp_path / "bin", script)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    daemons = Daemons(containerd_address=containerd_socket)
+
+    with pytest.raises(DaemonRejected, match="failed to ingest") as caught:
+        import_stored(image_store, REFERENCE, "containerd", daemons)
+
+    assert "free space" in str(caught.value)
+    assert imports.read_text().splitlines() == ["run"]
