@@ -41,7 +41,7 @@ from apparate.errors import (
     RegistryUnreachable,
     ServerError,
     StoreError,
-    TransferTimedOut,
+    TransferFailed,
     TruncatedBody,
     VerificationError,
     reason_for_warning,
@@ -83,8 +83,8 @@ log = logging.getLogger(__name__)
 # How often a layer waiting for another one checks whether the pull stopped.
 _POLL_SECONDS = 0.1
 # Failures of a delta rebuild, or of fetching its table, after which the
-# layer is fetched whole. TransferTimedOut, a TruncatedBody, is caught before
-# them: see _timed_out_rebuild.
+# layer is fetched whole. TransferFailed, a TruncatedBody, is caught before
+# them: see _failed_rebuild.
 _WHOLE_LAYER_INSTEAD = (
     ChunkedLayerError, DeltaUnavailable, RangesUnsupported, TruncatedBody,
     ServerError,
@@ -288,14 +288,15 @@ def _suggest_digest_pull(
     )
 
 
-def _timed_out_rebuild(error: TransferTimedOut) -> TransferTimedOut:
-    """Return the error that ends a pull whose rebuild every source left silent.
+def _failed_rebuild(error: TransferFailed) -> TransferFailed:
+    """Return the error that ends a pull whose rebuild every source failed.
 
-    The whole layer would come over the same silent link, and often costs many
-    times the ranges a rebuild needs, so the pull fails instead. The ranges
-    already written stay in the partial rebuild for the next pull.
+    Each source left it silent or kept dropping the connection. The whole
+    layer would come over the same link, and often costs many times the
+    ranges a rebuild needs, so the pull fails instead. The ranges already
+    written stay in the partial rebuild for the next pull.
     """
-    return TransferTimedOut(
+    return type(error)(
         error.message,
         hint="the registry or the link is down or overloaded; the ranges "
         "fetched are kept, and the same command run again resumes the layer",
@@ -501,7 +502,7 @@ def _planned_bytes(
         return layer.size - kept_bytes, 0, kept_bytes
     try:
         remote, plan = plans.plan_for(layer)
-    except TransferTimedOut:
+    except TransferFailed:
         # As in a pull, which would fail rather than fetch the whole layer.
         raise
     except _WHOLE_LAYER_INSTEAD as error:
@@ -747,8 +748,8 @@ class _LayerFetcher:
         except StoredElsewhere:
             log.info("%s: stored by another pull meanwhile", subject)
             return fetched, True
-        except TransferTimedOut as error:
-            raise _timed_out_rebuild(error) from error
+        except TransferFailed as error:
+            raise _failed_rebuild(error) from error
         except _WHOLE_LAYER_INSTEAD as error:
             reason = reason_for_warning(error, subject)
             log.warning("%s: fetching the whole layer: %s", subject, reason)

@@ -25,7 +25,12 @@ from apparate.delta.image_plan import ImagePlans
 from apparate.delta.planner import Source
 from apparate.delta.prefetch import TablePrefetch
 from apparate.digest import Digest
-from apparate.errors import ApparateError, StoreError, TransferTimedOut
+from apparate.errors import (
+    ApparateError,
+    StoreError,
+    TransferFailed,
+    TransferTimedOut,
+)
 from apparate.manifest import Descriptor
 from apparate.progress import PullObserver
 from apparate.pulling import _LayerFetcher
@@ -178,23 +183,29 @@ def test_whole_fallback_leaves_no_partial(tmp_path):
     assert list(store.ingest_dir.iterdir()) == []
 
 
-class SilentRangesPool(StandInPool):
-    """Serves the chunk table, then times out on every range of frames."""
+class FailingRangesPool(StandInPool):
+    """Serves the chunk table, then fails every range of frames with ``error``."""
+
+    def __init__(self, layer: ConvertedLayer, error: type[TransferFailed]) -> None:
+        super().__init__(layer)
+        self._error = error
 
     def fetch_range(self, layer, start, end, write, subject, stopped=None):
         if start < self._frames_end:
-            raise TransferTimedOut(f"{subject} from stand-in: the transfer timed out")
+            raise self._error(f"{subject} from stand-in: the transfer failed")
         return super().fetch_range(layer, start, end, write, subject, stopped)
 
 
-def test_timed_out_rebuild_not_fetched_whole(tmp_path):
-    # The whole layer would come over the same silent link, at many times the
-    # bytes: the pull fails instead, and the next one resumes the rebuild.
+@pytest.mark.parametrize("error", [TransferTimedOut, TransferFailed])
+def test_failed_rebuild_not_fetched_whole(tmp_path, error):
+    # The whole layer would come over the same silent or dropping link, at
+    # many times the bytes: the pull fails instead, and the next one resumes
+    # the rebuild.
     v2 = ConvertedLayer(changed=5)
-    pool = SilentRangesPool(v2)
+    pool = FailingRangesPool(v2, error)
     fetch, store = update_fetcher(tmp_path, pool, v2)
 
-    with pytest.raises(TransferTimedOut) as caught:
+    with pytest.raises(error) as caught:
         fetch.fetch(v2.descriptor, v2.diff_id)
 
     assert caught.value.exit_code == 6
