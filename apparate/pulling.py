@@ -725,8 +725,10 @@ class _LayerFetcher:
             self._cancelled, self._sibling_stored,
             lambda count: self._observer.layer_needs(layer.digest, count),
         )  # fmt: skip
+        planned = False
         try:
             remote, plan = self._plans.plan_for(layer)
+            planned = True
             fetched = remote.fetched
             with self._store.resumable(
                 layer.digest, layer.size, DELTA_PARTIAL, self._cancelled.is_set
@@ -749,6 +751,9 @@ class _LayerFetcher:
             log.info("%s: stored by another pull meanwhile", subject)
             return fetched, True
         except TransferFailed as error:
+            if not planned:
+                # The table fetch failed, so no range was fetched or kept.
+                raise
             raise _failed_rebuild(error) from error
         except _WHOLE_LAYER_INSTEAD as error:
             reason = reason_for_warning(error, subject)

@@ -648,3 +648,27 @@ def test_dry_run_reuse_matches_pull_after_bad_table(tmp_path):
     assert planned_fetch == fetched
     assert planned_reuse == fetch.reused[layer.descriptor.digest]
     assert planned_resume == fetch.resumed[layer.descriptor.digest] == 0
+
+
+class FailingTablePool(StandInPool):
+    """A pool that fails the chunk table's range, as a link that keeps dropping it."""
+
+    def fetch_range(self, layer, start, end, write, subject, stopped=None):
+        if start >= self._frames_end:
+            raise TransferFailed(f"{subject} from stand-in: the transfer failed")
+        return super().fetch_range(layer, start, end, write, subject, stopped)
+
+
+def test_failed_table_fetch_promises_no_resume(tmp_path):
+    # No range was fetched, so nothing is kept that a rerun could resume.
+    v2 = ConvertedLayer(changed=5)
+    pool = FailingTablePool(v2)
+    fetch, store = update_fetcher(tmp_path, pool, v2)
+
+    with pytest.raises(TransferFailed) as caught:
+        fetch.fetch(v2.descriptor, v2.diff_id)
+
+    assert caught.value.exit_code == 6
+    assert pool.whole_bytes == 0
+    assert not store.partial_path(v2.descriptor.digest, DELTA_PARTIAL).exists()
+    assert "resumes" not in str(caught.value)
