@@ -14,7 +14,7 @@ the package, so callers catch only these::
     ├── NotFound                   manifest, tag or blob missing
     ├── PlatformNotFound
     ├── RegistryError              the registry could not serve the request
-    │   ├── RegistryUnreachable    connection failed or timed out
+    │   ├── RegistryUnreachable    connection failed, kept dropping or timed out
     │   ├── ServerError            HTTP 5xx
     │   ├── RateLimited
     │   └── InvalidResponse        HTML for JSON, oversize manifest, bad status
@@ -23,7 +23,8 @@ the package, so callers catch only these::
     │   ├── DigestMismatch
     │   ├── DiffIDMismatch
     │   ├── TruncatedBody
-    │   │   └── TransferTimedOut   every attempt timed out (a RegistryUnreachable too)
+    │   │   └── TransferFailed     every attempt failed (a RegistryUnreachable too)
+    │   │       └── TransferTimedOut  every attempt timed out
     │   └── ChunkedLayerError      a chunked layer that cannot be used
     │       ├── ChunkTableCorrupt  footer or table damaged or inconsistent
     │       ├── UnsupportedChunkFormat
