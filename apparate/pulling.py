@@ -42,6 +42,7 @@ from apparate.errors import (
     ServerError,
     StoreError,
     TransferFailed,
+    TransferTimedOut,
     TruncatedBody,
     VerificationError,
     reason_for_warning,
@@ -502,7 +503,7 @@ def _planned_bytes(
         return layer.size - kept_bytes, 0, kept_bytes
     try:
         remote, plan = plans.plan_for(layer)
-    except TransferFailed:
+    except TransferTimedOut:
         # As in a pull, which would fail rather than fetch the whole layer.
         raise
     except _WHOLE_LAYER_INSTEAD as error:
@@ -751,10 +752,16 @@ class _LayerFetcher:
             log.info("%s: stored by another pull meanwhile", subject)
             return fetched, True
         except TransferFailed as error:
-            if not planned:
-                # The table fetch failed, so no range was fetched or kept.
+            if planned:
+                raise _failed_rebuild(error) from error
+            if isinstance(error, TransferTimedOut):
+                # The table fetch timed out, so no range was fetched or kept.
                 raise
-            raise _failed_rebuild(error) from error
+            # The table's range kept dropping the connection. No range came,
+            # and a link that drops range requests may still serve the layer.
+            reason = reason_for_warning(error, subject)
+            log.warning("%s: fetching the whole layer: %s", subject, reason)
+            return fetched + assembler.bytes_fetched, False
         except _WHOLE_LAYER_INSTEAD as error:
             reason = reason_for_warning(error, subject)
             log.warning("%s: fetching the whole layer: %s", subject, reason)

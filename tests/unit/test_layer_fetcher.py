@@ -651,24 +651,44 @@ def test_dry_run_reuse_matches_pull_after_bad_table(tmp_path):
 
 
 class FailingTablePool(StandInPool):
-    """A pool that fails the chunk table's range, as a link that keeps dropping it."""
+    """A pool that fails the chunk table's range with ``error``."""
+
+    def __init__(self, layer: ConvertedLayer, error: type[TransferFailed]) -> None:
+        super().__init__(layer)
+        self._error = error
 
     def fetch_range(self, layer, start, end, write, subject, stopped=None):
         if start >= self._frames_end:
-            raise TransferFailed(f"{subject} from stand-in: the transfer failed")
+            raise self._error(f"{subject} from stand-in: the transfer failed")
         return super().fetch_range(layer, start, end, write, subject, stopped)
 
 
-def test_failed_table_fetch_promises_no_resume(tmp_path):
+def test_timed_out_table_promises_no_resume(tmp_path):
     # No range was fetched, so nothing is kept that a rerun could resume.
     v2 = ConvertedLayer(changed=5)
-    pool = FailingTablePool(v2)
+    pool = FailingTablePool(v2, TransferTimedOut)
     fetch, store = update_fetcher(tmp_path, pool, v2)
 
-    with pytest.raises(TransferFailed) as caught:
+    with pytest.raises(TransferTimedOut) as caught:
         fetch.fetch(v2.descriptor, v2.diff_id)
 
     assert caught.value.exit_code == 6
     assert pool.whole_bytes == 0
     assert not store.partial_path(v2.descriptor.digest, DELTA_PARTIAL).exists()
     assert "resumes" not in str(caught.value)
+
+
+def test_dropped_table_fetches_layer_whole(tmp_path):
+    # A proxy that drops every range request of a blob still serves it whole.
+    v2 = ConvertedLayer(changed=5)
+    pool = FailingTablePool(v2, TransferFailed)
+    fetch, store = update_fetcher(tmp_path, pool, v2)
+    tables = TablePrefetch(pool, store, "image", threading.Event())
+    plans = ImagePlans(ChunkIndex(store.root / INDEX_FILE), tables, [v2.descriptor])
+
+    planned = pulling._planned_bytes(store, v2.descriptor, plans)
+    fetch.fetch(v2.descriptor, v2.diff_id)
+
+    assert planned == (v2.descriptor.size, 0, 0)
+    assert pool.whole_bytes == v2.descriptor.size
+    assert store.has_blob(v2.descriptor.digest, v2.descriptor.size)
