@@ -26,7 +26,7 @@ from apparate.errors import (
     DaemonUnreachable,
 )
 from apparate.importers.archive import SentBytes, oci_members, stream_tar
-from apparate.importers.daemon_layers import shared_layer_blobs
+from apparate.importers.daemon_layers import left_out_note, shared_layer_blobs
 from apparate.importers.image import StoredContent, retry_command
 from apparate.importers.sockets import (
     SocketState,
@@ -109,11 +109,6 @@ def import_into_containerd(
     present = blobs_in_containerd(
         ctr, address, daemons.containerd_namespace, shared_layer_blobs(store, content)
     )
-    if present:
-        log.info(
-            "%s: containerd already has %d of its %d layers, so they are not sent",
-            name, len(present), len({layer.digest for layer in content.parsed.layers}),
-        )  # fmt: skip
     sent = SentBytes()
     try:
         _import(argv, store, content, present, retry, address, sent)
@@ -126,10 +121,14 @@ def import_into_containerd(
         )  # fmt: skip
         # The bytes of the rejected archive count too, as for docker.
         _import(argv, store, content, set(), retry, address, sent)
+        present = set()
+    layers = len({layer.digest for layer in content.parsed.layers})
+    layers_note = left_out_note("containerd", len(present), layers)
+    namespace = f"namespace {daemons.containerd_namespace}"
     return ImportResult(
         CONTAINERD, requested, name, str(content.top.digest), sent.total,
         time.monotonic() - started,
-        f"namespace {daemons.containerd_namespace}",
+        f"{namespace}; {layers_note}" if layers_note else namespace,
     )  # fmt: skip
 
 

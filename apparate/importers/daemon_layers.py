@@ -29,6 +29,15 @@ from apparate.store.layout import Store, StoredImage
 log = logging.getLogger(__name__)
 
 
+def left_out_note(daemon: str, left_out: int, layers: int) -> str:
+    """Return the import summary's words for layers not sent, or "" for none."""
+    if not left_out:
+        return ""
+    return (
+        f"{daemon} already had {left_out} of its {layers} layers, which were not sent"
+    )
+
+
 def shared_bottom(ours: Sequence[Digest], theirs: Sequence[Digest]) -> int:
     """Return how many diff_ids, from the bottom layer up, two images share."""
     count = 0

@@ -35,7 +35,7 @@ from apparate.importers.archive import (
     oci_members,
     stream_tar,
 )
-from apparate.importers.daemon_layers import bottom_layers_in_docker
+from apparate.importers.daemon_layers import bottom_layers_in_docker, left_out_note
 from apparate.importers.image import StoredContent, retry_command
 from apparate.importers.sizes import LayerSizes
 from apparate.importers.sockets import broken_pipes_raise, require_socket
@@ -249,8 +249,9 @@ def _load_docker(
         )
 
     counter = SentBytes()
+    left_out = 0
     try:
-        messages = _load_new_layers(engine, store, content, counter)
+        messages, left_out = _load_new_layers(engine, store, content, counter)
     except DaemonRejected as error:
         # docker 20.10 creates the image before it reads the tag, so
         # only the tag is missing then.
@@ -264,29 +265,26 @@ def _load_docker(
             f"docker finished loading {reference} but has no image {image_id}",
             hint="see the daemon's log; the image is kept in the local store",
         )
+    layers_note = left_out_note("docker", left_out, len(content.diff_ids))
     return ImportResult(
         DOCKER, requested, name, image_id, counter.total,
-        time.monotonic() - started, note,
+        time.monotonic() - started, "; ".join(n for n in (note, layers_note) if n),
     )  # fmt: skip
 
 
 def _load_new_layers(
     engine: DockerEngine, store: Store, content: StoredContent, counter: SentBytes
-) -> list[str]:
+) -> tuple[list[str], int]:
     """Load a docker-archive without the bottom layers docker already has.
 
-    docker rejects such an archive if it no longer has those layers when it
-    reads it, as when their image was removed meanwhile, so the whole
-    archive is sent then.
+    Return docker's messages and how many layers were left out. docker
+    rejects such an archive if it no longer has those layers when it reads
+    it, as when their image was removed meanwhile, so the whole archive is
+    sent then.
     """
     present = bottom_layers_in_docker(store, content, engine.has_image)
-    if present:
-        log.info(
-            "%s: docker already has %d of its %d layers, so they are not sent",
-            content.reference, present, len(content.diff_ids),
-        )  # fmt: skip
     try:
-        return _load_archive(engine, store, content, present, counter)
+        return _load_archive(engine, store, content, present, counter), present
     except DaemonRejected as error:
         out_of_space = isinstance(error, DaemonOutOfSpace)
         if not present or out_of_space or _unnameable(content, error):
@@ -295,7 +293,7 @@ def _load_new_layers(
             "%s: docker rejected the archive without the layers it had (%s), "
             "so the whole image is sent", content.reference, error.message,
         )  # fmt: skip
-        return _load_archive(engine, store, content, 0, counter)
+        return _load_archive(engine, store, content, 0, counter), 0
 
 
 def _load_archive(

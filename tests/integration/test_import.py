@@ -444,6 +444,7 @@ def test_update_sends_docker_only_new_layers(
     app_layer = summary["layers"][1]
     assert summary["import"]["bytes_sent"] < first["import"]["bytes_sent"] / 10
     assert summary["import"]["bytes_sent"] > app_layer["size"]
+    assert "docker already had 1 of its 2 layers" in summary["import"]["note"]
     inspected = docker_inspect(dockerd_daemon, update)
     assert inspected["Id"] == summary["import"]["image_id"]
     assert "bookworm" in docker_os_release(dockerd_daemon, update)
@@ -481,6 +482,7 @@ def test_update_sends_containerd_only_new_layers(
     app_layer = summary["layers"][1]
     assert summary["import"]["bytes_sent"] < first["import"]["bytes_sent"] / 10
     assert summary["import"]["bytes_sent"] > app_layer["size"]
+    assert "containerd already had 1 of its 2 layers" in summary["import"]["note"]
     assert containerd_images(containerd_daemon, "update")[update] == summary["digest"]
     assert "bookworm" in containerd_os_release(containerd_daemon, "update", update)
 

@@ -804,6 +804,7 @@ def test_docker_present_layers_sent_empty(fake_docker, tmp_path):
     assert len(fake.loads) == 1
     assert _layer_sizes(fake.loaded) == [0, 0, 0]
     assert result.bytes_sent == len(fake.loaded)
+    assert result.note == "docker already had 3 of its 3 layers, which were not sent"
 
 
 def test_docker_without_sharing_image_gets_all(fake_docker, tmp_path):
@@ -828,6 +829,7 @@ def test_docker_rejecting_present_layers_gets_all(fake_docker, tmp_path):
     assert _layer_sizes(fake.loads[0]) == [0, 0, 0]
     assert all(size > 0 for size in _layer_sizes(fake.loads[1]))
     assert result.bytes_sent == len(fake.loads[0]) + len(fake.loads[1])
+    assert "already had" not in result.note
 
 
 def test_docker_rejecting_whole_archive_not_retried(fake_docker, store):
@@ -887,6 +889,7 @@ esac
     sizes = [(received / f"{count}.tar").stat().st_size for count in (0, 1)]
     assert sizes[0] < sizes[1]
     assert result.bytes_sent == sum(sizes)
+    assert result.note == "namespace default"
 
 
 def test_ctr_out_of_space_not_retried(tmp_path, monkeypatch, containerd_socket):
