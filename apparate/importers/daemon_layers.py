@@ -53,7 +53,7 @@ def bottom_layers_in_docker(
 ) -> int:
     """Return how many bottom layers of ``content`` docker already has.
 
-    ``has_image`` tells whether docker has an image ID (config digest). It
+    ``has_image`` returns whether docker has an image ID (config digest). It
     is asked only about stored images that share bottom layers with
     ``content``, most shared first.
     """
@@ -111,7 +111,7 @@ def _intact_blob(store: Store, digest: Digest) -> bytes | None:
 
     Unlike ``Store.read_intact_blob``, this keeps a damaged blob, because the
     import did not request that image. On a read-only store the removal fails
-    after a warning that says it was done.
+    after a warning that reports it as done.
     """
     body = store.read_blob(digest)
     if digest.matches(body):
