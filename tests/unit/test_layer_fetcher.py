@@ -184,14 +184,21 @@ def test_whole_fallback_leaves_no_partial(tmp_path):
 
 
 class FailingRangesPool(StandInPool):
-    """Serves the chunk table, then fails every range of frames with ``error``."""
+    """A pool that fails every range of one part of the layer with ``error``.
 
-    def __init__(self, layer: ConvertedLayer, error: type[TransferFailed]) -> None:
+    ``part`` is ``"frames"`` (the chunk table is served) or ``"table"``.
+    """
+
+    def __init__(
+        self, layer: ConvertedLayer, error: type[TransferFailed], part: str = "frames"
+    ) -> None:
         super().__init__(layer)
         self._error = error
+        self._part = part
 
     def fetch_range(self, layer, start, end, write, subject, stopped=None):
-        if start < self._frames_end:
+        in_frames = start < self._frames_end
+        if in_frames == (self._part == "frames"):
             raise self._error(f"{subject} from stand-in: the transfer failed")
         return super().fetch_range(layer, start, end, write, subject, stopped)
 
@@ -650,23 +657,10 @@ def test_dry_run_reuse_matches_pull_after_bad_table(tmp_path):
     assert planned_resume == fetch.resumed[layer.descriptor.digest] == 0
 
 
-class FailingTablePool(StandInPool):
-    """A pool that fails the chunk table's range with ``error``."""
-
-    def __init__(self, layer: ConvertedLayer, error: type[TransferFailed]) -> None:
-        super().__init__(layer)
-        self._error = error
-
-    def fetch_range(self, layer, start, end, write, subject, stopped=None):
-        if start >= self._frames_end:
-            raise self._error(f"{subject} from stand-in: the transfer failed")
-        return super().fetch_range(layer, start, end, write, subject, stopped)
-
-
 def test_timed_out_table_promises_no_resume(tmp_path):
     # No range was fetched, so nothing is kept that a rerun could resume.
     v2 = ConvertedLayer(changed=5)
-    pool = FailingTablePool(v2, TransferTimedOut)
+    pool = FailingRangesPool(v2, TransferTimedOut, part="table")
     fetch, store = update_fetcher(tmp_path, pool, v2)
 
     with pytest.raises(TransferTimedOut) as caught:
@@ -681,7 +675,7 @@ def test_timed_out_table_promises_no_resume(tmp_path):
 def test_dropped_table_fetches_layer_whole(tmp_path):
     # A proxy that drops every range request of a blob still serves it whole.
     v2 = ConvertedLayer(changed=5)
-    pool = FailingTablePool(v2, TransferFailed)
+    pool = FailingRangesPool(v2, TransferFailed, part="table")
     fetch, store = update_fetcher(tmp_path, pool, v2)
     tables = TablePrefetch(pool, store, "image", threading.Event())
     plans = ImagePlans(ChunkIndex(store.root / INDEX_FILE), tables, [v2.descriptor])
