@@ -245,6 +245,10 @@ class DaemonOutOfSpace(DaemonRejected):
     """A daemon that ran out of disk space while it took in an image."""
 
 
+# The words docker and ctr use for a full disk in their error messages.
+NO_SPACE = "no space left on device"
+
+
 class ArchiveWriteFailed(ImageImportError):
     hint = (
         "free space or pick another folder, then retry with 'apparate import'; "

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 from apparate.digest import Digest
 from apparate.errors import (
+    NO_SPACE,
     DaemonOutOfSpace,
     DaemonPermissionDenied,
     DaemonRejected,
@@ -53,7 +54,6 @@ ADDRESS_SETTING = "CONTAINERD_ADDRESS or --containerd-address"
 # ctr runs, because ctr 1.6 can wait without a timeout for a containerd
 # killed mid-import (seen once in about 20 kills, between two blobs).
 WATCH_INTERVAL = 2.0
-NO_SPACE = "no space left on device"
 
 
 @functools.cache
@@ -128,7 +128,7 @@ def import_into_containerd(
     return ImportResult(
         CONTAINERD, requested, name, str(content.top.digest), sent.total,
         time.monotonic() - started,
-        f"{namespace}; {layers_note}" if layers_note else namespace,
+        "; ".join(part for part in (namespace, layers_note) if part),
     )  # fmt: skip
 
 

@@ -64,7 +64,7 @@ def bottom_layers_in_docker(
             continue
         subject = f"config of {image.reference}"
         try:
-            config_body = _intact_blob(store, manifest.config.digest)
+            config_body = store.read_intact_blob(manifest.config.digest, remove=False)
             if config_body is None:
                 continue
             diff_ids = parse_diff_ids(parse_json(config_body, subject), subject)
@@ -92,29 +92,18 @@ def shared_layer_blobs(store: Store, content: StoredContent) -> set[Digest]:
 def _other_manifests(
     store: Store, content: StoredContent
 ) -> Iterator[tuple[StoredImage, Manifest]]:
-    """Yield the other stored images with their manifests; pass over unreadable ones."""
+    """Yield the other stored images with their manifests; pass over unreadable ones.
+
+    A damaged blob is kept, because the import did not request its image.
+    """
     for image in store.images():
         if image.source_manifest == content.manifest.digest:
             continue
         subject = f"manifest of {image.reference}"
         try:
-            body = _intact_blob(store, image.source_manifest)
+            body = store.read_intact_blob(image.source_manifest, remove=False)
             if body is None:
                 continue
             yield image, parse_manifest(parse_json(body, subject), subject)
         except ApparateError as error:
             log.debug("%s: not compared with the daemon's images: %s", image, error)
-
-
-def _intact_blob(store: Store, digest: Digest) -> bytes | None:
-    """Read a small blob of another image, or return None if it is damaged.
-
-    Unlike ``Store.read_intact_blob``, this keeps a damaged blob, because the
-    import did not request that image. On a read-only store the removal fails
-    after a warning that reports it as done.
-    """
-    body = store.read_blob(digest)
-    if digest.matches(body):
-        return body
-    log.debug("blob %s is damaged; not compared with the daemon's images", digest)
-    return None

@@ -28,7 +28,12 @@ from typing import Any
 
 import httpx
 
-from apparate.errors import DaemonOutOfSpace, DaemonRejected, DaemonUnreachable
+from apparate.errors import (
+    NO_SPACE,
+    DaemonOutOfSpace,
+    DaemonRejected,
+    DaemonUnreachable,
+)
 from apparate.importers.archive import (
     SentBytes,
     docker_members,
@@ -52,7 +57,6 @@ TIMEOUT = httpx.Timeout(30.0, read=None, write=None)
 # estimate: these requests take milliseconds on a working daemon.
 REQUEST_TIMEOUT = 60.0
 REQUEST_TIMEOUTS = httpx.Timeout(30.0, read=REQUEST_TIMEOUT)
-NO_SPACE = "no space left on device"
 
 
 def uses_containerd_store(info: dict[str, Any]) -> bool:
@@ -268,7 +272,7 @@ def _load_docker(
     layers_note = left_out_note("docker", left_out, len(content.diff_ids))
     return ImportResult(
         DOCKER, requested, name, image_id, counter.total,
-        time.monotonic() - started, "; ".join(n for n in (note, layers_note) if n),
+        time.monotonic() - started, "; ".join(part for part in (note, layers_note) if part),
     )  # fmt: skip
 
 

@@ -563,11 +563,18 @@ class Store:
                 f"cannot read blob {digest} from the store: {error}"
             ) from None
 
-    def read_intact_blob(self, digest: Digest) -> bytes | None:
-        """Read a small blob and check it; a damaged copy is removed, giving None."""
+    def read_intact_blob(self, digest: Digest, remove: bool = True) -> bytes | None:
+        """Read a small blob and check it; a damaged copy gives None.
+
+        A damaged copy is removed, so the next pull fetches it again, unless
+        ``remove`` is False, as for a blob of an image nobody requested.
+        """
         body = self.read_blob(digest)
         if digest.matches(body):
             return body
+        if not remove:
+            log.debug("blob %s in the store %s is damaged", digest, self.root)
+            return None
         if self._read_only:
             log.warning(
                 "blob %s in the store %s is damaged; the next pull fetches it",

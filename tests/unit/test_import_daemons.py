@@ -766,7 +766,7 @@ def test_ctr_stopped_daemon_ends_import(tmp_path, monkeypatch, store):
 
 
 def _store_with_other_image(tmp_path: Path) -> tuple[Store, str]:
-    """Store the test image and another of its layers; return the other's ID."""
+    """Store the test image and another image of the same layers; return the other's ID."""
     image_store, _ = make_store(tmp_path / "store")
     arm64 = {"os": "linux", "architecture": "arm64"}
     _, other = make_store(tmp_path / "store", OTHER_REFERENCE, platform=arm64)
